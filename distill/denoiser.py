@@ -1,0 +1,133 @@
+"""`Denoiser`: one interface from (x_t, t, condition) to a `Prediction`, whatever the model.
+
+Every algorithm in priorkit (samplers, SDS/VSD, PiGDM, D-Flow, the distillation trainers) talks to a
+`Denoiser`; adapters make diffusers UNets, analytic priors and distilled students fit it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.prediction import Prediction
+from distill.schedule import Schedule, as_time
+
+Condition = Any  # None, a tensor of embeddings (B, L, D), or a list of prompts the denoiser can encode
+
+
+def check_inputs(x: Tensor, t: Tensor) -> None:
+    """Raise a clear error for NaN/inf inputs or times outside [0, 1]."""
+    if not torch.isfinite(x).all():
+        raise ValueError("x_t contains NaN or inf values")
+    if not torch.isfinite(t).all() or bool((t < 0).any()) or bool((t > 1).any()):
+        raise ValueError(f"t must lie in [0, 1]; got min {float(t.min()):.4g}, max {float(t.max()):.4g}")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
+        raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},); got {tuple(t.shape)}")
+
+
+class Denoiser(nn.Module):
+    """A model of E[x0 | x_t] under a `Schedule`, served as a `Prediction`.
+
+    Subclasses implement :meth:`predict_native` returning ``(kind, value)`` with ``kind`` one of
+    "eps", "x0", "v", "velocity", "score"; :meth:`forward` validates inputs and wraps the answer.
+
+    Call: ``denoiser(x_t, t, cond)`` with ``x_t`` (B, ...), ``t`` a float, () or (B,) tensor in [0, 1].
+    """
+
+    schedule: Schedule
+    #: shape of one sample, e.g. (3, 32, 32); None when any shape is accepted
+    sample_shape: tuple[int, ...] | None = None
+
+    def predict_native(self, x: Tensor, t: Tensor, cond: Condition = None) -> tuple[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
+        t = as_time(t, x)
+        if check:
+            check_inputs(x, t)
+        kind, value = self.predict_native(x, t, self.encode(cond))
+        return Prediction.from_output(kind, value, x, t, self.schedule)
+
+    # ---- conditions -------------------------------------------------------------------------
+    def encode(self, cond: Condition) -> Condition:
+        """Turn user conditions (e.g. prompts) into what the model takes. Identity by default."""
+        return cond
+
+    def null_condition(self, cond: Condition) -> Condition:
+        """The unconditional counterpart of an encoded ``cond`` (for classifier-free guidance)."""
+        return None
+
+    def guided(self, x: Tensor, t: Tensor | float, cond: Condition, scale: float | Tensor,
+               *, check: bool = True) -> Prediction:
+        """Classifier-free guidance: ``uncond + scale (cond - uncond)``, one batched model call."""
+        cond = self.encode(cond)
+        if isinstance(scale, (int, float)) and scale == 1.0:
+            return self(x, t, cond, check=check)
+        uncond = self.null_condition(cond)
+        t = as_time(t, x)
+        both = self(torch.cat([x, x]), t.repeat(2) if t.ndim == 1 else t, concat_conditions(uncond, cond),
+                    check=check)
+        u, c = _split(both, x.shape[0])
+        return c.guide(u, scale)
+
+
+def concat_conditions(a: Condition, b: Condition) -> Condition:
+    if a is None and b is None:
+        return None
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: concat_conditions(a[k], b[k]) for k in a}
+    raise TypeError(f"cannot batch conditions of types {type(a).__name__} and {type(b).__name__}")
+
+
+def _split(p: Prediction, n: int) -> tuple[Prediction, Prediction]:
+    def part(sl: slice) -> Prediction:
+        t = p.t[sl] if p.t.ndim == 1 else p.t
+        return Prediction(x0=p.x0[sl], eps=p.eps[sl], x_t=p.x_t[sl], t=t, schedule=p.schedule)
+
+    return part(slice(0, n)), part(slice(n, 2 * n))
+
+
+class GuidedDenoiser(Denoiser):
+    """A fixed condition and guidance scale baked into a denoiser (what a sampler sees)."""
+
+    def __init__(self, inner: Denoiser, cond: Condition, scale: float = 1.0) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+        self.cond = inner.encode(cond)
+        self.schedule, self.sample_shape = inner.schedule, inner.sample_shape
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
+        c = self.cond
+        if isinstance(c, Tensor) and c.shape[0] == 1 and x.shape[0] > 1:
+            c = c.expand(x.shape[0], *c.shape[1:])
+        return self.inner.guided(x, t, c, self.scale, check=check)
+
+
+class ConvertedDenoiser(Denoiser):
+    """Serve ``inner`` (trained under its own schedule) under another ``schedule`` by SNR matching.
+
+    (x_t, t) under ``schedule`` maps to (x', t') under ``inner.schedule`` with equal SNR; x0 and eps are
+    schedule-free, so the prediction carries over exactly (Karras et al. 2022, appendix C).
+    """
+
+    def __init__(self, inner: Denoiser, schedule: Schedule) -> None:
+        super().__init__()
+        self.inner, self.schedule, self.sample_shape = inner, schedule, inner.sample_shape
+
+    def encode(self, cond: Condition) -> Condition:
+        return self.inner.encode(cond)
+
+    def null_condition(self, cond: Condition) -> Condition:
+        return self.inner.null_condition(cond)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
+        t = as_time(t, x)
+        if check:
+            check_inputs(x, t)
+        t2, x2 = self.schedule.convert(t, x, to=self.inner.schedule)
+        p = self.inner(x2, t2, self.encode(cond), check=False)
+        return Prediction(x0=p.x0, eps=p.eps, x_t=x, t=t, schedule=self.schedule)  # both are schedule-free

@@ -1,0 +1,156 @@
+"""Load a `Denoiser` from a bundled name, a local diffusers folder, or a hub id. Safetensors only.
+
+Layouts understood:
+
+* a pipeline folder (``model_index.json``) with ``unet/`` and ``scheduler/`` and, optionally, ``vae/``,
+  ``text_encoder/`` + ``tokenizer/`` (Stable Diffusion and friends);
+* a bare model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` + ``scheduler_config.json``
+  (optionally a ``priorkit.json`` naming the text encoder) — how priorkit saves its own models;
+* a bundled name ("shapes", "photos") resolving to such a folder inside the package.
+
+Pickle checkpoints (.bin, .ckpt, .pt, .pth, .pkl) are refused: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.denoiser import Denoiser
+
+PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"}
+BUNDLED_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+BUNDLED = {"shapes": "text-to-image prior on the shapes world (32x32, MiniLM text conditioning)",
+           "photos": "unconditional prior on 64x64 natural-photo patches"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the file or folder at fault."""
+
+
+class PickleRefusedError(ModelLoadError):
+    """The weights are in a pickle format, which priorkit never loads."""
+
+
+def bundled_path(name: str) -> Path:
+    """The folder of a bundled model, with a clear error when its weights are missing."""
+    if name not in BUNDLED:
+        raise ModelLoadError(f"unknown bundled model {name!r}; bundled models: {', '.join(sorted(BUNDLED))}")
+    path = BUNDLED_DIR / name
+    if not (path / "diffusion_pytorch_model.safetensors").is_file():
+        raise ModelLoadError(f"the weights of bundled model {name!r} are missing from {path} "
+                             f"(train them with `priorkit train-prior {name}`)")
+    return path
+
+
+def _refuse_pickles(folder: Path) -> None:
+    weights = [p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES | {".safetensors"}]
+    pickles = [p for p in weights if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not any(p.suffix == ".safetensors" for p in weights):
+        raise PickleRefusedError(
+            f"{pickles[0]} is a pickle checkpoint; priorkit loads weights only from .safetensors files. "
+            "Convert it once in a trusted environment (e.g. `model.save_pretrained(dir, safe_serialization=True)`).")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"missing file {path}") from e
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
+
+
+def _load_model_class(folder: Path, expected: tuple[str, ...], **kwargs: Any) -> Any:
+    import diffusers
+
+    _refuse_pickles(folder)
+    config = _read_json(folder / "config.json")
+    name = config.get("_class_name")
+    if name not in expected:
+        raise ModelLoadError(f"{folder / 'config.json'} describes a {name!r}; expected one of {expected}")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(f"no .safetensors weights in {folder}")
+    try:
+        return getattr(diffusers, name).from_pretrained(str(folder), use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load {name} from {folder}: {e}") from e
+
+
+UNETS = ("UNet2DModel", "UNet2DConditionModel")
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, device: str | torch.device) -> Denoiser:
+    from distill.diffusers_adapter import DiffusersDenoiser
+    from distill.text import CLIPEncoder, text_encoder_from_spec
+
+    if (folder / "model_index.json").is_file():  # a diffusers pipeline
+        unet = _load_model_class(folder / "unet", UNETS, torch_dtype=dtype)
+        sched_file = folder / "scheduler" / "scheduler_config.json"
+        scheduler_config = _read_json(sched_file)
+        vae = None
+        if (folder / "vae").is_dir():
+            vae = _load_model_class(folder / "vae", ("AutoencoderKL",), torch_dtype=dtype).eval()
+        text = None
+        if (folder / "text_encoder").is_dir():
+            import transformers
+
+            _refuse_pickles(folder / "text_encoder")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+            model = transformers.CLIPTextModel.from_pretrained(str(folder / "text_encoder"), use_safetensors=True)
+            text = CLIPEncoder(tokenizer, model.to(device))
+        den = DiffusersDenoiser(unet.eval(), scheduler_config, vae=vae, text_encoder=text)
+        return den.to(device)
+    if (folder / "config.json").is_file():  # a bare model saved by priorkit or save_pretrained
+        unet = _load_model_class(folder, UNETS, torch_dtype=dtype)
+        scheduler_config = _read_json(folder / "scheduler_config.json")
+        text = None
+        spec_file = folder / "priorkit.json"
+        if spec_file.is_file():
+            spec = _read_json(spec_file)
+            if spec.get("text_encoder"):
+                text = text_encoder_from_spec(spec["text_encoder"])
+        return DiffusersDenoiser(unet.eval(), scheduler_config, text_encoder=text).to(device)
+    _refuse_pickles(folder)
+    raise ModelLoadError(f"{folder} holds no model: expected model_index.json (a diffusers pipeline) or "
+                         "config.json + diffusion_pytorch_model.safetensors + scheduler_config.json")
+
+
+def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> Denoiser:
+    """A `Denoiser` from a bundled name ("shapes", "photos"), a local folder, or a diffusers hub id.
+
+    Raises `ModelLoadError` (or `PickleRefusedError`) with the offending path in the message.
+    """
+    source_str = str(source)
+    if source_str in BUNDLED:
+        return _load_folder(bundled_path(source_str), dtype, device)
+    path = Path(source_str).expanduser()
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise PickleRefusedError(f"{path} is a pickle checkpoint; priorkit loads only safetensors folders")
+        raise ModelLoadError(f"{path} is a single file; give the diffusers folder that contains it")
+    if path.is_dir():
+        return _load_folder(path, dtype, device)
+    if path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1:
+        raise ModelLoadError(f"no such model folder: {path}")
+    return _load_hub(source_str, dtype, device)
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype, device: str | torch.device) -> Denoiser:
+    """Download (or read from the local HF cache) a diffusers repo, then load it as a folder."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "tokenizer/*"])
+    except Exception as e:  # offline, unknown repo, no cache...
+        raise ModelLoadError(f"could not fetch {repo_id!r} from the model hub (offline or unknown id?): {e}") from e
+    return _load_folder(Path(folder), dtype, device)
+
+
+def load_prior(name: str | Path, **kwargs: Any) -> Denoiser:
+    """Alias of :func:`load_denoiser` for priors: a bundled name, a folder, or a hub id."""
+    return load_denoiser(name, **kwargs)

@@ -1,0 +1,93 @@
+"""The camera convention of the shapes world, shared by gen3d.
+
+World: right-handed, z up, objects centred at the origin. A camera sits on a sphere of radius
+``distance`` (2.5) at ``azimuth`` (degrees, from +x towards +y) and ``elevation`` (degrees above the
+xy-plane), looks at the origin, has a vertical field of view ``fov`` (40 degrees) and square pixels.
+Image rows go top to bottom, columns left to right; pixel centres sit at half-integers.
+
+View phrases (DreamFusion style): "front view" for |azimuth| <= 45, "side view" for 45 < |azimuth| < 135,
+"back view" otherwise, and "overhead view" whenever elevation >= 45 (it overrides the others).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DISTANCE = 2.5
+FOV_DEGREES = 40.0
+ELEVATION_RANGE = (-10.0, 60.0)
+OVERHEAD_ELEVATION = 45.0
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A look-at camera of the shapes world. Angles in degrees."""
+
+    azimuth: float
+    elevation: float
+    distance: float = DISTANCE
+    fov: float = FOV_DEGREES
+
+    @property
+    def eye(self) -> Tensor:
+        a, e = math.radians(self.azimuth), math.radians(self.elevation)
+        return self.distance * torch.tensor([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+
+    def rotation(self) -> Tensor:
+        """Camera-to-world rotation (3, 3): columns are right, up, forward (towards the origin)."""
+        forward = -self.eye / self.eye.norm()
+        world_up = torch.tensor([0.0, 0.0, 1.0])
+        right = torch.linalg.cross(forward, world_up)
+        if right.norm() < 1e-6:  # looking straight down or up
+            right = torch.tensor([0.0, -1.0, 0.0]) if forward[2] < 0 else torch.tensor([0.0, 1.0, 0.0])
+        right = right / right.norm()
+        up = torch.linalg.cross(right, forward)
+        return torch.stack([right, up, forward], dim=1)
+
+    def rays(self, height: int, width: int | None = None, *, jitter: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """World-space rays through pixel centres.
+
+        Returns ``origins`` and unit ``directions``, each (H, W, 3). ``jitter`` (H, W, 2) in pixels
+        offsets the sample inside each pixel (for anti-aliasing).
+        """
+        width = width or height
+        focal = 0.5 * height / math.tan(math.radians(self.fov) / 2)
+        j, i = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                              indexing="ij")
+        u, v = i + 0.5, j + 0.5
+        if jitter is not None:
+            u, v = u + jitter[..., 0], v + jitter[..., 1]
+        x = (u - 0.5 * width) / focal
+        y = -(v - 0.5 * height) / focal
+        d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)
+        d = d_cam @ self.rotation().T
+        d = d / d.norm(dim=-1, keepdim=True)
+        return self.eye.expand_as(d).clone(), d
+
+    @property
+    def view(self) -> str:
+        return view_phrase(self.azimuth, self.elevation)
+
+
+def view_phrase(azimuth: float, elevation: float) -> str:
+    """DreamFusion's view-dependent prompt suffix for a camera at (azimuth, elevation)."""
+    if elevation >= OVERHEAD_ELEVATION:
+        return "overhead view"
+    a = (azimuth + 180.0) % 360.0 - 180.0
+    if abs(a) <= 45.0:
+        return "front view"
+    if abs(a) < 135.0:
+        return "side view"
+    return "back view"
+
+
+def random_cameras(n: int, generator: torch.Generator | None = None,
+                   elevation_range: tuple[float, float] = ELEVATION_RANGE) -> list[Camera]:
+    """``n`` cameras with uniform azimuth and elevation uniform in ``elevation_range``."""
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    lo, hi = elevation_range
+    return [Camera(azimuth=float(360.0 * a - 180.0), elevation=float(lo + (hi - lo) * e)) for a, e in u]

@@ -1,0 +1,97 @@
+"""Natural photographs shipped inside the wheels of scikit-image, scikit-learn and matplotlib.
+
+No download: every file below is installed with those packages. Three whole photos (one per package)
+are held out for evaluation; the others feed the "photos" prior as random multi-scale patches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def _skimage(name: str) -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / name
+
+
+def _sklearn(name: str) -> Path:
+    import sklearn
+
+    return Path(sklearn.__file__).parent / "datasets" / "images" / name
+
+
+def _matplotlib(name: str) -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / name
+
+
+PHOTOS: dict[str, tuple] = {
+    "astronaut": (_skimage, "astronaut.png"),
+    "coffee": (_skimage, "coffee.png"),
+    "rocket": (_skimage, "rocket.jpg"),
+    "motorcycle_left": (_skimage, "motorcycle_left.png"),
+    "motorcycle_right": (_skimage, "motorcycle_right.png"),
+    "hubble_deep_field": (_skimage, "hubble_deep_field.jpg"),
+    "retina": (_skimage, "retina.jpg"),
+    "ihc": (_skimage, "ihc.png"),
+    "china": (_sklearn, "china.jpg"),
+    # held out, one from each package
+    "chelsea": (_skimage, "chelsea.png"),
+    "flower": (_sklearn, "flower.jpg"),
+    "grace_hopper": (_matplotlib, "grace_hopper.jpg"),
+}
+HELD_OUT: tuple[str, ...] = ("chelsea", "flower", "grace_hopper")
+TRAIN: tuple[str, ...] = tuple(n for n in PHOTOS if n not in HELD_OUT)
+
+
+def photo_path(name: str) -> Path:
+    if name not in PHOTOS:
+        raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
+    where, file = PHOTOS[name]
+    return where(file)
+
+
+def load_photo(name: str) -> Tensor:
+    """A photo as a float tensor (3, H, W) in [0, 1]."""
+    with Image.open(photo_path(name)) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+class PatchSampler:
+    """Random square patches of a set of photos: random scale (zoom out by up to ``max_zoom``),
+    position and horizontal flip, resized to ``size`` with antialiasing. Output in [-1, 1]."""
+
+    def __init__(self, names: tuple[str, ...] = TRAIN, size: int = 64, max_zoom: float = 4.0) -> None:
+        self.photos = [load_photo(n) for n in names]
+        self.size, self.max_zoom = size, max_zoom
+        areas = torch.tensor([p.shape[1] * p.shape[2] for p in self.photos], dtype=torch.float64)
+        self.weights = areas.sqrt() / areas.sqrt().sum()  # large photos a little more often
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n, 3, size, size) patches in [-1, 1]."""
+        out = []
+        which = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        u = torch.rand(n, 4, generator=generator)
+        for k, (a, b, c, d) in zip(which.tolist(), u.tolist(), strict=True):
+            img = self.photos[k]
+            h, w = img.shape[1:]
+            side = int(round(self.size * self.max_zoom ** a))  # log-uniform zoom
+            side = max(self.size // 2, min(side, h, w))
+            top, left = int(b * (h - side)), int(c * (w - side))
+            patch = img[:, top:top + side, left:left + side].unsqueeze(0)
+            if side != self.size:
+                patch = F.interpolate(patch, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                      align_corners=False)
+            if d < 0.5:
+                patch = patch.flip(-1)
+            out.append(patch)
+        return torch.cat(out).clamp(0, 1) * 2 - 1

@@ -1,0 +1,184 @@
+"""Train the bundled priors: ``priorkit train-prior shapes|photos --out DIR [--steps N] [--resume]``.
+
+* "shapes": a pixel-space ``UNet2DConditionModel`` (32x32) on renders of the shapes world, conditioned on
+  MiniLM states of varied captions (10% dropped to the empty prompt, for classifier-free guidance);
+  DDPM cosine schedule (squaredcos_cap_v2), v-prediction.
+* "photos": an unconditional ``UNet2DModel`` on 64x64 patches of the shipped photographs; flow matching
+  (a FlowMatchEulerDiscreteScheduler config, velocity prediction).
+
+Both minimise the denoising loss of their own prediction type under their schedule (one loss for every
+schedule, through `from_x0_eps`). Output: a folder loadable by ``load_denoiser`` with the weights, the
+scheduler config, ``training_log.json``, ``loss.png``, ``samples.png`` and ``command.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.denoiser import Denoiser
+from distill.diffusers_adapter import DiffusersDenoiser
+from distill.prediction import from_x0_eps
+from distill.training import TrainConfig, train
+
+SHAPES_UNET: dict[str, Any] = dict(
+    sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128),
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=384, attention_head_dim=32, norm_num_groups=16,
+)
+SHAPES_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "v_prediction", "clip_sample": False,
+}
+PHOTOS_UNET: dict[str, Any] = dict(
+    sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(64, 96, 128, 192),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32,
+    norm_num_groups=32,
+)
+PHOTOS_SCHEDULER: dict[str, Any] = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+                                    "shift": 1.0}
+TEXT_ENCODER = {"kind": "minilm", "max_length": 16}
+CFG_DROPOUT = 0.1
+
+
+def denoising_loss(den: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator) -> Tensor:
+    """E_t,eps || f(x_t, t) - target_kind(x0, eps) ||^2 with t uniform on the schedule's range."""
+    s = den.schedule
+    b = x0.shape[0]
+    u = torch.rand(b, generator=generator, dtype=torch.float64)
+    t = (s.t_min + (1.0 - s.t_min) * u).to(x0)
+    eps = torch.randn(x0.shape, generator=generator).to(x0)
+    a = s.alpha(t).reshape(-1, 1, 1, 1)
+    sg = s.sigma(t).reshape(-1, 1, 1, 1)
+    x_t = a * x0 + sg * eps
+    kind, out = den.predict_native(x_t, t, cond)
+    return (out - from_x0_eps(kind, x0, eps, x_t, t, s)).pow(2).mean()
+
+
+class ShapesData:
+    """Pre-rendered shapes-world images with captions drawn fresh each time."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        from distill.zoo import shapes
+
+        self.shapes = shapes
+        data = shapes.make_dataset(n, size=32, seed=seed)
+        self.images = data["images"].float() / 127.5 - 1.0
+        self.shape, self.colour = data["shape"], data["colour"]
+        self.azimuth, self.elevation = data["azimuth"], data["elevation"]
+
+    def batch(self, n: int, g: torch.Generator) -> tuple[Tensor, list[str]]:
+        from distill.zoo.cameras import view_phrase
+
+        idx = torch.randint(len(self.images), (n,), generator=g)
+        x = self.images[idx]
+        flip = torch.rand(n, generator=g) < 0.5  # a mirror image is the view from the mirrored azimuth
+        x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(-1), x)
+        u = torch.rand(n, 2, generator=g)
+        prompts = []
+        for k, i in enumerate(idx.tolist()):
+            if u[k, 0] < CFG_DROPOUT:
+                prompts.append("")
+                continue
+            view = view_phrase(float(self.azimuth[i]), float(self.elevation[i])) if u[k, 1] < 0.75 else None
+            prompts.append(self.shapes.training_caption(self.shapes.SHAPES[int(self.shape[i])],
+                                                        list(self.shapes.COLOURS)[int(self.colour[i])], view, g))
+        return x, prompts
+
+
+def build(name: str) -> DiffusersDenoiser:
+    """A freshly initialised bundled-prior denoiser."""
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    if name == "shapes":
+        from distill.text import MiniLMEncoder
+
+        return DiffusersDenoiser(UNet2DConditionModel(**SHAPES_UNET), SHAPES_SCHEDULER,
+                                 text_encoder=MiniLMEncoder(TEXT_ENCODER["max_length"]))
+    if name == "photos":
+        return DiffusersDenoiser(UNet2DModel(**PHOTOS_UNET), PHOTOS_SCHEDULER)
+    raise ValueError(f"unknown bundled prior {name!r}; expected 'shapes' or 'photos'")
+
+
+def save_prior(den: DiffusersDenoiser, unet: torch.nn.Module, out: Path, name: str, log: list[dict],
+               command: str) -> None:
+    """Write a folder that ``load_denoiser(out)`` reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(str(out), safe_serialization=True)
+    (out / "scheduler_config.json").write_text(json.dumps(den.scheduler_config, indent=2))
+    spec: dict[str, Any] = {"name": name, "kind": "text-to-image" if name == "shapes" else "unconditional",
+                            "image_range": [-1, 1]}
+    if name == "shapes":
+        spec["text_encoder"] = TEXT_ENCODER
+    (out / "priorkit.json").write_text(json.dumps(spec, indent=2))
+    (out / "training_log.json").write_text(json.dumps(log))
+    (out / "command.txt").write_text(command + "\n")
+    _plot_loss(log, out / "loss.png")
+
+
+def _plot_loss(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not log:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot([e["step"] for e in log], [e["loss"] for e in log])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
+                resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None) -> Path:
+    """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    command = "priorkit train-prior " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if Path(sys.argv[0]).name == "priorkit" else " ".join(shlex.quote(a) for a in sys.argv)
+    torch.manual_seed(seed)
+    den = build(name)
+    if name == "shapes":
+        data = ShapesData(n_renders, seed=seed)
+
+        def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
+            x, prompts = data.batch(batch_size, g)
+            return denoising_loss(den, x, den.encode(prompts), g)
+    else:
+        from distill.zoo.photos import PatchSampler
+
+        sampler = PatchSampler()
+
+        def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
+            return denoising_loss(den, sampler(batch_size, g), None, g)
+
+    cfg = TrainConfig(steps=steps, lr=lr, warmup=min(200, steps // 10), ema_decay=0.999,
+                      checkpoint_every=max(50, min(250, steps // 8)), seed=seed)
+    t0 = time.time()
+    ema_unet, log = train(den.unet, loss_fn, cfg, out / "run", resume=resume, desc=f"train-prior {name}",
+                          on_checkpoint=lambda m, s: save_prior(den, m, out, name, log_ref(out), command))
+    save_prior(den, ema_unet, out, name, log, command)
+    print(f"trained {name} for {steps} steps in {time.time() - t0:.0f}s -> {out}")
+    return out
+
+
+def log_ref(out: Path) -> list[dict]:
+    """The log stored in the run's last checkpoint (for intermediate saves)."""
+    path = out / "run" / "checkpoint" / "state.json"
+    return json.loads(path.read_text())["log"] if path.is_file() else []

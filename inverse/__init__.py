@@ -1,0 +1,43 @@
+"""Training-free image restoration with diffusion priors: degradation operators and solvers."""
+
+from inverse.operators import (
+    Blur,
+    Downsampling,
+    Inpainting,
+    Measurement,
+    Operator,
+    box_mask,
+    conjugate_gradient,
+    gaussian_kernel,
+    half_mask,
+    mask_from_image,
+    measurement_to_image_range,
+    measurement_to_model_range,
+    motion_kernel,
+    noise_in_model_range,
+    random_mask,
+    stroke_mask,
+    to_image_range,
+    to_model_range,
+)
+
+__all__ = [
+    "Blur",
+    "Downsampling",
+    "Inpainting",
+    "Measurement",
+    "Operator",
+    "box_mask",
+    "conjugate_gradient",
+    "gaussian_kernel",
+    "half_mask",
+    "mask_from_image",
+    "measurement_to_image_range",
+    "measurement_to_model_range",
+    "motion_kernel",
+    "noise_in_model_range",
+    "random_mask",
+    "stroke_mask",
+    "to_image_range",
+    "to_model_range",
+]
