@@ -112,6 +112,8 @@ class ConvertedDenoiser(Denoiser):
 
     (x_t, t) under ``schedule`` maps to (x', t') under ``inner.schedule`` with equal SNR; x0 and eps are
     schedule-free, so the prediction carries over exactly (Karras et al. 2022, appendix C).
+    Exact wherever ``inner.schedule`` reaches the SNR; beyond its range (e.g. SNR 0 for a DDPM model whose
+    last step keeps some signal) the time is clamped to its noisiest or cleanest end, as common practice does.
     """
 
     def __init__(self, inner: Denoiser, schedule: Schedule) -> None:

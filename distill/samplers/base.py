@@ -32,44 +32,43 @@ def is_clean(schedule: Schedule, t: Tensor | float) -> bool:
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "logsnr", *, t_max: float | None = None,
               t_min: float | None = None, end: float | None = 0.0, rho: float = 7.0) -> Tensor:
-    """``steps + 1`` decreasing times (float64) from ``t_max`` to the data end.
+    """``steps + 1`` decreasing times (float64) from ``t_max`` to ``end`` (default 0, the data end).
 
     spacing: "time" (uniform in t), "logsnr" (uniform in log-SNR; Lu et al. 2022) or "karras"
-    (uniform in (sigma/alpha)^(1/rho); Karras et al. 2022, eq. 5). When ``end`` is a time where
-    sigma = 0 (log-SNR infinite), the spaced part stops at ``t_min`` and a last step goes to ``end``.
+    (uniform in (sigma/alpha)^(1/rho); Karras et al. 2022, eq. 5). For the last two, when sigma(end) = 0
+    (log-SNR infinite) the spaced part stops at ``t_min`` and one last step goes to ``end``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     t_max = schedule.t_max if t_max is None else t_max
     t_min = schedule.t_min if t_min is None else t_min
-    t_lo = end if end is not None else t_min
-    final_clean = end is not None and is_clean(schedule, end)
-    n = steps if final_clean else steps + 1
-    lo = t_min if final_clean else t_lo
-    if final_clean and steps == 1:
-        return torch.tensor([t_max, end], dtype=torch.float64)
-    if spacing != "time" and not torch.isfinite(schedule.log_snr(torch.tensor(lo, dtype=torch.float64))):
-        lo = 1e-3  # a finite log-SNR to space against
-    hi_t, lo_t = torch.tensor(t_max, dtype=torch.float64), torch.tensor(lo, dtype=torch.float64)
-    if spacing != "time" and not torch.isfinite(schedule.log_snr(hi_t)):
-        hi_t = schedule.t_from_log_snr(torch.tensor(NOISE_END_LOG_SNR, dtype=torch.float64))
-    if spacing == "time":
-        grid = torch.linspace(t_max, lo, n, dtype=torch.float64)
-    elif spacing == "logsnr":
-        lam = torch.linspace(float(schedule.log_snr(hi_t)), float(schedule.log_snr(lo_t)), n, dtype=torch.float64)
-        grid = schedule.t_from_log_snr(lam)
-    elif spacing == "karras":
-        # noise-to-signal ratio sigma/alpha = exp(-log_snr / 2)
-        s_hi, s_lo = (math.exp(-0.5 * float(schedule.log_snr(v))) for v in (hi_t, lo_t))
-        ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-        s = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
-        grid = schedule.t_from_log_snr(-2.0 * torch.log(s))
-    else:
+    end = t_min if end is None else end
+    if spacing == "time":  # uniform in t, straight to the end
+        return torch.linspace(t_max, end, steps + 1, dtype=torch.float64)
+    if spacing not in ("logsnr", "karras"):
         raise ValueError(f"unknown spacing {spacing!r}; expected 'time', 'logsnr' or 'karras'")
-    grid[0] = t_max  # exact ends despite round trips through log-SNR
-    grid[-1] = lo
+    f64 = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+    final_clean = not torch.isfinite(schedule.log_snr(f64(end)))  # sigma(end) = 0: log-SNR is +inf there
+    if final_clean and steps == 1:
+        return f64([t_max, end])
+    lo = max(t_min, end) if final_clean else end
+    if not torch.isfinite(schedule.log_snr(f64(lo))):
+        lo = 1e-3  # a finite log-SNR to space against
+    n = steps if final_clean else steps + 1
+    hi_t, lo_t = f64(t_max), f64(lo)
+    if not torch.isfinite(schedule.log_snr(hi_t)):  # alpha(t_max) = 0, e.g. flow matching at t = 1
+        hi_t = schedule.t_from_log_snr(f64(NOISE_END_LOG_SNR))
+    lam_hi, lam_lo = float(schedule.log_snr(hi_t)), float(schedule.log_snr(lo_t))
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    if spacing == "logsnr":
+        lam = lam_hi + ramp * (lam_lo - lam_hi)
+    else:  # Karras: uniform in (sigma/alpha)^(1/rho), sigma/alpha = exp(-log_snr / 2)
+        s_hi, s_lo = math.exp(-0.5 * lam_hi), math.exp(-0.5 * lam_lo)
+        lam = -2.0 * rho * torch.log(s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho)))
+    grid = schedule.t_from_log_snr(lam)
+    grid[0], grid[-1] = t_max, lo  # exact ends despite round trips through log-SNR
     if final_clean:
-        grid = torch.cat([grid, torch.tensor([end], dtype=torch.float64)])
+        grid = torch.cat([grid, f64([end])])
     return grid
 
 
