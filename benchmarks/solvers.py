@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -72,9 +73,11 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
             for nfe in NFES:
                 steps = steps_for(solver, nfe)
                 with torch.no_grad():
-                    ours, t_ours = timed(lambda: sample(den, x, steps=steps, solver=solver, progress=False), repeats)
+                    ours, t_ours = timed(partial(sample, den, x, steps=steps, solver=solver, progress=False), repeats)
+                    scheduler_cls = getattr(diffusers, cls)
                     theirs, t_theirs = timed(
-                        lambda: diffusers_solve(den, getattr(diffusers, cls)(**SD_CONFIG), x, steps), repeats)
+                        lambda c=scheduler_cls, d=den, xx=x, n=steps: diffusers_solve(d, c(**SD_CONFIG), xx, n),
+                        repeats)
                 for impl, out, sec in (("priorkit", ours, t_ours), ("diffusers", theirs, t_theirs)):
                     err = float((out.double() - ref).norm(dim=-1).mean()) / scale
                     records.append({"target": name, "solver": solver, "impl": impl,

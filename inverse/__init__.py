@@ -1,5 +1,8 @@
 """Training-free image restoration with diffusion priors: degradation operators and solvers."""
 
+from inverse.dflow import CountingDenoiser, DFlowDefaults, dflow
+from inverse.dps import DPSDefaults, dps
+from inverse.gaussian import exact_posterior, operator_matrix, posterior_given_xt
 from inverse.operators import (
     Blur,
     Downsampling,
@@ -20,8 +23,35 @@ from inverse.operators import (
     to_image_range,
     to_model_range,
 )
+from inverse.pigdm import PiGDMDefaults, PiGDMFlowDefaults, pigdm, pigdm_flow, pigdm_guided_x0
+from inverse.restore import METHODS, TASKS, Restoration, RestoreDefaults, degrade, restore, restore_folder
+from inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
 
 __all__ = [
+    "CountingDenoiser",
+    "CropOperator",
+    "DFlowDefaults",
+    "DPSDefaults",
+    "METHODS",
+    "PiGDMDefaults",
+    "PiGDMFlowDefaults",
+    "Restoration",
+    "RestoreDefaults",
+    "TASKS",
+    "TiledDenoiser",
+    "degrade",
+    "dflow",
+    "dps",
+    "exact_posterior",
+    "from_rgb",
+    "operator_matrix",
+    "pigdm",
+    "pigdm_flow",
+    "pigdm_guided_x0",
+    "posterior_given_xt",
+    "restore",
+    "restore_folder",
+    "to_rgb",
     "Blur",
     "Downsampling",
     "Inpainting",
