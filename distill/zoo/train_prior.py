@@ -39,10 +39,10 @@ SHAPES_SCHEDULER: dict[str, Any] = {
     "prediction_type": "v_prediction", "clip_sample": False,
 }
 PHOTOS_UNET: dict[str, Any] = dict(
-    sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(64, 96, 128, 192),
+    sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128, 128),
     down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32,
-    norm_num_groups=32,
+    norm_num_groups=16,
 )
 PHOTOS_SCHEDULER: dict[str, Any] = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
                                     "shift": 1.0}
