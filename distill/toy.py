@@ -62,7 +62,7 @@ def _moons(n: int, g: torch.Generator, noise: float = 0.05) -> tuple[Tensor, Ten
 
 def _checkerboard(n: int, g: torch.Generator, cells: int = 4, side: float = 4.0) -> tuple[Tensor, Tensor]:
     i = torch.randint(0, cells, (n,), generator=g)
-    j = 2 * torch.randint(0, cells // 2, (n,), generator=g) + (i % 2)  # (i + j) odd: the "black" squares
+    j = 2 * torch.randint(0, cells // 2, (n,), generator=g) + (i % 2)  # (i + j) even: the "black" squares
     frac = torch.rand(n, 2, generator=g, dtype=torch.float64)
     x = (torch.stack([i, j], -1).double() + frac) * (side / cells) - side / 2
     return x, (i >= cells // 2).long()  # classes: left / right half of the board
@@ -140,7 +140,7 @@ class ClassConditionalGMM(Denoiser):
             return self.full.predict_native(x, t)
         labels = torch.as_tensor(cond, device=x.device).reshape(-1).expand(x.shape[0])
         out = torch.empty_like(x)
-        tt = t.expand(x.shape[0]) if t.ndim == 1 else t.expand(x.shape[0])
+        tt = t.reshape(-1).expand(x.shape[0])
         for c in labels.unique().tolist():
             rows = labels == c
             model = self.full if c == NULL_CLASS else self.parts[c]
@@ -202,6 +202,8 @@ class MLPDenoiser(Denoiser):
 
     Condition: None, class labels (B,) long, or a dict ``{"class": (B,) | None, "<extra>": float | (B,)}``.
     """
+
+    condition_key = "class"  # where a bare tensor condition goes when extras are added (distill.students)
 
     def __init__(self, schedule: Schedule | None = None, config: MLPConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -266,8 +268,9 @@ class MLPDenoiser(Denoiser):
         feats = [fourier_embedding(t, e)] + [fourier_embedding(v, e) for v in extras]
         if labels is not None:
             feats.append(self.class_embed(labels))
-        c = self.cond_net(torch.cat(feats, dim=-1))
-        h = self.inp((x * c_in).float())
+        dtype = self.inp.weight.dtype
+        c = self.cond_net(torch.cat(feats, dim=-1).to(dtype))
+        h = self.inp((x * c_in).to(dtype))
         for block in self.blocks:
             h = block(h, c)
         return self.kind, self.out(h).to(x.dtype)
@@ -336,11 +339,11 @@ def train_teacher(name: str, steps: int | None = None, *, conditional: bool = Fa
 
 # ---- metrics -------------------------------------------------------------------------------------
 def _sorted_projections(x: Tensor, dirs: Tensor, n: int) -> Tensor:
-    p = torch.sort(x.double() @ dirs.T, dim=0).values  # (N, P)
-    if p.shape[0] == n:
+    p = torch.sort(dirs @ x.double().T, dim=-1).values  # (P, N), sorted along the samples
+    if p.shape[1] == n:
         return p
     q = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # quantiles of an unequal-size sample
-    return torch.quantile(p, q, dim=0)
+    return torch.quantile(p, q, dim=-1).T
 
 
 def sliced_w2(x: Tensor, y: Tensor, *, projections: int = 512, generator: torch.Generator | None = None) -> float:

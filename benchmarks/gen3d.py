@@ -1,0 +1,181 @@
+"""Text-to-3D on the bundled "shapes" prior: SDS and VSD, scored by the judge and by Chamfer distance to the truth.
+
+    python -m benchmarks.gen3d --json outputs/bench/gen3d.json [--quick] [--methods sds,vsd] [--threads 2]
+                               [--prompts 0,3] [--steps N] [--prior shapes]
+
+Prompts: every shape of the shapes world in one colour ("a red sphere", "a blue cube", ...) plus two paraphrased
+prompts from ``shapes.PARAPHRASE_PROMPTS`` (words the prior never saw in training). For every prompt and method,
+``gen3d.generate`` runs with its defaults (SDS: one particle; VSD: four particles) and every particle is scored:
+
+* judge_accuracy: fraction of 8 random views of the field (32x32, white background, Lambertian shading under the
+  shapes world's random lights, 2x2 supersampled) in which ``distill.zoo.judge`` names both shape and colour;
+* chamfer: symmetric mean Chamfer distance between the exported mesh and ``shapes.true_mesh(shape)``
+  (minimum over rotations about z for the cube; null when no mesh could be extracted);
+* seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included.
+
+Records: {"prompt", "method", "particle", "judge_accuracy", "chamfer", "seconds", "shape", "colour",
+"shape_accuracy", "colour_accuracy"}; plus for VSD one {"prompt", "method": "vsd", "diversity"} record per prompt
+(mean pairwise Chamfer distance between the particles' meshes) and a PNG of the particles side by side.
+Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/``.
+Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
+same, in <= 900 s per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.zoo import shapes
+from distill.zoo.cameras import random_cameras
+
+SHAPE_COLOURS = {"sphere": "red", "cube": "blue", "cylinder": "green", "cone": "yellow", "torus": "purple"}
+N_PARAPHRASES = 2
+JUDGE_VIEWS = 8
+GOALS = {"judge_accuracy": 0.8, "chamfer": 0.06, "sds_seconds": 180.0, "vsd_seconds": 900.0}
+
+
+def prompts(quick: bool) -> list[tuple[str, str, str]]:
+    """(prompt, shape, colour) triples: one colour per shape, then the paraphrases."""
+    items = [(shapes.caption(s, c), s, c) for s, c in SHAPE_COLOURS.items()]
+    items += list(shapes.PARAPHRASE_PROMPTS[:N_PARAPHRASES])
+    return items[:2] if quick else items
+
+
+@torch.no_grad()
+def judge_views(field: torch.nn.Module, n: int = JUDGE_VIEWS, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """``n`` random views of ``field`` as the judge sees the shapes world: (n, 3, size, size) in [0, 1]."""
+    from gen3d.generate import render_views
+
+    g = torch.Generator().manual_seed(seed)
+    cams = random_cameras(n, g)
+    lights = shapes.random_lights(cams, g)
+    img, _ = render_views(field, cams, 2 * size, background=1.0, shading="lambertian", lights=lights,
+                          ambient=shapes.AMBIENT, n_samples=128, jitter=False)
+    return F.avg_pool2d(img, 2).clamp(0, 1)
+
+
+def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, judge: Any) -> dict[str, float | None]:
+    """Judge accuracies over :data:`JUDGE_VIEWS` views and the Chamfer distance of ``mesh`` to the true shape."""
+    from gen3d.export import chamfer_distance, chamfer_min_over_z_rotations
+
+    imgs = judge_views(field)
+    s_idx, c_idx = judge.predict(imgs)
+    s_ok = s_idx == shapes.SHAPES.index(shape)
+    c_ok = c_idx == shapes.COLOUR_NAMES.index(colour)
+    chamfer = None
+    if mesh is not None:
+        truth = shapes.true_mesh(shape)
+        chamfer = chamfer_min_over_z_rotations(mesh, truth) if shape == "cube" else chamfer_distance(mesh, truth)
+    return {"judge_accuracy": float((s_ok & c_ok).float().mean()), "shape_accuracy": float(s_ok.float().mean()),
+            "colour_accuracy": float(c_ok.float().mean()), "chamfer": chamfer}
+
+
+def diversity(meshes: list[Any]) -> float | None:
+    """Mean pairwise Chamfer distance between the particles' meshes (None with fewer than two meshes)."""
+    from gen3d.export import chamfer_distance
+
+    ok = [m for m in meshes if m is not None]
+    pairs = list(itertools.combinations(ok, 2))
+    return float(np.mean([chamfer_distance(a, b, n=4000) for a, b in pairs])) if pairs else None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int,
+        only: list[int] | None = None) -> list[dict]:
+    from distill.loading import load_denoiser
+    from distill.zoo.judge import load_judge
+    from gen3d.generate import GenerateConfig, generate, preview_image
+
+    den = load_denoiser(prior)
+    judge = load_judge()
+    assets = json_path.parent / f"{json_path.stem}_assets"
+    records: list[dict] = []
+    items = prompts(quick)
+    if only is not None:
+        items = [items[i] for i in only]
+    for (prompt, shape, colour), method in itertools.product(items, methods):
+        cfg = GenerateConfig()
+        n_steps = steps or (max(50, cfg.steps // 6) if quick else None)
+        out = assets / f"{method}-{slug(prompt)}"
+        t0 = time.time()
+        result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
+        seconds = time.time() - t0
+        for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
+            rec = {"prompt": prompt, "method": method, "particle": i, "shape": shape, "colour": colour,
+                   **score_particle(field, mesh, shape, colour, judge), "seconds": seconds}
+            records.append(rec)
+            print(json.dumps(rec))
+        if method == "vsd":
+            div = diversity(result.meshes)
+            records.append({"prompt": prompt, "method": "vsd", "diversity": div, "seconds": seconds})
+            from PIL import Image
+
+            Image.fromarray(preview_image(result.fields, cfg, [1.0] * len(result.fields))).save(
+                out / "particles.png")
+        json_path.write_text(json.dumps(records, indent=1))
+    return records
+
+
+def table(records: list[dict]) -> str:
+    """A plain-text table of the particle records and the pass/fail of each goal."""
+    rows = [f"{'method':6} {'prompt':22} {'p':>2} {'judge':>6} {'chamfer':>8} {'seconds':>8}  goal"]
+    for r in records:
+        if "particle" not in r:
+            div = r["diversity"]
+            rows.append(f"{r['method']:6} {r['prompt']:22} {'':>2} diversity (mean pairwise Chamfer) = "
+                        f"{'n/a' if div is None else f'{div:.4f}'}")
+            continue
+        ch = r["chamfer"]
+        limit = GOALS["sds_seconds"] if r["method"] == "sds" else GOALS["vsd_seconds"]
+        ok = (r["judge_accuracy"] >= GOALS["judge_accuracy"] and ch is not None and ch <= GOALS["chamfer"]
+              and r["seconds"] <= limit)
+        rows.append(f"{r['method']:6} {r['prompt']:22} {r['particle']:>2} {r['judge_accuracy']:6.2f} "
+                    f"{'-' if ch is None else f'{ch:.4f}':>8} {r['seconds']:8.1f}  {'PASS' if ok else 'fail'}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", required=True, type=Path, help="where to write the records")
+    parser.add_argument("--quick", action="store_true", help="two prompts, 1/6 of the steps (a smoke run)")
+    parser.add_argument("--methods", default="sds,vsd", help="comma-separated subset of sds,vsd")
+    parser.add_argument("--prior", default="shapes", help="bundled name or folder of the text-to-image prior")
+    parser.add_argument("--steps", type=int, default=None, help="override the optimisation steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--prompts", default=None,
+                        help="comma-separated indices into the prompt list (0-4: shapes, 5-6: paraphrases)")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in ("sds", "vsd")]
+    if bad or not methods:
+        parser.error(f"--methods takes a comma-separated subset of sds,vsd; got {args.methods!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    only = None
+    if args.prompts:
+        n = len(prompts(args.quick))
+        only = [int(i) for i in args.prompts.split(",")]
+        if any(not 0 <= i < n for i in only):
+            parser.error(f"--prompts takes indices in [0, {n - 1}]")
+    records = run(methods, args.quick, args.json, args.prior, args.steps, args.seed, only)
+    print(table(records))
+    print(f"records -> {args.json}")
+
+
+if __name__ == "__main__":
+    main()

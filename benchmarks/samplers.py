@@ -1,0 +1,395 @@
+"""Fast samplers on 2D targets: every distillation method against the teacher's ODE solvers, at equal NFE.
+
+    python -m benchmarks.samplers --json outputs/bench/samplers.json [--quick] [--targets gmm,moons]
+                                  [--methods reflow,cd,ct,shortcut,progressive,guidance]
+
+Targets: "gmm" (a ring of 8 Gaussians; its exact denoiser is the teacher), "moons" and "checkerboard" (an
+MLP teacher trained by flow matching on exact samples). Students are MLPs trained by `distill`'s trainers.
+
+Metric: the sliced 2-Wasserstein distance (512 random directions, exact 1D W2 by sorting) between 20k
+generated samples and 20k exact samples of the target ("sw2"); its noise floor (two independent exact
+sample sets) is recorded as method "data". Each method at NFE 1, 2, 4, 8 where it allows (progressive
+students exist at the step counts of their rounds); the teacher with Euler and DPM-Solver++(2M) at the
+same NFE (the best of the "logsnr", "karras" and "time" grids, named in "detail") and at 128 NFE as the
+reference. Guidance distillation is measured on "gmm" against the exact teacher's classifier-free guided
+samples (128 DPM-Solver++ steps; w = 2, class 0), the CFG teacher's NFE counting both branches.
+
+Records: {"target", "method", "nfe", "metric", "value", "train_seconds", "detail"}; a table is printed,
+the goals are checked (best 1-step student below DPM-Solver++ at 4 NFE, best 2-step student below
+DPM-Solver++ at 8 NFE), and a PNG of samples per target is saved next to the JSON.
+:func:`run_shapes` is the hook for the shapes text-to-image prior (judge accuracy), not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill import consistency as cm
+from distill import guidance_distill as gd
+from distill import progressive as pd
+from distill import reflow as rf
+from distill import shortcut as sc
+from distill.denoiser import Denoiser
+from distill.distill_cli import METHODS, make_student, student_sampler
+from distill.samplers import initial_noise, sample
+from distill.students import load_student, read_meta
+from distill.toy import (
+    TARGETS,
+    TeacherConfig,
+    conditional_gmm_target,
+    gmm_target,
+    sample_target,
+    sliced_w2,
+    target_data,
+    train_teacher,
+)
+from distill.training import TrainConfig
+
+NFES = (1, 2, 4, 8)
+REFERENCE_NFE = 128
+SPACINGS = ("logsnr", "karras", "time")
+METRIC = "sw2"
+
+
+def record(target: str, method: str, nfe: int, value: float, train_seconds: float | None = None,
+           detail: str = "", metric: str = METRIC) -> dict[str, Any]:
+    return {"target": target, "method": method, "nfe": nfe, "metric": metric, "value": round(float(value), 5),
+            "train_seconds": None if train_seconds is None else round(train_seconds, 1), "detail": detail}
+
+
+# ---- settings ------------------------------------------------------------------------------------
+def settings(quick: bool) -> dict[str, Any]:
+    """Training lengths: full (minutes per student on one CPU thread) or quick (a smoke run)."""
+    if quick:
+        return {"n_eval": 4000, "teacher": 300, "steps": 150, "pairs": 4000, "pd_start": 8, "pd_steps": 60,
+                "gd_start": 4, "batch": 256}
+    return {"n_eval": 20000, "teacher": 4000, "steps": 3000, "pairs": 40000, "pd_start": 32, "pd_steps": 1200,
+            "gd_start": 16, "batch": 512}
+
+
+def train_cfg(steps: int, lr: float = 5e-4) -> TrainConfig:
+    return TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), ema_decay=0.995,
+                       checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 20))
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+@torch.no_grad()
+def teacher_baselines(name: str, teacher: Denoiser, ref: Tensor, n: int, seed: int) -> tuple[list, dict]:
+    """Euler and DPM-Solver++ at NFES and at the reference NFE, each on its best time grid."""
+    records, shown = [], {}
+    noise = initial_noise(teacher, (n, 2), generator=torch.Generator().manual_seed(seed))
+    for solver in ("euler", "dpm++2m"):
+        for nfe in (*NFES, REFERENCE_NFE):
+            best = (math.inf, "", None)
+            for spacing in SPACINGS:
+                x = sample(teacher, noise.to(_dtype(teacher)), steps=nfe, solver=solver, spacing=spacing).float()
+                value = sliced_w2(x, ref)
+                if value < best[0]:
+                    best = (value, spacing, x)
+            records.append(record(name, f"teacher-{solver}", nfe, best[0], None, best[1]))
+            if nfe in NFES:
+                shown[(f"teacher-{solver}", nfe)] = best[2]
+    return records, shown
+
+
+def _dtype(den: Denoiser) -> torch.dtype:
+    buffers = list(den.buffers()) + list(den.parameters())
+    return buffers[0].dtype if buffers else torch.float32
+
+
+@torch.no_grad()
+def evaluate_student(name: str, method: str, student: Denoiser, meta: dict[str, Any], ref: Tensor, n: int,
+                     nfes: tuple[int, ...], seconds: float, seed: int) -> tuple[list, dict]:
+    from distill.distill_cli import start_time
+
+    run = student_sampler(meta)
+    records, shown = [], {}
+    for nfe in nfes:
+        g = torch.Generator().manual_seed(seed)
+        noise = initial_noise(student, (n, 2), t_max=start_time(student, meta), generator=g)
+        x = run(student, noise, nfe, None, g).float()
+        records.append(record(name, method, nfe, sliced_w2(x, ref), seconds, meta.get("sampler", "")))
+        shown[(method, nfe)] = x
+    return records, shown
+
+
+# ---- one target ----------------------------------------------------------------------------------
+def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, seed: int = 0) -> tuple[list, dict]:
+    """Train the teacher (if any) and every student on one target; returns (records, samples to plot)."""
+    n = s["n_eval"]
+    ref = sample_target(name, n, torch.Generator().manual_seed(1))
+    records = [record(name, "data", 0, sliced_w2(sample_target(name, n, torch.Generator().manual_seed(2)), ref),
+                      None, "noise floor")]
+    shown: dict = {("data", 0): ref}
+    t0 = time.time()
+    backbone = train_teacher(name, s["teacher"], config=TeacherConfig(), out=work / "teacher")
+    teacher_seconds = time.time() - t0
+    teacher: Denoiser = gmm_target().float() if name == "gmm" else backbone
+    rec, sh = teacher_baselines(name, teacher, ref, n, seed + 5)
+    for r in rec:
+        r["train_seconds"] = None if name == "gmm" else round(teacher_seconds, 1)
+    records += rec
+    shown.update(sh)
+    data = target_data(name)
+    steps, batch = s["steps"], s["batch"]
+    for method in methods:
+        if method == "guidance":
+            continue
+        folder = work / method
+        student = make_student(method, teacher, backbone)
+        t0 = time.time()
+        if method == "reflow":
+            cfg = rf.ReflowConfig(pairs=s["pairs"], batch=batch, train=train_cfg(steps), one_step_steps=steps // 2)
+            rf.reflow(teacher, student, folder, cfg)
+            seconds = time.time() - t0
+            for sub, label in ((folder / "round_1" / "student", "reflow"), (folder / "one_step" / "student",
+                                                                            "reflow+1step")):
+                rec, sh = evaluate_student(name, label, load_student(sub), read_meta(sub), ref, n, NFES, seconds, seed)
+                records += rec
+                shown.update(sh)
+            continue
+        if method in ("cd", "ct"):
+            cfg = cm.ConsistencyConfig(sigma_data=1.0, batch=batch, train=train_cfg(steps if method == "cd"
+                                                                                     else 2 * steps))
+            if method == "cd":
+                cm.consistency_distill(teacher, student, data, folder, cfg)
+            else:
+                cm.consistency_training(student, data, folder, replace(cfg, s1=min(cfg.s1, 80)))
+        elif method == "shortcut":
+            sc.shortcut_train(student, data, folder, sc.ShortcutConfig(batch=batch, train=train_cfg(steps)),
+                              teacher=teacher)
+        elif method == "progressive":
+            cfg = pd.ProgressiveConfig(start_steps=s["pd_start"], end_steps=1, batch=batch,
+                                       train=train_cfg(s["pd_steps"]))
+            pd.progressive_distill(teacher, student, data, folder, cfg)
+            seconds = time.time() - t0
+            for k in NFES:
+                sub = folder / f"steps_{k}" / "student"
+                if sub.is_dir():
+                    rec, sh = evaluate_student(name, method, load_student(sub), read_meta(sub), ref, n, (k,),
+                                               seconds, seed)
+                    records += rec
+                    shown.update(sh)
+            continue
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        seconds = time.time() - t0
+        sub = folder / "student"
+        rec, sh = evaluate_student(name, method, load_student(sub), read_meta(sub), ref, n, NFES, seconds, seed)
+        records += rec
+        shown.update(sh)
+    if "guidance" in methods and name == "gmm":
+        records += run_guidance(s, work / "guidance", seed)
+    return records, shown
+
+
+def run_guidance(s: dict[str, Any], folder: Path, seed: int, w: float = 2.0, label: int = 0) -> list[dict]:
+    """Guidance distillation on the class-conditional ring: students vs the exact CFG teacher (w, class)."""
+    teacher = conditional_gmm_target().float()
+    target = f"gmm|class{label},w={w:g}"
+    n = s["n_eval"]
+    labels = torch.full((n,), label)
+    noise = initial_noise(teacher, (n, 2), generator=torch.Generator().manual_seed(seed + 7))
+    ref = sample(teacher, initial_noise(teacher, (n, 2), generator=torch.Generator().manual_seed(seed + 8)),
+                 steps=REFERENCE_NFE, cond=labels, guidance=w).float()
+    records = []
+    for steps in (1, 2, 4):  # the CFG teacher: two evaluations per step
+        best = min((sliced_w2(sample(teacher, noise, steps=steps, cond=labels, guidance=w, spacing=sp).float(),
+                              ref), sp) for sp in SPACINGS)
+        records.append(record(target, "teacher-dpm++2m-cfg", 2 * steps, best[0], None, best[1]))
+    student = make_student("guidance", teacher)
+    cfg = gd.GuidanceDistillConfig(batch=s["batch"], stage1=train_cfg(s["steps"]),
+                                   stage2=pd.ProgressiveConfig(start_steps=s["gd_start"], end_steps=1,
+                                                               batch=s["batch"], train=train_cfg(s["pd_steps"])))
+    t0 = time.time()
+    gd.guidance_distill(teacher, student, target_data("gmm", conditional=True), folder, cfg)
+    seconds = time.time() - t0
+    cond = {"class": labels, "w": w}
+    stage1 = load_student(folder / "stage1" / "student")
+    for steps in (2, 4, 8):
+        x = sample(stage1, noise, steps=steps, cond=cond).float()
+        records.append(record(target, "guidance-stage1", steps, sliced_w2(x, ref), seconds, "dpm++2m"))
+    for k in NFES:
+        sub = folder / "stage2" / f"steps_{k}" / "student"
+        if sub.is_dir():
+            x = pd.ddim_sample(load_student(sub), noise, pd.student_grid(teacher.schedule, k, s["gd_start"]), cond=cond)
+            records.append(record(target, "guidance", k, sliced_w2(x.float(), ref), seconds, "ddim"))
+    return records
+
+
+# ---- the shapes prior (hook; run by the lead once the prior is trained) --------------------------
+def run_shapes(teacher_path: str, methods: list[str], *, out: str | Path, steps: int = 2000, nfes: tuple = (1, 2, 4),
+               guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0, resume: bool = True) -> list[dict]:
+    """Distil the shapes text-to-image prior with ``methods`` and score samples with the judge.
+
+    For every shape x colour caption, ``n_per_prompt`` images per student and NFE; metric "judge_accuracy"
+    (the judge names both shape and colour). Baselines: the teacher with DPM-Solver++ at the same NFE and at
+    32 steps (CFG ``guidance``). Returns records like the 2D ones (target "shapes").
+    """
+    from distill.distill_cli import distill as distill_run
+    from distill.distill_cli import start_time
+    from distill.loading import load_denoiser
+    from distill.zoo import shapes
+    from distill.zoo.judge import load_judge
+
+    judge = load_judge()
+    teacher = load_denoiser(teacher_path).eval()
+    colours = list(shapes.COLOURS)
+    pairs = [(si, ci) for si in range(len(shapes.SHAPES)) for ci in range(len(colours))]
+    prompts = [shapes.caption(shapes.SHAPES[si], colours[ci]) for si, ci in pairs for _ in range(n_per_prompt)]
+    shape_idx = torch.tensor([si for si, _ in pairs for _ in range(n_per_prompt)])
+    colour_idx = torch.tensor([ci for _, ci in pairs for _ in range(n_per_prompt)])
+    cond = teacher.encode(prompts)
+
+    def score(images: Tensor) -> float:
+        return judge.accuracy(((images.clamp(-1, 1) + 1) / 2).float(), shape_idx, colour_idx)
+
+    records = []
+    g = torch.Generator().manual_seed(seed)
+    noise = initial_noise(teacher, (len(prompts), *teacher.sample_shape), generator=g)
+    with torch.no_grad():
+        for nfe in (*nfes, 32):
+            x = sample(teacher, noise, steps=nfe, cond=cond, guidance=guidance)
+            records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, f"cfg {guidance:g}",
+                                  "judge_accuracy"))
+    for method in methods:
+        t0 = time.time()
+        folder = distill_run(method, teacher_path, Path(out) / method, steps=steps, guidance=guidance, resume=resume)
+        seconds = time.time() - t0
+        student, meta = load_student(folder), read_meta(folder)
+        run = student_sampler(meta)
+        c = {"text": cond, "w": guidance} if method == "guidance" else cond
+        for nfe in nfes:
+            if meta.get("start_steps") and meta.get("steps") and nfe != meta["steps"]:
+                continue
+            gg = torch.Generator().manual_seed(seed)
+            z = initial_noise(student, (len(prompts), *student.sample_shape), t_max=start_time(student, meta),
+                              generator=gg)
+            with torch.no_grad():
+                x = run(student, z, nfe, c, gg)
+            records.append(record("shapes", method, nfe, score(x), seconds, meta.get("sampler", ""),
+                                  "judge_accuracy"))
+    return records
+
+
+# ---- report --------------------------------------------------------------------------------------
+def table(records: list[dict]) -> str:
+    lines = []
+    for target in dict.fromkeys(r["target"] for r in records):
+        rows = [r for r in records if r["target"] == target]
+        nfes = sorted({r["nfe"] for r in rows})
+        lines.append(f"\n{target}  ({rows[0]['metric']}, lower is better)")
+        lines.append(f"{'method':24s}" + "".join(f"{'NFE ' + str(k):>10s}" for k in nfes) + f"{'train s':>10s}")
+        for method in dict.fromkeys(r["method"] for r in rows):
+            cells = {r["nfe"]: r["value"] for r in rows if r["method"] == method}
+            secs = next((r["train_seconds"] for r in rows if r["method"] == method), None)
+            lines.append(f"{method:24s}" + "".join(f"{cells[k]:10.4f}" if k in cells else f"{'':10s}" for k in nfes)
+                         + (f"{secs:10.0f}" if secs is not None else f"{'':10s}"))
+    return "\n".join(lines)
+
+
+def goals(records: list[dict]) -> list[str]:
+    """Best 1-step student < DPM-Solver++ at 4 NFE; best 2-step student < DPM-Solver++ at 8 NFE (per target)."""
+    out = []
+    for target in TARGETS:
+        rows = [r for r in records if r["target"] == target]
+        if not rows:
+            continue
+        dpm = {r["nfe"]: r["value"] for r in rows if r["method"] == "teacher-dpm++2m"}
+        students = [r for r in rows if not r["method"].startswith(("teacher", "data"))]
+        for k, ref_nfe in ((1, 4), (2, 8)):
+            cands = [r for r in students if r["nfe"] == k]
+            if not cands or ref_nfe not in dpm:
+                continue
+            best = min(cands, key=lambda r: r["value"])
+            ok = best["value"] < dpm[ref_nfe]
+            out.append(f"{target}: best {k}-step student {best['method']} {best['value']:.4f} "
+                       f"{'<' if ok else '>='} DPM-Solver++ at {ref_nfe} NFE {dpm[ref_nfe]:.4f}  "
+                       f"[{'met' if ok else 'NOT met'}]")
+    return out
+
+
+def plot(shown: dict, target: str, path: Path, n_points: int = 2000) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(m for m, _ in shown if m != "data"))
+    fig, axes = plt.subplots(len(methods) + 1, len(NFES), figsize=(2.2 * len(NFES), 2.2 * (len(methods) + 1)),
+                             squeeze=False)
+    lim = 3.2
+    for ax in axes.ravel():
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal")
+    data = shown[("data", 0)][:n_points]
+    axes[0, 0].scatter(data[:, 0], data[:, 1], s=0.5, c="k")
+    axes[0, 0].set_title("data", fontsize=8)
+    for ax in axes[0, 1:]:
+        ax.axis("off")
+    for i, method in enumerate(methods, start=1):
+        for j, k in enumerate(NFES):
+            ax = axes[i, j]
+            if (method, k) in shown:
+                x = shown[(method, k)][:n_points]
+                ax.scatter(x[:, 0].clamp(-lim, lim), x[:, 1].clamp(-lim, lim), s=0.5, c="C0")
+            ax.set_title(f"{method}, NFE {k}", fontsize=7)
+    fig.suptitle(target)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", required=True, type=Path, help="where to write the records")
+    parser.add_argument("--quick", action="store_true", help="short trainings and 4k samples (a smoke run)")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {TARGETS}")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    targets = [t for t in args.targets.split(",") if t]
+    methods = [m for m in args.methods.split(",") if m]
+    for t in targets:
+        if t not in TARGETS:
+            parser.error(f"unknown target {t!r}")
+    for m in methods:
+        if m not in METHODS:
+            parser.error(f"unknown method {m!r}")
+    s = settings(args.quick)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        for target in targets:
+            recs, shown = run_target(target, methods, s, work / target, args.seed)
+            records += recs
+            png = args.json.with_name(f"{args.json.stem}_{target}.png")
+            plot(shown, target, png)
+            args.json.write_text(json.dumps(records, indent=1))  # partial results survive a crash
+            print(f"{target}: done; samples in {png}", flush=True)
+    args.json.write_text(json.dumps(records, indent=1))
+    print(table(records))
+    for line in goals(records):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

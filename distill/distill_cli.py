@@ -1,0 +1,332 @@
+"""Plain functions behind ``priorkit distill`` and ``priorkit sample`` for students (the lead wires the CLI).
+
+* :func:`distill` — train a fast-sampling student of a teacher with one method; returns its folder.
+  Teachers: "toy:gmm" (the exact mixture), "toy:moons", "toy:checkerboard" (an MLP teacher trained first
+  by flow matching), or anything `distill.loading.load_denoiser` reads (a bundled name, a diffusers folder).
+* :func:`sample_student` — samples from a student folder with the sampler its method needs.
+* :func:`student_sampler` — that sampler as a function, for benchmarks and apps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.denoiser import Condition, Denoiser
+from distill.samplers import initial_noise, sample
+from distill.students import attach_codecs, copy_teacher, freeze, load_student, read_meta, unet_student_from_teacher
+from distill.toy import TARGETS, DataFn, MLPDenoiser, conditional_gmm_target, gmm_target, target_data, train_teacher
+
+METHODS: tuple[str, ...] = ("reflow", "cd", "ct", "shortcut", "progressive", "guidance")
+
+#: a sampler: fn(student, noise (B, ...) at its start time, steps, cond, generator) -> samples
+Sampler = Callable[[Denoiser, Tensor, int, Condition, torch.Generator | None], Tensor]
+
+
+class CFGDenoiser(Denoiser):
+    """A conditional denoiser served with a fixed classifier-free guidance scale (the teacher students copy)."""
+
+    def __init__(self, inner: Denoiser, scale: float) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, float(scale)
+        self.schedule, self.sample_shape = inner.schedule, inner.sample_shape
+
+    def encode(self, cond: Condition) -> Condition:
+        return self.inner.encode(cond)
+
+    def null_condition(self, cond: Condition) -> Condition:
+        return self.inner.null_condition(cond)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True):  # noqa: ANN201
+        if cond is None or self.scale == 1.0:
+            return self.inner(x, t, cond, check=check)
+        return self.inner.guided(x, t, cond, self.scale, check=check)
+
+
+# ---- teachers, students, data --------------------------------------------------------------------
+def _toy_name(teacher: str) -> str | None:
+    if teacher.startswith("toy:"):
+        name = teacher[4:]
+        if name not in TARGETS:
+            raise ValueError(f"unknown toy target {name!r}; expected one of {TARGETS}")
+        return name
+    return None
+
+
+def _source_spec(teacher: str) -> dict[str, Any]:
+    """The priorkit.json of a teacher folder or bundled name (text encoder spec, bundled name), or {}."""
+    from distill.loading import BUNDLED, BUNDLED_DIR
+
+    folder = BUNDLED_DIR / teacher if teacher in BUNDLED else Path(teacher)
+    path = folder / "priorkit.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0, guidance: float = 1.0,
+               prompts: list[str] | None = None) -> DataFn:
+    """Training data for an image teacher: the shapes world's renders ("shapes"), photo patches ("photos"),
+    or otherwise the teacher's own samples (DPM-Solver++, 32 steps; conditioned on ``prompts`` if given)."""
+    name = _source_spec(source).get("name", source)
+    if name == "shapes":
+        from distill.zoo.train_prior import ShapesData
+
+        shapes = ShapesData(n, seed=seed)
+
+        def renders(m: int, g: torch.Generator) -> tuple[Tensor, Condition]:
+            x, text = shapes.batch(m, g)
+            return x, teacher.encode(text)
+
+        return renders
+    if name == "photos":
+        from distill.zoo.photos import PatchSampler
+
+        patches = PatchSampler()
+        return lambda m, g: (patches(m, g), None)
+    g0 = torch.Generator().manual_seed(seed)
+    conds = None
+    if prompts:
+        idx = torch.randint(len(prompts), (n,), generator=g0)
+        conds = teacher.encode([prompts[i] for i in idx.tolist()])
+    xs = []
+    with torch.no_grad():
+        for start in range(0, n, 256):
+            c = conds[start:start + 256] if conds is not None else None
+            m = min(256, n - start)
+            noise = initial_noise(teacher, (m, *teacher.sample_shape), generator=g0)
+            xs.append(sample(teacher, noise, steps=32, cond=c, guidance=guidance))
+    bank = torch.cat(xs)
+
+    def own(m: int, g: torch.Generator) -> tuple[Tensor, Condition]:
+        i = torch.randint(len(bank), (m,), generator=g)
+        return bank[i], (conds[i] if conds is not None else None)
+
+    return own
+
+
+def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = None, *,
+                 sigma_data: float = 0.5) -> Denoiser:
+    """The initial student of ``method`` for ``teacher``.
+
+    Diffusers teachers: a copy of the UNet (reflow, progressive, cd), with a zero-initialised ``d`` / ``w``
+    class embedding (shortcut / guidance); ct starts from the same copy. MLP / analytic teachers: a copy of
+    ``backbone`` (an MLP teacher) where the architecture allows, else a fresh `MLPDenoiser`.
+    """
+    from distill.consistency import ConsistencyModel
+    from distill.diffusers_adapter import DiffusersDenoiser
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if isinstance(teacher, CFGDenoiser):
+        teacher = teacher.inner
+    if isinstance(teacher, DiffusersDenoiser):
+        if method in ("shortcut", "guidance"):
+            return unet_student_from_teacher(teacher, ("d",) if method == "shortcut" else ("w",))
+        net = copy_teacher(teacher)
+        return ConsistencyModel(net, sigma_data=sigma_data) if method in ("cd", "ct") else net
+    schedule = teacher.schedule
+    if method == "shortcut":
+        return MLPDenoiser(schedule, hidden=128, depth=4, extras=("d",))
+    if method == "guidance":
+        return MLPDenoiser(schedule, hidden=128, depth=4, extras=("w",), num_classes=2, extra_defaults={"w": 1.0})
+    if backbone is not None and method != "ct":
+        net = copy.deepcopy(backbone).train().requires_grad_(True)
+    else:
+        net = MLPDenoiser(schedule, hidden=128, depth=4, kind="velocity")
+    return net
+
+
+def method_config(method: str, *, steps: int | None = None, batch: int | None = None, lr: float | None = None,
+                  image: bool = False) -> Any:
+    """The defaults dataclass of ``method`` with the common overrides (image teachers: smaller lr / batch)."""
+    from distill.consistency import ConsistencyConfig
+    from distill.guidance_distill import GuidanceDistillConfig
+    from distill.progressive import ProgressiveConfig
+    from distill.reflow import ReflowConfig
+    from distill.shortcut import ShortcutConfig
+
+    cfg: Any = {"reflow": ReflowConfig, "cd": ConsistencyConfig, "ct": ConsistencyConfig,
+                "shortcut": ShortcutConfig, "progressive": ProgressiveConfig,
+                "guidance": GuidanceDistillConfig}[method]()
+    tcfg = cfg.stage1 if method == "guidance" else cfg.train
+    if image:
+        tcfg.lr, tcfg.ema_decay, cfg.batch = 5e-5, 0.999, 32
+        if method == "reflow":
+            cfg.pairs, cfg.chunk, cfg.teacher_steps = 4096, 128, 32
+        if method == "progressive":
+            cfg.start_steps, cfg.spacing = 32, "time"
+    else:
+        if method in ("cd", "ct"):
+            cfg.sigma_data = 1.0
+        if method == "ct":
+            cfg.train.steps, cfg.s1 = 6000, 80
+    if steps is not None:
+        tcfg.steps = steps
+        if method == "reflow" and cfg.one_step_steps:
+            cfg.one_step_steps = steps
+        if method == "guidance" and cfg.stage2 is not None:
+            cfg.stage2.train.steps = max(1, steps // 2)
+        if method == "progressive":
+            tcfg.checkpoint_every = max(1, steps // 3)
+    if batch is not None:
+        cfg.batch = batch
+    if lr is not None:
+        tcfg.lr = lr
+    return cfg
+
+
+def run_method(method: str, teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Path, cfg: Any, *,
+               resume: bool = False, meta: dict[str, Any] | None = None, conditions: Any = None) -> Denoiser:
+    """Dispatch to the trainer of ``method`` (the one place that knows every trainer's signature)."""
+    from distill import consistency, guidance_distill, progressive, reflow, shortcut
+
+    if method == "reflow":  # the couplings are conditioned like the data (e.g. captions of renders)
+        conditions = conditions or (lambda m, g: data(m, g)[1])
+        return reflow.reflow(teacher, student, out, cfg, conditions=conditions, resume=resume, meta=meta)
+    if method == "cd":
+        return consistency.consistency_distill(teacher, _backbone(student), data, out, cfg, resume=resume, meta=meta)
+    if method == "ct":
+        return consistency.consistency_training(_backbone(student), data, out, cfg, resume=resume, meta=meta)
+    if method == "shortcut":
+        return shortcut.shortcut_train(student, data, out, cfg, teacher=teacher, resume=resume, meta=meta)
+    if method == "progressive":
+        return progressive.progressive_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
+    if method == "guidance":
+        return guidance_distill.guidance_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def _backbone(student: Denoiser) -> Denoiser:
+    from distill.consistency import ConsistencyModel
+
+    return student.net if isinstance(student, ConsistencyModel) else student
+
+
+def final_folder(method: str, out: str | Path) -> Path:
+    """Where the final student of a run in ``out`` is saved."""
+    out = Path(out)
+    candidates = sorted(p.parent for p in out.rglob("student/priorkit.json"))
+    if not candidates:
+        raise FileNotFoundError(f"no student in {out}")
+    # the most recently written student is the last stage (progressive rounds, one-step reflow, stage 2)
+    return max(candidates, key=lambda p: (p / "priorkit.json").stat().st_mtime)
+
+
+def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
+            lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
+            n_data: int = 12000) -> Path:
+    """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
+
+    Args:
+        method: one of "reflow", "cd", "ct", "shortcut", "progressive", "guidance".
+        teacher: "toy:<target>" or a `load_denoiser` source (bundled name, diffusers folder).
+        steps, batch, lr: overrides of the method's defaults (per round / stage for multi-stage methods).
+        guidance: the CFG scale of the teacher the student copies (all methods but "guidance", which learns w).
+        resume: continue an interrupted run in ``out`` from its last checkpoints.
+        n_data: renders / teacher samples drawn for image teachers.
+    """
+    out = Path(out)
+    torch.manual_seed(seed)
+    t0 = time.time()
+    toy = _toy_name(teacher)
+    meta: dict[str, Any] = {"teacher": teacher, "guidance": guidance}
+    if toy is not None:
+        backbone = None
+        if toy == "gmm":
+            den: Denoiser = conditional_gmm_target().float() if method == "guidance" else gmm_target().float()
+        else:
+            den = train_teacher(toy, conditional=method == "guidance", out=out / "teacher", resume=resume)
+            backbone = den
+        data = target_data(toy, conditional=method == "guidance")
+        student = make_student(method, den, backbone)
+        cfg = method_config(method, steps=steps, batch=batch, lr=lr)
+        target = CFGDenoiser(den, guidance) if guidance != 1.0 and method != "guidance" else den
+    else:
+        from distill.loading import load_denoiser
+
+        den = freeze(load_denoiser(teacher))
+        spec = _source_spec(teacher)
+        if spec.get("text_encoder"):
+            meta["text_encoder"] = spec["text_encoder"]
+        if getattr(den, "vae", None) is not None:
+            meta["vae_from"] = str(teacher)
+        data = image_data(den, teacher, n=n_data, seed=seed)
+        student = make_student(method, den)
+        cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True)
+        target = CFGDenoiser(den, guidance) if guidance != 1.0 and method != "guidance" else den
+    result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
+    attach_codecs(result, den)
+    folder = final_folder(method, out)
+    (out / "distill.json").write_text(json.dumps({"method": method, "teacher": teacher, "student": str(folder),
+                                                  "seconds": time.time() - t0}, indent=2))
+    return folder
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+def student_sampler(meta: dict[str, Any]) -> Sampler:
+    """The sampler a student's method needs, from its priorkit.json ``meta``."""
+    from distill import consistency, progressive, reflow, shortcut
+
+    kind = meta.get("sampler", "ode")
+    cfg = meta.get("config", {}) or {}
+
+    def run(student: Denoiser, noise: Tensor, steps: int, cond: Condition = None,
+            generator: torch.Generator | None = None) -> Tensor:
+        if kind == "consistency":
+            times = consistency.consistency_times(student.schedule, steps, sigma_min=cfg.get("sigma_min", 0.002),
+                                                  sigma_max=cfg.get("sigma_max", 80.0), rho=cfg.get("rho", 7.0),
+                                                  grid=max(cfg.get("n_steps", 18), steps + 1))
+            return consistency.consistency_sample(student, noise, times, cond=cond, generator=generator)
+        if kind == "shortcut":
+            return shortcut.shortcut_sample(student, noise, steps, cond=cond, levels=meta.get("levels", 7))
+        if kind == "ddim" and meta.get("start_steps"):
+            grid = progressive.student_grid(student.schedule, steps, meta["start_steps"], meta.get("spacing", "time"))
+            return progressive.ddim_sample(student, noise, grid, cond=cond)
+        if kind == "ddim":
+            return reflow.reflow_sample(student, noise, steps, cond=cond)
+        return sample(student, noise, steps=steps, cond=cond)
+
+    return run
+
+
+def start_time(student: Denoiser, meta: dict[str, Any]) -> float:
+    """The time a student's sampler starts from (consistency models start below t_max)."""
+    if meta.get("sampler") == "consistency":
+        from distill.consistency import consistency_times
+
+        cfg = meta.get("config", {}) or {}
+        return float(consistency_times(student.schedule, 1, sigma_min=cfg.get("sigma_min", 0.002),
+                                       sigma_max=cfg.get("sigma_max", 80.0))[0])
+    return float(student.schedule.t_max)
+
+
+@torch.no_grad()
+def sample_student(folder: str | Path, n: int, *, steps: int | None = None, prompt: str | list[str] | None = None,
+                   label: int | None = None, w: float | None = None, seed: int = 0) -> Tensor:
+    """n samples (n, *sample_shape) from a student folder, with the sampler of its method.
+
+    ``steps`` defaults to what the student was made for (progressive: its step count; others: 1).
+    ``prompt`` for text-conditioned students, ``label`` for class-conditional 2D students, ``w`` for
+    guidance-distilled students.
+    """
+    student = load_student(folder)
+    meta = read_meta(folder)
+    steps = steps or int(meta.get("steps", 1))
+    cond: Condition = None
+    if prompt is not None:
+        cond = student.encode([prompt] * n if isinstance(prompt, str) else prompt)
+    elif label is not None:
+        cond = torch.full((n,), int(label))
+    if w is not None:
+        from distill.students import with_extras
+
+        cond = with_extras(student, cond, w=w)
+    g = torch.Generator().manual_seed(seed)
+    noise = initial_noise(student, (n, *student.sample_shape), t_max=start_time(student, meta), generator=g)
+    return student_sampler(meta)(student, noise, steps, cond, g)

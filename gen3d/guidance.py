@@ -1,0 +1,125 @@
+"""What SDS and VSD share: renders -> model space, time sampling with annealing, w(t), the surrogate loss.
+
+Score distillation (Poole et al. 2022, DreamFusion; Wang et al. 2023, ProlificDreamer) pushes a differentiable
+image x = g(theta) along a gradient that skips the denoiser's Jacobian:
+
+    grad_theta L = E_{t, eps}[ w(t) (eps_hat(x_t; y, t) - eps_ref) dx/dtheta ],   x_t = alpha_t x + sigma_t eps
+
+with eps_ref = eps (SDS) or the noise prediction of the current renders' own distribution (VSD). Both are
+implemented as the stop-gradient surrogate ``0.5 || x - sg(x - g) ||^2`` whose gradient in x is exactly ``g``.
+Everything is written in the general schedule x_t = alpha(t) x0 + sigma(t) eps of ``distill.schedule``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.denoiser import Denoiser
+from distill.schedule import Schedule, broadcast_to
+from distill.zoo.cameras import Camera, view_phrase
+
+WEIGHTINGS = ("sigma2", "uniform", "snr_sqrt")
+ANNEALING = ("none", "linear", "sqrt")
+
+
+def annealed_range(t_min: float, t_max: float, t_max_end: float | None, anneal: str,
+                   progress: float) -> tuple[float, float]:
+    """The time range [t_min, t_max(progress)] at ``progress`` in [0, 1] of the optimisation.
+
+    "none": fixed; "linear": t_max -> t_max_end linearly; "sqrt": t_max -> t_max_end as sqrt(progress)
+    (fast at first, as in DreamTime / threestudio's annealing of t_max).
+    """
+    if anneal not in ANNEALING:
+        raise ValueError(f"unknown annealing {anneal!r}; use one of {ANNEALING}")
+    if anneal == "none" or t_max_end is None:
+        return t_min, t_max
+    p = min(max(float(progress), 0.0), 1.0)
+    frac = p if anneal == "linear" else math.sqrt(p)
+    return t_min, max(t_min, t_max + frac * (t_max_end - t_max))
+
+
+def sample_times(n: int, lo: float, hi: float, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> Tensor:
+    """``n`` times uniform on [lo, hi] (float64, (n,)): t ~ U(t_min, t_max) as in DreamFusion."""
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"time range must satisfy 0 <= lo <= hi <= 1; got [{lo}, {hi}]")
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (lo + (hi - lo) * u).to(device) if device is not None else lo + (hi - lo) * u
+
+
+def weight(kind: str, schedule: Schedule, t: Tensor) -> Tensor:
+    """Per-sample weight w(t), (B,), depending on t only through the SNR (so it is schedule-free).
+
+    "sigma2": w = sigma^2 / (alpha^2 + sigma^2) = 1 / (1 + SNR)   (DreamFusion's sigma_t^2 = 1 - alpha_bar_t)
+    "uniform": w = 1
+    "snr_sqrt": w = sigma / sqrt(alpha^2 + sigma^2)              (the sqrt of "sigma2", flatter at low noise)
+    """
+    if kind == "uniform":
+        return torch.ones_like(t)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    if kind == "sigma2":
+        return s * s / (a * a + s * s)  # w(t) = 1 / (1 + alpha^2 / sigma^2)
+    if kind == "snr_sqrt":
+        return s / torch.sqrt(a * a + s * s)
+    raise ValueError(f"unknown weighting {kind!r}; use one of {WEIGHTINGS}")
+
+
+def add_noise(schedule: Schedule, x: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """x_t = alpha(t) x + sigma(t) eps; x, eps (B, ...), t (B,)."""
+    return broadcast_to(schedule.alpha(t), x) * x + broadcast_to(schedule.sigma(t), x) * eps
+
+
+def surrogate_loss(x: Tensor, grad: Tensor) -> Tensor:
+    """0.5 || x - sg(x - grad) ||^2 summed per sample and averaged over the batch: d loss / dx = grad / B.
+
+    x, grad: (B, ...). The denoiser's Jacobian never enters: grad is a constant of the graph.
+    """
+    target = (x - grad).detach()
+    return 0.5 * (x - target).pow(2).sum() / x.shape[0]
+
+
+def image_size(den: Denoiser) -> int:
+    """Side of the images the prior expects: the sample side for pixel models, times the VAE factor for latents."""
+    shape = den.sample_shape
+    if shape is None:
+        raise ValueError("the denoiser does not declare a sample shape")
+    side = shape[-1]
+    vae = getattr(den, "vae", None)
+    if vae is not None:
+        side *= 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(side)
+
+
+def to_model_space(den: Denoiser, images: Tensor) -> Tensor:
+    """Renders in [0, 1] (B, 3, H, W) -> samples of the prior's space (B, C, h, w), differentiably.
+
+    Pixel priors: resized (bilinear, antialiased) to the prior's resolution and mapped to [-1, 1].
+    Latent priors: the same at the VAE's image size, then encoded with ``DiffusersDenoiser.encode_images``.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"renders must be (B, 3, H, W); got {tuple(images.shape)}")
+    side = image_size(den)
+    if images.shape[-2:] != (side, side):
+        images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
+                               antialias=images.shape[-1] > side)
+    x = images * 2.0 - 1.0
+    encode = getattr(den, "encode_images", None)
+    if encode is not None and getattr(den, "latent", False):
+        x = encode(x)
+    return x
+
+
+def view_prompts(prompt: str, cameras: Sequence[Camera], view_dependent: bool = True) -> list[str]:
+    """One prompt per camera, with DreamFusion's view suffix: "a red cube" -> "a red cube, side view"."""
+    if not view_dependent:
+        return [prompt] * len(cameras)
+    return [f"{prompt}, {view_phrase(c.azimuth, c.elevation)}" for c in cameras]
+
+
+__all__ = ["ANNEALING", "WEIGHTINGS", "add_noise", "annealed_range", "image_size", "sample_times", "surrogate_loss",
+           "to_model_space", "view_prompts", "weight"]

@@ -1,0 +1,210 @@
+"""Tests of gen3d.generate: input validation, determinism, exact resume, export, and the latent (VAE) path
+with a tiny randomly initialised Stable-Diffusion-shaped pipeline saved and loaded through distill.loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.denoiser import Denoiser
+from distill.loading import load_denoiser
+from gen3d.generate import GenerateConfig, generate
+
+torch.set_num_threads(1)
+
+SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+             "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "clip_sample": False}
+MAX_TOKENS = 32
+
+
+def _tiny_sd_folder(folder: Path) -> Path:
+    """Write a tiny SD-shaped pipeline (VAE, UNet, CLIP text model + tokenizer, scheduler) as safetensors."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    letters = "abcdefghijklmnopqrstuvwxyz,"
+    vocab.update({c: i + 2 for i, c in enumerate(letters)})
+    vocab.update({c + "</w>": i + 2 + len(letters) for i, c in enumerate(letters)})
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS).save_pretrained(str(folder / "tokenizer"))
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=MAX_TOKENS,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    text.save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=8, sample_size=16)
+    vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=8, norm_num_groups=8)
+    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+    DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "_class_name"}).save_pretrained(
+        str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Denoiser:
+    return load_denoiser(_tiny_sd_folder(tmp_path_factory.mktemp("tiny_sd")))
+
+
+@pytest.fixture(scope="module")
+def tiny_pixel():
+    """The UNet of a tiny pixel-space text-to-image prior (16x16), see :func:`_pixel_prior`."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=8, norm_num_groups=8).eval()
+    return unet
+
+
+def tiny_config(**kw) -> GenerateConfig:
+    """A configuration small enough for tests (16^3 grid, 12x12 renders, 16 samples per ray)."""
+    base = dict(steps=3, resolution=12, views=2, field_resolution=16, n_samples=16, export_resolution=24,
+                turntable_frames=2, turntable_size=12, preview_views=2, preview_size=12, blob_density=40.0,
+                lambda_entropy=0.01, lambda_sparsity=0.01, lambda_orientation=0.01, lambda_tv=0.1,
+                albedo_fraction=0.3, shading_probs=(0.3, 0.4, 0.3))
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def _pixel_prior(tiny_sd, tiny_pixel) -> Denoiser:
+    """The tiny pixel UNet as a v-prediction cosine-schedule prior with the SD fixture's CLIP text encoder."""
+    from distill.diffusers_adapter import DiffusersDenoiser
+
+    sched = {**SCHEDULER, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
+    return DiffusersDenoiser(tiny_pixel, sched, text_encoder=tiny_sd.text_encoder)
+
+
+def _params(result) -> list[torch.Tensor]:
+    return [p.detach().clone() for f in result.fields for p in f.parameters()]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"method": "dreamfusion"}, "method"),
+    ({"prior": "no_such_prior"}, "unknown prior"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 10**7}, "steps"),
+    ({"resolution": 4}, "resolution"),
+    ({"resolution": 4096}, "resolution"),
+    ({"particles": 0}, "particles"),
+    ({"guidance": -1.0}, "guidance"),
+    ({"lr": 0.0}, "lr"),
+])
+def test_bad_inputs_raise_value_error_before_any_work(kwargs, match):
+    args = {"prompt": "a red cube", "method": "sds", "prior": "shapes", "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        generate(**args)
+
+
+def test_unwritable_output_folder_and_resume_without_folder(tmp_path, tiny_sd):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        generate("a red cube", prior=tiny_sd, out=blocker / "sub", progress=False, config=tiny_config())
+    with pytest.raises(ValueError, match="resume"):
+        generate("a red cube", prior=tiny_sd, resume=True, progress=False, config=tiny_config())
+
+
+def test_prompt_longer_than_the_text_encoder_takes(tiny_sd):
+    with pytest.raises(ValueError, match="too long"):
+        generate("a very long prompt about a cube", prior=tiny_sd, progress=False, config=tiny_config())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the latent path (VAE) with a tiny SD pipeline
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_latent_prior_sds_and_vsd_steps_move_the_field(tiny_sd):
+    assert tiny_sd.latent and tiny_sd.sample_shape == (4, 8, 8)
+    start = [p.detach().clone() for p in _fresh_field_params()]
+    for method, particles in (("sds", 1), ("vsd", 2)):
+        result = generate("a cube", method, tiny_sd, steps=1, particles=particles, progress=False,
+                          config=tiny_config(albedo_fraction=1.0, lambda_entropy=0.0, lambda_sparsity=0.0,
+                                             lambda_orientation=0.0, lambda_tv=0.0))
+        assert len(result.fields) == particles
+        for f in result.fields:
+            moved = [not torch.equal(p, q) for p, q in zip(f.parameters(), start, strict=True)]
+            assert all(moved), method
+    assert tiny_sd.unet.class_embedding is None  # VSD's LoRA was removed afterwards
+    assert not any(".lora_" in n for n, _ in tiny_sd.unet.named_parameters())
+
+
+def _fresh_field_params():
+    from gen3d.field import VoxelField
+
+    c = tiny_config()
+    return list(VoxelField(c.field_resolution, blob_density=c.blob_density, blob_radius=c.blob_radius).parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# determinism, resume, export (pixel prior)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_result_and_other_seed_differs(tiny_sd, tiny_pixel):
+    prior = _pixel_prior(tiny_sd, tiny_pixel)
+    runs = [generate("a cube", "vsd", prior, particles=2, seed=s, progress=False, config=tiny_config())
+            for s in (3, 3, 4)]
+    a, b, c = (_params(r) for r in runs)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    assert runs[0].history == runs[1].history
+
+
+class _KilledError(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, tiny_sd, tiny_pixel):
+    prior = _pixel_prior(tiny_sd, tiny_pixel)
+    cfg = tiny_config(steps=4)
+    full = generate("a cube", "vsd", prior, particles=2, seed=5, out=tmp_path / "full", checkpoint_every=2,
+                    progress=False, config=cfg)
+
+    def kill(step, info):
+        if step == 3:  # dies after step 3; the last checkpoint is at step 2
+            raise _KilledError
+
+    with pytest.raises(_KilledError):
+        generate("a cube", "vsd", prior, particles=2, seed=5, out=tmp_path / "run", checkpoint_every=2,
+                 progress=False, config=cfg, callback=kill)
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
+    resumed = generate("a cube", "vsd", prior, particles=2, seed=5, out=tmp_path / "run", checkpoint_every=2,
+                       resume=True, progress=False, config=cfg)
+    assert all(torch.equal(x, y) for x, y in zip(_params(full), _params(resumed), strict=True))
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    with pytest.raises(ValueError, match="another run"):
+        generate("a sphere", "vsd", prior, particles=2, seed=5, out=tmp_path / "run", resume=True, progress=False,
+                 config=cfg)
+
+
+def test_export_writes_meshes_turntables_previews_and_checkpoint(tmp_path, tiny_sd, tiny_pixel):
+    prior = _pixel_prior(tiny_sd, tiny_pixel)
+    result = generate("a cube", "sds", prior, steps=2, out=tmp_path, preview_every=1, progress=False,
+                      config=tiny_config(background="learned"))
+    assert result.meshes[0] is not None and len(result.meshes[0].faces) > 0
+    for kind in ("glb", "obj", "ply", "gif"):
+        assert len(result.paths[kind]) == 1 and result.paths[kind][0].is_file(), kind
+    assert [p.name for p in result.paths["previews"]] == ["step_000001.png", "step_000002.png"]
+    assert (tmp_path / "checkpoint" / "state.safetensors").is_file()
+    assert result.turntables[0].shape == (2, 12, 12, 3)
+    assert len(result.history) == 2 and result.seconds > 0
