@@ -132,7 +132,8 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
                       None, "noise floor")]
     shown: dict = {("data", 0): ref}
     t0 = time.time()
-    backbone = train_teacher(name, s["teacher"], config=TeacherConfig(), out=work / "teacher")
+    backbone = train_teacher(name, s["teacher"], config=TeacherConfig(), out=work / "teacher",
+                             resume=(work / "teacher" / "checkpoint").is_dir())  # reused with --work
     teacher_seconds = time.time() - t0
     teacher: Denoiser = gmm_target().float() if name == "gmm" else backbone
     rec, sh = teacher_baselines(name, teacher, ref, n, seed + 5)
