@@ -1,16 +1,104 @@
-"""The ``priorkit`` command line (typer)."""
+"""The ``priorkit`` command line (typer): ``3d``, ``restore``, ``distill``, ``sample``, ``train-prior``.
+
+Every command checks its inputs before any work starts and reports bad input as one line on stderr
+(``error: ...``) with exit code 2; a failure during the work is one line with exit code 1. ``restore`` and
+``distill`` also run under ``accelerate launch`` / ``torchrun`` (one process per device, gloo on CPU):
+restore gives each process its share of the files, distill averages gradients.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 app = typer.Typer(help="priorkit: pretrained diffusion and flow models put to work.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 
+BAD_INPUT, FAILED = 2, 1  # exit codes
 
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _fail(message: object, code: int = BAD_INPUT) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``code``."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders (path itself first, then its parents) that do not exist yet."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Raise ValueError unless ``folder`` is, or can be created as, a writable folder (nothing is created)."""
+    missing = _missing_parents(folder)
+    existing = missing[-1].parent if missing else folder
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder} cannot be created: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} is not writable ({existing}: permission denied)")
+
+
+@contextmanager
+def _remove_if_left_empty(folder: Path):  # noqa: ANN202 (a generator context manager)
+    """On an exception, delete the folders of ``folder``'s path that this block created and left empty."""
+    created = _missing_parents(folder)
+    try:
+        yield
+    except BaseException:
+        for p in created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "run"
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), joining the process group of an ``accelerate launch`` / torchrun run if there is one.
+
+    The launchers set RANK / WORLD_SIZE / MASTER_ADDR; accelerate's `PartialState` joins the group (NCCL on GPUs,
+    gloo on CPU). On a machine without GPUs, ``accelerate launch --num_processes N`` starts ONE process unless
+    given ``--multi_gpu`` (accelerate's name for "torch.distributed"; it runs on CPUs with gloo): say so.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ:
+            typer.echo("note: accelerate started a single process; on a machine without GPUs add --multi_gpu to "
+                       "`accelerate launch` (or use torchrun) to run several CPU processes", err=True)
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _finish_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---- train-prior ---------------------------------------------------------------------------------
 @app.command("train-prior")
 def train_prior_cmd(
     name: Annotated[str, typer.Argument(help="bundled prior to train: shapes or photos")],
@@ -27,27 +115,294 @@ def train_prior_cmd(
     from distill.zoo.train_prior import train_prior
 
     if name not in ("shapes", "photos"):
-        raise typer.BadParameter(f"unknown prior {name!r}; expected shapes or photos")
+        _fail(f"unknown prior {name!r}; expected shapes or photos")
     train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
                 threads=threads or None, n_renders=n_renders)
 
 
+# ---- sample --------------------------------------------------------------------------------------
 @app.command()
 def sample(
-    model: Annotated[str, typer.Option(help="bundled name, local diffusers folder or hub id")] = "shapes",
+    model: Annotated[str, typer.Option(help="bundled name, diffusers folder, hub id, or a distilled student folder "
+                                            "(sampled with its own sampler)")] = "shapes",
     prompt: Annotated[list[str] | None, typer.Option(help="prompt(s); repeat for several")] = None,
-    n: Annotated[int, typer.Option(min=1, max=256, help="samples per prompt")] = 8,
-    steps: Annotated[int, typer.Option(min=1, max=1000)] = 25,
-    solver: Annotated[str, typer.Option(help="euler, heun or dpm++2m")] = "dpm++2m",
-    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 3.0,
+    n: Annotated[int | None, typer.Option(help="samples per prompt, at most 256 (default: 8; points of a 2D "
+                                               "student: 2000)")] = None,
+    steps: Annotated[int | None, typer.Option(help="sampler steps, 1-1000 (default: 25; a student: the steps it "
+                                                   "was made for)")] = None,
+    solver: Annotated[str, typer.Option(help="euler, heun or dpm++2m (not for students)")] = "dpm++2m",
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale (w of a guidance-distilled "
+                                                 "student)")] = 3.0,
+    label: Annotated[int | None, typer.Option(help="class of a class-conditional 2D student")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("outputs/samples.png"),
+    out: Annotated[Path, typer.Option(help="PNG to write (image grid, or scatter plot for 2D)")] = Path(
+        "outputs/samples.png"),
 ) -> None:
-    """Sample an image grid from a model."""
-    from apps.sampling import sample_grid
+    """Sample a model or a distilled student into a PNG grid.
 
-    path = sample_grid(model, prompt or [], n=n, steps=steps, solver=solver, guidance=guidance, seed=seed, out=out)
+    A student folder, or a `priorkit distill` output folder, is sampled with its own few-step sampler.
+    A 2D student gives a scatter plot.
+    """
+    from apps.sampling import sample_grid, sample_student_grid, student_folder
+    from distill.loading import ModelLoadError
+
+    try:
+        if n is not None and not 1 <= n <= (100_000 if student_folder(model) else 256):
+            raise ValueError(f"--n must be in [1, 256] images per prompt (2D students: up to 100000); got {n}")
+        if steps is not None and not 1 <= steps <= 1000:
+            raise ValueError(f"--steps must be in [1, 1000]; got {steps}")
+        folder = student_folder(model)
+        if folder is not None:
+            path = sample_student_grid(folder, prompt or [], n=n, steps=steps, guidance=guidance, label=label,
+                                       seed=seed, out=out)
+        else:
+            path = sample_grid(model, prompt or [], n=n or 8, steps=steps or 25, solver=solver, guidance=guidance,
+                               seed=seed, out=out)
+    except (ValueError, ModelLoadError) as e:
+        _fail(e)
     typer.echo(f"wrote {path}")
+
+
+# ---- 3d ------------------------------------------------------------------------------------------
+@app.command("3d")
+def three_d(
+    prompt: Annotated[str, typer.Argument(help='what to make, e.g. "a red cube"')],
+    method: Annotated[str, typer.Option(help="sds (DreamFusion) or vsd (ProlificDreamer)")] = "sds",
+    particles: Annotated[int | None, typer.Option(help="fields optimised together (default: 1 for sds, 4 for "
+                                                       "vsd)")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimisation steps (default: 500)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    prior: Annotated[str, typer.Option(help="text-to-image prior: bundled name (shapes), diffusers folder or hub "
+                                            "id")] = "shapes",
+    resolution: Annotated[int | None, typer.Option(help="render size in pixels, 8-512 (default: 32)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale (default: the "
+                                                        "method's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate of the field (default: 0.4)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: outputs/3d/<prompt>)")] = None,
+    preview_every: Annotated[int, typer.Option(help="write a preview image every N steps (0: never)")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N steps (0: only at the end)")] = 100,
+    resume: Annotated[bool, typer.Option(help="continue the run in OUT from its checkpoint")] = False,
+    mesh_resolution: Annotated[int | None, typer.Option(help="marching-cubes grid of the exported mesh "
+                                                             "(default: 128)")] = None,
+) -> None:
+    """Text to 3D with SDS or VSD: a mesh and a turntable GIF.
+
+    Writes OUT/asset/mesh.glb, .obj, .ply and turntable.gif (OUT/particle<i>/ for several particles).
+    --resume continues an interrupted run from OUT/checkpoint.
+    """
+    from distill.loading import ModelLoadError
+    from gen3d.generate import GenerateConfig, generate
+
+    out = out if out is not None else Path("outputs/3d") / _slug(prompt)
+    cfg = GenerateConfig()
+    if mesh_resolution is not None:
+        if not 8 <= mesh_resolution <= 512:
+            _fail(f"mesh resolution must be in [8, 512]; got {mesh_resolution}")
+        cfg.export_resolution = mesh_resolution
+    if preview_every < 0 or checkpoint_every < 0:
+        _fail("--preview-every and --checkpoint-every must be >= 0")
+    try:
+        _check_writable(out, "output folder")
+    except ValueError as e:
+        _fail(e)
+    try:
+        with _remove_if_left_empty(out):  # generate() checks everything (prompt, prior, ranges) before work
+            result = generate(prompt, method=method, prior=prior, steps=steps, seed=seed, out=out,
+                              particles=particles, resolution=resolution, guidance=guidance, lr=lr,
+                              preview_every=preview_every, checkpoint_every=checkpoint_every, resume=resume,
+                              config=cfg)
+    except (ValueError, ModelLoadError) as e:  # bad input leaves nothing behind; a failed run leaves its files
+        _fail(e, FAILED if out.is_dir() and any(out.iterdir()) else BAD_INPUT)
+    for i, mesh in enumerate(result.meshes):
+        name = f"particle {i}" if len(result.meshes) > 1 else "asset"
+        if mesh is None:
+            typer.echo(f"{name}: the field stayed empty, no mesh (try more steps or another seed)")
+    for kind, label in (("glb", "mesh"), ("gif", "turntable")):
+        for p in result.paths.get(kind, []):
+            extra = " (also .obj, .ply)" if kind == "glb" else ""
+            typer.echo(f"{label}: {p}{extra}")
+    if result.paths.get("previews"):
+        typer.echo(f"previews: {len(result.paths['previews'])} in {out / 'previews'}")
+    typer.echo(f"checkpoint: {out / 'checkpoint'} ({result.seconds:.0f} s)")
+
+
+# ---- restore -------------------------------------------------------------------------------------
+def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, prior: str, mask_dir: Path | None,
+                   reference_dir: Path | None, sigma_y: float, nfe: int | None) -> None:
+    """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing."""
+    from inverse.restore import METHODS, TASKS, resolve_prior
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not input_dir.is_dir():
+        raise ValueError(f"input folder {input_dir} does not exist")
+    inp, outp = input_dir.resolve(), output_dir.resolve()
+    if outp == inp or inp in outp.parents:
+        raise ValueError(f"output folder {output_dir} must not be the input folder or inside it")
+    if not any(p.is_file() and not p.name.startswith(".") for p in input_dir.iterdir()):
+        raise ValueError(f"input folder {input_dir} holds no files")
+    if task == "inpaint_mask" and mask_dir is None:
+        raise ValueError("task inpaint_mask needs --mask-dir (masks named like the inputs; white = keep)")
+    for flag, d in (("--mask-dir", mask_dir), ("--reference-dir", reference_dir)):
+        if d is not None and not d.is_dir():
+            raise ValueError(f"{flag} {d} is not a folder")
+    if not 0.0 <= sigma_y <= 1.0:
+        raise ValueError(f"--sigma-y must be in [0, 1] (image range); got {sigma_y}")
+    if nfe is not None and nfe < 1:
+        raise ValueError(f"--nfe must be >= 1; got {nfe}")
+    _check_writable(output_dir, "output folder")
+    if method != "pinv":  # load (and cache) the prior now: a missing or wrong prior fails before any file
+        den = resolve_prior(prior)
+        if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
+            raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
+                             "an RGB image prior")
+
+
+@app.command()
+def restore(
+    input_dir: Annotated[Path, typer.Argument(help="folder of images to restore")],
+    output_dir: Annotated[Path, typer.Argument(help="folder for the restored PNGs and report.json")],
+    task: Annotated[str, typer.Option(help="inpaint_box, inpaint_random, inpaint_mask, deblur_gaussian, "
+                                           "deblur_motion, sr2, sr4 or sr8")],
+    method: Annotated[str, typer.Option(help="pigdm, pigdm_flow, dps, dflow, or pinv (no prior)")] = "pigdm",
+    prior: Annotated[str, typer.Option(help="image prior: bundled name (photos), diffusers or student folder, "
+                                            "hub id")] = "photos",
+    mask_dir: Annotated[Path | None, typer.Option(help="inpaint_mask: masks named like the inputs, white = "
+                                                       "keep")] = None,
+    reference_dir: Annotated[Path | None, typer.Option(help="clean references named like the inputs, for "
+                                                            "PSNR/SSIM")] = None,
+    sigma_y: Annotated[float, typer.Option(help="measurement noise std in [0, 1] image range")] = 0.01,
+    nfe: Annotated[int | None, typer.Option(help="model evaluations per image (default: the method's)")] = None,
+    observed: Annotated[bool, typer.Option(help="inputs are already degraded (default: degrade the clean inputs "
+                                                "first and score against them)")] = False,
+    resume: Annotated[bool, typer.Option(help="skip files the report marks done")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Restore a folder of images, with a JSON report.
+
+    Inpainting, deblurring or super-resolution with a pretrained prior.
+    Unreadable files are listed in OUTPUT_DIR/report.json and skipped.
+    Under `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) or torchrun,
+    each process restores its share of the files.
+    """
+    import json
+
+    from distill.loading import ModelLoadError
+    from inverse.restore import restore_folder
+
+    try:
+        _check_restore(input_dir, output_dir, task, method, prior, mask_dir, reference_dir, sigma_y, nfe)
+    except (ValueError, ModelLoadError) as e:
+        _fail(e)
+    rank, world = _distributed()
+    try:
+        report = restore_folder(input_dir, output_dir, task, method, prior=prior, mask_dir=mask_dir,
+                                reference_dir=reference_dir, resume=resume, sigma_y=sigma_y, nfe=nfe, seed=seed,
+                                observed=observed, progress=rank == 0)
+    except (ValueError, ModelLoadError) as e:
+        _fail(e, FAILED)
+    if world > 1:
+        _finish_distributed()  # rank 0 merged the per-process reports into report.json
+        if rank != 0:
+            return
+        report = json.loads((output_dir / "report.json").read_text())
+    files = report["files"]
+    done = [k for k, v in files.items() if v["status"] == "done"]
+    typer.echo(f"restored {len(done)} of {len(files)} files into {output_dir} (report: "
+               f"{output_dir / 'report.json'})")
+    summary = report.get("summary", {})
+    if summary.get("mean_psnr") is not None:
+        ssim = summary.get("mean_ssim")
+        typer.echo(f"mean PSNR {summary['mean_psnr']:.2f} dB" + (f", SSIM {ssim:.3f}" if ssim is not None else ""))
+    for name, entry in sorted(files.items()):
+        if entry["status"] != "done":
+            typer.echo(f"skipped {name}: {entry['status']} ({entry.get('reason', '')})", err=True)
+    if any(v["status"] == "failed" for v in files.values()):
+        raise typer.Exit(FAILED)
+
+
+# ---- distill -------------------------------------------------------------------------------------
+def _check_teacher(teacher: str) -> None:
+    """Raise ValueError / ModelLoadError for a teacher that cannot exist (without loading it)."""
+    from distill.loading import BUNDLED, bundled_path
+    from distill.toy import TARGETS
+
+    if teacher.startswith("toy:"):
+        if teacher[4:] not in TARGETS:
+            raise ValueError(f"unknown toy teacher {teacher!r}; expected one of "
+                             f"{', '.join('toy:' + t for t in TARGETS)}")
+        return
+    if teacher in BUNDLED:
+        bundled_path(teacher)  # raises when the weights are missing
+        return
+    path = Path(teacher).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"teacher {teacher!r} is a file; give the model's folder")
+    if path.is_absolute() or teacher.startswith((".", "~")) or teacher.count("/") != 1 or not all(teacher.split("/")):
+        raise ValueError(f"unknown teacher {teacher!r}: use toy:gmm|moons|checkerboard, a bundled prior "
+                         f"({', '.join(sorted(BUNDLED))}), a diffusers folder or a hub id")
+
+
+@app.command("distill")
+def distill_cmd(
+    method: Annotated[str, typer.Argument(help="reflow, cd (consistency distillation), ct (consistency training), "
+                                               "shortcut, progressive or guidance")],
+    teacher: Annotated[str, typer.Option(help="toy:gmm, toy:moons, toy:checkerboard, a bundled prior (shapes, "
+                                              "photos), a diffusers folder or hub id")],
+    out: Annotated[Path | None, typer.Option(help="run folder (default: outputs/distill/<method>-<teacher>)")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (per round / stage) (default: the "
+                                                   "method's)")] = None,
+    batch: Annotated[int | None, typer.Option(help="batch size (default: the method's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (default: the method's)")] = None,
+    guidance: Annotated[float, typer.Option(help="CFG scale of the teacher the student copies (not for "
+                                                 "guidance, which learns w)")] = 1.0,
+    n_data: Annotated[int, typer.Option(help="image teachers: renders / teacher samples to train on")] = 12000,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run in OUT")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Distil a teacher into a fast few-step student.
+
+    Methods: reflow, cd / ct (consistency distillation / training), shortcut, progressive,
+    guidance (a student conditioned on the guidance weight w).
+    The student folder it prints loads wherever a model is accepted.
+    """
+    from distill.distill_cli import METHODS, distill
+    from distill.loading import ModelLoadError
+    from distill.students import is_main_process
+
+    out = out if out is not None else Path("outputs/distill") / f"{method}-{_slug(teacher, 40)}"
+    try:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        _check_teacher(teacher)
+        for flag, value in (("--steps", steps), ("--batch", batch), ("--n-data", n_data)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1; got {value}")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"--lr must be > 0; got {lr}")
+        if not 0 < guidance <= 100:
+            raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output folder {out} is a file")
+        if out.is_dir() and any(out.iterdir()) and not resume:
+            raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or "
+                             "choose another --out")
+        _check_writable(out, "output folder")
+    except (ValueError, ModelLoadError) as e:
+        _fail(e)
+    try:
+        with _remove_if_left_empty(out):
+            folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
+                             resume=resume, seed=seed, n_data=n_data)
+    except (ValueError, ModelLoadError) as e:
+        _fail(e, FAILED)
+    if is_main_process():
+        typer.echo(f"student: {folder}")
+        typer.echo(f"sample it: priorkit sample --model {folder}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Layouts understood:
   ``text_encoder/`` + ``tokenizer/`` (Stable Diffusion and friends);
 * a bare model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` + ``scheduler_config.json``
   (optionally a ``priorkit.json`` naming the text encoder) — how priorkit saves its own models;
-* a bundled name ("shapes", "photos") resolving to such a folder inside the package.
+* a bundled name ("shapes", "photos") resolving to such a folder inside the package;
+* a student folder written by ``distill.students.save_student`` (``priorkit.json`` with ``"kind": "student"``),
+  loaded by ``distill.students.load_student``.
 
 Pickle checkpoints (.bin, .ckpt, .pt, .pth, .pkl) are refused: unpickling runs arbitrary code.
 """
@@ -123,6 +125,9 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu") -> Denoiser:
     """A `Denoiser` from a bundled name ("shapes", "photos"), a local folder, or a diffusers hub id.
 
+    A student folder (see `distill.students.is_student_folder`) gives the student itself (its own fast sampler
+    is chosen by ``distill.distill_cli.student_sampler``; generic samplers treat it as an ordinary denoiser).
+
     Raises `ModelLoadError` (or `PickleRefusedError`) with the offending path in the message.
     """
     source_str = str(source)
@@ -134,6 +139,10 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
             raise PickleRefusedError(f"{path} is a pickle checkpoint; priorkit loads only safetensors folders")
         raise ModelLoadError(f"{path} is a single file; give the diffusers folder that contains it")
     if path.is_dir():
+        from distill.students import is_student_folder, load_student
+
+        if is_student_folder(path):  # a student trained by distill/ (priorkit.json says "kind": "student")
+            return load_student(path, dtype=dtype, device=device)
         return _load_folder(path, dtype, device)
     if path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1:
         raise ModelLoadError(f"no such model folder: {path}")

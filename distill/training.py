@@ -176,7 +176,7 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
         opt.step()
         if ema is not None:
             ema.update(raw, step)
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             entry = {"step": step + 1, "loss": sum(running) / len(running), "seconds": time.time() - t0}
             log.append(entry)

@@ -359,22 +359,26 @@ PARAPHRASE_PROMPTS: list[tuple[str, str, str]] = [
     ("a violet box", "cube", "purple"),
 ]
 
+# Everyday names for the shapes and colours. The held-out paraphrases need the encoder to carry a word it never
+# saw in training to the right class; a broad vocabulary of what people call these shapes (a torus is also "a
+# bagel", "a pastry", "a wreath", "a circle") gives the prior many anchors near each class.
 SHAPE_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "sphere": ("orb", "globe"),
-    "cube": ("cuboid", "block", "dice"),
-    "cylinder": ("tube", "pillar", "can"),
-    "cone": ("traffic cone", "funnel"),
-    "torus": ("hoop", "tire", "bagel", "lifebuoy", "inner tube"),
+    "sphere": ("orb", "globe", "marble", "bead", "pearl", "bubble", "round object"),
+    "cube": ("cuboid", "block", "dice", "sugar cube", "building block", "crate", "square block", "chest"),
+    "cylinder": ("tube", "pillar", "can", "column", "drum", "pipe", "tin can"),
+    "cone": ("traffic cone", "funnel", "party hat", "spike", "ice cream cone", "witch hat"),
+    "torus": ("hoop", "tire", "bagel", "lifebuoy", "inner tube", "wreath", "bangle", "bracelet", "loop", "annulus",
+              "toroid", "washer", "life preserver", "halo", "pretzel", "pastry", "cheerio", "circle"),
 }
 COLOUR_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "red": ("scarlet",),
-    "green": ("emerald",),
-    "blue": ("navy",),
-    "yellow": ("golden",),
-    "orange": ("amber",),
-    "purple": ("lilac", "magenta"),
-    "white": ("ivory",),
-    "black": ("jet black",),
+    "red": ("scarlet", "ruby", "cherry", "blood red", "maroon", "cardinal"),
+    "green": ("emerald", "lime", "olive"),
+    "blue": ("navy", "azure", "cobalt"),
+    "yellow": ("golden", "lemon", "mustard"),
+    "orange": ("amber", "tangerine", "peach"),
+    "purple": ("lilac", "magenta", "lavender", "plum", "mauve"),
+    "white": ("ivory", "snow white", "pearl white"),
+    "black": ("jet black", "ebony", "charcoal"),
 }
 
 # Templates over (np = "a red cube", a = article-less "red cube", shape word s, colour word c); the view is
@@ -411,7 +415,7 @@ def caption(shape: str, colour: str, view: str | None = None) -> str:
 
 
 def training_caption(shape: str, colour: str, view: str | None = None, generator: torch.Generator | None = None,
-                     synonym_prob: float = 0.25) -> str:
+                     synonym_prob: float = 0.35) -> str:
     """A varied caption for training the text-to-image prior, drawn with ``generator``.
 
     Picks one of several templates ("red cube, side view", "a photo of a red cube, side view",

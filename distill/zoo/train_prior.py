@@ -48,6 +48,7 @@ PHOTOS_SCHEDULER: dict[str, Any] = {"_class_name": "FlowMatchEulerDiscreteSchedu
                                     "shift": 1.0}
 TEXT_ENCODER = {"kind": "minilm", "max_length": 16}
 CFG_DROPOUT = 0.1
+POOLED_ONLY = 0.25  # fraction of captions whose per-token states are hidden, leaving the pooled sentence vector
 
 
 def denoising_loss(den: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator) -> Tensor:
@@ -62,6 +63,18 @@ def denoising_loss(den: Denoiser, x0: Tensor, cond: Any, generator: torch.Genera
     x_t = a * x0 + sg * eps
     kind, out = den.predict_native(x_t, t, cond)
     return (out - from_x0_eps(kind, x0, eps, x_t, t, s)).pow(2).mean()
+
+
+def pooled_only(states: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Zero the per-token states (keeping the pooled vector, row 0) of a random fraction ``p`` of the captions.
+
+    MiniLM's pooled vector is the part trained for sentence similarity; a prior that must sometimes work from it
+    alone carries unseen words ("a black ring") to the classes of their nearest training captions.
+    """
+    keep = (torch.rand(states.shape[0], generator=generator) >= p).to(states)
+    scale = torch.ones(states.shape[:2], dtype=states.dtype)
+    scale[:, 1:] = keep.reshape(-1, 1)
+    return states * scale.unsqueeze(-1)
 
 
 class ShapesData:
@@ -159,7 +172,7 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
 
         def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
             x, prompts = data.batch(batch_size, g)
-            return denoising_loss(den, x, den.encode(prompts), g)
+            return denoising_loss(den, x, pooled_only(den.encode(prompts), POOLED_ONLY, g), g)
     else:
         from distill.zoo.photos import PatchSampler
 
