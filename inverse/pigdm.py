@@ -84,13 +84,14 @@ def sampling_times(schedule: Schedule, steps: int, spacing: str = "time", *, t_m
     """``steps + 1`` decreasing times (float64) from the noise end to t = 0 (clean), for guided samplers.
 
     Guidance divides by alpha, so the grid starts where alpha > 0: at ``t_max`` (default: the schedule's), or, when
-    alpha vanishes there (flow matching at t = 1), where log-SNR = -10 (alpha / sigma = e^-5). The last step lands on
+    alpha vanishes or nearly so there (flow matching at t = 1; the cosine DDPM's t = 1 where sigma^2 / alpha ~ 2e4
+    amplifies any Jacobian error of a learned model), where log-SNR = -10 (alpha / sigma = e^-5). The last step lands on
     t = 0 where sigma = 0. Model evaluations: ``steps`` (none at t = 0).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     t_max = schedule.t_max if t_max is None else float(t_max)
-    if not math.isfinite(float(schedule.log_snr(torch.tensor(t_max, dtype=torch.float64)))):
+    if not float(schedule.log_snr(torch.tensor(t_max, dtype=torch.float64))) >= NOISE_END_LOG_SNR:  # sigma^2/alpha
         t_max = float(schedule.t_from_log_snr(torch.tensor(NOISE_END_LOG_SNR, dtype=torch.float64)))
     t_min = schedule.t_min if schedule.t_min > 0 else 1e-3
     return time_grid(schedule, steps, spacing, t_max=t_max, t_min=min(t_min, 0.5 * t_max))

@@ -1,0 +1,564 @@
+"""Training-free restoration, measured: our solvers, classical baselines and deepinv 0.5.0's solvers on the same prior.
+
+    python -m benchmarks.inverse --json outputs/bench/inverse.json [--quick] [--domains shapes,photos]
+        [--methods pinv,classical,pigdm,...] [--tasks sr4,...] [--images N] [--threads T] [--pictures DIR]
+        [--pigdm-nfe 100] [--dps-nfe 1000] [--dinv-pigdm-nfe 100] ... [--size 256] [--sigma-y 0.01]
+        [--prior DOMAIN=SOURCE] [--seed 0]
+
+Domains:
+  shapes  held-out renders of the shapes world (32x32; shape, colour, camera and light drawn from seed 31337 + seed,
+          a stream no training script uses) with the bundled "shapes" prior, unconditional (empty prompt). The
+          judge (distill.zoo.judge) names shape and colour of every restoration: ``judge_accuracy`` (1 or 0 per
+          image), and the clean renders' accuracy is printed as the ceiling.
+  photos  the held-out photos (distill.zoo.photos.HELD_OUT), centre square crops resized (antialiased) to
+          ``--size`` (128 with --quick, else 256), with the bundled "photos" prior tiled over the image
+          (inverse.tiling.TiledDenoiser, overlap widened past the blur kernel exactly as inverse.restore does).
+          Skipped, with the reason printed, when the prior cannot be loaded.
+Tasks (y = A x + sigma_y n, sigma_y = 0.01 in [0, 1], seeded per image; built by inverse.restore.degrade):
+  sr4 (bicubic x4 downsampling), deblur_gaussian (std 2 px, circular), inpaint_box (centred box of half the
+  height and width), inpaint_random (80% of the pixels missing: restore's "inpaint_mask" with a random mask).
+Methods (every prior method sees the same prior, measurement and operator):
+  pinv        A^+ y (no prior)
+  classical   sr: bicubic upsampling (torch interpolate); deblur: Wiener deconvolution (skimage.restoration.wiener,
+              balance 50 sigma_y^2, tuned on a training photo); inpainting: skimage.restoration.inpaint_biharmonic
+  pigdm, pigdm_flow, dps, dflow   inverse.restore with the given budget
+  dinv_pigdm, dinv_dps, dinv_diffpir   deepinv 0.5.0's solvers on the same prior (inverse.peers)
+Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100, DPS 1000, D-Flow 300 (whole
+L-BFGS evaluations of a --dflow-steps 6 Heun solve, converted by inverse.restore), DiffPIR 100; deepinv's PiGDM and
+DPS default to ours. --quick: 2 images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
+
+Records {"domain", "task", "method", "image", "psnr", "ssim", "nfe", "backward", "seconds", "judge_accuracy"}:
+PSNR / SSIM (Wang et al. 2004: Gaussian window 1.5, K = (0.01, 0.03), data range 1) against the clean image;
+``nfe`` = forward model evaluations of the full-image prior (a tiled call counts once), ``backward`` = backward
+passes through it (vector-Jacobian products; each costs about two evaluations); ``seconds`` = wall time of the
+restoration alone; ``judge_accuracy`` null outside the shapes domain. The table averages over images.
+``--pictures DIR`` writes DIR/inverse_<domain>.png: rows tasks; columns clean, degraded, methods (first image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.denoiser import Denoiser
+from inverse.dflow import CountingDenoiser
+from inverse.operators import Blur, Downsampling, Inpainting, Operator, random_mask
+from inverse.peers import PEERS, run_peer
+from inverse.restore import RestoreDefaults, degrade, restore
+from inverse.tiling import TiledDenoiser
+
+DOMAINS: tuple[str, ...] = ("shapes", "photos")
+TASKS: tuple[str, ...] = ("sr4", "deblur_gaussian", "inpaint_box", "inpaint_random")
+OURS: tuple[str, ...] = ("pigdm", "pigdm_flow", "dps", "dflow")
+METHODS: tuple[str, ...] = ("pinv", "classical", *OURS, *PEERS)
+PRIOR_METHODS: tuple[str, ...] = (*OURS, *PEERS)
+SHAPES_SEED = 31_337  # held-out stream: training renders use seeds 0.., the judge 0 / 10_000, benchmarks.priors 123_457
+
+
+@dataclass
+class BenchDefaults:
+    """Budgets, sizes and degradations of the benchmark (model evaluations per method; ``quick`` overrides)."""
+
+    sigma_y: float = 0.01
+    random_missing: float = 0.8
+    images: int = 8
+    quick_images: int = 2
+    photo_size: int = 256
+    quick_photo_size: int = 128
+    wiener_balance_per_var: float = 50.0          # Wiener balance = 50 sigma_y^2 (0.005 at sigma_y = 0.01)
+    nfe: dict[str, int] = field(default_factory=lambda: {"pigdm": 100, "pigdm_flow": 100, "dps": 1000, "dflow": 300,
+                                                         "dinv_diffpir": 100})
+    quick_nfe: int = 20
+    quick_dflow_nfe: int = 40
+    dflow_steps: int = 6                          # Heun steps of D-Flow's ODE solve (its default; 11 evaluations)
+    quick_dflow_steps: int = 3                    # 5 evaluations per solve, so that 40 passes buy 2 L-BFGS evaluations
+    display_min: int = 96                         # pictures: small images are upscaled (nearest) to this side
+
+
+DEFAULTS = BenchDefaults()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _as_chw(image: Tensor) -> np.ndarray:
+    image = image.detach()
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"expected one image; got a batch of {image.shape[0]}")
+        image = image[0]
+    if image.ndim != 3:
+        raise ValueError(f"expected an image (C, H, W); got shape {tuple(image.shape)}")
+    return image.double().cpu().numpy()
+
+
+def psnr(image: Tensor, reference: Tensor, data_range: float = 1.0) -> float:
+    """PSNR in dB of an image against a reference ((C, H, W) or (1, C, H, W)); inf when they are equal."""
+    a, b = _as_chw(image), _as_chw(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(image: Tensor, reference: Tensor, data_range: float = 1.0) -> float:
+    """Mean SSIM over channels (Wang et al. 2004: Gaussian window std 1.5, K1 = 0.01, K2 = 0.03, population
+    statistics), by skimage.metrics.structural_similarity; images (C, H, W) or (1, C, H, W), H, W >= 7."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _as_chw(image), _as_chw(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(structural_similarity(a, b, data_range=data_range, channel_axis=0, gaussian_weights=True,
+                                       sigma=1.5, use_sample_covariance=False))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Classical baselines (image range [0, 1], batch of one)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def bicubic_upsample(y: Tensor, factor: int) -> Tensor:
+    """(B, C, h, w) -> (B, C, h f, w f) by bicubic interpolation (torch, align_corners=False), clamped to [0, 1]."""
+    return F.interpolate(y, scale_factor=factor, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+
+
+def wiener_deblur(y: Tensor, kernel: Tensor, balance: float) -> Tensor:
+    """Wiener deconvolution (skimage.restoration.wiener: Laplacian regulariser, circular boundary) per channel.
+
+    y (B, C, H, W) blurred by the true convolution with ``kernel`` ((kh, kw) or (1 or B, kh, kw)) centred at
+    (kh // 2, kw // 2) — the convention of inverse.operators.Blur and skimage's. Returns (B, C, H, W) in [0, 1].
+    """
+    from skimage.restoration import wiener
+
+    psf = kernel.detach().double().cpu().numpy().reshape(-1, *kernel.shape[-2:])      # (1 or B, kh, kw)
+    arr = y.detach().double().cpu().numpy()
+    out = np.stack([np.stack([wiener(im[c], psf[i % len(psf)], balance, clip=False) for c in range(im.shape[0])])
+                    for i, im in enumerate(arr)])
+    return torch.from_numpy(out).to(y.dtype).clamp(0.0, 1.0)
+
+
+def biharmonic_inpaint(y: Tensor, mask: Tensor) -> Tensor:
+    """Biharmonic inpainting (skimage.restoration.inpaint_biharmonic) of y (B, C, H, W) where ``mask`` is 0.
+
+    mask: (1 or B, 1 or C, H, W) of 0 (missing) / 1 (observed), as inverse.operators.Inpainting holds it; a pixel is
+    filled when any channel is missing. Returns (B, C, H, W) in [0, 1].
+    """
+    from skimage.restoration import inpaint_biharmonic
+
+    arr = y.detach().double().cpu().numpy()
+    missing = (mask.detach().expand(y.shape) == 0).any(dim=1).cpu().numpy()   # (B, H, W)
+    out = np.stack([inpaint_biharmonic(im.transpose(1, 2, 0), missing[i], channel_axis=-1).transpose(2, 0, 1)
+                    for i, im in enumerate(arr)])
+    return torch.from_numpy(np.ascontiguousarray(out)).to(y.dtype).clamp(0.0, 1.0)
+
+
+def classical(op: Operator, y: Tensor, sigma_y: float, defaults: BenchDefaults = DEFAULTS) -> Tensor:
+    """The classical restoration for ``op``: bicubic (Downsampling), Wiener (Blur), biharmonic (Inpainting)."""
+    if isinstance(op, Downsampling):
+        return bicubic_upsample(y, op.factor)
+    if isinstance(op, Blur):
+        return wiener_deblur(y, op.kernel, max(1e-4, defaults.wiener_balance_per_var * sigma_y**2))
+    if isinstance(op, Inpainting):
+        return biharmonic_inpaint(y, op.mask)
+    raise ValueError(f"no classical baseline for {type(op).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def shapes_images(n: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` held-out renders (n, 3, 32, 32) in [0, 1] with their shape and colour indices (n,) each."""
+    from distill.zoo import shapes
+    from distill.zoo.cameras import random_cameras
+
+    g = torch.Generator().manual_seed(SHAPES_SEED + seed)
+    shape_idx = torch.randint(len(shapes.SHAPES), (n,), generator=g)
+    colour_idx = torch.randint(len(shapes.COLOUR_NAMES), (n,), generator=g)
+    cams = random_cameras(n, generator=g)
+    lights = shapes.random_lights(cams, g)
+    images = shapes.render(shape_idx.tolist(), colour_idx.tolist(), cams, size=32, lights=lights)
+    return images.float().clamp(0.0, 1.0), shape_idx, colour_idx
+
+
+def photo_images(n: int, size: int) -> tuple[Tensor, list[str]]:
+    """The first ``n`` held-out photos: centre square crops, resized (antialiased bilinear) to (n, 3, size, size)."""
+    from distill.zoo.photos import HELD_OUT, load_photo
+
+    if size < 8:
+        raise ValueError(f"size must be >= 8; got {size}")
+    names = list(HELD_OUT[:n])
+    out = []
+    for name in names:
+        p = load_photo(name)
+        s = min(p.shape[-2:])
+        top, left = (p.shape[-2] - s) // 2, (p.shape[-1] - s) // 2
+        crop = p[None, :, top:top + s, left:left + s]
+        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(out).clamp(0.0, 1.0), names
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One restoration
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def task_setup(task: str, H: int, W: int, seed: int, defaults: BenchDefaults = DEFAULTS
+               ) -> tuple[str, Tensor | None]:
+    """(inverse.restore task, mask or None) for a benchmark task."""
+    if task == "inpaint_random":
+        return "inpaint_mask", random_mask(H, W, defaults.random_missing, torch.Generator().manual_seed(seed))
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task, None
+
+
+def full_image_prior(den: Denoiser, op: Operator, H: int, W: int) -> Denoiser:
+    """The prior for (H, W) images: ``den`` when it is that size, else tiled as inverse.restore tiles it."""
+    h, w = den.sample_shape[-2:]
+    if (h, w) == (H, W):
+        return den
+    if H < h or W < w:
+        raise ValueError(f"images of {H}x{W} are smaller than the prior's {h}x{w} tiles")
+    d = RestoreDefaults()
+    kernel = int(max(op.kernel.shape[-2:])) if isinstance(op, Blur) else 0
+    overlap = min(max(d.overlap, kernel + 2), min(h, w) // 2)
+    return TiledDenoiser(den, (H, W), overlap=overlap, max_batch=d.max_batch)
+
+
+@dataclass
+class Outcome:
+    """One method on one image: restoration (1, 3, H, W) in [0, 1], evaluations, backward passes, wall seconds."""
+
+    restored: Tensor
+    nfe: int
+    backward: int
+    seconds: float
+
+
+def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op: Operator, y: Tensor, *,
+               sigma_y: float, seed: int, mask: Tensor | None, nfe: int | None, dflow_steps: int | None = None,
+               defaults: BenchDefaults = DEFAULTS) -> Outcome:
+    """Restore the (1, 3, H, W) ``image`` degraded to ``y`` (image range) by ``op``; ``task`` is restore's task.
+    ``dflow_steps``: Heun steps of D-Flow's ODE solve (default ``defaults.dflow_steps``)."""
+    t0 = time.perf_counter()
+    if method == "classical":
+        x = classical(op, y, sigma_y, defaults)
+        return Outcome(x, 0, 0, time.perf_counter() - t0)
+    if method == "pinv":
+        r = restore(image, task, "pinv", sigma_y=sigma_y, seed=seed, mask=mask)
+        return Outcome(r.restored, 0, 0, time.perf_counter() - t0)
+    if prior is None:
+        raise ValueError(f"method {method!r} needs a prior")
+    full = full_image_prior(prior, op, *image.shape[-2:])
+    if method in PEERS:  # the peer wrapper counts every call, including those under torch.func (deepinv's PiGDM)
+        out = run_peer(method, full, op, y, sigma_y, steps=nfe, seed=seed + 2)
+        x, forward, backward = out.restored, out.forward, out.backward
+    elif method in OURS:
+        counter = CountingDenoiser(full)
+        options = {"steps": dflow_steps or defaults.dflow_steps, "solver": "heun"} if method == "dflow" else {}
+        r = restore(image, task, method, prior=counter, sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask,
+                    progress=False, **options)
+        if not torch.equal(r.measurement, y):
+            raise RuntimeError("restore() simulated a different measurement than degrade(); the comparison would "
+                               "not be on the same data")
+        x, forward, backward = r.restored, counter.counts["forward"], counter.counts["backward"]
+    else:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    return Outcome(x.reshape(image.shape).clamp(0.0, 1.0), forward, backward, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A domain
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _display(y: Tensor, H: int, W: int) -> Tensor:
+    shown = y.detach().float().clamp(0.0, 1.0)
+    return shown if shown.shape[-2:] == (H, W) else F.interpolate(shown, size=(H, W), mode="nearest")
+
+
+def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Sequence[str], methods: Sequence[str],
+               budgets: dict[str, int | None], *, sigma_y: float, seed: int,
+               labels: tuple[Tensor, Tensor] | None = None, judge: Any = None,
+               on_record: Callable[[dict], None] | None = None, dflow_steps: int | None = None,
+               defaults: BenchDefaults = DEFAULTS) -> tuple[list[dict], dict[str, list[Tensor]]]:
+    """Every (image, task, method) of a domain. Returns the records and, per task, the first image's picture row
+    [clean, degraded, *methods] ((1, 3, H, W) each). ``labels`` = (shape_idx, colour_idx) enables the judge."""
+    records: list[dict] = []
+    rows: dict[str, list[Tensor]] = {}
+    n, _, H, W = images.shape
+    for i in range(n):
+        image = images[i:i + 1]
+        s = seed + i
+        for task in tasks:
+            rtask, mask = task_setup(task, H, W, s, defaults)
+            y, op = degrade(image, rtask, sigma_y, seed=s, mask=mask)
+            if i == 0:
+                rows[task] = [image, _display(y, H, W)]
+            for method in methods:
+                out = run_method(method, prior, image, rtask, op, y, sigma_y=sigma_y, seed=s, mask=mask,
+                                 nfe=budgets.get(method), dflow_steps=dflow_steps, defaults=defaults)
+                acc = None
+                if judge is not None and labels is not None:
+                    acc = float(judge.accuracy(out.restored, labels[0][i:i + 1], labels[1][i:i + 1]))
+                rec = {"domain": domain, "task": task, "method": method, "image": i, "psnr": psnr(out.restored, image),
+                       "ssim": ssim(out.restored, image), "nfe": out.nfe, "backward": out.backward,
+                       "seconds": out.seconds, "judge_accuracy": acc}
+                records.append(rec)
+                if i == 0:
+                    rows[task].append(out.restored)
+                print(f"  {domain} {task} {method} image {i}: PSNR {rec['psnr']:.2f} SSIM {rec['ssim']:.3f} "
+                      f"NFE {out.nfe}+{out.backward} bwd {out.seconds:.1f}s"
+                      + ("" if acc is None else f" judge {acc:.0f}"), flush=True)
+                if on_record is not None:
+                    on_record(rec)
+    return records, rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_json(records: list[dict], path: Path) -> None:
+    """Write the records atomically (non-finite numbers as null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = [{k: _finite(v) for k, v in r.items()} for r in records]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(clean, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table: mean over images per (domain, task, method), in the order first seen."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["domain"], r["task"], r["method"]), []).append(r)
+    rows = ["| domain | task | method | images | PSNR | SSIM | NFE (fwd+bwd) | seconds | judge |",
+            "|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for (domain, task, method), rs in groups.items():
+        fwd, bwd = _mean([r["nfe"] for r in rs]), _mean([r["backward"] for r in rs])
+        rows.append(f"| {domain} | {task} | {method} | {len(rs)} | {fmt(_mean([r['psnr'] for r in rs]), '.2f')} | "
+                    f"{fmt(_mean([r['ssim'] for r in rs]), '.3f')} | {fwd:.0f}+{bwd:.0f} | "
+                    f"{fmt(_mean([r['seconds'] for r in rs]), '.1f')} | "
+                    f"{fmt(_mean([r['judge_accuracy'] for r in rs]), '.2f')} |")
+    return "\n".join(rows)
+
+
+def save_pictures(rows: dict[str, list[Tensor]], methods: Sequence[str], path: Path,
+                  display_min: int = DEFAULTS.display_min) -> Path:
+    """PNG grid: one row per task, columns clean, degraded, methods; labelled; small images upscaled (nearest)."""
+    from PIL import Image, ImageDraw
+
+    from inverse.restore import save_image
+
+    header = ["clean", "degraded", *methods]
+    tasks = list(rows)
+    H, W = rows[tasks[0]][0].shape[-2:]
+    scale = max(1, math.ceil(display_min / max(H, W)))
+    h, w, pad, top, left = H * scale, W * scale, 4, 16, 110
+    canvas = torch.ones(3, top + len(tasks) * (h + pad), left + len(header) * (w + pad))
+    for r, task in enumerate(tasks):
+        for c, im in enumerate(rows[task]):
+            tile = F.interpolate(im.float(), scale_factor=scale, mode="nearest")[0] if scale > 1 else im[0].float()
+            y0, x0 = top + r * (h + pad), left + c * (w + pad)
+            canvas[:, y0:y0 + h, x0:x0 + w] = tile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(canvas, path)
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    draw = ImageDraw.Draw(im)
+    for c, name in enumerate(header):
+        draw.text((left + c * (w + pad) + 2, 2), name, fill=(0, 0, 0))
+    for r, task in enumerate(tasks):
+        draw.text((4, top + r * (h + pad) + h // 2 - 6), task, fill=(0, 0, 0))
+    im.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _load(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]:
+    """(prior, None) or (None, reason it could not be loaded)."""
+    from distill.loading import load_prior
+
+    try:
+        den = load_prior(source or domain).eval()
+    except Exception as e:  # noqa: BLE001 - missing weights, bad folder...: the domain is skipped with the reason
+        return None, f"{type(e).__name__}: {e}"
+    if den.sample_shape is None or len(den.sample_shape) != 3 or den.sample_shape[0] != 3:
+        return None, f"the prior's sample_shape {den.sample_shape} is not an RGB image"
+    return den, None
+
+
+def budgets_for(args: argparse.Namespace, defaults: BenchDefaults = DEFAULTS) -> dict[str, int | None]:
+    """Evaluations per prior method: --<method>-nfe, else quick / full defaults; deepinv's PiGDM and DPS follow ours."""
+    out: dict[str, int | None] = {}
+    for m in PRIOR_METHODS:
+        given = getattr(args, f"{m}_nfe")
+        if given is not None:
+            out[m] = given
+        elif args.quick:
+            out[m] = defaults.quick_dflow_nfe if m == "dflow" else defaults.quick_nfe
+        else:
+            out[m] = defaults.nfe.get(m)
+    for peer, ours in (("dinv_pigdm", "pigdm"), ("dinv_dps", "dps")):
+        if getattr(args, f"{peer}_nfe") is None:
+            out[peer] = out[ours]
+    for m, v in out.items():
+        if v is not None and v < 1:
+            raise SystemExit(f"--{m.replace('_', '-')}-nfe must be >= 1; got {v}")
+    return out
+
+
+def _split(value: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f"unknown {what} {', '.join(bad) or '(none)'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, default=Path("outputs/bench/inverse.json"))
+    ap.add_argument("--quick", action="store_true", help="2 images, 20 evaluations per method, photos at 128x128")
+    ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--images", type=int, default=None, help="images per domain (photos: at most 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--size", type=int, default=None, help="photo side (default 128 with --quick, else 256)")
+    ap.add_argument("--sigma-y", type=float, default=DEFAULTS.sigma_y, help="measurement noise std in [0, 1]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pictures", type=Path, default=None, help="write a before/after PNG grid per domain here")
+    ap.add_argument("--dflow-steps", type=int, default=None,
+                    help=f"Heun steps of D-Flow's ODE solve (default {DEFAULTS.dflow_steps}, "
+                         f"{DEFAULTS.quick_dflow_steps} with --quick)")
+    ap.add_argument("--prior", action="append", default=[], metavar="DOMAIN=SOURCE",
+                    help="another prior for a domain (bundled name, diffusers folder or hub id)")
+    for m in PRIOR_METHODS:
+        ap.add_argument(f"--{m.replace('_', '-')}-nfe", dest=f"{m}_nfe", type=int, default=None,
+                        help=f"model evaluations for {m}")
+    args = ap.parse_args(argv)
+    args.domains = _split(args.domains, DOMAINS, "domain")
+    args.methods = _split(args.methods, METHODS, "method")
+    args.tasks = _split(args.tasks, TASKS, "task")
+    priors = {}
+    for item in args.prior:
+        domain, sep, source = item.partition("=")
+        if not sep or domain not in DOMAINS or not source:
+            raise SystemExit(f"--prior expects DOMAIN=SOURCE with DOMAIN in {', '.join(DOMAINS)}; got {item!r}")
+        priors[domain] = source
+    args.prior = priors
+    if args.images is not None and args.images < 1:
+        raise SystemExit("--images must be >= 1")
+    if args.dflow_steps is not None and args.dflow_steps < 1:
+        raise SystemExit("--dflow-steps must be >= 1")
+    if args.threads < 1:
+        raise SystemExit("--threads must be >= 1")
+    if not (math.isfinite(args.sigma_y) and args.sigma_y >= 0):
+        raise SystemExit("--sigma-y must be a finite number >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    budgets = budgets_for(args)
+    n_images = args.images or (DEFAULTS.quick_images if args.quick else DEFAULTS.images)
+    methods = list(args.methods)
+    peers = [m for m in methods if m in PEERS]
+    if peers:
+        from inverse.peers import load_deepinv
+
+        try:
+            load_deepinv()
+        except ImportError as e:
+            print(f"deepinv peers skipped ({', '.join(peers)}): {e}")
+            methods = [m for m in methods if m not in PEERS]
+    print("budgets (model evaluations): " + ", ".join(f"{m} {budgets[m]}" for m in methods if m in budgets))
+    records: list[dict] = []
+
+    def keep(rec: dict) -> None:  # the JSON is rewritten after every record: a killed run keeps what it measured
+        records.append(rec)
+        write_json(records, args.json)
+
+    write_json(records, args.json)
+    needs_prior = any(m in PRIOR_METHODS for m in methods)
+    for domain in args.domains:
+        prior, reason = (None, None)
+        if needs_prior:
+            prior, reason = _load(domain, args.prior.get(domain))
+            if prior is None:
+                print(f"{domain}: skipped — the prior could not be loaded ({reason})")
+                continue
+        labels, judge = None, None
+        if domain == "shapes":
+            images, shape_idx, colour_idx = shapes_images(n_images, args.seed)
+            labels = (shape_idx, colour_idx)
+            from distill.zoo.judge import load_judge
+
+            try:
+                judge = load_judge()
+                print(f"shapes: judge accuracy on the clean renders {judge.accuracy(images, *labels):.2f}")
+            except FileNotFoundError as e:
+                print(f"shapes: judge unavailable ({e}); judge_accuracy is null")
+        else:
+            size = args.size or (DEFAULTS.quick_photo_size if args.quick else DEFAULTS.photo_size)
+            images, names = photo_images(n_images, size)
+            print(f"photos: {', '.join(names)} at {size}x{size}")
+        _, rows = run_domain(domain, prior, images, args.tasks, methods, budgets, sigma_y=args.sigma_y,
+                             seed=args.seed, labels=labels, judge=judge, on_record=keep,
+                             dflow_steps=args.dflow_steps or (DEFAULTS.quick_dflow_steps if args.quick else None))
+        if args.pictures is not None and rows:
+            path = save_pictures(rows, methods, args.pictures / f"inverse_{domain}.png")
+            print(f"wrote {path}")
+    write_json(records, args.json)
+    if records:
+        print(table(records))
+    print(f"wrote {args.json} ({len(records)} records)")
+    return records
+
+
+if __name__ == "__main__":
+    main()
