@@ -405,5 +405,18 @@ def distill_cmd(
         typer.echo(f"sample it: priorkit sample --model {folder}")
 
 
+@app.command("app")
+def app_cmd(
+    host: Annotated[str, typer.Option(help="interface to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 7860,
+    share: Annotated[bool, typer.Option(help="a public gradio.live link")] = False,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
+) -> None:
+    """The web app: text to 3D, restoration and fast sampling, one tab each."""
+    from apps.web import launch
+
+    launch(host=host, port=port, share=share, threads=threads or None)
+
+
 if __name__ == "__main__":
     app()

@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"train-prior": "Train a bundled prior", "sample": "Sample a model or a distilled student",
             "3d": "Text to 3D with SDS or VSD", "restore": "Restore a folder of images",
-            "distill": "Distil a teacher into a fast few-step student"}
+            "distill": "Distil a teacher into a fast few-step student", "app": "The web app"}
 WIDE = {"TERMINAL_WIDTH": "120", "COLUMNS": "120"}
 
 
@@ -70,6 +70,7 @@ def test_help_lists_every_command_with_a_one_line_summary():
     ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed"]),
     ("sample", ["--model", "--steps", "--prompt", "--n", "--guidance", "--out"]),
     ("train-prior", ["--steps", "--resume"]),
+    ("app", ["--host", "--port", "--share", "--threads"]),
 ])
 def test_each_command_has_help_naming_its_options(command, options):
     result = run(command, "--help")
