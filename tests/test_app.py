@@ -195,14 +195,15 @@ def test_restore_painted_mask_observed(client, tmp_path):
 def test_restore_photos(client):
     photo = client.predict("chelsea", api_name="/load_example")["background"]
     editor = {"background": gradio_client.handle_file(photo), "layers": [], "composite": None}
-    args = (editor, "chelsea", "deblur", "D-Flow", 0.01, web.MODE_EXAMPLE, "auto", 2, 0, 16)
+    # a 64-pixel working size: the deblur kernel (13x13) must fit the image, and the photos prior's tile is 64
+    args = (editor, "chelsea", "deblur", "PiGDM", 0.01, web.MODE_EXAMPLE, "auto", 2, 0, 64)
     if web.bundled_status()["photos"] is not None:  # weights not trained yet: a clear message, not a stack trace
         with pytest.raises(Exception) as e:
             client.predict(*args, api_name="/restore")
         assert "'photos' prior is not available yet" in _error_text(e)
     else:
         (before, after), status, _ = client.predict(*args, api_name="/restore")
-        assert Image.open(after).size == Image.open(before).size and max(Image.open(after).size) == 16
+        assert Image.open(after).size == Image.open(before).size and max(Image.open(after).size) == 64
         assert "PSNR" in status
 
 
