@@ -1,7 +1,8 @@
 """The web app in a real browser: headless Chromium (the system's, never a downloaded one) driven by Playwright.
 
 Each tab runs one small job through the page's own widgets; the test asserts on what the page shows and saves a
-screenshot to docs/screenshots/<tab>.png. Skipped, with the reason, when Chromium or Playwright is missing
+screenshot to outputs/screenshots/<tab>.png (to docs/screenshots/, shown in README, with
+PRIORKIT_UPDATE_SCREENSHOTS=1). Skipped, with the reason, when Chromium or Playwright is missing
 (``make test`` installs Debian's chromium first when it runs as root).
 """
 
@@ -29,7 +30,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 from apps import web  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+SHOTS = Path(__file__).resolve().parent.parent / (
+    "docs" if os.environ.get("PRIORKIT_UPDATE_SCREENSHOTS") == "1" else "outputs") / "screenshots"
 TINY = web.AppConfig(export_resolution=64, turntable_frames=8, turntable_size=48)
 LONG = 300_000  # ms: the machine may be busy
 
