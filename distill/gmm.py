@@ -106,8 +106,12 @@ class GaussianMixture(Denoiser):
         dtype, device = self.means.dtype, self.means.device
         comp = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=dtype, device=device) * self.eigvals[comp].sqrt()
-        if self.eigvecs is not None:
-            z = torch.einsum("nij,nj->ni", self.eigvecs[comp], z)
+        if self.eigvecs is not None:  # rotate each component's rows by its eigenbasis (no (n, D, D) gather)
+            rotated = torch.empty_like(z)
+            for k in comp.unique().tolist():
+                rows = comp == k
+                rotated[rows] = z[rows] @ self.eigvecs[k].T
+            z = rotated
         return (self.means[comp] + z).reshape(n, *self.sample_shape)
 
     def log_prob(self, x: Tensor, t: Tensor | float = 0.0) -> Tensor:

@@ -277,3 +277,17 @@ def test_bad_inputs_raise_clear_errors():
         sample(gmm, torch.full((3, 2), float("inf"), dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown solver"):
         sample(gmm, x, solver="rk4")
+
+
+def test_gmm_samples_have_the_mixture_moments() -> None:
+    """Exact samples (full covariances, rotated per component) match the mixture's mean and covariance."""
+    g = torch.Generator().manual_seed(0)
+    gmm = GaussianMixture.random(5, 3, generator=g)
+    x = gmm.sample(200_000, generator=g)
+    w, mu = gmm.log_weights.exp(), gmm.means
+    cov_k = (gmm.eigvecs * gmm.eigvals[:, None, :]) @ gmm.eigvecs.transpose(1, 2)
+    mean = (w[:, None] * mu).sum(0)
+    cov = sum(w[k] * (cov_k[k] + torch.outer(mu[k] - mean, mu[k] - mean)) for k in range(3))
+    scale = float(cov.diagonal().max())
+    assert torch.allclose(x.mean(0), mean, atol=0.02 * scale ** 0.5)
+    assert torch.allclose(torch.cov(x.T), cov, atol=0.02 * scale)
