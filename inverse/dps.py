@@ -25,7 +25,7 @@ from torch import Tensor
 from distill.denoiser import Condition, Denoiser
 from distill.samplers.base import predict_fn, steps_bar
 from inverse.operators import Operator
-from inverse.pigdm import _check_measurement, ddim_step, sampling_times, solution_shape
+from inverse.pigdm import _check_measurement, ddim_step, initial_state
 
 __all__ = ["DPSDefaults", "dps"]
 
@@ -63,10 +63,7 @@ def dps(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, co
     if zeta < 0:
         raise ValueError(f"zeta must be >= 0; got {zeta}")
     schedule = denoiser.schedule
-    times = sampling_times(schedule, steps, spacing) if times is None else times.double()
-    shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
-    z = noise if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
-    x = float(schedule.sigma(times[0])) * z.to(y)
+    times, x = initial_state(denoiser, y, steps, spacing, times, shape, noise, generator)
     fn = predict_fn(denoiser, cond, guidance)
     for i in steps_bar(len(times) - 1, "DPS", progress):
         t, s = times[i], times[i + 1]

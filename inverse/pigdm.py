@@ -97,6 +97,17 @@ def sampling_times(schedule: Schedule, steps: int, spacing: str = "time", *, t_m
     return time_grid(schedule, steps, spacing, t_max=t_max, t_min=min(t_min, 0.5 * t_max))
 
 
+def initial_state(denoiser: Denoiser, y: Tensor, steps: int, spacing: str, times: Tensor | None,
+                  shape: tuple[int, ...] | None, noise: Tensor | None, generator: torch.Generator | None
+                  ) -> tuple[Tensor, Tensor]:
+    """(times, x): the guided samplers' grid (:func:`sampling_times` unless given) and x = sigma(t_0) z."""
+    schedule = denoiser.schedule
+    times = sampling_times(schedule, steps, spacing) if times is None else times.double()
+    shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
+    z = noise if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
+    return times, float(schedule.sigma(times[0])) * z.to(y)
+
+
 def ddim_step(x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, schedule: Schedule, eta: float = 0.0,
               generator: torch.Generator | None = None) -> Tensor:
     """One DDIM(eta) step from time t to s < t given the (guided) pair (x0, eps), all (B, ...); general schedule.
@@ -211,10 +222,7 @@ def pigdm(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
     schedule = denoiser.schedule
-    times = sampling_times(schedule, steps, spacing) if times is None else times.double()
-    shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
-    z = noise if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
-    x = float(schedule.sigma(times[0])) * z.to(y)
+    times, x = initial_state(denoiser, y, steps, spacing, times, shape, noise, generator)
     fn = predict_fn(denoiser, cond, guidance)
     for i in steps_bar(len(times) - 1, "PiGDM", progress):
         t, s = times[i], times[i + 1]

@@ -20,12 +20,7 @@ from inverse.peers import DeepinvDenoiser
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -42,12 +42,7 @@ D = 64
 SIGMA_Y = 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _prior(spectrum: str, schedule=None, seed: int = 0) -> GaussianMixture:

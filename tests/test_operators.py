@@ -39,13 +39,7 @@ B, C, H, W = 2, 3, 32, 32
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors + 2 shared cores: one thread is faster and keeps CPU use modest."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

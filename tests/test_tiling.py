@@ -14,12 +14,7 @@ from inverse.tiling import CropOperator, TiledDenoiser, blend_weights, from_rgb,
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def per_pixel_prior(h: int, w: int) -> GaussianMixture:
