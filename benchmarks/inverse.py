@@ -15,8 +15,9 @@ Domains:
           (inverse.tiling.TiledDenoiser, overlap widened past the blur kernel exactly as inverse.restore does).
           Skipped, with the reason printed, when the prior cannot be loaded.
 Tasks (y = A x + sigma_y n, sigma_y = 0.01 in [0, 1], seeded per image; built by inverse.restore.degrade):
-  sr4 (bicubic x4 downsampling), deblur_gaussian (std 2 px, circular), inpaint_box (centred box of half the
-  height and width), inpaint_random (80% of the pixels missing: restore's "inpaint_mask" with a random mask).
+  sr4 (bicubic x4 downsampling), deblur_gaussian (std 2 px, circular), inpaint_box (a box of half the image,
+  its right half: inverse.operators.half_mask), inpaint_random (80% of the pixels missing); both inpaintings are
+  restore's "inpaint_mask" with that mask.
 Methods (every prior method sees the same prior, measurement and operator):
   pinv        A^+ y (no prior)
   classical   sr: bicubic upsampling (torch interpolate); deblur: Wiener deconvolution (skimage.restoration.wiener,
@@ -55,7 +56,7 @@ from torch import Tensor
 
 from distill.denoiser import Denoiser
 from inverse.dflow import CountingDenoiser
-from inverse.operators import Blur, Downsampling, Inpainting, Operator, random_mask
+from inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
 from inverse.peers import PEERS, run_peer
 from inverse.restore import RestoreDefaults, degrade, restore
 from inverse.tiling import TiledDenoiser
@@ -225,6 +226,8 @@ def task_setup(task: str, H: int, W: int, seed: int, defaults: BenchDefaults = D
     """(inverse.restore task, mask or None) for a benchmark task."""
     if task == "inpaint_random":
         return "inpaint_mask", random_mask(H, W, defaults.random_missing, torch.Generator().manual_seed(seed))
+    if task == "inpaint_box":
+        return "inpaint_mask", half_mask(H, W, "right")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return task, None

@@ -17,7 +17,10 @@ samples (128 DPM-Solver++ steps; w = 2, class 0), the CFG teacher's NFE counting
 Records: {"target", "method", "nfe", "metric", "value", "train_seconds", "detail"}; a table is printed,
 the goals are checked (best 1-step student below DPM-Solver++ at 4 NFE, best 2-step student below
 DPM-Solver++ at 8 NFE), and a PNG of samples per target is saved next to the JSON.
-:func:`run_shapes` is the hook for the shapes text-to-image prior (judge accuracy), not run here.
+With ``--shapes RUN[,RUN]`` it also scores students of the bundled "shapes" text-to-image prior trained by
+``priorkit distill METHOD --teacher shapes --guidance 3 --out RUN`` (judge accuracy and seconds per sample
+against the teacher; goal: a 2-step student keeps >= 0.85 judge accuracy >= 10x faster than the teacher at 25
+steps). ``--targets none`` skips the 2D targets.
 """
 
 from __future__ import annotations
@@ -228,17 +231,22 @@ def run_guidance(s: dict[str, Any], folder: Path, seed: int, w: float = 2.0, lab
     return records
 
 
-# ---- the shapes prior (hook; run by the lead once the prior is trained) --------------------------
-def run_shapes(teacher_path: str, methods: list[str], *, out: str | Path, steps: int = 2000, nfes: tuple = (1, 2, 4),
-               guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0, resume: bool = True) -> list[dict]:
-    """Distil the shapes text-to-image prior with ``methods`` and score samples with the judge.
+# ---- the shapes prior ---------------------------------------------------------------------------------
+SHAPES_TEACHER_STEPS = 25
 
-    For every shape x colour caption, ``n_per_prompt`` images per student and NFE; metric "judge_accuracy"
-    (the judge names both shape and colour). Baselines: the teacher with DPM-Solver++ at the same NFE and at
-    32 steps (CFG ``guidance``). Returns records like the 2D ones (target "shapes").
+
+def run_shapes(runs: list[Path], *, teacher_path: str = "shapes", nfes: tuple[int, ...] = (1, 2, 4),
+               guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0,
+               teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[dict]:
+    """Score students of the shapes text-to-image prior (folders of ``priorkit distill ... --teacher shapes``).
+
+    For every shape x colour caption, ``n_per_prompt`` images per student and NFE (the same noise for all);
+    metric "judge_accuracy" (the judge names both shape and colour) and "seconds_per_sample" (wall time of the
+    whole batch / its size, this process's threads). Baselines: the teacher with DPM-Solver++(2M) and CFG
+    ``guidance`` at ``nfes`` steps and at ``teacher_steps`` (NFE counts both CFG branches). A
+    student's ``train_seconds`` comes from its run's distill.json.
     """
-    from distill.distill_cli import distill as distill_run
-    from distill.distill_cli import start_time
+    from distill.distill_cli import final_folder, start_time
     from distill.loading import load_denoiser
     from distill.zoo import shapes
     from distill.zoo.judge import load_judge
@@ -251,45 +259,72 @@ def run_shapes(teacher_path: str, methods: list[str], *, out: str | Path, steps:
     shape_idx = torch.tensor([si for si, _ in pairs for _ in range(n_per_prompt)])
     colour_idx = torch.tensor([ci for _, ci in pairs for _ in range(n_per_prompt)])
     cond = teacher.encode(prompts)
+    n = len(prompts)
 
     def score(images: Tensor) -> float:
         return judge.accuracy(((images.clamp(-1, 1) + 1) / 2).float(), shape_idx, colour_idx)
 
+    def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Tensor, float]:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x = fn(*args, **kwargs)
+        return x, (time.perf_counter() - t0) / n
+
     records = []
-    g = torch.Generator().manual_seed(seed)
-    noise = initial_noise(teacher, (len(prompts), *teacher.sample_shape), generator=g)
-    with torch.no_grad():
-        for nfe in (*nfes, 32):
-            x = sample(teacher, noise, steps=nfe, cond=cond, guidance=guidance)
-            records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, f"cfg {guidance:g}",
-                                  "judge_accuracy"))
-    for method in methods:
-        t0 = time.time()
-        folder = distill_run(method, teacher_path, Path(out) / method, steps=steps, guidance=guidance, resume=resume)
-        seconds = time.time() - t0
+    noise = initial_noise(teacher, (n, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
+    for nfe in (*nfes, teacher_steps):
+        x, sec = timed(sample, teacher, noise, steps=nfe, cond=cond, guidance=guidance)
+        detail = f"cfg {guidance:g}, {nfe} steps"
+        records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, detail, "judge_accuracy"))
+        records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, sec, None, detail, "seconds_per_sample"))
+    for run in runs:
+        info = json.loads((Path(run) / "distill.json").read_text()) if (Path(run) / "distill.json").is_file() else {}
+        folder = Path(info["student"]) if info.get("student") else final_folder("", run)
         student, meta = load_student(folder), read_meta(folder)
-        run = student_sampler(meta)
+        method = info.get("method", meta.get("method", Path(run).name))
+        sampler = student_sampler(meta)
         c = {"text": cond, "w": guidance} if method == "guidance" else cond
         for nfe in nfes:
             if meta.get("start_steps") and meta.get("steps") and nfe != meta["steps"]:
-                continue
-            gg = torch.Generator().manual_seed(seed)
-            z = initial_noise(student, (len(prompts), *student.sample_shape), t_max=start_time(student, meta),
-                              generator=gg)
-            with torch.no_grad():
-                x = run(student, z, nfe, c, gg)
-            records.append(record("shapes", method, nfe, score(x), seconds, meta.get("sampler", ""),
-                                  "judge_accuracy"))
+                continue  # a progressive student samples at its own step count only
+            z = initial_noise(student, (n, *student.sample_shape), t_max=start_time(student, meta),
+                              generator=torch.Generator().manual_seed(seed))
+            gg = torch.Generator().manual_seed(seed + 1)
+            x, sec = timed(sampler, student, z, nfe, c, gg)
+            train = info.get("seconds")
+            records.append(record("shapes", method, nfe, score(x), train, meta.get("sampler", ""), "judge_accuracy"))
+            records.append(record("shapes", method, nfe, sec, train, meta.get("sampler", ""), "seconds_per_sample"))
     return records
+
+
+def shapes_goals(records: list[dict], teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[str]:
+    """A 2-step student keeps >= 0.85 judge accuracy at >= 10x fewer seconds per sample than the teacher at 25."""
+    rows = [r for r in records if r["target"] == "shapes"]
+    ref = [r for r in rows if r["method"] == "teacher-dpm++2m" and r["nfe"] == 2 * teacher_steps]
+    if not ref:
+        return []
+    acc_t = next(r["value"] for r in ref if r["metric"] == "judge_accuracy")
+    sec_t = next(r["value"] for r in ref if r["metric"] == "seconds_per_sample")
+    out = [f"shapes: teacher at {teacher_steps} steps: judge {acc_t:.3f}, {sec_t:.4f} s/sample"]
+    for r in rows:
+        if r["nfe"] == 2 and r["metric"] == "judge_accuracy" and not r["method"].startswith("teacher"):
+            sec = next(q["value"] for q in rows if q["method"] == r["method"] and q["nfe"] == 2
+                       and q["metric"] == "seconds_per_sample")
+            speed = sec_t / max(sec, 1e-12)
+            ok = r["value"] >= 0.85 and speed >= 10
+            out.append(f"shapes: 2-step {r['method']}: judge {r['value']:.3f}, {speed:.1f}x faster than the teacher "
+                       f"at {teacher_steps} steps  [{'met' if ok else 'NOT met'}]")
+    return out
 
 
 # ---- report --------------------------------------------------------------------------------------
 def table(records: list[dict]) -> str:
     lines = []
-    for target in dict.fromkeys(r["target"] for r in records):
-        rows = [r for r in records if r["target"] == target]
+    for target, metric in dict.fromkeys((r["target"], r["metric"]) for r in records):
+        rows = [r for r in records if r["target"] == target and r["metric"] == metric]
         nfes = sorted({r["nfe"] for r in rows})
-        lines.append(f"\n{target}  ({rows[0]['metric']}, lower is better)")
+        better = "higher" if metric == "judge_accuracy" else "lower"
+        lines.append(f"\n{target}  ({metric}, {better} is better)")
         lines.append(f"{'method':24s}" + "".join(f"{'NFE ' + str(k):>10s}" for k in nfes) + f"{'train s':>10s}")
         for method in dict.fromkeys(r["method"] for r in rows):
             cells = {r["nfe"]: r["value"] for r in rows if r["method"] == method}
@@ -361,12 +396,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {TARGETS}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
+    parser.add_argument("--shapes", default="", help="comma-separated run folders of shapes-prior students")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    targets = [t for t in args.targets.split(",") if t]
+    targets = [t for t in args.targets.split(",") if t and t != "none"]
     methods = [m for m in args.methods.split(",") if m]
     for t in targets:
         if t not in TARGETS:
@@ -386,9 +422,12 @@ def main(argv: list[str] | None = None) -> None:
             plot(shown, target, png)
             args.json.write_text(json.dumps(records, indent=1))  # partial results survive a crash
             print(f"{target}: done; samples in {png}", flush=True)
+    runs = [Path(r) for r in args.shapes.split(",") if r]
+    if runs:
+        records += run_shapes(runs, seed=args.seed)
     args.json.write_text(json.dumps(records, indent=1))
     print(table(records))
-    for line in goals(records):
+    for line in goals(records) + shapes_goals(records):
         print(line)
 
 

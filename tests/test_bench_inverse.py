@@ -251,3 +251,11 @@ def test_a_domain_without_its_prior_is_skipped_with_the_reason(tmp_path: Path, c
                           "--prior", f"photos={tmp_path / 'no-such-prior'}"])
     assert records == [] and json.loads(out.read_text()) == []
     assert "photos: skipped" in capsys.readouterr().out
+
+
+def test_box_task_hides_half_the_image() -> None:
+    task, mask = bench.task_setup("inpaint_box", 32, 32, seed=0)
+    assert task == "inpaint_mask" and mask is not None
+    assert float(mask.mean()) == 0.5 and bool((mask[..., :, 16:] == 0).all())
+    task, mask = bench.task_setup("inpaint_random", 32, 32, seed=0)
+    assert abs(float(1 - mask.mean()) - bench.DEFAULTS.random_missing) < 1e-3

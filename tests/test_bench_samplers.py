@@ -1,0 +1,61 @@
+"""benchmarks.samplers: a micro run end to end, the goal checks, and the shapes-student scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import samplers as bench
+
+
+def _rec(target: str, method: str, nfe: int, value: float, metric: str = "sw2") -> dict:
+    return bench.record(target, method, nfe, value, metric=metric)
+
+
+def test_goals_report_met_and_not_met() -> None:
+    rows = [_rec("gmm", "teacher-dpm++2m", 4, 0.10), _rec("gmm", "teacher-dpm++2m", 8, 0.05),
+            _rec("gmm", "cd", 1, 0.08), _rec("gmm", "cd", 2, 0.06)]
+    lines = bench.goals(rows)
+    assert len(lines) == 2 and "[met]" in lines[0] and "[NOT met]" in lines[1]
+
+
+def test_shapes_goals_need_accuracy_and_speed() -> None:
+    rows = [_rec("shapes", "teacher-dpm++2m", 50, 0.95, "judge_accuracy"),
+            _rec("shapes", "teacher-dpm++2m", 50, 1.0, "seconds_per_sample"),
+            _rec("shapes", "cd", 2, 0.90, "judge_accuracy"), _rec("shapes", "cd", 2, 0.05, "seconds_per_sample"),
+            _rec("shapes", "ct", 2, 0.50, "judge_accuracy"), _rec("shapes", "ct", 2, 0.05, "seconds_per_sample")]
+    lines = bench.shapes_goals(rows)
+    assert "[met]" in lines[1] and "20.0x" in lines[1] and "[NOT met]" in lines[2]
+    assert "judge_accuracy, higher is better" in bench.table(rows)
+
+
+def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, single_thread) -> None:
+    tiny = {"n_eval": 500, "teacher": 20, "steps": 20, "pairs": 256, "pd_start": 4, "pd_steps": 10,
+            "gd_start": 4, "batch": 64}
+    monkeypatch.setattr(bench, "settings", lambda quick: tiny)
+    out = tmp_path / "s.json"
+    bench.main(["--json", str(out), "--targets", "moons", "--methods", "cd,progressive", "--work",
+                str(tmp_path / "work")])
+    records = json.loads(out.read_text())
+    assert {"target", "method", "nfe", "metric", "value", "train_seconds"} <= set(records[0])
+    methods = {r["method"] for r in records}
+    assert {"data", "teacher-euler", "teacher-dpm++2m", "cd", "progressive"} <= methods
+    assert {r["nfe"] for r in records if r["method"] == "cd"} == set(bench.NFES)
+    assert all(r["value"] >= 0 for r in records)
+    assert (tmp_path / "s_moons.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_shapes_students_are_scored_by_the_judge(tmp_path: Path, single_thread) -> None:
+    from distill.distill_cli import distill
+
+    run = tmp_path / "cd"
+    distill("cd", "shapes", run, steps=2, batch=4, guidance=3.0, n_data=16)
+    records = bench.run_shapes([run], nfes=(2,), n_per_prompt=1, teacher_steps=2)
+    got = {(r["method"], r["nfe"], r["metric"]) for r in records}
+    assert ("cd", 2, "judge_accuracy") in got and ("cd", 2, "seconds_per_sample") in got
+    assert ("teacher-dpm++2m", 4, "judge_accuracy") in got
+    assert all(0 <= r["value"] <= 1 for r in records if r["metric"] == "judge_accuracy")
+    assert all(r["train_seconds"] > 0 for r in records if r["method"] == "cd")
