@@ -66,7 +66,6 @@ TASKS: tuple[str, ...] = ("sr4", "deblur_gaussian", "inpaint_box", "inpaint_rand
 OURS: tuple[str, ...] = ("pigdm", "pigdm_flow", "dps", "dflow")
 METHODS: tuple[str, ...] = ("pinv", "classical", *OURS, *PEERS)
 PRIOR_METHODS: tuple[str, ...] = (*OURS, *PEERS)
-SHAPES_SEED = 31_337  # held-out stream: training renders use seeds 0.., the judge 0 / 10_000, benchmarks.priors 123_457
 
 
 @dataclass
@@ -187,33 +186,16 @@ def classical(op: Operator, y: Tensor, sigma_y: float, defaults: BenchDefaults =
 
 def shapes_images(n: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` held-out renders (n, 3, 32, 32) in [0, 1] with their shape and colour indices (n,) each."""
-    from distill.zoo import shapes
-    from distill.zoo.cameras import random_cameras
+    from distill.zoo.shapes import held_out_renders
 
-    g = torch.Generator().manual_seed(SHAPES_SEED + seed)
-    shape_idx = torch.randint(len(shapes.SHAPES), (n,), generator=g)
-    colour_idx = torch.randint(len(shapes.COLOUR_NAMES), (n,), generator=g)
-    cams = random_cameras(n, generator=g)
-    lights = shapes.random_lights(cams, g)
-    images = shapes.render(shape_idx.tolist(), colour_idx.tolist(), cams, size=32, lights=lights)
-    return images.float().clamp(0.0, 1.0), shape_idx, colour_idx
+    return held_out_renders(n, seed)
 
 
 def photo_images(n: int, size: int) -> tuple[Tensor, list[str]]:
     """The first ``n`` held-out photos: centre square crops, resized (antialiased bilinear) to (n, 3, size, size)."""
-    from distill.zoo.photos import HELD_OUT, load_photo
+    from distill.zoo.photos import held_out_images
 
-    if size < 8:
-        raise ValueError(f"size must be >= 8; got {size}")
-    names = list(HELD_OUT[:n])
-    out = []
-    for name in names:
-        p = load_photo(name)
-        s = min(p.shape[-2:])
-        top, left = (p.shape[-2] - s) // 2, (p.shape[-1] - s) // 2
-        crop = p[None, :, top:top + s, left:left + s]
-        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
-    return torch.cat(out).clamp(0.0, 1.0), names
+    return held_out_images(n, size)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

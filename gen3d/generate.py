@@ -65,6 +65,8 @@ class GenerateConfig:
     its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus").
     n_samples: samples per ray, at depths within ``scene_radius`` of the camera distance (None: the whole box
     [-1, 1]^3; every shape of the shapes world lies within 0.75 of the origin).
+    azimuth_start, azimuth_warmup: camera azimuths start within ``azimuth_start`` degrees around the front and
+    widen to the full circle over the first ``azimuth_warmup`` of the steps (see :func:`azimuth_span`).
     albedo_fraction: share of the run with albedo-only shading (warm-up); shading_probs: probabilities of
     (albedo, lambertian, textureless) after it, under the shapes world's random lights; ambient: Lambertian term.
     background: "white" (the bundled prior's) or "learned".
@@ -86,6 +88,8 @@ class GenerateConfig:
     n_samples: int = 64
     scene_radius: float | None = 1.0
     elevation_range: tuple[float, float] = ELEVATION_RANGE
+    azimuth_start: float = 360.0
+    azimuth_warmup: float = 0.0
     albedo_fraction: float = 0.2
     shading_probs: tuple[float, float, float] = (0.3, 0.7, 0.0)
     ambient: float = 0.3
@@ -249,6 +253,17 @@ def voxel_entropy(field_: nn.Module, n_points: int = 32768, generator: torch.Gen
         x = torch.rand(n_points, 3, generator=generator).to(device) * 2 - 1
         sigma = field_.density(x)
     return _binary_entropy(-torch.expm1(-sigma * h)).mean()  # a = 1 - exp(-sigma h)
+
+
+def azimuth_span(step: int, steps: int, cfg: GenerateConfig) -> float:
+    """Azimuth range of the training cameras at ``step``: ``azimuth_start`` degrees around the front, widened
+    linearly to the full circle over the first ``azimuth_warmup`` of the run (threestudio's progressive camera
+    range). A shape whose look depends on the camera's azimuth (a cube) settles on one orientation while few
+    views constrain it, instead of a rotational average of the orientations each view prefers."""
+    end = cfg.azimuth_warmup * steps
+    if step >= end:
+        return 360.0
+    return cfg.azimuth_start + (360.0 - cfg.azimuth_start) * step / end
 
 
 def _pick_shading(step: int, steps: int, cfg: GenerateConfig, g: torch.Generator) -> str:
@@ -546,7 +561,7 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
     for f, bg, est in zip(fields, backgrounds, estimators, strict=True):
         if est is not None:
             update_estimator(est, f, step)
-        cams = random_cameras(views, g, cfg.elevation_range)
+        cams = random_cameras(views, g, cfg.elevation_range, azimuth_span(step, steps, cfg))
         lights = random_lights(cams, g)
         img, out = render_views(f, cams, resolution, background=bg, shading=shading, lights=lights,
                                 ambient=cfg.ambient, n_samples=cfg.n_samples, generator=g, estimator=est,

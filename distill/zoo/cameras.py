@@ -86,8 +86,12 @@ def view_phrase(azimuth: float, elevation: float) -> str:
 
 
 def random_cameras(n: int, generator: torch.Generator | None = None,
-                   elevation_range: tuple[float, float] = ELEVATION_RANGE) -> list[Camera]:
-    """``n`` cameras with uniform azimuth and elevation uniform in ``elevation_range``."""
+                   elevation_range: tuple[float, float] = ELEVATION_RANGE,
+                   azimuth_span: float = 360.0) -> list[Camera]:
+    """``n`` cameras with azimuth uniform in [-span / 2, span / 2] (default: all around) and elevation uniform in
+    ``elevation_range``."""
+    if not 0.0 < azimuth_span <= 360.0:
+        raise ValueError(f"azimuth_span must be in (0, 360]; got {azimuth_span}")
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
     lo, hi = elevation_range
-    return [Camera(azimuth=float(360.0 * a - 180.0), elevation=float(lo + (hi - lo) * e)) for a, e in u]
+    return [Camera(azimuth=float(azimuth_span * (a - 0.5)), elevation=float(lo + (hi - lo) * e)) for a, e in u]

@@ -95,3 +95,19 @@ class PatchSampler:
                 patch = patch.flip(-1)
             out.append(patch)
         return torch.cat(out).clamp(0, 1) * 2 - 1
+
+
+def held_out_images(n: int, size: int) -> tuple[Tensor, list[str]]:
+    """The first ``n`` of :data:`HELD_OUT`: centre square crops resized (antialiased bilinear) to ``size``;
+    returns images (n, 3, size, size) in [0, 1] and their names."""
+    if size < 8:
+        raise ValueError(f"size must be >= 8; got {size}")
+    names = list(HELD_OUT[:n])
+    out = []
+    for name in names:
+        p = load_photo(name)
+        s = min(p.shape[-2:])
+        top, left = (p.shape[-2] - s) // 2, (p.shape[-1] - s) // 2
+        crop = p[None, :, top:top + s, left:left + s]
+        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(out).clamp(0.0, 1.0), names

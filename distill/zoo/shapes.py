@@ -528,3 +528,19 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+#: seed of the held-out stream: training renders use seeds 0.., the judge 0 / 10_000, benchmarks.priors 123_457
+HELD_OUT_SEED = 31_337
+
+
+def held_out_renders(n: int, seed: int = 0, size: int = 32) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` renders no training script sees (random shape, colour, camera, light from :data:`HELD_OUT_SEED` +
+    ``seed``): images (n, 3, size, size) in [0, 1], shape indices (n,), colour indices (n,)."""
+    g = torch.Generator().manual_seed(HELD_OUT_SEED + seed)
+    shape_idx = torch.randint(len(SHAPES), (n,), generator=g)
+    colour_idx = torch.randint(len(COLOUR_NAMES), (n,), generator=g)
+    cams = random_cameras(n, generator=g)
+    lights = random_lights(cams, g)
+    images = render(shape_idx.tolist(), colour_idx.tolist(), cams, size=size, lights=lights)
+    return images.float().clamp(0.0, 1.0), shape_idx, colour_idx
