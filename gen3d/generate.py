@@ -88,8 +88,8 @@ class GenerateConfig:
     n_samples: int = 64
     scene_radius: float | None = 1.0
     elevation_range: tuple[float, float] = ELEVATION_RANGE
-    azimuth_start: float = 360.0
-    azimuth_warmup: float = 0.0
+    azimuth_start: float = 30.0
+    azimuth_warmup: float = 0.6
     albedo_fraction: float = 0.2
     shading_probs: tuple[float, float, float] = (0.3, 0.7, 0.0)
     ambient: float = 0.3

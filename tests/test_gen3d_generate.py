@@ -208,3 +208,17 @@ def test_export_writes_meshes_turntables_previews_and_checkpoint(tmp_path, tiny_
     assert (tmp_path / "checkpoint" / "state.safetensors").is_file()
     assert result.turntables[0].shape == (2, 12, 12, 3)
     assert len(result.history) == 2 and result.seconds > 0
+
+
+def test_azimuth_curriculum_widens_to_the_full_circle() -> None:
+    from distill.zoo.cameras import random_cameras
+    from gen3d.generate import GenerateConfig, azimuth_span
+
+    cfg = GenerateConfig(azimuth_start=30.0, azimuth_warmup=0.5)
+    spans = [azimuth_span(k, 100, cfg) for k in (0, 25, 50, 99)]
+    assert spans == [30.0, 195.0, 360.0, 360.0]
+    cams = random_cameras(200, torch.Generator().manual_seed(0), azimuth_span=30.0)
+    assert max(abs(c.azimuth) for c in cams) <= 15.0
+    full = random_cameras(5, torch.Generator().manual_seed(1))
+    same = random_cameras(5, torch.Generator().manual_seed(1), azimuth_span=360.0)
+    assert [c.azimuth for c in full] == [c.azimuth for c in same]
