@@ -23,6 +23,8 @@ Methods (every prior method sees the same prior, measurement and operator):
   classical   sr: bicubic upsampling (torch interpolate); deblur: Wiener deconvolution (skimage.restoration.wiener,
               balance 50 sigma_y^2, tuned on a training photo); inpainting: skimage.restoration.inpaint_biharmonic
   pigdm, pigdm_flow, dps, dflow   inverse.restore with the given budget
+  dflow_student  D-Flow through a distilled few-step student of the prior (--student DOMAIN=FOLDER; shapes
+              default: the bundled consistency-distilled "shapes-cd"), 2 Euler steps per solve, same budget
   dinv_pigdm, dinv_dps, dinv_diffpir   deepinv 0.5.0's solvers on the same prior (inverse.peers)
 Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100, DPS 1000, D-Flow 300 (whole
 L-BFGS evaluations of a --dflow-steps 6 Heun solve, converted by inverse.restore), DiffPIR 100; deepinv's PiGDM and
@@ -63,9 +65,10 @@ from inverse.tiling import TiledDenoiser
 
 DOMAINS: tuple[str, ...] = ("shapes", "photos")
 TASKS: tuple[str, ...] = ("sr4", "deblur_gaussian", "inpaint_box", "inpaint_random")
-OURS: tuple[str, ...] = ("pigdm", "pigdm_flow", "dps", "dflow")
+OURS: tuple[str, ...] = ("pigdm", "pigdm_flow", "dps", "dflow", "dflow_student")
 METHODS: tuple[str, ...] = ("pinv", "classical", *OURS, *PEERS)
 PRIOR_METHODS: tuple[str, ...] = (*OURS, *PEERS)
+DEFAULT_STUDENTS: dict[str, str] = {"shapes": "shapes-cd"}  # bundled students (distill.loading.BUNDLED_DIR)
 
 
 @dataclass
@@ -80,11 +83,12 @@ class BenchDefaults:
     quick_photo_size: int = 128
     wiener_balance_per_var: float = 50.0          # Wiener balance = 50 sigma_y^2 (0.005 at sigma_y = 0.01)
     nfe: dict[str, int] = field(default_factory=lambda: {"pigdm": 100, "pigdm_flow": 100, "dps": 1000, "dflow": 300,
-                                                         "dinv_diffpir": 100})
+                                                         "dflow_student": 300, "dinv_diffpir": 100})
     quick_nfe: int = 20
     quick_dflow_nfe: int = 40
     dflow_steps: int = 6                          # Heun steps of D-Flow's ODE solve (its default; 11 evaluations)
     quick_dflow_steps: int = 3                    # 5 evaluations per solve, so that 40 passes buy 2 L-BFGS evaluations
+    student_steps: int = 2                        # D-Flow through a few-step student: its Euler (DDIM) steps
     display_min: int = 96                         # pictures: small images are upscaled (nearest) to this side
 
 
@@ -240,9 +244,11 @@ class Outcome:
 
 def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op: Operator, y: Tensor, *,
                sigma_y: float, seed: int, mask: Tensor | None, nfe: int | None, dflow_steps: int | None = None,
-               defaults: BenchDefaults = DEFAULTS) -> Outcome:
+               student: Denoiser | None = None, defaults: BenchDefaults = DEFAULTS) -> Outcome:
     """Restore the (1, 3, H, W) ``image`` degraded to ``y`` (image range) by ``op``; ``task`` is restore's task.
-    ``dflow_steps``: Heun steps of D-Flow's ODE solve (default ``defaults.dflow_steps``)."""
+    ``dflow_steps``: Heun steps of D-Flow's ODE solve (default ``defaults.dflow_steps``). "dflow_student" runs
+    D-Flow through ``student`` (a distilled few-step model of the prior) with ``defaults.student_steps`` Euler
+    steps, on the same budget of model passes."""
     t0 = time.perf_counter()
     if method == "classical":
         x = classical(op, y, sigma_y, defaults)
@@ -250,6 +256,10 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
     if method == "pinv":
         r = restore(image, task, "pinv", sigma_y=sigma_y, seed=seed, mask=mask)
         return Outcome(r.restored, 0, 0, time.perf_counter() - t0)
+    if method == "dflow_student":
+        if student is None:
+            raise ValueError("method 'dflow_student' needs a student")
+        prior = student
     if prior is None:
         raise ValueError(f"method {method!r} needs a prior")
     full = full_image_prior(prior, op, *image.shape[-2:])
@@ -258,9 +268,13 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
         x, forward, backward = out.restored, out.forward, out.backward
     elif method in OURS:
         counter = CountingDenoiser(full)
-        options = {"steps": dflow_steps or defaults.dflow_steps, "solver": "heun"} if method == "dflow" else {}
-        r = restore(image, task, method, prior=counter, sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask,
-                    progress=False, **options)
+        options: dict[str, Any] = {}
+        if method == "dflow":
+            options = {"steps": dflow_steps or defaults.dflow_steps, "solver": "heun"}
+        if method == "dflow_student":
+            options = {"steps": defaults.student_steps, "solver": "euler"}
+        r = restore(image, task, method.removesuffix("_student"), prior=counter, sigma_y=sigma_y, nfe=nfe,
+                    seed=seed, mask=mask, progress=False, **options)
         if not torch.equal(r.measurement, y):
             raise RuntimeError("restore() simulated a different measurement than degrade(); the comparison would "
                                "not be on the same data")
@@ -284,7 +298,8 @@ def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Seque
                budgets: dict[str, int | None], *, sigma_y: float, seed: int,
                labels: tuple[Tensor, Tensor] | None = None, judge: Any = None,
                on_record: Callable[[dict], None] | None = None, dflow_steps: int | None = None,
-               defaults: BenchDefaults = DEFAULTS) -> tuple[list[dict], dict[str, list[Tensor]]]:
+               student: Denoiser | None = None, defaults: BenchDefaults = DEFAULTS
+               ) -> tuple[list[dict], dict[str, list[Tensor]]]:
     """Every (image, task, method) of a domain. Returns the records and, per task, the first image's picture row
     [clean, degraded, *methods] ((1, 3, H, W) each). ``labels`` = (shape_idx, colour_idx) enables the judge."""
     records: list[dict] = []
@@ -300,7 +315,8 @@ def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Seque
                 rows[task] = [image, _display(y, H, W)]
             for method in methods:
                 out = run_method(method, prior, image, rtask, op, y, sigma_y=sigma_y, seed=s, mask=mask,
-                                 nfe=budgets.get(method), dflow_steps=dflow_steps, defaults=defaults)
+                                 nfe=budgets.get(method), dflow_steps=dflow_steps, student=student,
+                                 defaults=defaults)
                 acc = None
                 if judge is not None and labels is not None:
                     acc = float(judge.accuracy(out.restored, labels[0][i:i + 1], labels[1][i:i + 1]))
@@ -415,6 +431,20 @@ def _load(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]
     return den, None
 
 
+def _load_student(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]:
+    """(student, None) or (None, why there is none) for dflow_student."""
+    from distill.loading import BUNDLED_DIR, load_denoiser
+
+    if source is None:
+        if domain not in DEFAULT_STUDENTS or not (BUNDLED_DIR / DEFAULT_STUDENTS[domain]).is_dir():
+            return None, f"no student of the {domain} prior: give --student {domain}=FOLDER"
+        source = str(BUNDLED_DIR / DEFAULT_STUDENTS[domain])
+    try:
+        return load_denoiser(source).eval(), None
+    except Exception as e:  # noqa: BLE001 - the method is skipped with the reason
+        return None, f"{type(e).__name__}: {e}"
+
+
 def budgets_for(args: argparse.Namespace, defaults: BenchDefaults = DEFAULTS) -> dict[str, int | None]:
     """Evaluations per prior method: --<method>-nfe, else quick / full defaults; deepinv's PiGDM and DPS follow ours."""
     out: dict[str, int | None] = {}
@@ -461,6 +491,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          f"{DEFAULTS.quick_dflow_steps} with --quick)")
     ap.add_argument("--prior", action="append", default=[], metavar="DOMAIN=SOURCE",
                     help="another prior for a domain (bundled name, diffusers folder or hub id)")
+    ap.add_argument("--student", action="append", default=[], metavar="DOMAIN=FOLDER",
+                    help="a distilled student of the domain's prior for dflow_student (default for shapes: the "
+                         f"bundled {DEFAULT_STUDENTS['shapes']!r} when present)")
     for m in PRIOR_METHODS:
         ap.add_argument(f"--{m.replace('_', '-')}-nfe", dest=f"{m}_nfe", type=int, default=None,
                         help=f"model evaluations for {m}")
@@ -475,6 +508,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise SystemExit(f"--prior expects DOMAIN=SOURCE with DOMAIN in {', '.join(DOMAINS)}; got {item!r}")
         priors[domain] = source
     args.prior = priors
+    students = {}
+    for item in args.student:
+        domain, sep, source = item.partition("=")
+        if not sep or domain not in DOMAINS or not source:
+            raise SystemExit(f"--student expects DOMAIN=FOLDER with DOMAIN in {', '.join(DOMAINS)}; got {item!r}")
+        students[domain] = source
+    args.student = students
     if args.images is not None and args.images < 1:
         raise SystemExit("--images must be >= 1")
     if args.dflow_steps is not None and args.dflow_steps < 1:
@@ -532,11 +572,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             size = args.size or (DEFAULTS.quick_photo_size if args.quick else DEFAULTS.photo_size)
             images, names = photo_images(n_images, size)
             print(f"photos: {', '.join(names)} at {size}x{size}")
-        _, rows = run_domain(domain, prior, images, args.tasks, methods, budgets, sigma_y=args.sigma_y,
-                             seed=args.seed, labels=labels, judge=judge, on_record=keep,
+        student, domain_methods = None, methods
+        if "dflow_student" in methods:
+            student, reason = _load_student(domain, args.student.get(domain))
+            if student is None:
+                print(f"{domain}: dflow_student skipped ({reason})")
+                domain_methods = [m for m in methods if m != "dflow_student"]
+        _, rows = run_domain(domain, prior, images, args.tasks, domain_methods, budgets, sigma_y=args.sigma_y,
+                             seed=args.seed, labels=labels, judge=judge, on_record=keep, student=student,
                              dflow_steps=args.dflow_steps or (DEFAULTS.quick_dflow_steps if args.quick else None))
         if args.pictures is not None and rows:
-            path = save_pictures(rows, methods, args.pictures / f"inverse_{domain}.png")
+            path = save_pictures(rows, domain_methods, args.pictures / f"inverse_{domain}.png")
             print(f"wrote {path}")
     write_json(records, args.json)
     if records:

@@ -215,14 +215,17 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
     tasks = ["sr4", "inpaint_random"]
     argv = ["--json", str(out), "--images", "1", "--size", "32", "--pictures", str(tmp_path / "pics"),
             "--tasks", ",".join(tasks), "--dflow-steps", "1",
-            "--prior", f"shapes={shapes_prior}", "--prior", f"photos={photos_prior}", *budgets]
+            "--prior", f"shapes={shapes_prior}", "--prior", f"photos={photos_prior}",
+            "--student", f"shapes={shapes_prior}", "--student", f"photos={tmp_path / 'no-such-student'}", *budgets]
     if importlib.util.find_spec("deepinv") is None:
         argv += ["--methods", ",".join(m for m in bench.METHODS if not m.startswith("dinv"))]
     bench.main(argv)
     records = json.loads(out.read_text())
     methods = {r["method"] for r in records}
-    assert {"pinv", "classical", "pigdm", "pigdm_flow", "dps", "dflow"} <= methods
-    assert len(records) == 2 * len(tasks) * len(methods)
+    assert {"pinv", "classical", "pigdm", "pigdm_flow", "dps", "dflow", "dflow_student"} <= methods
+    # dflow_student runs where a student loads (shapes) and is skipped with the reason elsewhere (photos)
+    assert not any(r["method"] == "dflow_student" for r in records if r["domain"] == "photos")
+    assert len(records) == 2 * len(tasks) * len(methods) - len(tasks)
     keys = {"domain", "task", "method", "psnr", "ssim", "nfe", "seconds", "judge_accuracy"}
     for r in records:
         assert keys <= set(r)
