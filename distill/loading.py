@@ -26,7 +26,8 @@ from distill.denoiser import Denoiser
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"}
 BUNDLED_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
 BUNDLED = {"shapes": "text-to-image prior on the shapes world (32x32, MiniLM text conditioning)",
-           "photos": "unconditional prior on 64x64 natural-photo patches"}
+           "photos": "unconditional prior on 64x64 natural-photo patches",
+           "shapes-cd": "consistency-distilled student of 'shapes' with CFG 3 built in (1-4 steps)"}
 
 
 class ModelLoadError(RuntimeError):
@@ -42,7 +43,7 @@ def bundled_path(name: str) -> Path:
     if name not in BUNDLED:
         raise ModelLoadError(f"unknown bundled model {name!r}; bundled models: {', '.join(sorted(BUNDLED))}")
     path = BUNDLED_DIR / name
-    if not (path / "diffusion_pytorch_model.safetensors").is_file():
+    if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"the weights of bundled model {name!r} are missing from {path} "
                              f"(train them with `priorkit train-prior {name}`)")
     return path
@@ -123,7 +124,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: str | torch.device) -
 
 def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu") -> Denoiser:
-    """A `Denoiser` from a bundled name ("shapes", "photos"), a local folder, or a diffusers hub id.
+    """A `Denoiser` from a bundled name ("shapes", "photos", "shapes-cd"), a local folder, or a diffusers hub id.
 
     A student folder (see `distill.students.is_student_folder`) gives the student itself (its own fast sampler
     is chosen by ``distill.distill_cli.student_sampler``; generic samplers treat it as an ordinary denoiser).
@@ -131,9 +132,7 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
     Raises `ModelLoadError` (or `PickleRefusedError`) with the offending path in the message.
     """
     source_str = str(source)
-    if source_str in BUNDLED:
-        return _load_folder(bundled_path(source_str), dtype, device)
-    path = Path(source_str).expanduser()
+    path = bundled_path(source_str) if source_str in BUNDLED else Path(source_str).expanduser()
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise PickleRefusedError(f"{path} is a pickle checkpoint; priorkit loads only safetensors folders")
