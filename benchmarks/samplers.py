@@ -235,10 +235,11 @@ def run_guidance(s: dict[str, Any], folder: Path, seed: int, w: float = 2.0, lab
 SHAPES_TEACHER_STEPS = 25
 
 
-def run_shapes(runs: list[Path], *, teacher_path: str = "shapes", nfes: tuple[int, ...] = (1, 2, 4),
+def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tuple[int, ...] = (1, 2, 4),
                guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0,
                teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[dict]:
-    """Score students of the shapes text-to-image prior (folders of ``priorkit distill ... --teacher shapes``).
+    """Score students of the shapes text-to-image prior: run folders of ``priorkit distill ... --teacher shapes``,
+    student folders, or bundled names ("shapes-cd").
 
     For every shape x colour caption, ``n_per_prompt`` images per student and NFE (the same noise for all);
     metric "judge_accuracy" (the judge names both shape and colour) and "seconds_per_sample" (wall time of the
@@ -277,11 +278,19 @@ def run_shapes(runs: list[Path], *, teacher_path: str = "shapes", nfes: tuple[in
         detail = f"cfg {guidance:g}, {nfe} steps"
         records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, detail, "judge_accuracy"))
         records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, sec, None, detail, "seconds_per_sample"))
-    for run in runs:
-        info = json.loads((Path(run) / "distill.json").read_text()) if (Path(run) / "distill.json").is_file() else {}
-        folder = Path(info["student"]) if info.get("student") else final_folder("", run)
+    from distill.loading import BUNDLED, BUNDLED_DIR
+    from distill.students import is_student_folder
+
+    for source in runs:
+        run = BUNDLED_DIR / str(source) if str(source) in BUNDLED else Path(source)
+        info = json.loads((run / "distill.json").read_text()) if (run / "distill.json").is_file() else {}
+        if is_student_folder(run):  # a student folder itself (e.g. a bundled one): its meta has the facts
+            folder = Path(run)
+            info = {"seconds": read_meta(folder).get("train_seconds"), **info}
+        else:
+            folder = Path(info["student"]) if info.get("student") else final_folder("", run)
         student, meta = load_student(folder), read_meta(folder)
-        method = info.get("method", meta.get("method", Path(run).name))
+        method = info.get("method", meta.get("method", run.name))
         sampler = student_sampler(meta)
         c = {"text": cond, "w": guidance} if method == "guidance" else cond
         for nfe in nfes:
