@@ -96,12 +96,12 @@ def _save(image: Tensor | np.ndarray, path: Path, scale: int = 1) -> Path:
     """Save a [0, 1] image (3, H, W) tensor or a uint8 (H, W, 3) array, upscaled by ``scale`` (nearest)."""
     if isinstance(image, Tensor):
         image = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    from apps.sampling import save_atomic
+
     im = Image.fromarray(image)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-    return path
+    return save_atomic(im, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def _restore_one(image: Tensor, task: str, prior: Any, nfe: int, seed: int) -> t
     """(degraded for display, restored, PSNR of the degraded display, PSNR of the restoration) for one image."""
     from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 
-    from inverse.operators import half_mask
+    from inverse.operators import half_mask, random_mask
     from inverse.restore import restore
 
     H, W = image.shape[-2:]
@@ -152,8 +152,6 @@ def _restore_one(image: Tensor, task: str, prior: Any, nfe: int, seed: int) -> t
     if task == "inpaint_half":
         kind, mask = "inpaint_mask", half_mask(H, W, "right")
     if task == "inpaint_random":
-        from inverse.operators import random_mask
-
         kind, mask = "inpaint_mask", random_mask(H, W, 0.8, torch.Generator().manual_seed(seed))
     r = restore(image, kind, "pigdm_flow", prior=prior, nfe=nfe, seed=seed, mask=mask, progress=False)
     return (r.degraded, r.restored, float(psnr(r.degraded[None], image[None], data_range=1.0)),

@@ -57,6 +57,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.denoiser import Denoiser
+from distill.zoo.photos import held_out_images
+from distill.zoo.shapes import held_out_renders
 from inverse.dflow import CountingDenoiser
 from inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
 from inverse.peers import PEERS, run_peer
@@ -181,25 +183,6 @@ def classical(op: Operator, y: Tensor, sigma_y: float, defaults: BenchDefaults =
     if isinstance(op, Inpainting):
         return biharmonic_inpaint(y, op.mask)
     raise ValueError(f"no classical baseline for {type(op).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def shapes_images(n: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """``n`` held-out renders (n, 3, 32, 32) in [0, 1] with their shape and colour indices (n,) each."""
-    from distill.zoo.shapes import held_out_renders
-
-    return held_out_renders(n, seed)
-
-
-def photo_images(n: int, size: int) -> tuple[Tensor, list[str]]:
-    """The first ``n`` held-out photos: centre square crops, resized (antialiased bilinear) to (n, 3, size, size)."""
-    from distill.zoo.photos import held_out_images
-
-    return held_out_images(n, size)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -473,6 +456,17 @@ def _split(value: str, allowed: Sequence[str], what: str) -> list[str]:
     return items
 
 
+def _per_domain(items: Sequence[str], flag: str, what: str) -> dict[str, str]:
+    """{domain: value} from repeated ``flag DOMAIN=VALUE`` options."""
+    out = {}
+    for item in items:
+        domain, sep, value = item.partition("=")
+        if not sep or domain not in DOMAINS or not value:
+            raise SystemExit(f"{flag} expects DOMAIN={what} with DOMAIN in {', '.join(DOMAINS)}; got {item!r}")
+        out[domain] = value
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=Path("outputs/bench/inverse.json"))
@@ -501,20 +495,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.domains = _split(args.domains, DOMAINS, "domain")
     args.methods = _split(args.methods, METHODS, "method")
     args.tasks = _split(args.tasks, TASKS, "task")
-    priors = {}
-    for item in args.prior:
-        domain, sep, source = item.partition("=")
-        if not sep or domain not in DOMAINS or not source:
-            raise SystemExit(f"--prior expects DOMAIN=SOURCE with DOMAIN in {', '.join(DOMAINS)}; got {item!r}")
-        priors[domain] = source
-    args.prior = priors
-    students = {}
-    for item in args.student:
-        domain, sep, source = item.partition("=")
-        if not sep or domain not in DOMAINS or not source:
-            raise SystemExit(f"--student expects DOMAIN=FOLDER with DOMAIN in {', '.join(DOMAINS)}; got {item!r}")
-        students[domain] = source
-    args.student = students
+    args.prior = _per_domain(args.prior, "--prior", "SOURCE")
+    args.student = _per_domain(args.student, "--student", "FOLDER")
     if args.images is not None and args.images < 1:
         raise SystemExit("--images must be >= 1")
     if args.dflow_steps is not None and args.dflow_steps < 1:
@@ -559,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 continue
         labels, judge = None, None
         if domain == "shapes":
-            images, shape_idx, colour_idx = shapes_images(n_images, args.seed)
+            images, shape_idx, colour_idx = held_out_renders(n_images, args.seed)
             labels = (shape_idx, colour_idx)
             from distill.zoo.judge import load_judge
 
@@ -570,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 print(f"shapes: judge unavailable ({e}); judge_accuracy is null")
         else:
             size = args.size or (DEFAULTS.quick_photo_size if args.quick else DEFAULTS.photo_size)
-            images, names = photo_images(n_images, size)
+            images, names = held_out_images(n_images, size)
             print(f"photos: {', '.join(names)} at {size}x{size}")
         student, domain_methods = None, methods
         if "dflow_student" in methods:
