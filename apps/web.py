@@ -178,11 +178,27 @@ def resolve_model(source: str, *, allow_hub: bool = True) -> str:
                          f"inside {' or '.join(map(str, roots))} (set ${MODEL_DIRS_ENV} to allow others)")
 
 
-def find_students(limit: int = 50, depth: int = 5) -> list[str]:
-    """Student folders (``priorkit.json`` with kind "student") inside the model directories, as strings."""
+def bundled_students() -> list[str]:
+    """Names of the bundled students whose weights are present (e.g. "shapes-cd")."""
+    from distill.loading import BUNDLED, BUNDLED_DIR, ModelLoadError, bundled_path
     from distill.students import is_student_folder
 
-    found: list[str] = []
+    names = []
+    for name in sorted(BUNDLED):
+        try:
+            bundled_path(name)
+        except ModelLoadError:
+            continue
+        if is_student_folder(BUNDLED_DIR / name):
+            names.append(name)
+    return names
+
+
+def find_students(limit: int = 50, depth: int = 5) -> list[str]:
+    """Bundled students by name, then student folders (``priorkit.json`` with kind "student") in the model dirs."""
+    from distill.students import is_student_folder
+
+    found: list[str] = bundled_students()
     for root in model_dirs():
         if not root.is_dir():
             continue
@@ -597,9 +613,12 @@ class Handlers:
         seed = _number(seed, "seed", 0, 2**31 - 1, integer=True)
         folder = None
         if student and student.strip() and student.strip() != "none":
+            from distill.loading import BUNDLED, bundled_path
             from distill.students import is_student_folder, read_meta
 
             folder = resolve_model(student, allow_hub=False)
+            if folder in BUNDLED:
+                folder = str(bundled_path(folder))
             if not is_student_folder(folder):
                 raise UserInputError(f"{student!r} is not a student folder (no priorkit.json of kind 'student')")
             made_from = str(read_meta(folder).get("teacher", ""))
@@ -618,11 +637,15 @@ class Handlers:
                 emit(calls=calls[0])
 
             if folder is not None:
-                from distill.distill_cli import sample_student
+                from distill.distill_cli import student_samples
+                from distill.students import read_meta
 
                 emit(status="loading the student")
+                model = load_model(folder)
                 t0 = time.perf_counter()
-                x = sample_student(folder, n, steps=steps, prompt=None if toy else prompt.strip(), seed=seed)
+                with torch.no_grad():
+                    x = student_samples(model, read_meta(folder), n, steps=steps,
+                                        prompt=None if toy else prompt.strip(), seed=seed)
                 return x, time.perf_counter() - t0, f"student {Path(folder).name} ({steps} steps of its sampler)"
             if toy:
                 den = toy_teacher(teacher, self.cfg.kde_points, self.cfg.kde_bandwidth)
@@ -866,7 +889,8 @@ def build_app(config: AppConfig | None = None) -> Any:
                         teacher = gr.Dropdown(list(TEACHERS), value="gmm", label="Teacher",
                                               info="2D toy targets, or the bundled text-to-image 'shapes' prior")
                         student = gr.Dropdown(["none", *find_students()], value="none", allow_custom_value=True,
-                                              label="Student folder", info="'none' samples the teacher itself")
+                                              label="Student", info="'none' samples the teacher itself; "
+                                              "a bundled student (shapes-cd) or a student folder")
                         sprompt = gr.Textbox("a red cube", label="Prompt (shapes only)", max_lines=1)
                         with gr.Row():
                             ssteps = gr.Slider(1, cfg.max_sample_steps, value=cfg.sample_steps, step=1, label="Steps")

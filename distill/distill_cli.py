@@ -317,8 +317,14 @@ def sample_student(folder: str | Path, n: int, *, steps: int | None = None, prom
     ``prompt`` for text-conditioned students, ``label`` for class-conditional 2D students, ``w`` for
     guidance-distilled students.
     """
-    student = load_student(folder)
-    meta = read_meta(folder)
+    return student_samples(load_student(folder), read_meta(folder), n, steps=steps, prompt=prompt, label=label, w=w,
+                           seed=seed)
+
+
+def student_samples(student: Denoiser, meta: dict[str, Any], n: int, *, steps: int | None = None,
+                    prompt: str | list[str] | None = None, label: int | None = None, w: float | None = None,
+                    seed: int = 0) -> Tensor:
+    """n samples of a loaded student (``meta``: its priorkit.json), conditioned as in :func:`sample_student`."""
     steps = steps or int(meta.get("steps", 1))
     cond: Condition = None
     if prompt is not None:

@@ -223,6 +223,21 @@ def test_sample_shapes(client):
     assert w == 3 * (2 * 33 + 1) and h == 3 * 34  # 2 images of 32 px, 1 px padding, scaled x3
 
 
+def test_sample_bundled_student(client):
+    assert "shapes-cd" in web.find_students()
+    grid, scatter, status = client.predict("shapes", "shapes-cd", "a red cube", 2, "euler", 3, 3.0, 0,
+                                           api_name="/sample")
+    assert scatter is None and "student shapes-cd (2 steps" in status and "ms per sample" in status
+    w, h = Image.open(grid).size
+    assert w == 3 * (3 * 33 + 1) and h == 3 * 34
+
+
+def test_student_of_another_teacher_is_refused(client):
+    with pytest.raises(Exception) as e:
+        client.predict("moons", "shapes-cd", "", 2, "euler", 10, 1.0, 0, api_name="/sample")
+    assert "distilled from 'shapes'; choose that teacher" in _error_text(e)
+
+
 def test_invalid_inputs_show_our_messages(client, tmp_path):
     cases = [
         (("", "SDS", 1, 3, 0, "shapes", 16), "/generate_3d", "prompt must be a non-empty string"),

@@ -142,6 +142,29 @@ def test_fast_sampling_tab(page):
     assert screenshot(page, "sampling").stat().st_size < 400_000
 
 
+def choose(panel, label: str, option: str) -> None:
+    """Pick ``option`` in the Gradio dropdown labelled ``label``."""
+    box = panel.get_by_label(label, exact=True)
+    box.click()
+    box.fill(option)
+    panel.page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_fast_sampling_bundled_student(page):
+    page.get_by_role("tab", name="Fast sampling").click()
+    panel = page.locator("[role=tabpanel]:visible")
+    choose(panel, "Teacher", "shapes")
+    choose(panel, "Student", "shapes-cd")
+    set_number(panel, "number input for Steps", 2)
+    set_number(panel, "number input for Samples", 8)
+    panel.get_by_role("button", name="Sample", exact=True).click()
+    status_contains(page, "status_sampling", "ms per sample")
+    assert "student shapes-cd (2 steps" in page.inner_text("#status_sampling")
+    page.wait_for_selector("#grid img", timeout=LONG)
+    assert page.locator("#grid img").evaluate("img => img.naturalWidth") == 3 * (8 * 33 + 1)
+    assert screenshot(page, "sampling_student").stat().st_size < 400_000
+
+
 def test_restore_tab(page):
     page.get_by_role("tab", name="Restore").click()
     panel = page.locator("[role=tabpanel]:visible")
