@@ -279,6 +279,8 @@ def restore(
                                                 "first and score against them)")] = False,
     resume: Annotated[bool, typer.Option(help="skip files the report marks done")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    samples: Annotated[int, typer.Option(min=1, max=64, help="posterior samples per image, averaged (the posterior "
+                                         "mean: higher PSNR, softer detail; costs SAMPLES x the evaluations)")] = 1,
 ) -> None:
     """Restore a folder of images, with a JSON report.
 
@@ -300,7 +302,7 @@ def restore(
     try:
         report = restore_folder(input_dir, output_dir, task, method, prior=prior, mask_dir=mask_dir,
                                 reference_dir=reference_dir, resume=resume, sigma_y=sigma_y, nfe=nfe, seed=seed,
-                                observed=observed, progress=rank == 0)
+                                observed=observed, progress=rank == 0, **({"samples": samples} if samples > 1 else {}))
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
     if world > 1:

@@ -238,6 +238,8 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
             assert r["judge_accuracy"] is None
         if r["method"] in ("pinv", "classical"):
             assert r["nfe"] == 0 and r["backward"] == 0
+        elif r["method"] == "pigdm_mean":                                 # 4 samples x max(1, 2 // 4) steps
+            assert r["nfe"] == r["backward"] == bench.DEFAULTS.mean_samples
         elif r["method"] in ("pigdm", "pigdm_flow", "dps", "dinv_pigdm", "dinv_dps", "dinv_diffpir"):
             assert r["nfe"] == 2                                                 # the budget, counted
             assert r["backward"] == (0 if r["method"] == "dinv_diffpir" else 2)
@@ -246,6 +248,41 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
     for domain in bench.DOMAINS:
         assert (tmp_path / "pics" / f"inverse_{domain}.png").is_file()
     assert "| shapes | sr4 | pigdm |" in bench.table(records)
+
+    # --resume: a run killed after some records measures only the rest, and the JSON ends up the same
+    partial = [r for r in records if not (r["domain"] == "shapes" and r["task"] == "inpaint_random"
+                                          and r["method"] in ("pigdm", "classical"))]
+    out.write_text(json.dumps(partial))
+    i = argv.index("--pictures")
+    plain = argv[:i] + argv[i + 2:]
+    resumed = bench.main([*plain, "--resume", "--methods", "pinv,classical,pigdm", "--domains", "shapes"])
+    assert len(resumed) == len(partial) + 2
+    again = {(r["domain"], r["task"], r["method"], r["image"]) for r in resumed}
+    assert again == {(r["domain"], r["task"], r["method"], r["image"]) for r in records}
+    with pytest.raises(SystemExit, match="picture-image"):  # a measured image cannot be pictured on resume
+        bench.main([*argv, "--resume", "--methods", "pigdm", "--domains", "shapes"])
+
+
+def _rec(task: str, method: str, image: int, psnr: float, seconds: float, nfe: int = 100, judge: float = 1.0,
+         domain: str = "shapes") -> dict:
+    return {"domain": domain, "task": task, "method": method, "image": image, "psnr": psnr, "ssim": 0.9,
+            "nfe": nfe, "backward": nfe, "seconds": seconds, "judge_accuracy": judge}
+
+
+def test_goals_can_fail_and_pass() -> None:
+    recs = [_rec("sr4", "pinv", i, 20.0, 0.0, 0) for i in range(3)]
+    recs += [_rec("sr4", "pigdm", i, 24.0 + i, 5.0) for i in range(3)]              # +5 dB over A^+ y
+    recs += [_rec("sr4", "dps", i, 26.0, 60.0, 1000) for i in range(3)]             # DPS better: not met
+    recs += [_rec("sr4", "dinv_pigdm", i, 25.0 + i, 6.0) for i in range(3)]         # 1 dB better, se 0: not met
+    lines = bench.goals(recs)
+    assert any(x.startswith("MET: shapes sr4: PiGDM - A^+y = +5.00 dB") for x in lines)
+    assert any(x.startswith("NOT MET: shapes sr4: DPS 26.00 dB") for x in lines)
+    assert any(x.startswith("NOT MET: shapes sr4: PiGDM - deepinv PiGDM = -1.00 +/- 0.00") for x in lines)
+    recs += [_rec("sr4", "pigdm_mean", i, 27.0, 4.0) for i in range(3)]             # >= DPS, 15x faster: met
+    assert any(x.startswith("MET: shapes sr4: DPS 26.00 dB") for x in bench.goals(recs))
+    photos = [_rec("sr4", "classical", 0, 30.0, 0.0, 0, None, "photos"), _rec("sr4", "pigdm", 0, 29.0, 9.0, 100,
+                                                                                    None, "photos")]
+    assert bench.goals(photos) == ["NOT MET: photos sr4: pigdm - classical = -1.00 dB (goal >= 0)"]
 
 
 def test_a_domain_without_its_prior_is_skipped_with_the_reason(tmp_path: Path, capsys) -> None:

@@ -220,13 +220,24 @@ def test_dpm_solver_matches_diffusers():
 
 def test_time_grids():
     for s in schedules():
-        for spacing in ("time", "logsnr", "karras"):
+        for spacing in ("time", "logsnr", "karras", "ddpm"):
             g = time_grid(s, 7, spacing)
             assert g.shape == (8,) and float(g[0]) == s.t_max and float(g[-1]) == 0.0
             assert bool((g[1:] < g[:-1]).all()), (s, spacing, g)
     with pytest.raises(ValueError):
         time_grid(FlowMatching(), 0)
     assert nfe("heun", 10) == 19 and nfe("dpm++2m", 10) == 10
+
+
+def test_ddpm_grid_is_the_linear_beta_models_uniform_grid():
+    # timesteps 999, 888, ..., 0 of 1000 (u = (k + 1) / 1000), then the clean end
+    uniform = torch.cat([torch.linspace(1.0, 1e-3, 10, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    assert torch.allclose(time_grid(VPLinear(), 10, "ddpm"), uniform, atol=1e-9)
+    # on another schedule whose noise end lies beyond u = 1: the same noise levels (log-SNR) inside the grid
+    flow = FlowMatching()
+    g = time_grid(flow, 10, "ddpm")
+    assert float(g[0]) == flow.t_max and float(g[-1]) == 0.0
+    assert torch.allclose(flow.log_snr(g[1:-1]), VPLinear().log_snr(uniform[1:-1]), atol=1e-6)
 
 
 def test_differentiable_sampling_with_checkpointing_gives_the_same_gradient():

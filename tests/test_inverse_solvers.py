@@ -409,3 +409,17 @@ def test_every_method_runs_on_a_tiled_diffusers_unet(scheduler):
     for method in METHODS:
         out = restore(img, "sr2", method, prior=den, nfe={"dflow": 40}.get(method, 2))
         assert out.restored.shape == img.shape and torch.isfinite(out.restored).all()
+
+
+def test_restore_averages_posterior_samples_of_one_measurement(tiny_prior):
+    img = _image(16, 16)
+    one = [restore(img, "inpaint_box", "pigdm", prior=tiny_prior, nfe=10, seed=s).restored for s in (1, 2)]
+    avg = [restore(img, "inpaint_box", "pigdm", prior=tiny_prior, nfe=10, seed=s, samples=8) for s in (1, 2)]
+    assert avg[0].restored.shape == img.shape and avg[0].nfe == 2 * 10       # batched calls
+    assert torch.equal(avg[0].measurement, restore(img, "inpaint_box", "pinv", seed=1).measurement)
+    # the mean of 8 samples varies between seeds about sqrt(8) times less than one sample does
+    spread_one = float((one[0] - one[1]).pow(2).mean().sqrt())
+    spread_avg = float((avg[0].restored - avg[1].restored).pow(2).mean().sqrt())
+    assert spread_avg < 0.6 * spread_one, (spread_avg, spread_one)
+    with pytest.raises(ValueError, match="samples"):
+        restore(img, "inpaint_box", "pigdm", prior=tiny_prior, nfe=2, samples=0)

@@ -34,9 +34,10 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "logsnr", *, t_max:
               t_min: float | None = None, end: float | None = 0.0, rho: float = 7.0) -> Tensor:
     """``steps + 1`` decreasing times (float64) from ``t_max`` to ``end`` (default 0, the data end).
 
-    spacing: "time" (uniform in t), "logsnr" (uniform in log-SNR; Lu et al. 2022) or "karras"
-    (uniform in (sigma/alpha)^(1/rho); Karras et al. 2022, eq. 5). For the last two, when sigma(end) = 0
-    (log-SNR infinite) the spaced part stops at ``t_min`` and one last step goes to ``end``.
+    spacing: "time" (uniform in t), "logsnr" (uniform in log-SNR; Lu et al. 2022), "karras"
+    (uniform in (sigma/alpha)^(1/rho); Karras et al. 2022, eq. 5) or "ddpm" (see :func:`ddpm_grid`). For
+    "logsnr" and "karras", when sigma(end) = 0 (log-SNR infinite) the spaced part stops at ``t_min`` and one last
+    step goes to ``end``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
@@ -45,8 +46,10 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "logsnr", *, t_max:
     end = t_min if end is None else end
     if spacing == "time":  # uniform in t, straight to the end
         return torch.linspace(t_max, end, steps + 1, dtype=torch.float64)
+    if spacing == "ddpm":
+        return ddpm_grid(schedule, steps, t_max=t_max, end=end)
     if spacing not in ("logsnr", "karras"):
-        raise ValueError(f"unknown spacing {spacing!r}; expected 'time', 'logsnr' or 'karras'")
+        raise ValueError(f"unknown spacing {spacing!r}; expected 'time', 'logsnr', 'karras' or 'ddpm'")
     f64 = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
     final_clean = not torch.isfinite(schedule.log_snr(f64(end)))  # sigma(end) = 0: log-SNR is +inf there
     if final_clean and steps == 1:
@@ -70,6 +73,41 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "logsnr", *, t_max:
     if final_clean:
         grid = torch.cat([grid, f64([end])])
     return grid
+
+
+#: the linear-beta DDPM (Ho et al. 2020) in continuous time: beta(u) = 0.1 + 19.9 u, u in [0, 1]
+DDPM_BETA = (0.1, 20.0)
+DDPM_FIRST_U = 1e-3  # its first timestep (of 1000)
+
+
+def ddpm_grid(schedule: Schedule, steps: int, *, t_max: float | None = None, end: float = 0.0) -> Tensor:
+    """``steps + 1`` times at the noise levels of a 1000-step linear-beta DDPM's strided grid, on any schedule.
+
+    The classic DDPM/DDIM sampling grid (timesteps 999, ..., 0 taken with a uniform stride, as the PiGDM and DPS
+    papers sample with ADM models) carried over by log-SNR: in the continuous model, timestep k is u = (k + 1) /
+    1000 and ``log-SNR(u) = -log(exp(B(u)) - 1)`` with ``B(u) = b0 u + (b1 - b0) u^2 / 2``. The ``steps`` model
+    evaluations run uniformly in u from ``t_max`` (or u = 1, whichever is less noisy) to u = 1/1000 (DDPM's first
+    timestep); the last step goes to ``end``. It spends more steps at high noise than a uniform-t cosine grid.
+    """
+    f64 = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+    b0, b1 = DDPM_BETA
+    a = 0.5 * (b1 - b0)
+
+    def u_of(lam: float) -> float:  # B(u) = log(1 + e^-lam), solved for u >= 0
+        big_b = math.log1p(math.exp(-lam)) if lam > -30 else -lam
+        return min(1.0, (-b0 + math.sqrt(b0 * b0 + 4.0 * a * big_b)) / (2.0 * a))
+
+    t_max = schedule.t_max if t_max is None else t_max
+    lam_hi = float(schedule.log_snr(f64(t_max)))
+    u_hi = u_of(lam_hi) if math.isfinite(lam_hi) else 1.0
+    lam_end = float(schedule.log_snr(f64(end)))
+    u_lo = max(u_of(lam_end) if math.isfinite(lam_end) else 0.0, DDPM_FIRST_U)
+    if steps == 1 or u_lo >= u_hi:
+        return torch.linspace(t_max, end, steps + 1, dtype=torch.float64)
+    u = torch.linspace(u_hi, u_lo, steps, dtype=torch.float64)[1:]
+    lam = -torch.log(torch.expm1(b0 * u + a * u * u))
+    inner = schedule.t_from_log_snr(lam).clamp(min(end, t_max), t_max)
+    return torch.cat([f64([t_max]), inner, f64([end])])
 
 
 def predict_fn(denoiser: Denoiser, cond: Condition = None, guidance: float = 1.0, *,
