@@ -32,7 +32,8 @@ Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100,
 L-BFGS evaluations of a --dflow-steps 6 Heun solve, converted by inverse.restore), DiffPIR 100; deepinv's PiGDM and
 DPS default to ours. --quick: 2 images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
 
-Records {"domain", "task", "method", "image", "psnr", "ssim", "nfe", "backward", "seconds", "judge_accuracy"}:
+Records {"domain", "task", "method", "image", "sample", "psnr", "ssim", "nfe", "backward", "seconds",
+"judge_accuracy"} ("sample": which posterior sample of the measurement, with --repeats N):
 PSNR / SSIM (Wang et al. 2004: Gaussian window 1.5, K = (0.01, 0.03), data range 1) against the clean image;
 ``nfe`` = forward model evaluations of the full-image prior per image (a tiled call counts once; pigdm_mean's
 batched calls count once per sample), ``backward`` = backward
@@ -76,6 +77,7 @@ OURS: tuple[str, ...] = ("pigdm", "pigdm_mean", "pigdm_flow", "dps", "dflow", "d
 METHODS: tuple[str, ...] = ("pinv", "classical", *OURS, *PEERS)
 PRIOR_METHODS: tuple[str, ...] = (*OURS, *PEERS)
 DEFAULT_STUDENTS: dict[str, str] = {"shapes": "shapes-cd"}  # bundled students (distill.loading.BUNDLED_DIR)
+SAMPLE_SEED_STRIDE = 7919  # solver seeds of the posterior samples of one measurement: seed + 2 + stride * sample
 
 
 @dataclass
@@ -234,11 +236,13 @@ class Outcome:
 
 def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op: Operator, y: Tensor, *,
                sigma_y: float, seed: int, mask: Tensor | None, nfe: int | None, dflow_steps: int | None = None,
-               student: Denoiser | None = None, defaults: BenchDefaults = DEFAULTS) -> Outcome:
+               student: Denoiser | None = None, sample: int = 0, defaults: BenchDefaults = DEFAULTS) -> Outcome:
     """Restore the (1, 3, H, W) ``image`` degraded to ``y`` (image range) by ``op``; ``task`` is restore's task.
     ``dflow_steps``: Heun steps of D-Flow's ODE solve (default ``defaults.dflow_steps``). "dflow_student" runs
     D-Flow through ``student`` (a distilled few-step model of the prior) with ``defaults.student_steps`` Euler
-    steps, on the same budget of model passes."""
+    steps, on the same budget of model passes. ``sample`` > 0 draws another posterior sample of the same
+    measurement (only the solver's seed changes)."""
+    solver_seed = seed + 2 + SAMPLE_SEED_STRIDE * sample
     t0 = time.perf_counter()
     if method == "classical":
         x = classical(op, y, sigma_y, defaults)
@@ -254,7 +258,7 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
         raise ValueError(f"method {method!r} needs a prior")
     full = full_image_prior(prior, op, *image.shape[-2:])
     if method in PEERS:  # the peer wrapper counts every call, including those under torch.func (deepinv's PiGDM)
-        out = run_peer(method, full, op, y, sigma_y, steps=nfe, seed=seed + 2)
+        out = run_peer(method, full, op, y, sigma_y, steps=nfe, seed=solver_seed)
         x, forward, backward = out.restored, out.forward, out.backward
     elif method in OURS:
         counter = CountingDenoiser(full)
@@ -268,7 +272,8 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
             k = defaults.mean_samples
             nfe = max(1, (nfe or DEFAULTS.nfe["pigdm_mean"]) // k)
         r = restore(image, task, method.removesuffix("_student").removesuffix("_mean"), prior=counter,
-                    sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask, samples=k, progress=False, **options)
+                    sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask, samples=k, solver_seed=solver_seed,
+                    progress=False, **options)
         if not torch.equal(r.measurement, y):
             raise RuntimeError("restore() simulated a different measurement than degrade(); the comparison would "
                                "not be on the same data")
@@ -293,11 +298,13 @@ def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Seque
                labels: tuple[Tensor, Tensor] | None = None, judge: Any = None,
                on_record: Callable[[dict], None] | None = None, dflow_steps: int | None = None,
                student: Denoiser | None = None, done: set[tuple] | None = None, picture_image: int | None = 0,
+               repeats: int = 1,
                defaults: BenchDefaults = DEFAULTS) -> tuple[list[dict], dict[str, list[Tensor]]]:
     """Every (image, task, method) of a domain. Returns the records and, per task, image ``picture_image``'s
     picture row [clean, degraded, *methods] ((1, 3, H, W) each; none when ``picture_image`` is None).
-    ``labels`` = (shape_idx, colour_idx) enables the judge. ``done``: (domain, task, method, image) keys already
-    measured (a resumed run), skipped."""
+    ``labels`` = (shape_idx, colour_idx) enables the judge. ``done``: (domain, task, method, image, sample) keys
+    already measured (a resumed run), skipped. ``repeats``: posterior samples per measurement for the prior
+    methods (records "sample" 0..repeats-1; only the solver's seed changes)."""
     records: list[dict] = []
     rows: dict[str, list[Tensor]] = {}
     n, _, H, W = images.shape
@@ -310,28 +317,30 @@ def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Seque
             if i == picture_image:
                 rows[task] = [image, _display(y, H, W)]
             for method in methods:
-                if done is not None and (domain, task, method, i) in done:
-                    if i == picture_image:
-                        raise SystemExit(f"--resume: {domain} {task} {method} image {i} is already measured, so its "
-                                         "restoration cannot be pictured; pick a --picture-image not yet measured")
-                    continue
-                out = run_method(method, prior, image, rtask, op, y, sigma_y=sigma_y, seed=s, mask=mask,
-                                 nfe=budgets.get(method), dflow_steps=dflow_steps, student=student,
-                                 defaults=defaults)
-                acc = None
-                if judge is not None and labels is not None:
-                    acc = float(judge.accuracy(out.restored, labels[0][i:i + 1], labels[1][i:i + 1]))
-                rec = {"domain": domain, "task": task, "method": method, "image": i, "psnr": psnr(out.restored, image),
-                       "ssim": ssim(out.restored, image), "nfe": out.nfe, "backward": out.backward,
-                       "seconds": out.seconds, "judge_accuracy": acc}
-                records.append(rec)
-                if i == picture_image:
-                    rows[task].append(out.restored)
-                print(f"  {domain} {task} {method} image {i}: PSNR {rec['psnr']:.2f} SSIM {rec['ssim']:.3f} "
-                      f"NFE {out.nfe}+{out.backward} bwd {out.seconds:.1f}s"
-                      + ("" if acc is None else f" judge {acc:.0f}"), flush=True)
-                if on_record is not None:
-                    on_record(rec)
+                for j in range(repeats if method in PRIOR_METHODS else 1):
+                    if done is not None and (domain, task, method, i, j) in done:
+                        if i == picture_image and j == 0:
+                            raise SystemExit(f"--resume: {domain} {task} {method} image {i} is already measured, so "
+                                             "its restoration cannot be pictured; pick a --picture-image not yet "
+                                             "measured")
+                        continue
+                    out = run_method(method, prior, image, rtask, op, y, sigma_y=sigma_y, seed=s, mask=mask,
+                                     nfe=budgets.get(method), dflow_steps=dflow_steps, student=student, sample=j,
+                                     defaults=defaults)
+                    acc = None
+                    if judge is not None and labels is not None:
+                        acc = float(judge.accuracy(out.restored, labels[0][i:i + 1], labels[1][i:i + 1]))
+                    rec = {"domain": domain, "task": task, "method": method, "image": i, "sample": j,
+                           "psnr": psnr(out.restored, image), "ssim": ssim(out.restored, image), "nfe": out.nfe,
+                           "backward": out.backward, "seconds": out.seconds, "judge_accuracy": acc}
+                    records.append(rec)
+                    if i == picture_image and j == 0:
+                        rows[task].append(out.restored)
+                    print(f"  {domain} {task} {method} image {i}" + (f" sample {j}" if j else "")
+                          + f": PSNR {rec['psnr']:.2f} SSIM {rec['ssim']:.3f} NFE {out.nfe}+{out.backward} bwd "
+                          f"{out.seconds:.1f}s" + ("" if acc is None else f" judge {acc:.0f}"), flush=True)
+                    if on_record is not None:
+                        on_record(rec)
     return records, rows
 
 
@@ -364,11 +373,11 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def table(records: list[dict]) -> str:
-    """Markdown table: mean over images per (domain, task, method), in the order first seen."""
+    """Markdown table: mean over restorations (n = images x samples) per (domain, task, method), in order."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["domain"], r["task"], r["method"]), []).append(r)
-    rows = ["| domain | task | method | images | PSNR | SSIM | NFE (fwd+bwd) | seconds | judge |",
+    rows = ["| domain | task | method | n | PSNR | SSIM | NFE (fwd+bwd) | seconds | judge |",
             "|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v: float | None, spec: str) -> str:
@@ -384,10 +393,10 @@ def table(records: list[dict]) -> str:
 
 
 def _paired(records: list[dict], domain: str, task: str, a: str, b: str, key: str = "psnr") -> list[float]:
-    """Per-image differences ``a - b`` of ``key`` on the images both methods restored."""
-    by = {(r["method"], r["image"]): r[key] for r in records if r["domain"] == domain and r["task"] == task
-          and r.get(key) is not None and math.isfinite(r[key])}
-    return [by[(a, i)] - by[(b, i)] for (m, i) in by if m == a and (b, i) in by]
+    """Differences ``a - b`` of ``key`` per (image, sample) both methods restored."""
+    by = {(r["method"], r["image"], r.get("sample", 0)): r[key] for r in records
+          if r["domain"] == domain and r["task"] == task and r.get(key) is not None and math.isfinite(r[key])}
+    return [by[(a, i, j)] - by[(b, i, j)] for (m, i, j) in by if m == a and (b, i, j) in by]
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -566,6 +575,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pictures", type=Path, default=None, help="write a before/after PNG grid per domain here")
     ap.add_argument("--picture-image", type=int, default=0, help="which image the pictures show (default 0)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="posterior samples per measurement for the prior methods (default 1): single samples vary by "
+                         "a few dB, repeats tighten the comparisons")
     ap.add_argument("--resume", action="store_true",
                     help="keep the records already in --json and measure only the missing (task, method, image)")
     ap.add_argument("--dflow-steps", type=int, default=None,
@@ -589,6 +601,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         raise SystemExit("--images must be >= 1")
     if args.dflow_steps is not None and args.dflow_steps < 1:
         raise SystemExit("--dflow-steps must be >= 1")
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
     if args.threads < 1:
         raise SystemExit("--threads must be >= 1")
     if not (math.isfinite(args.sigma_y) and args.sigma_y >= 0):
@@ -618,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.resume and args.json.is_file():
         records = json.loads(args.json.read_text())
         print(f"--resume: {len(records)} records kept from {args.json}")
-    done = {(r["domain"], r["task"], r["method"], r["image"]) for r in records}
+    done = {(r["domain"], r["task"], r["method"], r["image"], r.get("sample", 0)) for r in records}
 
     def keep(rec: dict) -> None:  # the JSON is rewritten after every record: a killed run keeps what it measured
         records.append(rec)
@@ -657,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         _, rows = run_domain(domain, prior, images, args.tasks, domain_methods, budgets, sigma_y=args.sigma_y,
                              seed=args.seed, labels=labels, judge=judge, on_record=keep, student=student,
                              done=done, picture_image=None if args.pictures is None else args.picture_image,
+                             repeats=args.repeats,
                              dflow_steps=args.dflow_steps or (DEFAULTS.quick_dflow_steps if args.quick else None))
         if args.pictures is not None and rows:
             path = save_pictures(rows, domain_methods, args.pictures / f"inverse_{domain}.png")

@@ -239,7 +239,8 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
             sigma_y: float = DEFAULTS.sigma_y, nfe: int | None = None, seed: int = 0,
             mask: Tensor | str | Path | None = None, observed: bool = False, cond: Condition = None,
             guidance: float = 1.0, overlap: int = DEFAULTS.overlap, max_batch: int = DEFAULTS.max_batch,
-            samples: int = 1, progress: bool | None = None, **options: Any) -> Restoration:
+            samples: int = 1, solver_seed: int | None = None, progress: bool | None = None,
+            **options: Any) -> Restoration:
     """Restore an image in [0, 1] ((C, H, W) or (B, C, H, W); C = 1, 2, 3 or 4) with a diffusion/flow prior.
 
     Args:
@@ -251,6 +252,7 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
         nfe: the solver's budget (pigdm / pigdm_flow / dps: steps = model evaluations; dflow: total model passes);
             default `RestoreDefaults.nfe`.
         seed: seeds the mask (inpaint_random), the simulated noise and the solver.
+        solver_seed: seeds the solver alone (default ``seed + 2``): other posterior samples of the same measurement.
         mask: for inpaint_mask (tensor or image file, white = keep).
         cond, guidance: condition and CFG scale for conditional priors.
         overlap, max_batch: tiling (the overlap is widened past the blur kernel).
@@ -305,7 +307,7 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
             ov = min(max(overlap, _kernel_size(op) + 2), min(h, w) // 2)
             den = TiledDenoiser(den, canvas, overlap=ov, max_batch=max_batch)
         counter = CountingDenoiser(den)
-        gen = torch.Generator().manual_seed(seed + 2)
+        gen = torch.Generator().manual_seed(seed + 2 if solver_seed is None else solver_seed)
         x = _run_method(method, counter, op_c, y_c.to(dtype), meas.sigma_model, (B * samples, 3, *canvas), nfe, gen,
                         _repeat(cond, samples), guidance, progress, options)
         x = x[..., :H, :W].float().unflatten(0, (B, samples)).mean(dim=1)  # mean of the posterior samples

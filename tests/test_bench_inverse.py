@@ -259,6 +259,13 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
     assert len(resumed) == len(partial) + 2
     again = {(r["domain"], r["task"], r["method"], r["image"]) for r in resumed}
     assert again == {(r["domain"], r["task"], r["method"], r["image"]) for r in records}
+    # --repeats: more posterior samples of the same measurements for the prior methods, not the others
+    more = bench.main([*plain, "--json", str(tmp_path / "repeats.json"), "--repeats", "2", "--methods", "pinv,pigdm",
+                       "--domains", "shapes"])
+    assert sorted(r["sample"] for r in more if r["method"] == "pigdm") == [0, 0, 1, 1]
+    assert [r["sample"] for r in more if r["method"] == "pinv"] == [0, 0]
+    first = {(r["task"], r["sample"]): r["psnr"] for r in more if r["method"] == "pigdm"}
+    assert all(first[(t, 0)] != first[(t, 1)] for t in tasks)
     with pytest.raises(SystemExit, match="picture-image"):  # a measured image cannot be pictured on resume
         bench.main([*argv, "--resume", "--methods", "pigdm", "--domains", "shapes"])
 
