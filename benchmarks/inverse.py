@@ -373,7 +373,8 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def table(records: list[dict]) -> str:
-    """Markdown table: mean over restorations (n = images x samples) per (domain, task, method), in order."""
+    """Markdown table: mean over restorations (n = images x samples) per (domain, task, method), in the
+    order of DOMAINS, TASKS and METHODS."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["domain"], r["task"], r["method"]), []).append(r)
@@ -383,7 +384,11 @@ def table(records: list[dict]) -> str:
     def fmt(v: float | None, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    for (domain, task, method), rs in groups.items():
+    def order(key: tuple[str, str, str]) -> tuple[int, ...]:
+        rank = lambda v, seq: seq.index(v) if v in seq else len(seq)  # noqa: E731
+        return rank(key[0], DOMAINS), rank(key[1], TASKS), rank(key[2], METHODS)
+
+    for (domain, task, method), rs in sorted(groups.items(), key=lambda kv: order(kv[0])):
         fwd, bwd = _mean([r["nfe"] for r in rs]), _mean([r["backward"] for r in rs])
         rows.append(f"| {domain} | {task} | {method} | {len(rs)} | {fmt(_mean([r['psnr'] for r in rs]), '.2f')} | "
                     f"{fmt(_mean([r['ssim'] for r in rs]), '.3f')} | {fwd:.0f}+{bwd:.0f} | "
