@@ -302,7 +302,7 @@ def restore(
     try:
         report = restore_folder(input_dir, output_dir, task, method, prior=prior, mask_dir=mask_dir,
                                 reference_dir=reference_dir, resume=resume, sigma_y=sigma_y, nfe=nfe, seed=seed,
-                                observed=observed, progress=rank == 0, **({"samples": samples} if samples > 1 else {}))
+                                observed=observed, progress=rank == 0, samples=samples)
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
     if world > 1:
