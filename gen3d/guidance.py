@@ -74,13 +74,18 @@ def add_noise(schedule: Schedule, x: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return broadcast_to(schedule.alpha(t), x) * x + broadcast_to(schedule.sigma(t), x) * eps
 
 
-def surrogate_loss(x: Tensor, grad: Tensor) -> Tensor:
-    """0.5 || x - sg(x - grad) ||^2 summed per sample and averaged over the batch: d loss / dx = grad / B.
+def surrogate_loss(x: Tensor, grad: Tensor, particles: int = 1) -> Tensor:
+    """0.5 || x - sg(x - grad) ||^2 summed per sample and averaged over each particle's views: d loss / dx =
+    grad / views, with views = B / particles.
 
-    x, grad: (B, ...). The denoiser's Jacobian never enters: grad is a constant of the graph.
+    x, grad: (B, ...), the renders of ``particles`` particles stacked along B. Each particle gets the gradient one
+    SDS run of its own would get, whatever the number of particles (so the regularisers, added per particle,
+    keep their weight). The denoiser's Jacobian never enters: grad is a constant of the graph.
     """
+    if particles < 1 or x.shape[0] % particles:
+        raise ValueError(f"{x.shape[0]} renders cannot be split evenly between {particles} particles")
     target = (x - grad).detach()
-    return 0.5 * (x - target).pow(2).sum() / x.shape[0]
+    return 0.5 * (x - target).pow(2).sum() / (x.shape[0] // particles)
 
 
 def image_size(den: Denoiser) -> int:

@@ -118,10 +118,11 @@ class VSD:
         return lambda x_t, t: self.den(x_t, t.to(x_t.dtype), cond, check=False)
 
     def loss(self, images: Tensor, cameras: Sequence[Camera], progress: float = 0.0,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None, particles: int = 1) -> tuple[Tensor, dict[str, float]]:
         """VSD surrogate loss for the particles plus the LoRA's diffusion loss, for renders (B, 3, H, W) in [0, 1].
 
-        ``cameras`` has one camera per image (images of all particles stacked along B).
+        ``cameras`` has one camera per image (the views of ``particles`` particles stacked along B, particle-major);
+        each particle's renders get its own VSD gradient averaged over its views (``surrogate_loss``).
         """
         if images.shape[0] != len(cameras):
             raise ValueError(f"{images.shape[0]} images but {len(cameras)} cameras")
@@ -141,7 +142,7 @@ class VSD:
                                              eps, c.weighting))
         if c.grad_clip is not None:
             grad = grad.clamp(-c.grad_clip, c.grad_clip)
-        particle_loss = surrogate_loss(x, grad)
+        particle_loss = surrogate_loss(x, grad, particles)
         # LoRA update on the detached renders: fresh t and eps over the full range (Algorithm 1, line 6)
         t_l = sample_times(x.shape[0], max(c.lora_t_min, self.den.schedule.t_min), c.lora_t_max, generator)
         eps_l = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)

@@ -83,6 +83,20 @@ def test_surrogate_loss_gradient_is_the_given_gradient():
     torch.testing.assert_close(dx, g / 3, rtol=0, atol=1e-14)  # x - (x - g) = g up to float64 rounding
 
 
+def test_surrogate_loss_gives_each_particle_the_gradient_of_a_run_of_its_own():
+    """4 particles x 2 views: every render gets grad / 2, as with one particle and its 2 views (the regularisers,
+    added per particle, keep their weight against the guidance whatever the number of particles)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 4, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    g = torch.randn(8, 3, 4, 4, generator=gen, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(surrogate_loss(x, g, particles=4), x)
+    torch.testing.assert_close(dx, g / 2, rtol=0, atol=1e-14)
+    (dx1,) = torch.autograd.grad(surrogate_loss(x[:2], g[:2]), x)
+    torch.testing.assert_close(dx[:2], dx1[:2], rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="particles"):
+        surrogate_loss(x, g, particles=3)
+
+
 def test_sigma2_weight_is_dreamfusion_and_schedule_free():
     vp = VPCosine()
     t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
