@@ -42,10 +42,16 @@ class VSDConfig:
     """Defaults of VSD (ProlificDreamer: CFG 7.5, LoRA lr 1e-3, t ~ U(0.02, 0.98) annealed to 0.5).
 
     guidance_scale: CFG of the pretrained branch (the LoRA branch always uses 1).
+    particle_weight: weight of each particle's VSD gradient against its regularisers; 1 = the weight a lone
+        SDS run gives its gradient. The generate loop shares ``views`` renders per step among the particles (one
+        each by default), so a particle's gradient is a one-view estimate; 0.25 (each render weighted as one of
+        SDS's 4 views) keeps the particles clean on the bundled prior, where 1 grows floaters (a yellow cone: judge
+        0.12-0.88, Chamfer 0.062-0.069, floaters in every view).
     lora_lr: AdamW learning rate of the LoRA and camera embedding; lora_t_min/lora_t_max: times of its loss.
     """
 
     guidance_scale: float = 7.5
+    particle_weight: float = 0.25
     t_min: float = 0.02
     t_max: float = 0.98
     t_max_end: float | None = 0.5
@@ -94,6 +100,8 @@ class VSD:
     def __init__(self, denoiser: Denoiser, prompt: str, config: VSDConfig | None = None) -> None:
         self.den, self.prompt, self.config = denoiser, prompt, config or VSDConfig()
         c = self.config
+        if not c.particle_weight > 0:
+            raise ValueError(f"particle_weight must be > 0; got {c.particle_weight}")
         if c.guidance_scale <= 0:
             raise ValueError(f"guidance_scale must be > 0; got {c.guidance_scale}")
         annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
@@ -142,7 +150,7 @@ class VSD:
                                              eps, c.weighting))
         if c.grad_clip is not None:
             grad = grad.clamp(-c.grad_clip, c.grad_clip)
-        particle_loss = surrogate_loss(x, grad, particles)
+        particle_loss = c.particle_weight * surrogate_loss(x, grad, particles)
         # LoRA update on the detached renders: fresh t and eps over the full range (Algorithm 1, line 6)
         t_l = sample_times(x.shape[0], max(c.lora_t_min, self.den.schedule.t_min), c.lora_t_max, generator)
         eps_l = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
