@@ -71,8 +71,7 @@ class GenerateConfig:
     (albedo, lambertian, textureless) after it, under the shapes world's random lights; ambient: Lambertian term.
     background: "white" (the bundled prior's) or "learned".
     lambda_*: regulariser weights: ray opacity mean (sparsity) and binary entropy, orientation, TV of the grid,
-    colour TV, the voxel-opacity entropy (ramped up linearly over the run; see :func:`voxel_entropy`) and the
-    anisotropic TV of the voxel opacity (:func:`occupancy_tv`).
+    colour TV, and the voxel-opacity entropy (ramped up linearly over the run; see :func:`voxel_entropy`).
     export_resolution, turntable_*: mesh and GIF export. preview_*: preview images.
     """
 
@@ -100,7 +99,6 @@ class GenerateConfig:
     lambda_orientation: float = 0.0
     lambda_tv: float = 0.0
     lambda_voxel_entropy: float = 10.0
-    lambda_occupancy_tv: float = 0.0
     lambda_color_tv: float = 0.0
     export_resolution: int = 128
     turntable_frames: int = 24
@@ -255,21 +253,6 @@ def voxel_entropy(field_: nn.Module, n_points: int = 32768, generator: torch.Gen
         x = torch.rand(n_points, 3, generator=generator).to(device) * 2 - 1
         sigma = field_.density(x)
     return _binary_entropy(-torch.expm1(-sigma * h)).mean()  # a = 1 - exp(-sigma h)
-
-
-def occupancy_tv(field_: VoxelField) -> Tensor:
-    """Anisotropic total variation of the voxel opacity a = 1 - exp(-sigma h): mean |a_{i+1} - a_i| along x, y, z, ().
-
-    The L1 norm of the gradient taken axis by axis measures a surface by |n_x| + |n_y| + |n_z| per unit area, whose
-    Wulff shape is an axis-aligned cube: among solids of one volume it prefers faces aligned with the grid. A small
-    weight breaks the yaw symmetry a text prior leaves open (a cube fits every view at any yaw) in favour of the
-    grid's axes, instead of a rotational average of the yaws each view prefers.
-    """
-    from gen3d.field import density_activation
-
-    h = float(field_.voxel_size.float().mean())
-    a = -torch.expm1(-density_activation(field_.density_logits, field_.activation) * h)
-    return sum(a.diff(dim=d).abs().mean() for d in range(a.ndim))
 
 
 def azimuth_span(step: int, steps: int, cfg: GenerateConfig) -> float:
@@ -593,8 +576,6 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
             reg = reg + cfg.lambda_tv * f.tv_loss()
         if cfg.lambda_color_tv and hasattr(f, "color_logits"):
             reg = reg + cfg.lambda_color_tv * colour_tv(f.color_logits)
-        if cfg.lambda_occupancy_tv and isinstance(f, VoxelField):
-            reg = reg + cfg.lambda_occupancy_tv * occupancy_tv(f)
         if cfg.lambda_voxel_entropy:
             reg = reg + cfg.lambda_voxel_entropy * progress * voxel_entropy(f, generator=g)  # ramped up linearly
     if isinstance(guidance, VSD):  # each particle's guidance weighs as in a run of its own, next to its regularisers

@@ -222,3 +222,4 @@ def test_azimuth_curriculum_widens_to_the_full_circle() -> None:
     full = random_cameras(5, torch.Generator().manual_seed(1))
     same = random_cameras(5, torch.Generator().manual_seed(1), azimuth_span=360.0)
     assert [c.azimuth for c in full] == [c.azimuth for c in same]
+
