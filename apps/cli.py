@@ -110,14 +110,21 @@ def train_prior_cmd(
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
     n_renders: Annotated[int, typer.Option(help="shapes: number of pre-rendered training images")] = 20000,
+    init: Annotated[Path | None, typer.Option(help="start from the weights of a saved prior folder (fine-tune), "
+                                                   "e.g. distill/zoo/weights/photos")] = None,
 ) -> None:
-    """Train a bundled prior from scratch (or --resume a killed run)."""
+    """Train a bundled prior from scratch (or --resume a killed run, or --init from saved weights)."""
     from distill.zoo.train_prior import train_prior
 
     if name not in ("shapes", "photos"):
         _fail(f"unknown prior {name!r}; expected shapes or photos")
-    train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
-                threads=threads or None, n_renders=n_renders)
+    if init is not None and not (init / "diffusion_pytorch_model.safetensors").is_file():
+        _fail(f"--init {init}: no diffusion_pytorch_model.safetensors there")
+    try:
+        train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
+                    threads=threads or None, n_renders=n_renders, init=init)
+    except ValueError as err:
+        _fail(str(err))
 
 
 # ---- sample --------------------------------------------------------------------------------------

@@ -93,3 +93,27 @@ def test_photo_data_is_shipped_and_held_out_is_disjoint():
         assert img.shape[0] == 3 and min(img.shape[1:]) >= 256 and 0 <= float(img.min()) <= float(img.max()) <= 1
     patches = PatchSampler(TRAIN[:2], size=32)(5, torch.Generator().manual_seed(0))
     assert patches.shape == (5, 3, 32, 32) and float(patches.min()) >= -1 and float(patches.max()) <= 1
+
+
+def test_fine_tuning_starts_from_the_saved_weights_and_refuses_another_architecture(tmp_path):
+    from diffusers import UNet2DModel
+
+    from distill.zoo.train_prior import PHOTOS_UNET, load_initial_weights
+
+    bundled = bundled_path("photos")
+    torch.manual_seed(1)
+    unet = UNet2DModel(**PHOTOS_UNET)
+    load_initial_weights(unet, bundled)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(bundled / "diffusion_pytorch_model.safetensors"))
+    name = next(iter(saved))
+    torch.testing.assert_close(unet.state_dict()[name], saved[name].float())
+    assert unet.state_dict()[name].dtype == torch.float32
+    small = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                        norm_num_groups=8)
+    with pytest.raises(ValueError, match="another architecture"):
+        load_initial_weights(small, bundled)
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_initial_weights(unet, tmp_path)

@@ -157,9 +157,36 @@ def _plot_loss(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def load_initial_weights(unet: torch.nn.Module, folder: str | Path) -> None:
+    """Copy the UNet weights of a saved prior folder (``diffusion_pytorch_model.safetensors``) into ``unet``.
+
+    Safetensors only; the tensors are cast to the model's dtype (the bundled weights are fp16). A folder of another
+    architecture is refused with the names of the first mismatching tensors.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors in {folder}")
+    state = load_file(str(path))
+    own = unet.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or wrong:
+        raise ValueError(f"{folder} holds another architecture: missing {missing[:3]}, unexpected {extra[:3]}, "
+                         f"shape mismatch {wrong[:3]}")
+    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
-                resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None) -> Path:
-    """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``."""
+                resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None,
+                init: str | Path | None = None) -> Path:
+    """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``.
+
+    ``init``: a saved prior folder to start from instead of random weights (fine-tuning, e.g. the bundled
+    ``distill/zoo/weights/photos``); ignored when resuming (the checkpoint holds the weights).
+    """
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -167,6 +194,8 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
         if Path(sys.argv[0]).name == "priorkit" else " ".join(shlex.quote(a) for a in sys.argv)
     torch.manual_seed(seed)
     den = build(name)
+    if init is not None and not resume:
+        load_initial_weights(den.unet, init)
     if name == "shapes":
         data = ShapesData(n_renders, seed=seed)
 
