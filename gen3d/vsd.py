@@ -46,7 +46,7 @@ class VSDConfig:
         SDS run gives its gradient. The generate loop shares ``views`` renders per step among the particles (one
         each by default), so a particle's gradient is a one-view estimate; 0.25 (each render weighted as one of
         SDS's 4 views) keeps the particles clean on the bundled prior, where 1 grows floaters (a yellow cone: judge
-        0.12-0.88, Chamfer 0.062-0.069, floaters in every view).
+        0.25-0.88, Chamfer 0.058-0.068, floaters in every view).
     lora_lr: AdamW learning rate of the LoRA and camera embedding; lora_t_min/lora_t_max: times of its loss.
     """
 
