@@ -60,7 +60,7 @@ class GenerateConfig:
     steps / resolution / lr: optimisation steps, render side in pixels, Adam lr of the voxel logits, decayed
     by a cosine to ``lr_final * lr`` at the end; colour parameters use ``color_lr_scale * lr`` (a slower albedo
     makes the prior's gradient carve geometry instead of painting it, e.g. a torus' hole).
-    views: rendered views per step, shared among the particles (at least one each).
+    views: rendered views per step (SDS; VSD renders ``vsd.views_per_particle`` views of each particle).
     field_resolution, blob_density, blob_radius, density_activation: the VoxelField, its initial density blob and
     its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus").
     n_samples: samples per ray, at depths within ``scene_radius`` of the camera distance (None: the whole box
@@ -512,7 +512,7 @@ def _run(prompt: str, method: str, den: Denoiser, steps: int, seed: int, out: Pa
                 log.warning("no checkpoint in %s: starting from scratch", out)
             else:
                 start, history = load_checkpoint(ck, fields, backgrounds, opt, vsd, meta)
-        views = max(1, cfg.views // particles)
+        views = cfg.vsd.views_per_particle if method == "vsd" else cfg.views
         g = torch.Generator()
         bar = tqdm(range(start, steps), desc=f"{method} {prompt!r}", initial=start, total=steps,
                    disable=not progress)
