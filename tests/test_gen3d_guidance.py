@@ -267,6 +267,13 @@ def test_vsd_step_trains_the_lora_and_leaves_base_weights_unchanged(tiny_prior):
     assert torch.equal(tiny_prior(x, t, cond).eps, ref)
 
 
+@pytest.mark.parametrize("bad, match", [({"views_per_particle": 0}, "views_per_particle"),
+                                        ({"particle_weight": 0.0}, "particle_weight")])
+def test_vsd_refuses_bad_particle_settings(tiny_prior, bad, match):
+    with pytest.raises(ValueError, match=match):
+        VSD(tiny_prior, "a red cube", VSDConfig(**bad))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the 2D toy
 # ---------------------------------------------------------------------------------------------------------------------
