@@ -47,7 +47,7 @@ class VSDConfig:
         1 grows floaters (a yellow cone with one view per particle: judge 0.25-0.88, Chamfer 0.058-0.068).
     views_per_particle: renders of each particle per step. Two halve the noise of a one-view estimate of the
         gradient at twice the cost; on the bundled prior they carve the cone's point that one view leaves blunt
-        (judge 0.75-1.00 and Chamfer 0.056-0.060 against 0.12-1.00 and 0.063-0.070).
+        (judge 0.88-1.00 and Chamfer 0.057-0.061 against 0.12-1.00 and 0.063-0.070; BENCHMARKS.md).
     lora_lr: AdamW learning rate of the LoRA and camera embedding; lora_t_min/lora_t_max: times of its loss.
     """
 
