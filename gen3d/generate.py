@@ -578,10 +578,8 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
             reg = reg + cfg.lambda_color_tv * colour_tv(f.color_logits)
         if cfg.lambda_voxel_entropy:
             reg = reg + cfg.lambda_voxel_entropy * progress * voxel_entropy(f, generator=g)  # ramped up linearly
-    if isinstance(guidance, VSD):  # each particle's guidance weighs as in a run of its own, next to its regularisers
-        loss, info = guidance.loss(torch.cat(images), cameras, progress, g, particles=len(fields))
-    else:
-        loss, info = guidance.loss(torch.cat(images), cameras, progress, g)
+    # each particle's guidance weighs as in a run of its own, next to its regularisers
+    loss, info = guidance.loss(torch.cat(images), cameras, progress, g, particles=len(fields))
     total = loss + reg
     opt.zero_grad(set_to_none=True)
     total.backward()

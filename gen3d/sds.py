@@ -93,10 +93,11 @@ class SDS:
         return self.den.encode(view_prompts(self.prompt, cameras, self.config.view_dependent))
 
     def loss(self, images: Tensor, cameras: Sequence[Camera], progress: float = 0.0,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None, particles: int = 1) -> tuple[Tensor, dict[str, float]]:
         """SDS surrogate loss of renders ``images`` in [0, 1] (B, 3, H, W) seen by ``cameras`` (B of them).
 
-        ``progress`` in [0, 1] drives the t annealing; ``generator`` draws t and eps.
+        ``progress`` in [0, 1] drives the t annealing; ``generator`` draws t and eps. ``particles``: independent
+        fields whose views are stacked along B (particle-major); each gets the gradient a run of its own would get.
         """
         if images.shape[0] != len(cameras):
             raise ValueError(f"{images.shape[0]} images but {len(cameras)} cameras")
@@ -108,7 +109,7 @@ class SDS:
         grad = torch.nan_to_num(sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting))
         if self.config.grad_clip is not None:
             grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
-        return surrogate_loss(x, grad), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
+        return surrogate_loss(x, grad, particles), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
                                          "t_max": hi}
 
 

@@ -191,6 +191,17 @@ def test_sds_loss_backpropagates_to_renders(tiny_prior):
         sds.loss(img, random_cameras(3, g), 0.5, g)
 
 
+def test_sds_particles_each_get_the_gradient_of_a_run_of_their_own(tiny_prior):
+    sds = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=5.0))
+    img = torch.rand(4, 3, 8, 8, requires_grad=True)
+    cams = random_cameras(4, torch.Generator().manual_seed(0))
+    sds.loss(img, cams, 0.5, torch.Generator().manual_seed(1), particles=2)[0].backward()
+    together = img.grad.clone()
+    img.grad = None
+    sds.loss(img, cams, 0.5, torch.Generator().manual_seed(1))[0].backward()  # 4 views of one particle
+    torch.testing.assert_close(together, 2 * img.grad)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the VSD LoRA
 # ---------------------------------------------------------------------------------------------------------------------
