@@ -150,21 +150,43 @@ def chamfer_distance(a: trimesh.Trimesh | np.ndarray | torch.Tensor, b: trimesh.
 def chamfer_min_over_z_rotations(mesh: trimesh.Trimesh | np.ndarray | torch.Tensor,
                                  target: trimesh.Trimesh | np.ndarray | torch.Tensor,
                                  angles: Sequence[float] | np.ndarray | None = None, n: int = 10000,
-                                 seed: int = 0) -> float:
+                                 seed: int = 0, refine: float = 0.1) -> float:
     """Smallest :func:`chamfer_distance` between ``mesh`` rotated about the z axis and ``target``.
 
-    ``angles`` in degrees (default every 5 degrees over a full turn); for shapes whose orientation about the
-    vertical is arbitrary (cube, cylinder). The same surface samples are reused for every angle.
+    ``angles`` in degrees (default every 5 degrees over a full turn) is the coarse search; the best angle is then
+    refined by a golden-section search over the neighbouring grid interval down to ``refine`` degrees (0: no
+    refinement), so that the minimum does not depend on the grid (a 2.5-degree misalignment of a cube of side 0.8
+    adds ~0.003). For shapes whose orientation about the vertical is arbitrary (cube, cylinder). The same surface
+    samples are reused for every angle.
     """
     angles = np.arange(0.0, 360.0, 5.0) if angles is None else np.asarray(angles, dtype=np.float64)
     pa, pb = _points(mesh, n, seed), _points(target, n, seed + 1)
     tree_b = cKDTree(pb)
-    best = math.inf
-    for deg in angles:
+
+    def at(deg: float) -> float:
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        pr = pa @ rot.T
+        pr = pa @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T
         d_ab, _ = tree_b.query(pr)
         d_ba, _ = cKDTree(pr).query(pb)
-        best = min(best, 0.5 * (float(d_ab.mean()) + float(d_ba.mean())))
+        return 0.5 * (float(d_ab.mean()) + float(d_ba.mean()))
+
+    values = [at(float(d)) for d in angles]
+    i = int(np.argmin(values))
+    best = values[i]
+    if refine > 0 and len(angles) > 1:
+        step = float(np.min(np.abs(np.diff(np.sort(angles))))) if len(angles) > 2 else 5.0
+        lo, hi = float(angles[i]) - step, float(angles[i]) + step
+        phi = (math.sqrt(5.0) - 1.0) / 2.0
+        a, b = hi - phi * (hi - lo), lo + phi * (hi - lo)
+        fa, fb = at(a), at(b)
+        while hi - lo > refine:
+            if fa < fb:
+                hi, b, fb = b, a, fa
+                a = hi - phi * (hi - lo)
+                fa = at(a)
+            else:
+                lo, a, fa = a, b, fb
+                b = lo + phi * (hi - lo)
+                fb = at(b)
+        best = min(best, fa, fb)
     return best

@@ -218,6 +218,15 @@ def test_chamfer_conventions():
     assert chamfer_distance(turned, cube) < 0.03
 
 
+def test_chamfer_min_over_z_rotations_finds_angles_between_the_grid_points():
+    cube = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    turned = cube.copy().apply_transform(trimesh.transformations.rotation_matrix(math.radians(17.5), [0, 0, 1]))
+    floor = chamfer_distance(cube, cube)  # two independent surface samplings of the same cube (~0.0097)
+    coarse = chamfer_min_over_z_rotations(turned, cube, refine=0.0)  # best grid points: 15 or 20 degrees away
+    assert coarse > floor + 0.002
+    assert chamfer_min_over_z_rotations(turned, cube) < floor + 0.0003
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the OccGridEstimator path needs CUDA")
 def test_occgrid_path_matches_cpu_path_on_ball():
     sigma0, radius = 1.5, 0.6
