@@ -29,14 +29,20 @@ from gen3d.guidance import add_noise, annealed_range, sample_times, surrogate_lo
 class SDSConfig:
     """Defaults of SDS. Times are continuous in [0, 1] (t = 0 data), whatever the prior's schedule.
 
-    guidance_scale: CFG scale s (DreamFusion uses 100 with Imagen/SD; the bundled 32x32 prior works with ~20).
+    guidance_scale: CFG scale s (DreamFusion: 100 with Imagen/SD; the bundled 32x32 prior: 60, see BENCHMARKS.md).
+    warmup_guidance_scale, guidance_warmup: the CFG scale of the first ``guidance_warmup`` of the run (capped at
+    ``guidance_scale``; None: no warm-up). It spans the loop's albedo-only warm-up
+    (``GenerateConfig.albedo_fraction``): a flat-shaded render is far from the prior's shaded images, and under a
+    high CFG the field fakes the missing shading with geometry (the bundled prior grows a foot under a cube).
     t_min, t_max: the range of t; with ``anneal`` != "none" t_max moves to ``t_max_end`` over the run.
     weighting: w(t), see :func:`gen3d.guidance.weight` ("sigma2" = DreamFusion's sigma_t^2).
     view_dependent: append "front/side/back/overhead view" to the prompt per camera.
     grad_clip: clamp each element of w(t)(eps_cfg - eps) to [-grad_clip, grad_clip] (None: no clamp).
     """
 
-    guidance_scale: float = 20.0
+    guidance_scale: float = 60.0
+    warmup_guidance_scale: float | None = 20.0
+    guidance_warmup: float = 0.2
     t_min: float = 0.02
     t_max: float = 0.98
     t_max_end: float | None = 0.5
@@ -80,13 +86,25 @@ class SDS:
 
     def __init__(self, denoiser: Denoiser, prompt: str, config: SDSConfig | None = None) -> None:
         self.den, self.prompt, self.config = denoiser, prompt, config or SDSConfig()
-        if self.config.guidance_scale <= 0:
-            raise ValueError(f"guidance_scale must be > 0; got {self.config.guidance_scale}")
+        c = self.config
+        if c.guidance_scale <= 0:
+            raise ValueError(f"guidance_scale must be > 0; got {c.guidance_scale}")
+        if c.warmup_guidance_scale is not None and c.warmup_guidance_scale <= 0:
+            raise ValueError(f"warmup_guidance_scale must be > 0 or None; got {c.warmup_guidance_scale}")
+        if not 0.0 <= c.guidance_warmup <= 1.0:
+            raise ValueError(f"guidance_warmup must be in [0, 1]; got {c.guidance_warmup}")
         annealed_range(self.config.t_min, self.config.t_max, self.config.t_max_end, self.config.anneal, 0.0)
 
     def time_range(self, progress: float) -> tuple[float, float]:
         c = self.config
         return annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, progress)
+
+    def guidance_scale(self, progress: float) -> float:
+        """The CFG scale at ``progress`` in [0, 1]: the warm-up scale (capped at the main one) early, then the main."""
+        c = self.config
+        if c.warmup_guidance_scale is not None and progress < c.guidance_warmup:
+            return min(c.warmup_guidance_scale, c.guidance_scale)
+        return c.guidance_scale
 
     def condition(self, cameras: Sequence[Camera]) -> Condition:
         """Encoded, view-dependent text condition for these cameras, (B, L, D)."""
@@ -105,12 +123,13 @@ class SDS:
         lo, hi = self.time_range(progress)
         t = sample_times(x.shape[0], lo, hi, generator).to(x.device, x.dtype)
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        predict = GuidedPredictor(self.den, self.condition(cameras), self.config.guidance_scale)
+        scale = self.guidance_scale(progress)
+        predict = GuidedPredictor(self.den, self.condition(cameras), scale)
         grad = torch.nan_to_num(sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting))
         if self.config.grad_clip is not None:
             grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         return surrogate_loss(x, grad, particles), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-                                         "t_max": hi}
+                                         "t_max": hi, "guidance_scale": scale}
 
 
 __all__ = ["SDS", "SDSConfig", "GuidedPredictor", "sds_gradient"]

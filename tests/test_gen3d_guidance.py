@@ -202,6 +202,28 @@ def test_sds_particles_each_get_the_gradient_of_a_run_of_their_own(tiny_prior):
     torch.testing.assert_close(together, 2 * img.grad)
 
 
+def test_sds_guidance_warms_up_at_a_lower_scale(tiny_prior):
+    sds = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=60.0, warmup_guidance_scale=20.0,
+                                                  guidance_warmup=0.2))
+    assert [sds.guidance_scale(p) for p in (0.0, 0.19, 0.2, 1.0)] == [20.0, 20.0, 60.0, 60.0]
+    assert SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=5.0)).guidance_scale(0.0) == 5.0  # capped
+    assert SDS(tiny_prior, "a red cube", SDSConfig(warmup_guidance_scale=None)).guidance_scale(0.0) == 60.0
+    # in the warm-up, the gradient is exactly that of a constant CFG of the warm-up scale (same draws)
+    img = torch.rand(2, 3, 8, 8, requires_grad=True)
+    cams = random_cameras(2, torch.Generator().manual_seed(0))
+    loss, info = sds.loss(img, cams, 0.1, torch.Generator().manual_seed(1))
+    loss.backward()
+    warm = img.grad.clone()
+    img.grad = None
+    constant = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=20.0, warmup_guidance_scale=None))
+    constant.loss(img, cams, 0.1, torch.Generator().manual_seed(1))[0].backward()
+    assert info["guidance_scale"] == 20.0
+    torch.testing.assert_close(warm, img.grad)
+    for bad in (dict(warmup_guidance_scale=0.0), dict(guidance_warmup=1.5)):
+        with pytest.raises(ValueError):
+            SDS(tiny_prior, "a red cube", SDSConfig(**bad))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the VSD LoRA
 # ---------------------------------------------------------------------------------------------------------------------
