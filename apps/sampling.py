@@ -8,7 +8,6 @@ student (sample_shape (2,)) gives a scatter plot instead of an image grid.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from distill.atomic import atomic_open
 from distill.loading import load_denoiser
 from distill.samplers import SOLVERS, initial_noise, sample
 
@@ -41,11 +41,13 @@ def grid_image(images: Tensor, ncol: int, scale: int = 1, pad: int = 1) -> Image
 
 
 def save_atomic(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    image.save(tmp)
-    os.replace(tmp, path)
-    return path
+    """Save a PIL image atomically, in the format its suffix names (.png, .gif, ...)."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image format for {Path(path).name!r}")
+    with atomic_open(path, "wb") as fh:
+        image.save(fh, format=fmt)
+    return Path(path)
 
 
 def student_folder(model: str | Path) -> Path | None:

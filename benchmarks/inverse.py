@@ -49,8 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.atomic import atomic_open
 from distill.denoiser import Denoiser
 from distill.zoo.photos import held_out_images
 from distill.zoo.shapes import held_out_renders
@@ -357,14 +356,8 @@ def write_json(records: list[dict], path: Path) -> None:
     """Write the records atomically (non-finite numbers as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = [{k: _finite(v) for k, v in r.items()} for r in records]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(clean, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as fh:
+        json.dump(clean, fh, indent=1)
 
 
 def _mean(values: list[Any]) -> float | None:

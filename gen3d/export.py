@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 from torch import nn
 
+from distill.atomic import write_bytes
 from gen3d.field import UNIT_BOX, BBox, sample_density_grid
 from gen3d.renderer import query_field
 
@@ -78,20 +78,6 @@ def extract_mesh(field: nn.Module, resolution: int = 128, threshold: float | Non
     return mesh
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> Path:
     """Write ``mesh`` as .glb, .obj or .ply (chosen by the extension) atomically; returns the path.
 
@@ -103,7 +89,7 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> Path:
     if ext not in MESH_FORMATS:
         raise ValueError(f"unsupported mesh format {ext or path.name!r}; use one of {MESH_FORMATS}")
     data = mesh.export(file_type=ext[1:])
-    _atomic_write(path, data.encode() if isinstance(data, str) else data)
+    write_bytes(path, data.encode() if isinstance(data, str) else data)
     return path
 
 
@@ -116,7 +102,7 @@ def save_turntable_gif(frames: np.ndarray | Sequence[np.ndarray], path: str | os
         raise ValueError(f"expected a .gif path, got {path.name!r}")
     frames = np.asarray(frames, dtype=np.uint8)
     data = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000.0 / fps, loop=0)
-    _atomic_write(path, data)
+    write_bytes(path, data)
     return path
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from distill.atomic import atomic_open
 from distill.denoiser import Denoiser
 from distill.zoo.cameras import ELEVATION_RANGE, Camera, random_cameras
 from gen3d.field import Background, VoxelField
@@ -593,10 +594,8 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
 def _save_png(image: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(image).save(fh, format="PNG")
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from distill.atomic import atomic_open
 from distill.denoiser import Condition, Denoiser
 from inverse.dflow import CountingDenoiser, dflow
 from inverse.dps import dps
@@ -361,25 +361,13 @@ def save_image(image: Tensor, path: str | Path) -> None:
     if arr.shape[-1] not in modes:
         raise ValueError(f"cannot save an image with {arr.shape[-1]} channels")
     pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, mode=None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pil.save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        pil.save(fh, format="PNG")
 
 
 def _write_json(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
 
 
 def _rank_world() -> tuple[int, int]:
