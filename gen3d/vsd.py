@@ -45,15 +45,16 @@ class VSDConfig:
     particle_weight: weight of each particle's VSD gradient (averaged over its views) against its regularisers;
         1 = the weight a lone SDS run gives its gradient. 0.25 keeps the particles clean on the bundled prior, where
         1 grows floaters (a yellow cone with one view per particle: judge 0.25-0.88, Chamfer 0.058-0.068).
-    views_per_particle: renders of each particle per step. Two halve the noise of a one-view estimate of the
-        gradient at twice the cost; on the bundled prior they carve the cone's point that one view leaves blunt
-        (judge 0.88-1.00 and Chamfer 0.057-0.061 against 0.12-1.00 and 0.063-0.070; BENCHMARKS.md).
+    views_per_particle: renders of each particle per step. k views cut the noise of a one-view estimate of the
+        gradient by sqrt(k) at k times the cost; on the bundled prior three carve the cone's point that one view
+        leaves blunt (cone judge 0.12-1.00 / 0.88-1.00 / 0.88-1.00 / 1.00 with 1 / 2 / 3 / 4 views; the cube's
+        0.62-0.75 / 0.62-1.00 / 0.75-1.00 / 0.62-0.88 is within the noise of its 8 judged views; BENCHMARKS.md).
     lora_lr: AdamW learning rate of the LoRA and camera embedding; lora_t_min/lora_t_max: times of its loss.
     """
 
     guidance_scale: float = 7.5
     particle_weight: float = 0.25
-    views_per_particle: int = 2
+    views_per_particle: int = 3
     t_min: float = 0.02
     t_max: float = 0.98
     t_max_end: float | None = 0.5
