@@ -112,6 +112,8 @@ def train_prior_cmd(
     n_renders: Annotated[int, typer.Option(help="shapes: number of pre-rendered training images")] = 20000,
     init: Annotated[Path | None, typer.Option(help="start from the weights of a saved prior folder (fine-tune), "
                                                    "e.g. distill/zoo/weights/photos")] = None,
+    data: Annotated[Path | None, typer.Option(help="photos: train on the photographs of this folder instead of "
+                                                   "the bundled ones")] = None,
 ) -> None:
     """Train a bundled prior from scratch (or --resume a killed run, or --init from saved weights)."""
     from distill.zoo.train_prior import train_prior
@@ -122,7 +124,7 @@ def train_prior_cmd(
         _fail(f"--init {init}: no diffusion_pytorch_model.safetensors there")
     try:
         train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
-                    threads=threads or None, n_renders=n_renders, init=init)
+                    threads=threads or None, n_renders=n_renders, init=init, data=data)
     except ValueError as err:
         _fail(str(err))
 

@@ -59,19 +59,61 @@ def photo_path(name: str) -> Path:
     return where(file)
 
 
-def load_photo(name: str) -> Tensor:
-    """A photo as a float tensor (3, H, W) in [0, 1]."""
-    with Image.open(photo_path(name)) as im:
+def load_image(path: str | Path) -> Tensor:
+    """An image file as a float RGB tensor (3, H, W) in [0, 1] (greyscale and alpha are dropped to RGB)."""
+    with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_photo(name: str) -> Tensor:
+    """A bundled photo as a float tensor (3, H, W) in [0, 1]."""
+    return load_image(photo_path(name))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def folder_photos(folder: str | Path, min_side: int = 64) -> tuple[list[Tensor], list[tuple[str, str]]]:
+    """The photographs of a user's folder (not recursive), for training a photos prior on them.
+
+    Returns the images (3, H, W) in [0, 1] and the files left out with the reason (unreadable, too small, not an
+    image). Raises ValueError when no usable image remains.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    images, skipped = [], []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((path.name, f"not an image file ({', '.join(IMAGE_SUFFIXES)})"))
+            continue
+        try:
+            img = load_image(path)
+        except Exception as e:  # PIL raises many kinds for a damaged file
+            skipped.append((path.name, f"unreadable: {e}"))
+            continue
+        if min(img.shape[1:]) < min_side:
+            skipped.append((path.name, f"smaller than {min_side} px on a side"))
+            continue
+        images.append(img)
+    if not images:
+        raise ValueError(f"no usable photograph in {folder} (left out: {len(skipped)})")
+    return images, skipped
 
 
 class PatchSampler:
     """Random square patches of a set of photos: random scale (zoom out by up to ``max_zoom``),
     position and horizontal flip, resized to ``size`` with antialiasing. Output in [-1, 1]."""
 
-    def __init__(self, names: tuple[str, ...] = TRAIN, size: int = 64, max_zoom: float = 4.0) -> None:
-        self.photos = [load_photo(n) for n in names]
+    def __init__(self, names: tuple[str, ...] = TRAIN, size: int = 64, max_zoom: float = 4.0,
+                 photos: list[Tensor] | None = None) -> None:
+        """Patches of the bundled photos ``names``, or of ``photos`` (3, H, W) in [0, 1] when given."""
+        self.photos = list(photos) if photos is not None else [load_photo(n) for n in names]
+        if any(min(p.shape[1:]) < size for p in self.photos):
+            raise ValueError(f"every photo must be at least {size} px on a side")
         self.size, self.max_zoom = size, max_zoom
         areas = torch.tensor([p.shape[1] * p.shape[2] for p in self.photos], dtype=torch.float64)
         self.weights = areas.sqrt() / areas.sqrt().sum()  # large photos a little more often

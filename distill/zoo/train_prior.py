@@ -181,12 +181,23 @@ def load_initial_weights(unet: torch.nn.Module, folder: str | Path) -> None:
 
 def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
                 resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None,
-                init: str | Path | None = None) -> Path:
+                init: str | Path | None = None, data: str | Path | None = None) -> Path:
     """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``.
 
     ``init``: a saved prior folder to start from instead of random weights (fine-tuning, e.g. the bundled
     ``distill/zoo/weights/photos``); ignored when resuming (the checkpoint holds the weights).
+    ``data``: "photos" only, a folder of photographs to take the patches from instead of the bundled ones.
     """
+    if data is not None and name != "photos":
+        raise ValueError("data= (a folder of photographs) applies to the photos prior only")
+    photos = None
+    if data is not None:  # read (and refuse) the folder before any work
+        from distill.zoo.photos import folder_photos
+
+        photos, skipped = folder_photos(data)
+        for file, why in skipped:
+            print(f"left out {file}: {why}")
+        print(f"training on {len(photos)} photographs of {data}")
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -205,7 +216,7 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     else:
         from distill.zoo.photos import PatchSampler
 
-        sampler = PatchSampler()
+        sampler = PatchSampler(photos=photos)
 
         def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
             return denoising_loss(den, sampler(batch_size, g), None, g)
