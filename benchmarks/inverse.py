@@ -354,7 +354,6 @@ def _finite(v: Any) -> Any:
 
 def write_json(records: list[dict], path: Path) -> None:
     """Write the records atomically (non-finite numbers as null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = [{k: _finite(v) for k, v in r.items()} for r in records]
     with atomic_open(path, "w") as fh:
         json.dump(clean, fh, indent=1)

@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _default_mode() -> int:
-    umask = os.umask(0o022)
+def _read_umask() -> int:
+    umask = os.umask(0o022)  # the only way to read it is to set it; done once, at import
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+#: what ``open`` gives a new file under this process's umask
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextmanager
@@ -37,7 +41,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

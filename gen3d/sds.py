@@ -93,7 +93,7 @@ class SDS:
             raise ValueError(f"warmup_guidance_scale must be > 0 or None; got {c.warmup_guidance_scale}")
         if not 0.0 <= c.guidance_warmup <= 1.0:
             raise ValueError(f"guidance_warmup must be in [0, 1]; got {c.guidance_warmup}")
-        annealed_range(self.config.t_min, self.config.t_max, self.config.t_max_end, self.config.anneal, 0.0)
+        annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
 
     def time_range(self, progress: float) -> tuple[float, float]:
         c = self.config

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from distill import atomic
 from distill.atomic import atomic_open, write_bytes
 
 
-def test_written_files_have_the_umask_permissions_not_mkstemps(tmp_path: Path) -> None:
-    old = os.umask(0o022)
-    try:
-        path = write_bytes(tmp_path / "sub" / "mesh.glb", b"glTF")
-        with atomic_open(tmp_path / "report.json", "w") as fh:
-            json.dump({"ok": True}, fh)
-    finally:
-        os.umask(old)
+def test_written_files_have_the_permissions_of_open_not_mkstemps(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "sub" / "mesh.glb", b"glTF")
+    with atomic_open(tmp_path / "report.json", "w") as fh:
+        json.dump({"ok": True}, fh)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
     assert path.read_bytes() == b"glTF"
     assert json.loads((tmp_path / "report.json").read_text()) == {"ok": True}
     for p in (path, tmp_path / "report.json"):
-        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+        assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == atomic.FILE_MODE
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
