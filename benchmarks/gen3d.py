@@ -108,7 +108,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         items = [items[i] for i in only]
     for (prompt, shape, colour), method in itertools.product(items, methods):
         cfg = GenerateConfig()
-        n_steps = steps or (max(50, cfg.steps // 6) if quick else None)
+        n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
         out = assets / f"{method}-{slug(prompt)}"
         t0 = time.time()
         result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)

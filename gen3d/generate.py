@@ -58,7 +58,8 @@ LONGEST_VIEW_SUFFIX = ", overhead view"
 class GenerateConfig:
     """Defaults of the text-to-3D loop (chosen with the bundled 32x32 "shapes" prior on a CPU).
 
-    steps / resolution / lr: optimisation steps, render side in pixels, Adam lr of the voxel logits, decayed
+    steps / vsd_steps / resolution / lr: optimisation steps of SDS and of VSD (whose four particles and LoRA need
+    more to settle, see BENCHMARKS.md), render side in pixels, Adam lr of the voxel logits, decayed
     by a cosine to ``lr_final * lr`` at the end; colour parameters use ``color_lr_scale * lr`` (a slower albedo
     makes the prior's gradient carve geometry instead of painting it, e.g. a torus' hole).
     views: rendered views per step (SDS; VSD renders ``vsd.views_per_particle`` views of each particle).
@@ -77,6 +78,7 @@ class GenerateConfig:
     """
 
     steps: int = 500
+    vsd_steps: int = 800
     resolution: int = 32
     views: int = 4
     lr: float = 0.4
@@ -108,6 +110,10 @@ class GenerateConfig:
     preview_size: int = 64
     sds: SDSConfig = field(default_factory=SDSConfig)
     vsd: VSDConfig = field(default_factory=VSDConfig)
+
+    def steps_for(self, method: str) -> int:
+        """The default number of optimisation steps of ``method`` ("sds" or "vsd")."""
+        return self.vsd_steps if method == "vsd" else self.steps
 
 
 @dataclass
@@ -198,7 +204,8 @@ def render_views(field_: nn.Module, cameras: list[Camera], size: int, *, backgro
     """Render ``cameras`` (B of them) at ``size`` in one call: images (B, 3, S, S) in [0, 1] and the RenderOutput.
 
     ``lights`` (B, 3) are directions towards the light per view (None: headlight); ``jitter`` moves each ray
-    uniformly inside its pixel (anti-aliasing, drawn from ``generator``); normals and the orientation map are
+    uniformly inside its pixel (anti-aliasing) and each sample inside its depth bin, drawn from ``generator``
+    (False: pixel centres and bin midpoints, a deterministic render); normals and the orientation map are
     computed when shading needs them or ``compute_normals``. ``scene_radius`` limits the samples to the span of
     each ray within that distance of the origin's depth band, [distance - r, distance + r] (None: the whole box).
     """
@@ -217,7 +224,7 @@ def render_views(field_: nn.Module, cameras: list[Camera], size: int, *, backgro
         near, far = max(0.0, min(dist) - scene_radius), max(dist) + scene_radius
     out = render(field_, o, d, near=near, far=far, n_samples=n_samples, background=background, shading=shading,
                  light_dir=light, ambient=ambient, generator=generator if device.type == "cpu" else None,
-                 estimator=estimator, compute_normals=compute_normals)
+                 estimator=estimator, compute_normals=compute_normals, stratified=jitter)
     return out.rgb.permute(0, 3, 1, 2), out
 
 
@@ -455,7 +462,7 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = "s
             lr out of range, unwritable ``out``, ``resume`` without ``out``, or a checkpoint of another run.
     """
     cfg = config or GenerateConfig()
-    steps = cfg.steps if steps is None else steps
+    steps = cfg.steps_for(method) if steps is None else steps
     resolution = cfg.resolution if resolution is None else resolution
     lr = cfg.lr if lr is None else lr
     particles = (1 if method == "sds" else 4) if particles is None else particles

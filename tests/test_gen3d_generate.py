@@ -70,7 +70,7 @@ def tiny_pixel():
 
 def tiny_config(**kw) -> GenerateConfig:
     """A configuration small enough for tests (16^3 grid, 12x12 renders, 16 samples per ray)."""
-    base = dict(steps=3, resolution=12, views=2, field_resolution=16, n_samples=16, export_resolution=24,
+    base = dict(steps=3, vsd_steps=4, resolution=12, views=2, field_resolution=16, n_samples=16, export_resolution=24,
                 turntable_frames=2, turntable_size=12, preview_views=2, preview_size=12, blob_density=40.0,
                 lambda_entropy=0.01, lambda_sparsity=0.01, lambda_orientation=0.01, lambda_tv=0.1,
                 albedo_fraction=0.3, shading_probs=(0.3, 0.4, 0.3))
@@ -168,6 +168,7 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_sd, tiny_pixel):
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert runs[0].history == runs[1].history
+    assert len(runs[0].history) == tiny_config().vsd_steps  # VSD's own default number of steps
 
 
 class _KilledError(Exception):
@@ -176,7 +177,7 @@ class _KilledError(Exception):
 
 def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, tiny_sd, tiny_pixel):
     prior = _pixel_prior(tiny_sd, tiny_pixel)
-    cfg = tiny_config(steps=4)
+    cfg = tiny_config(vsd_steps=4)
     full = generate("a cube", "vsd", prior, particles=2, seed=5, out=tmp_path / "full", checkpoint_every=2,
                     progress=False, config=cfg)
 
@@ -208,6 +209,25 @@ def test_export_writes_meshes_turntables_previews_and_checkpoint(tmp_path, tiny_
     assert (tmp_path / "checkpoint" / "state.safetensors").is_file()
     assert result.turntables[0].shape == (2, 12, 12, 3)
     assert len(result.history) == 2 and result.seconds > 0
+
+
+def test_render_views_without_jitter_is_deterministic() -> None:
+    """Benchmark views (``jitter=False``) must not move between two renders of one field: no random sub-pixel
+    offsets and no random depths inside the bins (the judge's verdict on a field is then a function of it)."""
+    from distill.zoo.cameras import random_cameras
+    from gen3d.field import VoxelField
+    from gen3d.generate import render_views
+
+    field = VoxelField(resolution=12)
+    with torch.no_grad():
+        field.density_logits.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(0))
+    cams = random_cameras(2, torch.Generator().manual_seed(1))
+    kw = dict(background=1.0, shading="lambertian", lights=None, ambient=0.3, n_samples=16)
+    a, _ = render_views(field, cams, 8, jitter=False, **kw)
+    b, _ = render_views(field, cams, 8, jitter=False, **kw)
+    assert torch.equal(a, b)
+    c, _ = render_views(field, cams, 8, jitter=True, **kw)
+    assert not torch.equal(a, c)  # training renders stay jittered
 
 
 def test_azimuth_curriculum_widens_to_the_full_circle() -> None:
