@@ -211,6 +211,17 @@ def test_export_writes_meshes_turntables_previews_and_checkpoint(tmp_path, tiny_
     assert len(result.history) == 2 and result.seconds > 0
 
 
+def test_vsd_has_its_own_colour_tv_weight(tiny_sd, tiny_pixel):
+    prior = _pixel_prior(tiny_sd, tiny_pixel)
+
+    def reg(method: str, **kw) -> float:
+        cfg = tiny_config(steps=2, vsd_steps=2, lambda_color_tv=0.0, **kw)  # the initial colours are uniform: TV 0
+        return generate("a cube", method, prior, particles=1, progress=False, config=cfg).history[1]["reg"]
+
+    assert reg("vsd", vsd_lambda_color_tv=5.0) > reg("vsd", vsd_lambda_color_tv=0.0)
+    assert reg("sds", vsd_lambda_color_tv=5.0) == reg("sds", vsd_lambda_color_tv=0.0)  # SDS reads lambda_color_tv
+
+
 def test_render_views_without_jitter_is_deterministic() -> None:
     """Benchmark views (``jitter=False``) must not move between two renders of one field: no random sub-pixel
     offsets and no random depths inside the bins (the judge's verdict on a field is then a function of it)."""
