@@ -569,6 +569,7 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
     progress = step / max(1, steps - 1)
     shading = _pick_shading(step, steps, cfg, g)
     images, cameras, reg = [], [], torch.zeros(())
+    lambda_color_tv = cfg.vsd_lambda_color_tv if isinstance(guidance, VSD) else cfg.lambda_color_tv
     for f, bg, est in zip(fields, backgrounds, estimators, strict=True):
         if est is not None:
             update_estimator(est, f, step)
@@ -585,7 +586,6 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
             reg = reg + cfg.lambda_orientation * out.orientation.mean()
         if cfg.lambda_tv and hasattr(f, "tv_loss"):
             reg = reg + cfg.lambda_tv * f.tv_loss()
-        lambda_color_tv = cfg.vsd_lambda_color_tv if isinstance(guidance, VSD) else cfg.lambda_color_tv
         if lambda_color_tv and hasattr(f, "color_logits"):
             reg = reg + lambda_color_tv * colour_tv(f.color_logits)
         if cfg.lambda_voxel_entropy:
