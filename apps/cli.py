@@ -114,6 +114,9 @@ def train_prior_cmd(
                                                    "e.g. distill/zoo/weights/photos")] = None,
     data: Annotated[Path | None, typer.Option(help="photos: train on the photographs of this folder instead of "
                                                    "the bundled ones")] = None,
+    photo_set: Annotated[str, typer.Option(help="photos: v1 (the 9 photographs in the wheels) or v2 (plus Debian's "
+                                                "wallpaper photographs, downloaded with apt-get into the cache)")]
+    = "v1",
 ) -> None:
     """Train a bundled prior from scratch (or --resume a killed run, or --init from saved weights)."""
     from distill.zoo.train_prior import train_prior
@@ -124,8 +127,9 @@ def train_prior_cmd(
         _fail(f"--init {init}: no diffusion_pytorch_model.safetensors there")
     try:
         train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
-                    threads=threads or None, n_renders=n_renders, init=init, data=data)
-    except ValueError as err:
+                    threads=threads or None, n_renders=n_renders, init=init, data=data,
+                    photo_set=photo_set)
+    except (ValueError, RuntimeError) as err:
         _fail(str(err))
 
 

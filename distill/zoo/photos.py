@@ -14,6 +14,9 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
+from distill.zoo.debian_photos import DEBIAN_PHOTOS, HELD_OUT_DEBIAN, fetch_debian_photos
+from distill.zoo.debian_photos import photo_file as debian_photo_file
+
 
 def _skimage(name: str) -> Path:
     import skimage
@@ -51,12 +54,26 @@ PHOTOS: dict[str, tuple] = {
 HELD_OUT: tuple[str, ...] = ("chelsea", "flower", "grace_hopper")
 TRAIN: tuple[str, ...] = tuple(n for n in PHOTOS if n not in HELD_OUT)
 
+# Photo set v2 (the photos prior v2): the wheels' photographs plus Debian's wallpaper photographs
+# (distill/zoo/debian_photos.py, downloaded for training and benchmarks only). Held out: whole photographs from
+# every source, fixed before training.
+HELD_OUT_V2: tuple[str, ...] = HELD_OUT + HELD_OUT_DEBIAN
+TRAIN_V2: tuple[str, ...] = TRAIN + tuple(p.name for p in DEBIAN_PHOTOS if p.name not in HELD_OUT_DEBIAN)
+PHOTO_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"v1": (TRAIN, HELD_OUT),
+                                                                   "v2": (TRAIN_V2, HELD_OUT_V2)}
+
 
 def photo_path(name: str) -> Path:
-    if name not in PHOTOS:
-        raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
-    where, file = PHOTOS[name]
-    return where(file)
+    """The file of a photograph by name: shipped in a wheel, or in the Debian cache (fetched on first use)."""
+    if name in PHOTOS:
+        where, file = PHOTOS[name]
+        return where(file)
+    if name in {p.name for p in DEBIAN_PHOTOS}:
+        path = debian_photo_file(name)
+        if not path.is_file():
+            fetch_debian_photos()
+        return path
+    raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)} and the Debian photographs")
 
 
 def load_image(path: str | Path) -> Tensor:
@@ -139,12 +156,13 @@ class PatchSampler:
         return torch.cat(out).clamp(0, 1) * 2 - 1
 
 
-def held_out_images(n: int, size: int) -> tuple[Tensor, list[str]]:
-    """The first ``n`` of :data:`HELD_OUT`: centre square crops resized (antialiased bilinear) to ``size``;
+def held_out_images(n: int, size: int, photo_set: str = "v1") -> tuple[Tensor, list[str]]:
+    """The first ``n`` held-out photos of ``photo_set`` (v1: :data:`HELD_OUT`, shipped; v2: :data:`HELD_OUT_V2`,
+    Debian's fetched on first use): centre square crops resized (antialiased bilinear) to ``size``;
     returns images (n, 3, size, size) in [0, 1] and their names."""
     if size < 8:
         raise ValueError(f"size must be >= 8; got {size}")
-    names = list(HELD_OUT[:n])
+    names = list(PHOTO_SETS[photo_set][1][:n])
     out = []
     for name in names:
         p = load_photo(name)

@@ -181,16 +181,29 @@ def load_initial_weights(unet: torch.nn.Module, folder: str | Path) -> None:
 
 def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
                 resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None,
-                init: str | Path | None = None, data: str | Path | None = None) -> Path:
+                init: str | Path | None = None, data: str | Path | None = None, photo_set: str = "v1") -> Path:
     """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``.
 
     ``init``: a saved prior folder to start from instead of random weights (fine-tuning, e.g. the bundled
     ``distill/zoo/weights/photos``); ignored when resuming (the checkpoint holds the weights).
     ``data``: "photos" only, a folder of photographs to take the patches from instead of the bundled ones.
+    ``photo_set``: "photos" only, the training photographs when no ``data`` is given: "v1" (the 9 shipped in the
+    wheels) or "v2" (those plus Debian's wallpaper photographs, downloaded into the cache before any work).
     """
     if data is not None and name != "photos":
         raise ValueError("data= (a folder of photographs) applies to the photos prior only")
+    from distill.zoo.photos import PHOTO_SETS
+
+    if photo_set not in PHOTO_SETS:
+        raise ValueError(f"unknown photo set {photo_set!r}; expected one of {', '.join(PHOTO_SETS)}")
     photos = None
+    if data is None and name == "photos" and photo_set != "v1":
+        from distill.zoo.debian_photos import fetch_debian_photos
+        from distill.zoo.photos import load_photo
+
+        fetch_debian_photos()
+        photos = [load_photo(n) for n in PHOTO_SETS[photo_set][0]]
+        print(f"training on the {len(photos)} photographs of photo set {photo_set}")
     if data is not None:  # read (and refuse) the folder before any work
         from distill.zoo.photos import folder_photos
 
