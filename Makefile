@@ -19,7 +19,7 @@ $(VENV)/.ready: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(PY) -m apps.demo
+	$(PY) -m priorkit.apps.demo
 
 test: setup chromium
 	$(PY) -m pytest -q

@@ -119,7 +119,7 @@ def train_prior_cmd(
     = "v1",
 ) -> None:
     """Train a bundled prior from scratch (or --resume a killed run, or --init from saved weights)."""
-    from distill.zoo.train_prior import train_prior
+    from priorkit.distill.zoo.train_prior import train_prior
 
     if name not in ("shapes", "photos"):
         _fail(f"unknown prior {name!r}; expected shapes or photos")
@@ -156,8 +156,8 @@ def sample(
     A student folder, or a `priorkit distill` output folder, is sampled with its own few-step sampler.
     A 2D student gives a scatter plot.
     """
-    from apps.sampling import sample_grid, sample_student_grid, student_folder
-    from distill.loading import ModelLoadError
+    from priorkit.apps.sampling import sample_grid, sample_student_grid, student_folder
+    from priorkit.distill.core.loading import ModelLoadError
 
     try:
         if n is not None and not 1 <= n <= (100_000 if student_folder(model) else 256):
@@ -203,8 +203,8 @@ def three_d(
     Writes OUT/asset/mesh.glb, .obj, .ply and turntable.gif (OUT/particle<i>/ for several particles).
     --resume continues an interrupted run from OUT/checkpoint.
     """
-    from distill.loading import ModelLoadError
-    from gen3d.generate import GenerateConfig, generate
+    from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.gen3d.generate import GenerateConfig, generate
 
     out = out if out is not None else Path("outputs/3d") / _slug(prompt)
     cfg = GenerateConfig()
@@ -243,7 +243,7 @@ def three_d(
 def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, prior: str, mask_dir: Path | None,
                    reference_dir: Path | None, sigma_y: float, nfe: int | None) -> None:
     """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing."""
-    from inverse.restore import METHODS, TASKS, resolve_prior
+    from priorkit.inverse.restore import METHODS, TASKS, resolve_prior
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -304,8 +304,8 @@ def restore(
     """
     import json
 
-    from distill.loading import ModelLoadError
-    from inverse.restore import restore_folder
+    from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.inverse.restore import restore_folder
 
     try:
         _check_restore(input_dir, output_dir, task, method, prior, mask_dir, reference_dir, sigma_y, nfe)
@@ -341,8 +341,8 @@ def restore(
 # ---- distill -------------------------------------------------------------------------------------
 def _check_teacher(teacher: str) -> None:
     """Raise ValueError / ModelLoadError for a teacher that cannot exist (without loading it)."""
-    from distill.loading import BUNDLED, bundled_path
-    from distill.toy import TARGETS
+    from priorkit.distill.core.loading import BUNDLED, bundled_path
+    from priorkit.distill.zoo.toy import TARGETS
 
     if teacher.startswith("toy:"):
         if teacher[4:] not in TARGETS:
@@ -385,9 +385,9 @@ def distill_cmd(
     guidance (a student conditioned on the guidance weight w).
     The student folder it prints loads wherever a model is accepted.
     """
-    from distill.distill_cli import METHODS, distill
-    from distill.loading import ModelLoadError
-    from distill.students import is_main_process
+    from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.distill.students.format import is_main_process
+    from priorkit.distill.students.runner import METHODS, distill
 
     out = out if out is not None else Path("outputs/distill") / f"{method}-{_slug(teacher, 40)}"
     try:
@@ -428,7 +428,7 @@ def app_cmd(
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
 ) -> None:
     """The web app: text to 3D, restoration and fast sampling, one tab each."""
-    from apps.web import launch
+    from priorkit.apps.web import launch
 
     launch(host=host, port=port, share=share, threads=threads or None)
 

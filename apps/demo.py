@@ -1,8 +1,9 @@
-"""The main job on the bundled models: ``python -m apps.demo`` (``make demo``) writes ``outputs/index.html``.
+"""The main job on the bundled models: ``python -m priorkit.apps.demo`` (``make demo``) writes ``outputs/index.html``.
 
-    python -m apps.demo [--out outputs] [--prompt "a purple torus"] [--steps N] [--quick]
+    python -m priorkit.apps.demo [--out outputs] [--prompt "a purple torus"] [--steps N] [--quick]
 
-1. text to 3D: SDS on the bundled "shapes" prior (``gen3d.generate``): mesh (GLB / OBJ / PLY), turntable GIF and
+1. text to 3D: SDS on the bundled "shapes" prior (``priorkit.gen3d.generate``): mesh (GLB / OBJ / PLY), turntable GIF
+and
    the preview images of the run;
 2. restoration: held-out images (shapes-world renders with the "shapes" prior; a held-out photo, tiled, with the
    "photos" prior), for SR x4, Gaussian deblurring, half-image inpainting and 80%-random inpainting, each prior
@@ -29,8 +30,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distill.gmm import GaussianMixture
-from distill.samplers import sample
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.samplers import sample
 
 DEFAULT_PROMPT = "a purple torus"
 TASKS: tuple[tuple[str, str], ...] = (("sr4", "super-resolution x4"), ("deblur_gaussian", "Gaussian deblurring"),
@@ -85,7 +86,7 @@ img{{image-rendering:pixelated;max-width:100%;border:1px solid #ddd}} table{{bor
 td,th{{padding:4px 10px;border-bottom:1px solid #eee;text-align:left}} figure{{display:inline-block;margin:6px}}
 figcaption{{font-size:0.85em;color:#555}} section{{margin-bottom:2.5em}}</style></head>
 <body><h1>priorkit: the main job</h1>
-<p>Written by <code>python -m apps.demo</code> in {seconds:.0f} s on the bundled models. Every file is in this
+<p>Written by <code>python -m priorkit.apps.demo</code> in {seconds:.0f} s on the bundled models. Every file is in this
 folder.</p>
 {''.join(parts)}
 </body></html>
@@ -101,7 +102,7 @@ def _save(image: Tensor | np.ndarray, path: Path, scale: int = 1) -> Path:
     """Save a [0, 1] image (3, H, W) tensor or a uint8 (H, W, 3) array, upscaled by ``scale`` (nearest)."""
     if isinstance(image, Tensor):
         image = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    from apps.sampling import save_atomic
+    from priorkit.apps.sampling import save_atomic
 
     im = Image.fromarray(image)
     if scale > 1:
@@ -116,7 +117,7 @@ def _save(image: Tensor | np.ndarray, path: Path, scale: int = 1) -> Path:
 
 def asset_3d(page: Page, prompt: str, budget: Budget) -> None:
     """SDS on the bundled prior; the page shows the turntable, the previews and the mesh files."""
-    from gen3d.generate import GenerateConfig, generate
+    from priorkit.gen3d.generate import GenerateConfig, generate
 
     cfg = GenerateConfig()
     cfg.export_resolution = budget.export_resolution or cfg.export_resolution
@@ -151,8 +152,8 @@ def _restore_one(image: Tensor, task: str, prior: Any, nfe: int, seed: int, meth
     ``nfe`` model evaluations in all (``samples`` posterior samples of ``nfe // samples`` steps, averaged)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 
-    from inverse.operators import half_mask, random_mask
-    from inverse.restore import restore
+    from priorkit.inverse.operators import half_mask, random_mask
+    from priorkit.inverse.restore import restore
 
     H, W = image.shape[-2:]
     kind, mask = task, None
@@ -170,9 +171,9 @@ def restorations(page: Page, budget: Budget) -> None:
     """Every task on held-out shapes renders (one per task) and on one held-out photo; before / after pictures."""
     from tqdm.auto import tqdm
 
-    from distill.loading import load_denoiser
-    from distill.zoo.photos import held_out_images
-    from distill.zoo.shapes import held_out_renders
+    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.zoo.photos import held_out_images
+    from priorkit.distill.zoo.shapes import held_out_renders
 
     renders, _, _ = held_out_renders(len(TASKS))
     photo, names = held_out_images(1, budget.photo_size)
@@ -209,8 +210,8 @@ def restorations(page: Page, budget: Budget) -> None:
 
 def student_samples(page: Page, budget: Budget) -> None:
     """The bundled 2-step student next to its teacher at ``teacher_steps`` (skipped when it is not bundled)."""
-    from apps.sampling import sample_grid, sample_student_grid
-    from distill.loading import BUNDLED_DIR
+    from priorkit.apps.sampling import sample_grid, sample_student_grid
+    from priorkit.distill.core.loading import BUNDLED_DIR
 
     folder = BUNDLED_DIR / STUDENT
     n = budget.samples_per_prompt

@@ -1,7 +1,8 @@
 """Sample grids from any model: the ``priorkit sample`` command and the demo.
 
 Students trained by distill/ (a folder with ``priorkit.json`` saying ``"kind": "student"``, or the ``--out`` folder
-of a ``priorkit distill`` run) are sampled with their own sampler (`distill.distill_cli.sample_student`); a 2D
+of a ``priorkit distill`` run) are sampled with their own sampler
+(`priorkit.distill.students.runner.sample_student`); a 2D
 student (sample_shape (2,)) gives a scatter plot instead of an image grid.
 """
 
@@ -16,9 +17,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distill.atomic import atomic_open
-from distill.loading import load_denoiser
-from distill.samplers import SOLVERS, initial_noise, sample
+from priorkit.distill.core.atomic import atomic_open
+from priorkit.distill.core.loading import load_denoiser
+from priorkit.distill.core.samplers import SOLVERS, initial_noise, sample
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -53,7 +54,7 @@ def save_atomic(image: Image.Image, path: Path) -> Path:
 def student_folder(model: str | Path) -> Path | None:
     """The student folder ``model`` names: a student folder itself, or a ``priorkit distill`` output folder
     (its ``distill.json`` names the final student); None for anything else (bundled names, diffusers folders)."""
-    from distill.students import is_student_folder
+    from priorkit.distill.students.format import is_student_folder
 
     path = Path(model).expanduser()
     if not path.is_dir():
@@ -69,7 +70,9 @@ def student_folder(model: str | Path) -> Path | None:
         folder = None
     if folder is not None and is_student_folder(folder):
         return folder
-    from distill.distill_cli import final_folder  # the path in distill.json may be relative to another cwd
+    from priorkit.distill.students.runner import (
+        final_folder,  # the path in distill.json may be relative to another cwd
+    )
 
     try:
         return final_folder("", path)
@@ -110,8 +113,8 @@ def sample_student_grid(folder: str | Path, prompts: list[str], *, n: int | None
     guidance-distilled student (ignored by the others, whose teacher's guidance is built in); ``label``: the
     class of a class-conditional 2D student.
     """
-    from distill.distill_cli import sample_student
-    from distill.students import read_meta
+    from priorkit.distill.students.format import read_meta
+    from priorkit.distill.students.runner import sample_student
 
     folder = Path(folder)
     meta = read_meta(folder)

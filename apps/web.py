@@ -2,11 +2,13 @@
 
 ``build_app()`` returns the `gr.Blocks`; ``launch()`` serves it (``priorkit app``). Three tabs:
 
-* **Text to 3D** — SDS / VSD (``gen3d.generate``) with live previews streamed while the loop runs, a 3D viewer
+* **Text to 3D** — SDS / VSD (``priorkit.gen3d.generate``) with live previews streamed while the loop runs, a 3D viewer
   of the exported GLB, GLB / OBJ / PLY / turntable-GIF downloads, and a Cancel button.
-* **Restore** — upload a photo or pick an example (the held-out photos of ``distill.zoo.photos`` and a shapes-world
+* **Restore** — upload a photo or pick an example (the held-out photos of ``priorkit.distill.zoo.photos`` and a
+shapes-world
   render); inpaint (a mask painted in the editor, or a centre box), deblur, or super-resolve x2 / x4 / x8 with
-  PiGDM, D-Flow or DPS (``inverse.restore``); a before / after slider and a PNG download. "Example" mode degrades
+  PiGDM, D-Flow or DPS (``priorkit.inverse.restore``); a before / after slider and a PNG download. "Example" mode
+  degrades
   the clean image first and reports PSNR.
 * **Fast sampling** — a teacher (the bundled "shapes" prior, or a 2D toy target: gmm / moons / checkerboard)
   sampled in a few DPM-Solver++ / Euler / Heun steps, or a distilled student folder with its own sampler; the time
@@ -56,8 +58,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ def resolve_model(source: str, *, allow_hub: bool = True) -> str:
     Folders are looked up inside each of :func:`model_dirs` (relative names) or must resolve inside one of them
     (absolute paths); symlinks and ".." are resolved first. Raises `UserInputError` otherwise.
     """
-    from distill.loading import BUNDLED
+    from priorkit.distill.core.loading import BUNDLED
 
     s = (source or "").strip()
     if not s:
@@ -180,8 +182,8 @@ def resolve_model(source: str, *, allow_hub: bool = True) -> str:
 
 def bundled_students() -> list[str]:
     """Names of the bundled students whose weights are present (e.g. "shapes-cd")."""
-    from distill.loading import BUNDLED, BUNDLED_DIR, ModelLoadError, bundled_path
-    from distill.students import is_student_folder
+    from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR, ModelLoadError, bundled_path
+    from priorkit.distill.students.format import is_student_folder
 
     names = []
     for name in sorted(BUNDLED):
@@ -196,7 +198,7 @@ def bundled_students() -> list[str]:
 
 def find_students(limit: int = 50, depth: int = 5) -> list[str]:
     """Bundled students by name, then student folders (``priorkit.json`` with kind "student") in the model dirs."""
-    from distill.students import is_student_folder
+    from priorkit.distill.students.format import is_student_folder
 
     found: list[str] = bundled_students()
     for root in model_dirs():
@@ -216,14 +218,14 @@ def find_students(limit: int = 50, depth: int = 5) -> list[str]:
 @functools.lru_cache(maxsize=3)
 def load_model(source: str) -> Denoiser:
     """A cached, frozen `Denoiser` (one per source; the compute lock keeps jobs from sharing it at once)."""
-    from distill.loading import load_denoiser
+    from priorkit.distill.core.loading import load_denoiser
 
     return load_denoiser(source).eval().requires_grad_(False)
 
 
 def bundled_status() -> dict[str, str | None]:
     """For each bundled prior: None when its weights are present, else the reason they cannot be loaded."""
-    from distill.loading import BUNDLED, ModelLoadError, bundled_path
+    from priorkit.distill.core.loading import BUNDLED, ModelLoadError, bundled_path
 
     status: dict[str, str | None] = {}
     for name in BUNDLED:
@@ -239,8 +241,8 @@ def bundled_status() -> dict[str, str | None]:
 def toy_teacher(name: str, points: int = 2048, bandwidth: float = 0.06) -> Denoiser:
     """The teacher of a 2D target: the exact mixture ("gmm"), or the exact denoiser of a Gaussian kernel density
     estimate of ``points`` exact samples (bandwidth = the std of each kernel), a `GaussianMixture` in float64."""
-    from distill.gmm import GaussianMixture
-    from distill.toy import gmm_target, sample_target
+    from priorkit.distill.core.gmm import GaussianMixture
+    from priorkit.distill.zoo.toy import gmm_target, sample_target
 
     if name == "gmm":
         return gmm_target()
@@ -336,7 +338,7 @@ def stream_job(work: Callable[[Callable[..., None], threading.Event], Any], poll
 
 def user_error(e: BaseException) -> Exception:
     """The `gr.Error` shown for an exception: our message for bad input, a short note for anything else."""
-    from distill.loading import ModelLoadError
+    from priorkit.distill.core.loading import ModelLoadError
 
     if isinstance(e, gr.Error):
         return e
@@ -449,7 +451,7 @@ class Handlers:
     def generate_3d(self, prompt: str, method: str, particles: float, steps: float, seed: float, prior: str,
                     resolution: float, progress: gr.Progress = PROGRESS) -> Iterator[Any]:
         """Stream (preview, status, glb, files, gif) while SDS / VSD runs; the last yield holds the results."""
-        from gen3d.generate import GenerateConfig, generate, validate
+        from priorkit.gen3d.generate import GenerateConfig, generate, validate
 
         method_key = METHODS_3D[_choice(method, "method", METHODS_3D)]
         particles = _number(particles, "particles", 1, self.cfg.max_particles, integer=True)
@@ -522,9 +524,9 @@ class Handlers:
     def restore(self, editor: Any, example: str, task: str, method: str, sigma_y: float, mode: str, prior: str,
                 nfe: float, seed: float, side: float, progress: gr.Progress = PROGRESS) -> Iterator[Any]:
         """Stream (before/after pair, status, download) while a restoration runs."""
-        from distill.loading import ModelLoadError, bundled_path
-        from distill.schedule import FlowMatching
-        from inverse.restore import restore, save_image
+        from priorkit.distill.core.loading import ModelLoadError, bundled_path
+        from priorkit.distill.core.schedule import FlowMatching
+        from priorkit.inverse.restore import restore, save_image
 
         task_key = TASKS[_choice(task, "task", TASKS)]
         _choice(method, "method", RESTORE_METHODS)
@@ -613,8 +615,8 @@ class Handlers:
         seed = _number(seed, "seed", 0, 2**31 - 1, integer=True)
         folder = None
         if student and student.strip() and student.strip() != "none":
-            from distill.loading import BUNDLED, bundled_path
-            from distill.students import is_student_folder, read_meta
+            from priorkit.distill.core.loading import BUNDLED, bundled_path
+            from priorkit.distill.students.format import is_student_folder, read_meta
 
             folder = resolve_model(student, allow_hub=False)
             if folder in BUNDLED:
@@ -628,7 +630,7 @@ class Handlers:
             raise UserInputError("give a prompt for the shapes prior, e.g. 'a red cube'")
 
         def work(emit: Callable[..., None], stop: threading.Event) -> Any:
-            from distill.samplers import initial_noise, nfe, sample
+            from priorkit.distill.core.samplers import initial_noise, nfe, sample
 
             calls = [0]
 
@@ -637,8 +639,8 @@ class Handlers:
                 emit(calls=calls[0])
 
             if folder is not None:
-                from distill.distill_cli import student_samples
-                from distill.students import read_meta
+                from priorkit.distill.students.format import read_meta
+                from priorkit.distill.students.runner import student_samples
 
                 emit(status="loading the student")
                 model = load_model(folder)
@@ -674,13 +676,13 @@ class Handlers:
                 x, seconds, what = payload
         msg = f"{n} samples from the {what}: {1000 * seconds / n:.2f} ms per sample ({seconds:.2f} s in all)."
         if toy:
-            from distill.toy import sample_target, sliced_w2
+            from priorkit.distill.zoo.toy import sample_target, sliced_w2
 
             truth = sample_target(teacher, max(n, 2000), torch.Generator().manual_seed(seed + 1))
             msg += f" Sliced W2 to exact samples: {sliced_w2(x.double(), truth.double()):.3f}."
             yield None, scatter_plot(x, truth, f"{teacher}: {what}"), msg
         else:
-            from apps.sampling import grid_image
+            from priorkit.apps.sampling import grid_image
 
             grid = grid_image(x.float(), ncol=min(8, n), scale=3)
             yield np.asarray(grid.convert("RGB")), None, msg
@@ -692,7 +694,7 @@ class Handlers:
 
 
 def example_names() -> tuple[str, ...]:
-    from distill.zoo.photos import HELD_OUT
+    from priorkit.distill.zoo.photos import HELD_OUT
 
     return (NO_EXAMPLE, *HELD_OUT, SHAPES_EXAMPLE)
 
@@ -701,12 +703,12 @@ def example_names() -> tuple[str, ...]:
 def example_image(name: str) -> Tensor:
     """A clean example (3, H, W) in [0, 1]: a held-out photo, or a 32x32 shapes-world render of a red cube."""
     if name == SHAPES_EXAMPLE:
-        from distill.zoo.cameras import Camera
-        from distill.zoo.shapes import render
+        from priorkit.distill.core.cameras import Camera
+        from priorkit.distill.zoo.shapes import render
 
         return render(["cube"], ["red"], [Camera(azimuth=30.0, elevation=20.0)], size=32,
                       lights=torch.tensor([0.3, -0.2, 1.0]))[0]
-    from distill.zoo.photos import HELD_OUT, load_photo
+    from priorkit.distill.zoo.photos import HELD_OUT, load_photo
 
     if name not in HELD_OUT:
         raise UserInputError(f"unknown example {name!r}")

@@ -5,10 +5,11 @@
 
 Prompts: every shape of the shapes world in one colour ("a red sphere", "a blue cube", ...) plus two paraphrased
 prompts from ``shapes.PARAPHRASE_PROMPTS`` (words the prior never saw in training). For every prompt and method,
-``gen3d.generate`` runs with its defaults (SDS: one particle; VSD: four particles) and every particle is scored:
+``priorkit.gen3d.generate`` runs with its defaults (SDS: one particle; VSD: four particles) and every particle is
+scored:
 
 * judge_accuracy: fraction of 8 random views of the field (32x32, white background, Lambertian shading under the
-  shapes world's random lights, 2x2 supersampled) in which ``distill.zoo.judge`` names both shape and colour;
+  shapes world's random lights, 2x2 supersampled) in which ``priorkit.distill.zoo.judge`` names both shape and colour;
 * chamfer: symmetric mean Chamfer distance between the exported mesh and ``shapes.true_mesh(shape)``
   (minimum over rotations about z for the cube; null when no mesh could be extracted);
 * seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included.
@@ -35,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.zoo import shapes
-from distill.zoo.cameras import random_cameras
+from priorkit.distill.core.cameras import random_cameras
+from priorkit.distill.zoo import shapes
 
 SHAPE_COLOURS = {"sphere": "red", "cube": "blue", "cylinder": "green", "cone": "yellow", "torus": "purple"}
 N_PARAPHRASES = 2
@@ -54,7 +55,7 @@ def prompts(quick: bool) -> list[tuple[str, str, str]]:
 @torch.no_grad()
 def judge_views(field: torch.nn.Module, n: int = JUDGE_VIEWS, size: int = 32, seed: int = 0) -> torch.Tensor:
     """``n`` random views of ``field`` as the judge sees the shapes world: (n, 3, size, size) in [0, 1]."""
-    from gen3d.generate import render_views
+    from priorkit.gen3d.generate import render_views
 
     g = torch.Generator().manual_seed(seed)
     cams = random_cameras(n, g)
@@ -66,7 +67,7 @@ def judge_views(field: torch.nn.Module, n: int = JUDGE_VIEWS, size: int = 32, se
 
 def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, judge: Any) -> dict[str, float | None]:
     """Judge accuracies over :data:`JUDGE_VIEWS` views and the Chamfer distance of ``mesh`` to the true shape."""
-    from gen3d.export import chamfer_distance, chamfer_min_over_z_rotations
+    from priorkit.gen3d.export import chamfer_distance, chamfer_min_over_z_rotations
 
     imgs = judge_views(field)
     s_idx, c_idx = judge.predict(imgs)
@@ -82,7 +83,7 @@ def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, j
 
 def diversity(meshes: list[Any]) -> float | None:
     """Mean pairwise Chamfer distance between the particles' meshes (None with fewer than two meshes)."""
-    from gen3d.export import chamfer_distance
+    from priorkit.gen3d.export import chamfer_distance
 
     ok = [m for m in meshes if m is not None]
     pairs = list(itertools.combinations(ok, 2))
@@ -95,9 +96,9 @@ def slug(text: str) -> str:
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int,
         only: list[int] | None = None) -> list[dict]:
-    from distill.loading import load_denoiser
-    from distill.zoo.judge import load_judge
-    from gen3d.generate import GenerateConfig, generate, preview_image
+    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.zoo.judge import load_judge
+    from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
 
     den = load_denoiser(prior)
     judge = load_judge()

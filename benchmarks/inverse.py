@@ -8,28 +8,31 @@
 Domains:
   shapes  held-out renders of the shapes world (32x32; shape, colour, camera and light drawn from seed 31337 + seed,
           a stream no training script uses) with the bundled "shapes" prior, unconditional (empty prompt). The
-          judge (distill.zoo.judge) names shape and colour of every restoration: ``judge_accuracy`` (1 or 0 per
+          judge (priorkit.distill.zoo.judge) names shape and colour of every restoration: ``judge_accuracy`` (1 or 0 per
           image), and the clean renders' accuracy is printed as the ceiling.
-  photos  the held-out photos (distill.zoo.photos.HELD_OUT), centre square crops resized (antialiased) to
+  photos  the held-out photos (priorkit.distill.zoo.photos.HELD_OUT), centre square crops resized (antialiased) to
           ``--size`` (128 with --quick, else 256), with the bundled "photos" prior tiled over the image
-          (inverse.tiling.TiledDenoiser, overlap widened past the blur kernel exactly as inverse.restore does).
+          (priorkit.inverse.tiling.TiledDenoiser, overlap widened past the blur kernel exactly as
+          priorkit.inverse.restore does).
           Skipped, with the reason printed, when the prior cannot be loaded.
-Tasks (y = A x + sigma_y n, sigma_y = 0.01 in [0, 1], seeded per image; built by inverse.restore.degrade):
+Tasks (y = A x + sigma_y n, sigma_y = 0.01 in [0, 1], seeded per image; built by priorkit.inverse.restore.degrade):
   sr4 (bicubic x4 downsampling), deblur_gaussian (std 2 px, circular), inpaint_box (a box of half the image,
-  its right half: inverse.operators.half_mask), inpaint_random (80% of the pixels missing); both inpaintings are
+  its right half: priorkit.inverse.operators.half_mask), inpaint_random (80% of the pixels missing); both inpaintings
+  are
   restore's "inpaint_mask" with that mask.
 Methods (every prior method sees the same prior, measurement and operator):
   pinv        A^+ y (no prior)
   classical   sr: bicubic upsampling (torch interpolate); deblur: Wiener deconvolution (skimage.restoration.wiener,
               balance 50 sigma_y^2, tuned on a training photo); inpainting: skimage.restoration.inpaint_biharmonic
-  pigdm, pigdm_flow, dps, dflow   inverse.restore with the given budget
-  pigdm_mean  the mean of 4 PiGDM posterior samples of one measurement (inverse.restore's ``samples``), a
+  pigdm, pigdm_flow, dps, dflow   priorkit.inverse.restore with the given budget
+  pigdm_mean  the mean of 4 PiGDM posterior samples of one measurement (priorkit.inverse.restore's ``samples``), a
               posterior-mean (MMSE) estimate; the budget is split: 4 x 25 steps = 100 model evaluations per image
   dflow_student  D-Flow through a distilled few-step student of the prior (--student DOMAIN=FOLDER; shapes
               default: the bundled consistency-distilled "shapes-cd"), 2 Euler steps per solve, same budget
-  dinv_pigdm, dinv_dps, dinv_diffpir   deepinv 0.5.0's solvers on the same prior (inverse.peers)
+  dinv_pigdm, dinv_dps, dinv_diffpir   deepinv 0.5.0's solvers on the same prior (benchmarks.inverse_peers)
 Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100, DPS 1000, D-Flow 300 (whole
-L-BFGS evaluations of a --dflow-steps 6 Heun solve, converted by inverse.restore), DiffPIR 100; deepinv's PiGDM and
+L-BFGS evaluations of a --dflow-steps 6 Heun solve, converted by priorkit.inverse.restore), DiffPIR 100; deepinv's
+PiGDM and
 DPS default to ours. --quick: 2 images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
 
 Records {"domain", "task", "method", "image", "sample", "psnr", "ssim", "nfe", "backward", "seconds",
@@ -60,22 +63,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.atomic import atomic_open
-from distill.denoiser import Denoiser
-from distill.zoo.photos import held_out_images
-from distill.zoo.shapes import held_out_renders
-from inverse.dflow import CountingDenoiser
-from inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
-from inverse.peers import PEERS, run_peer
-from inverse.restore import RestoreDefaults, degrade, restore
-from inverse.tiling import TiledDenoiser
+from benchmarks.inverse_peers import PEERS, run_peer
+from priorkit.distill.core.atomic import atomic_open
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.zoo.photos import held_out_images
+from priorkit.distill.zoo.shapes import held_out_renders
+from priorkit.inverse.dflow import CountingDenoiser
+from priorkit.inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
+from priorkit.inverse.restore import RestoreDefaults, degrade, restore
+from priorkit.inverse.tiling import TiledDenoiser
 
 DOMAINS: tuple[str, ...] = ("shapes", "photos")
 TASKS: tuple[str, ...] = ("sr4", "deblur_gaussian", "inpaint_box", "inpaint_random")
 OURS: tuple[str, ...] = ("pigdm", "pigdm_mean", "pigdm_flow", "dps", "dflow", "dflow_student")
 METHODS: tuple[str, ...] = ("pinv", "classical", *OURS, *PEERS)
 PRIOR_METHODS: tuple[str, ...] = (*OURS, *PEERS)
-DEFAULT_STUDENTS: dict[str, str] = {"shapes": "shapes-cd"}  # bundled students (distill.loading.BUNDLED_DIR)
+DEFAULT_STUDENTS: dict[str, str] = {"shapes": "shapes-cd"}  # bundled students (core.loading.BUNDLED_DIR)
 SAMPLE_SEED_STRIDE = 7919  # solver seeds of the posterior samples of one measurement: seed + 2 + stride * sample
 
 
@@ -156,7 +159,8 @@ def wiener_deblur(y: Tensor, kernel: Tensor, balance: float) -> Tensor:
     """Wiener deconvolution (skimage.restoration.wiener: Laplacian regulariser, circular boundary) per channel.
 
     y (B, C, H, W) blurred by the true convolution with ``kernel`` ((kh, kw) or (1 or B, kh, kw)) centred at
-    (kh // 2, kw // 2) — the convention of inverse.operators.Blur and skimage's. Returns (B, C, H, W) in [0, 1].
+    (kh // 2, kw // 2) — the convention of priorkit.inverse.operators.Blur and skimage's. Returns (B, C, H, W) in [0,
+    1].
     """
     from skimage.restoration import wiener
 
@@ -170,7 +174,8 @@ def wiener_deblur(y: Tensor, kernel: Tensor, balance: float) -> Tensor:
 def biharmonic_inpaint(y: Tensor, mask: Tensor) -> Tensor:
     """Biharmonic inpainting (skimage.restoration.inpaint_biharmonic) of y (B, C, H, W) where ``mask`` is 0.
 
-    mask: (1 or B, 1 or C, H, W) of 0 (missing) / 1 (observed), as inverse.operators.Inpainting holds it; a pixel is
+    mask: (1 or B, 1 or C, H, W) of 0 (missing) / 1 (observed), as priorkit.inverse.operators.Inpainting holds it; a
+    pixel is
     filled when any channel is missing. Returns (B, C, H, W) in [0, 1].
     """
     from skimage.restoration import inpaint_biharmonic
@@ -200,7 +205,7 @@ def classical(op: Operator, y: Tensor, sigma_y: float, defaults: BenchDefaults =
 
 def task_setup(task: str, H: int, W: int, seed: int, defaults: BenchDefaults = DEFAULTS
                ) -> tuple[str, Tensor | None]:
-    """(inverse.restore task, mask or None) for a benchmark task."""
+    """(priorkit.inverse.restore task, mask or None) for a benchmark task."""
     if task == "inpaint_random":
         return "inpaint_mask", random_mask(H, W, defaults.random_missing, torch.Generator().manual_seed(seed))
     if task == "inpaint_box":
@@ -211,7 +216,7 @@ def task_setup(task: str, H: int, W: int, seed: int, defaults: BenchDefaults = D
 
 
 def full_image_prior(den: Denoiser, op: Operator, H: int, W: int) -> Denoiser:
-    """The prior for (H, W) images: ``den`` when it is that size, else tiled as inverse.restore tiles it."""
+    """The prior for (H, W) images: ``den`` when it is that size, else tiled as priorkit.inverse.restore tiles it."""
     h, w = den.sample_shape[-2:]
     if (h, w) == (H, W):
         return den
@@ -461,7 +466,7 @@ def save_pictures(rows: dict[str, list[Tensor]], methods: Sequence[str], path: P
     """PNG grid: one row per task, columns clean, degraded, methods; labelled; small images upscaled (nearest)."""
     from PIL import Image, ImageDraw
 
-    from inverse.restore import save_image
+    from priorkit.inverse.restore import save_image
 
     header = ["clean", "degraded", *methods]
     tasks = list(rows)
@@ -494,7 +499,7 @@ def save_pictures(rows: dict[str, list[Tensor]], methods: Sequence[str], path: P
 
 def _load(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]:
     """(prior, None) or (None, reason it could not be loaded)."""
-    from distill.loading import load_prior
+    from priorkit.distill.core.loading import load_prior
 
     try:
         den = load_prior(source or domain).eval()
@@ -507,7 +512,7 @@ def _load(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]
 
 def _load_student(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]:
     """(student, None) or (None, why there is none) for dflow_student."""
-    from distill.loading import BUNDLED_DIR, load_denoiser
+    from priorkit.distill.core.loading import BUNDLED_DIR, load_denoiser
 
     if source is None:
         if domain not in DEFAULT_STUDENTS or not (BUNDLED_DIR / DEFAULT_STUDENTS[domain]).is_dir():
@@ -617,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     methods = list(args.methods)
     peers = [m for m in methods if m in PEERS]
     if peers:
-        from inverse.peers import load_deepinv
+        from benchmarks.inverse_peers import load_deepinv
 
         try:
             load_deepinv()
@@ -648,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         if domain == "shapes":
             images, shape_idx, colour_idx = held_out_renders(n_images, args.seed)
             labels = (shape_idx, colour_idx)
-            from distill.zoo.judge import load_judge
+            from priorkit.distill.zoo.judge import load_judge
 
             try:
                 judge = load_judge()

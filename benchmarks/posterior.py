@@ -3,9 +3,10 @@
     python -m benchmarks.posterior --json outputs/bench/posterior.json [--samples 2048] [--threads 1]
 
 Prior: one Gaussian on 1x8x8 images (D = 64), "iso" (covariance 0.5 I) or "decay" (eigenvalues 1 -> 0.1 in a random
-eigenbasis), served as the foundation's exact analytic denoiser (``distill.gmm.GaussianMixture``, flow-matching
+eigenbasis), served as the foundation's exact analytic denoiser (``priorkit.distill.core.gmm.GaussianMixture``,
+flow-matching
 schedule). Operators: inpainting (half of the pixels, random) and Gaussian blur (std 1 px, 5x5), measurement noise
-sigma_y = 0.05. The exact posterior N(m, C) comes from ``inverse.gaussian.exact_posterior``.
+sigma_y = 0.05. The exact posterior N(m, C) comes from ``priorkit.inverse.gaussian.exact_posterior``.
 
 Records {"prior", "operator", "method", "nfe", "mean_error", "cov_error", "samples", "seconds"}: mean_error =
 |mean(samples) - m| / |m - mu| (relative to how far the measurement moves the mean), cov_error =
@@ -27,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.gmm import GaussianMixture
-from inverse.dflow import CountingDenoiser, dflow
-from inverse.dps import dps
-from inverse.gaussian import exact_posterior
-from inverse.operators import Blur, Inpainting, Operator, gaussian_kernel, random_mask
-from inverse.pigdm import pigdm, pigdm_flow
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.inverse.dflow import CountingDenoiser, dflow
+from priorkit.inverse.dps import dps
+from priorkit.inverse.gaussian import exact_posterior
+from priorkit.inverse.operators import Blur, Inpainting, Operator, gaussian_kernel, random_mask
+from priorkit.inverse.pigdm import pigdm, pigdm_flow
 
 F64 = torch.float64
 SHAPE = (1, 8, 8)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from apps.sampling import grid_image
-from distill.loading import load_denoiser
-from distill.samplers import initial_noise, sample
-from distill.zoo import shapes
-from distill.zoo.judge import load_judge
+from priorkit.apps.sampling import grid_image
+from priorkit.distill.core.loading import load_denoiser
+from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.zoo import shapes
+from priorkit.distill.zoo.judge import load_judge
 
 STEPS, GUIDANCE = 25, 3.0
 
@@ -71,7 +71,7 @@ def gaussian_blur_denoiser(x, sigma_blur: float):  # noqa: ANN001, ANN201
 @torch.no_grad()
 def photos_denoising(n: int = 256, noise: float = 0.2, seed: int = 0) -> dict[str, float]:
     """Denoising PSNR of the photos prior's x0 at image-range noise std ``noise`` vs the best Gaussian blur."""
-    from distill.zoo.photos import HELD_OUT, TRAIN, PatchSampler
+    from priorkit.distill.zoo.photos import HELD_OUT, TRAIN, PatchSampler
 
     den = load_denoiser("photos")
     g = torch.Generator().manual_seed(seed)

@@ -37,16 +37,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill import consistency as cm
-from distill import guidance_distill as gd
-from distill import progressive as pd
-from distill import reflow as rf
-from distill import shortcut as sc
-from distill.denoiser import Denoiser
-from distill.distill_cli import METHODS, make_student, student_sampler
-from distill.samplers import initial_noise, sample
-from distill.students import load_student, read_meta
-from distill.toy import (
+from priorkit.distill.students import consistency as cm
+from priorkit.distill.students import guidance_distill as gd
+from priorkit.distill.students import progressive as pd
+from priorkit.distill.students import reflow as rf
+from priorkit.distill.students import shortcut as sc
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.core.training import TrainConfig
+from priorkit.distill.students.format import load_student, read_meta
+from priorkit.distill.students.runner import METHODS, make_student, student_sampler
+from priorkit.distill.zoo.toy import (
     TARGETS,
     TeacherConfig,
     conditional_gmm_target,
@@ -56,7 +57,6 @@ from distill.toy import (
     target_data,
     train_teacher,
 )
-from distill.training import TrainConfig
 
 NFES = (1, 2, 4, 8)
 REFERENCE_NFE = 128
@@ -113,7 +113,7 @@ def _dtype(den: Denoiser) -> torch.dtype:
 @torch.no_grad()
 def evaluate_student(name: str, method: str, student: Denoiser, meta: dict[str, Any], ref: Tensor, n: int,
                      nfes: tuple[int, ...], seconds: float, seed: int) -> tuple[list, dict]:
-    from distill.distill_cli import start_time
+    from priorkit.distill.students.runner import start_time
 
     run = student_sampler(meta)
     records, shown = [], {}
@@ -247,10 +247,10 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
     ``guidance`` at ``nfes`` steps and at ``teacher_steps`` (NFE counts both CFG branches). A
     student's ``train_seconds`` comes from its run's distill.json.
     """
-    from distill.distill_cli import final_folder, start_time
-    from distill.loading import load_denoiser
-    from distill.zoo import shapes
-    from distill.zoo.judge import load_judge
+    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.students.runner import final_folder, start_time
+    from priorkit.distill.zoo import shapes
+    from priorkit.distill.zoo.judge import load_judge
 
     judge = load_judge()
     teacher = load_denoiser(teacher_path).eval()
@@ -278,8 +278,8 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
         detail = f"cfg {guidance:g}, {nfe} steps"
         records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, detail, "judge_accuracy"))
         records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, sec, None, detail, "seconds_per_sample"))
-    from distill.loading import BUNDLED, BUNDLED_DIR
-    from distill.students import is_student_folder
+    from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR
+    from priorkit.distill.students.format import is_student_folder
 
     for source in runs:
         run = BUNDLED_DIR / str(source) if str(source) in BUNDLED else Path(source)

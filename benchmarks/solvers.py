@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from distill.denoiser import Denoiser
-from distill.gmm import GaussianMixture
-from distill.samplers import nfe as solver_nfe
-from distill.samplers import sample
-from distill.samplers.diffusers_peer import diffusers_solve
-from distill.samplers.reference import reference_solve
-from distill.schedule import VPDiscrete
+from benchmarks.diffusers_samplers import diffusers_solve
+from benchmarks.reference_ode import reference_solve
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.samplers import nfe as solver_nfe
+from priorkit.distill.core.samplers import sample
+from priorkit.distill.core.schedule import VPDiscrete
 
 SD_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
              "beta_end": 0.012}

@@ -6,12 +6,19 @@
 from importlib import import_module
 from typing import Any
 
-from gen3d.field import AnalyticBallField, Background, MLPField, VoxelField
-from gen3d.renderer import RenderOutput, make_estimator, render, render_image, render_turntable, update_estimator
+from priorkit.gen3d.field import AnalyticBallField, Background, MLPField, VoxelField
+from priorkit.gen3d.renderer import (
+    RenderOutput,
+    make_estimator,
+    render,
+    render_image,
+    render_turntable,
+    update_estimator,
+)
 
-_LAZY = {"generate": "gen3d.generate", "GenerateConfig": "gen3d.generate", "Result": "gen3d.generate",
-         "SDS": "gen3d.sds", "SDSConfig": "gen3d.sds", "VSD": "gen3d.vsd", "VSDConfig": "gen3d.vsd",
-         "LoRAConfig": "gen3d.lora"}
+_LAZY = {"generate": "priorkit.gen3d.generate", "GenerateConfig": "priorkit.gen3d.generate",
+         "Result": "priorkit.gen3d.generate", "SDS": "priorkit.gen3d.sds", "SDSConfig": "priorkit.gen3d.sds",
+         "VSD": "priorkit.gen3d.vsd", "VSDConfig": "priorkit.gen3d.vsd", "LoRAConfig": "priorkit.distill.score.lora"}
 
 
 def __getattr__(name: str) -> Any:

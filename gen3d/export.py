@@ -20,9 +20,9 @@ from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 from torch import nn
 
-from distill.atomic import write_bytes
-from gen3d.field import UNIT_BOX, BBox, sample_density_grid
-from gen3d.renderer import query_field
+from priorkit.distill.core.atomic import write_bytes
+from priorkit.gen3d.field import UNIT_BOX, BBox, sample_density_grid
+from priorkit.gen3d.renderer import query_field
 
 MESH_FORMATS = (".glb", ".obj", ".ply")
 REFERENCE_VOXEL = 2.0 / 63  # voxel edge of a 64^3 lattice over [-1, 1]^3

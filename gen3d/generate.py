@@ -2,8 +2,9 @@
 
 Per step (Poole et al. 2022, sec. 3-4; Wang et al. 2023, Algorithm 1):
 
-1. draw random cameras (``distill.zoo.cameras.random_cameras``, the prior's convention) for every particle;
-2. render every particle field from its cameras (``gen3d.renderer``), over a white background; shading is albedo
+1. draw random cameras (``priorkit.distill.core.cameras.random_cameras``, the prior's convention) for every particle;
+2. render every particle field from its cameras (``priorkit.gen3d.renderer``), over a white background; shading is
+albedo
    for a warm-up, then randomly albedo / Lambertian / textureless under a random light (DreamFusion sec. 3.1);
 3. SDS or VSD loss of the renders under view-dependent prompts ("a red cube, side view"), plus regularisers that
    keep empty space empty and opacity binary (no fog):
@@ -15,7 +16,7 @@ Per step (Poole et al. 2022, sec. 3-4; Wang et al. 2023, Algorithm 1):
 
 Every ``checkpoint_every`` steps the fields, the LoRA and the optimiser states go to ``out/checkpoint``
 (safetensors + json); ``resume=True`` continues exactly: the random draws of step k depend only on (seed, k).
-At the end each particle is exported (``gen3d.export``): mesh.glb / mesh.obj / mesh.ply and turntable.gif.
+At the end each particle is exported (``priorkit.gen3d.export``): mesh.glb / mesh.obj / mesh.ply and turntable.gif.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from distill.atomic import atomic_open
-from distill.denoiser import Denoiser
-from distill.zoo.cameras import ELEVATION_RANGE, Camera, random_cameras
-from gen3d.field import Background, VoxelField
-from gen3d.renderer import make_estimator, render, render_image, render_turntable, update_estimator
-from gen3d.sds import SDS, SDSConfig
-from gen3d.vsd import VSD, VSDConfig
+from priorkit.distill.core.atomic import atomic_open
+from priorkit.distill.core.cameras import ELEVATION_RANGE, Camera, random_cameras
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.gen3d.field import Background, VoxelField
+from priorkit.gen3d.renderer import make_estimator, render, render_image, render_turntable, update_estimator
+from priorkit.gen3d.sds import SDS, SDSConfig
+from priorkit.gen3d.vsd import VSD, VSDConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class Result:
 
 
 def _check_prior_name(prior: str | Path) -> None:
-    from distill.loading import BUNDLED
+    from priorkit.distill.core.loading import BUNDLED
 
     s = str(prior)
     if s in BUNDLED or Path(s).expanduser().is_dir():
@@ -251,12 +252,12 @@ def voxel_entropy(field_: nn.Module, n_points: int = 32768, generator: torch.Gen
     """Mean binary entropy of the opacity of one voxel, H(1 - exp(-sigma h)), over the field: () tensor.
 
     It pushes every voxel to empty or solid (no fog, sharp surfaces), with the switch at sigma = ln 2 / h, the
-    level that ``gen3d.export`` meshes. VoxelField: exact, over its vertices; other fields: at ``n_points``
+    level that ``priorkit.gen3d.export`` meshes. VoxelField: exact, over its vertices; other fields: at ``n_points``
     uniform random points of the box.
     """
     h = float(torch.as_tensor(getattr(field_, "voxel_size", torch.full((3,), 2.0 / 63))).float().mean())
     if isinstance(field_, VoxelField):
-        from gen3d.field import density_activation
+        from priorkit.gen3d.field import density_activation
 
         sigma = density_activation(field_.density_logits, field_.activation)
     else:
@@ -380,7 +381,7 @@ def load_checkpoint(ck: Path, fields: list[nn.Module], backgrounds: list[Any], o
     """Restore a checkpoint written by :func:`save_checkpoint`; returns (step, history)."""
     from safetensors.torch import load_file
 
-    from gen3d.lora import load_lora_state_dict
+    from priorkit.distill.score.lora import load_lora_state_dict
 
     info = json.loads((ck / "state.json").read_text())
     if info["meta"] != meta:
@@ -407,7 +408,7 @@ def load_checkpoint(ck: Path, fields: list[nn.Module], backgrounds: list[Any], o
 def export_particle(field_: nn.Module, cfg: GenerateConfig, folder: Path | None) -> tuple[Any, np.ndarray,
                                                                                           dict[str, Path]]:
     """Mesh (or None if the field is empty), turntable frames and written paths of one particle."""
-    from gen3d.export import extract_mesh, save_mesh, save_turntable_gif
+    from priorkit.gen3d.export import extract_mesh, save_mesh, save_turntable_gif
 
     try:
         mesh = extract_mesh(field_, resolution=cfg.export_resolution)
@@ -434,7 +435,7 @@ def export_particle(field_: nn.Module, cfg: GenerateConfig, folder: Path | None)
 def _load_prior(prior: str | Path | Denoiser) -> Denoiser:
     if isinstance(prior, Denoiser):
         return prior
-    from distill.loading import load_denoiser
+    from priorkit.distill.core.loading import load_denoiser
 
     return load_denoiser(prior)
 
@@ -564,7 +565,7 @@ def _step(step: int, steps: int, fields: list[nn.Module], backgrounds: list[Any]
           guidance: SDS | VSD, opt: torch.optim.Optimizer, views: int, resolution: int, cfg: GenerateConfig,
           g: torch.Generator) -> dict[str, float]:
     """One optimisation step of all particles (and the LoRA for VSD); returns its log entry."""
-    from distill.zoo.shapes import random_lights
+    from priorkit.distill.zoo.shapes import random_lights
 
     progress = step / max(1, steps - 1)
     shading = _pick_shading(step, steps, cfg, g)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.zoo.cameras import Camera
+from priorkit.distill.core.cameras import Camera
 
 BOX_MIN, BOX_MAX = -1.0, 1.0
 SHADINGS = ("albedo", "lambertian", "textureless")
@@ -204,7 +204,7 @@ def render(field: nn.Module, origins: Tensor, directions: Tensor, *, near: float
         near, far: limits on t, intersected with each ray's span inside [-1, 1]^3 (rays missing the box are empty).
         n_samples: bins per ray on the stratified path (the box span is split evenly).
         background: None (black, i.e. premultiplied colour), a float grey level, a colour (3,) or (..., 3),
-            or a callable / :class:`~gen3d.field.Background` mapping directions (N, 3) -> (N, 3).
+            or a callable / :class:`~priorkit.gen3d.field.Background` mapping directions (N, 3) -> (N, 3).
         shading: "albedo", "lambertian" or "textureless" (see :func:`shade`).
         light_dir: unit direction towards a directional light, (3,) or per ray (..., 3); None = headlight.
         ambient: ambient term of the Lambertian shading.

@@ -6,7 +6,8 @@ For renders x = g(theta) of a field and a frozen text-to-image prior eps_hat:
     x_t = alpha_t x + sigma_t eps,  eps ~ N(0, I),  t ~ U(t_min, t_max)
     eps_cfg = eps_hat(x_t; null) + s (eps_hat(x_t; y) - eps_hat(x_t; null))          (classifier-free guidance)
 
-with no U-Net Jacobian (the gradient enters through a stop-gradient surrogate, see ``gen3d.guidance``). The
+with no U-Net Jacobian (the gradient enters through a stop-gradient surrogate, see
+``priorkit.distill.score.guidance``). The
 prompt y gets a view suffix from each camera ("a red cube, side view").
 """
 
@@ -18,11 +19,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction
-from distill.schedule import Schedule
-from distill.zoo.cameras import Camera
-from gen3d.guidance import add_noise, annealed_range, sample_times, surrogate_loss, to_model_space, view_prompts, weight
+from priorkit.distill.core.cameras import Camera
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.schedule import Schedule
+from priorkit.distill.score.guidance import (
+    add_noise,
+    annealed_range,
+    sample_times,
+    surrogate_loss,
+    to_model_space,
+    view_prompts,
+    weight,
+)
 
 
 @dataclass
@@ -35,7 +44,7 @@ class SDSConfig:
     (``GenerateConfig.albedo_fraction``): a flat-shaded render is far from the prior's shaded images, and under a
     high CFG the field fakes the missing shading with geometry (the bundled prior grows a foot under a cube).
     t_min, t_max: the range of t; with ``anneal`` != "none" t_max moves to ``t_max_end`` over the run.
-    weighting: w(t), see :func:`gen3d.guidance.weight` ("sigma2" = DreamFusion's sigma_t^2).
+    weighting: w(t), see :func:`priorkit.distill.score.guidance.weight` ("sigma2" = DreamFusion's sigma_t^2).
     view_dependent: append "front/side/back/overhead view" to the prompt per camera.
     grad_clip: clamp each element of w(t)(eps_cfg - eps) to [-grad_clip, grad_clip] (None: no clamp).
     """

@@ -10,7 +10,7 @@ camera c, that tracks the noise prediction of the renders' own distribution by t
     min_phi E_{t, eps, c, i} || f_phi(alpha_t sg(x_i) + sigma_t eps; y, t, c) - target(x_i, eps) ||^2       (eq. 10)
 
 in the prior's own prediction kind (eps, x0 or v). The LoRA branch uses CFG 1. Particles and LoRA are updated
-in alternation, one LoRA step per particle step. With eps_phi replaced by eps this is SDS (``gen3d.sds``).
+in alternation, one LoRA step per particle step. With eps_phi replaced by eps this is SDS (``priorkit.gen3d.sds``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction, from_x0_eps
-from distill.schedule import Schedule
-from distill.zoo.cameras import Camera
-from gen3d.guidance import add_noise, annealed_range, sample_times, surrogate_loss, to_model_space, view_prompts, weight
-from gen3d.lora import (
+from priorkit.distill.core.cameras import Camera
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction, from_x0_eps
+from priorkit.distill.core.schedule import Schedule
+from priorkit.distill.score.guidance import (
+    add_noise,
+    annealed_range,
+    sample_times,
+    surrogate_loss,
+    to_model_space,
+    view_prompts,
+    weight,
+)
+from priorkit.distill.score.lora import (
     LoRAConfig,
     attach_lora,
     camera_features,
@@ -34,7 +42,7 @@ from gen3d.lora import (
     lora_state_dict,
     pretrained_branch,
 )
-from gen3d.sds import GuidedPredictor
+from priorkit.gen3d.sds import GuidedPredictor
 
 
 @dataclass

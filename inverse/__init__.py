@@ -1,9 +1,9 @@
 """Training-free image restoration with diffusion priors: degradation operators and solvers."""
 
-from inverse.dflow import CountingDenoiser, DFlowDefaults, dflow
-from inverse.dps import DPSDefaults, dps
-from inverse.gaussian import exact_posterior, operator_matrix, posterior_given_xt
-from inverse.operators import (
+from priorkit.inverse.dflow import CountingDenoiser, DFlowDefaults, dflow
+from priorkit.inverse.dps import DPSDefaults, dps
+from priorkit.inverse.gaussian import exact_posterior, operator_matrix, posterior_given_xt
+from priorkit.inverse.operators import (
     Blur,
     Downsampling,
     Inpainting,
@@ -23,9 +23,9 @@ from inverse.operators import (
     to_image_range,
     to_model_range,
 )
-from inverse.pigdm import PiGDMDefaults, PiGDMFlowDefaults, pigdm, pigdm_flow, pigdm_guided_x0
-from inverse.restore import METHODS, TASKS, Restoration, RestoreDefaults, degrade, restore, restore_folder
-from inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
+from priorkit.inverse.pigdm import PiGDMDefaults, PiGDMFlowDefaults, pigdm, pigdm_flow, pigdm_guided_x0
+from priorkit.inverse.restore import METHODS, TASKS, Restoration, RestoreDefaults, degrade, restore, restore_folder
+from priorkit.inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
 
 __all__ = [
     "CountingDenoiser",

@@ -30,12 +30,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction
-from distill.samplers import nfe as solver_nfe
-from distill.samplers import sample
-from inverse.operators import Operator
-from inverse.pigdm import _check_measurement, as_flow, regularised_pinv, solution_shape
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.samplers import nfe as solver_nfe
+from priorkit.distill.core.samplers import sample
+from priorkit.inverse.operators import Operator
+from priorkit.inverse.pigdm import _check_measurement, as_flow, regularised_pinv, solution_shape
 
 __all__ = ["DFlowDefaults", "dflow", "CountingDenoiser", "chi_regulariser"]
 
@@ -116,7 +116,7 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
 
     Args:
         denoiser: any `Denoiser`, served as a flow-matching model (`ConvertedDenoiser` when needed).
-        operator, y, sigma_y, cond, guidance: as in :func:`inverse.pigdm.pigdm`.
+        operator, y, sigma_y, cond, guidance: as in :func:`priorkit.inverse.pigdm.pigdm`.
         steps, solver: the differentiable ODE solve Phi ("euler", "heun" (= 2nd order, ~ midpoint) or "dpm++2m"),
             uniform in flow time from noise to data.
         max_iter: L-BFGS iterations; max_evals: cap on loss evaluations (default 1.25 max_iter, torch's).

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.samplers.base import predict_fn, steps_bar
-from inverse.operators import Operator
-from inverse.pigdm import _check_measurement, ddim_step, initial_state
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.samplers.base import predict_fn, steps_bar
+from priorkit.inverse.operators import Operator
+from priorkit.inverse.pigdm import _check_measurement, ddim_step, initial_state
 
 __all__ = ["DPSDefaults", "dps"]
 
@@ -55,7 +55,7 @@ def dps(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, co
         steps: ancestral steps = model evaluations (+ as many backward passes).
         zeta: the paper's zeta' (step on grad ||y - A x0_hat||).
         eta: 1 = ancestral DDPM steps (the paper); 0 = deterministic DDIM steps.
-        spacing, times, noise, shape: as in :func:`inverse.pigdm.pigdm`.
+        spacing, times, noise, shape: as in :func:`priorkit.inverse.pigdm.pigdm`.
     Returns:
         restored images (B, C, H, W) in model range.
     """

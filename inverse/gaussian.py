@@ -18,8 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-from distill.gmm import GaussianMixture
-from inverse.operators import Operator
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.inverse.operators import Operator
 
 __all__ = ["operator_matrix", "gaussian_prior", "linear_gaussian_posterior", "exact_posterior",
            "posterior_given_xt"]

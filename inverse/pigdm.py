@@ -13,7 +13,8 @@ r_t^2 A A^T + s^2 I)`` and its score is ONE vector-Jacobian product through the 
     eps_g = (x_t - alpha x0_g) / sigma = eps_hat - sigma g           the same guided score, read as eps
 
 For Gaussian data with covariance ``c I`` every step of this is exact: ``x0_g = E[x0 | x_t, y]`` (tested against the
-dense posterior in :mod:`inverse.gaussian`). The paper's Algorithm 1 adds the guidance to the DDIM update with a
+dense posterior in :mod:`priorkit.inverse.gaussian`). The paper's Algorithm 1 adds the guidance to the DDIM update
+with a
 hand-tuned ``sqrt(alpha_t) g`` weight; we apply it where it belongs, to the score (Tweedie form), which is what makes
 the Gaussian case exact, and then take the DDIM(eta) step of Song, Meng & Ermon (2021) in the general schedule:
 
@@ -39,11 +40,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, ConvertedDenoiser, Denoiser
-from distill.prediction import Prediction, from_x0_eps
-from distill.samplers.base import NOISE_END_LOG_SNR, PredictFn, predict_fn, steps_bar, time_grid
-from distill.schedule import FlowMatching, Schedule, as_time, broadcast_to
-from inverse.operators import Operator
+from priorkit.distill.core.denoiser import Condition, ConvertedDenoiser, Denoiser
+from priorkit.distill.core.prediction import Prediction, from_x0_eps
+from priorkit.distill.core.samplers.base import NOISE_END_LOG_SNR, PredictFn, predict_fn, steps_bar, time_grid
+from priorkit.distill.core.schedule import FlowMatching, Schedule, as_time, broadcast_to
+from priorkit.inverse.operators import Operator
 
 __all__ = [
     "PiGDMDefaults",
@@ -213,7 +214,7 @@ def pigdm(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         steps: sampling steps = model evaluations (+ as many vector-Jacobian products).
         eta: DDIM stochasticity (1 = ancestral, 0 = deterministic ODE).
         data_var: c in r_t^2 = c sigma^2 / (alpha^2 c + sigma^2).
-        spacing: time grid ("ddpm", "time", "logsnr" or "karras"; see ``distill.samplers.time_grid``).
+        spacing: time grid ("ddpm", "time", "logsnr" or "karras"; see ``priorkit.distill.core.samplers.time_grid``).
         times: an explicit decreasing grid (float64, alpha > 0 at times[0]; overrides steps and spacing).
         noise: optional starting noise (B, C, H, W) ~ N(0, I) (scaled by sigma(t_max) here).
         shape: (B, C, H, W) when the denoiser has no ``sample_shape`` (default: (y.shape[0], *sample_shape)).

@@ -26,11 +26,11 @@ from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from distill.atomic import atomic_open
-from distill.denoiser import Condition, Denoiser
-from inverse.dflow import CountingDenoiser, dflow
-from inverse.dps import dps
-from inverse.operators import (
+from priorkit.distill.core.atomic import atomic_open
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.inverse.dflow import CountingDenoiser, dflow
+from priorkit.inverse.dps import dps
+from priorkit.inverse.operators import (
     Blur,
     Downsampling,
     Inpainting,
@@ -43,8 +43,8 @@ from inverse.operators import (
     random_mask,
     to_image_range,
 )
-from inverse.pigdm import pigdm, pigdm_flow
-from inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
+from priorkit.inverse.pigdm import pigdm, pigdm_flow
+from priorkit.inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
 
 __all__ = ["TASKS", "METHODS", "RestoreDefaults", "Restoration", "build_operator", "degrade", "restore",
            "restore_folder", "load_image", "save_image", "merge_reports", "IMAGE_SUFFIXES"]
@@ -176,7 +176,7 @@ def degrade(image: Tensor, task: str, sigma_y: float = DEFAULTS.sigma_y, seed: i
 
 @functools.lru_cache(maxsize=4)
 def _load_named_prior(name: str) -> Denoiser:
-    from distill.loading import load_prior
+    from priorkit.distill.core.loading import load_prior
 
     return load_prior(name).eval()
 
@@ -224,8 +224,8 @@ def _run_method(method: str, den: Denoiser, op: Operator, y: Tensor, sigma: floa
         return dps(den, op, y, sigma, steps=budget, **common, **options)
     if method == "dflow":
         if budget is not None:  # a budget of model passes: each L-BFGS evaluation costs ~3 ODE solves
-            from distill.samplers import nfe as solver_nfe
-            from inverse.dflow import DFlowDefaults
+            from priorkit.distill.core.samplers import nfe as solver_nfe
+            from priorkit.inverse.dflow import DFlowDefaults
 
             per_solve = solver_nfe(options.get("solver", DFlowDefaults.solver),
                                    options.get("steps", DFlowDefaults.steps))

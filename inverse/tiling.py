@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from distill.denoiser import Condition, Denoiser, check_inputs
-from distill.prediction import Prediction
-from distill.schedule import as_time
-from inverse.operators import Operator, Scalar
+from priorkit.distill.core.denoiser import Condition, Denoiser, check_inputs
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.schedule import as_time
+from priorkit.inverse.operators import Operator, Scalar
 
 __all__ = ["TiledDenoiser", "tile_starts", "blend_weights", "ChannelLayout", "to_rgb", "from_rgb", "CropOperator"]
 

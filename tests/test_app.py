@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from apps import web  # noqa: E402
+from priorkit.apps import web  # noqa: E402
 
 TINY = web.AppConfig(export_resolution=48, turntable_frames=4, turntable_size=32, kde_points=512)
 

@@ -1,4 +1,4 @@
-"""distill.atomic: whole files or nothing, with the permissions of a plain open()."""
+"""priorkit.distill.core.atomic: whole files or nothing, with the permissions of a plain open()."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from distill import atomic
-from distill.atomic import atomic_open, write_bytes
+from priorkit.distill.core import atomic
+from priorkit.distill.core.atomic import atomic_open, write_bytes
 
 
 def test_written_files_have_the_permissions_of_open_not_mkstemps(tmp_path: Path) -> None:

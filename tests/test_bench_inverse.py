@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from benchmarks import inverse as bench
-from distill.gmm import GaussianMixture
-from distill.schedule import FlowMatching, VPCosine, VPDiscrete
-from inverse.operators import Blur, Downsampling, Inpainting, box_mask, gaussian_kernel, random_mask
-from inverse.peers import DeepinvDenoiser
+from benchmarks.inverse_peers import DeepinvDenoiser
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.schedule import FlowMatching, VPCosine, VPDiscrete
+from priorkit.inverse.operators import Blur, Downsampling, Inpainting, box_mask, gaussian_kernel, random_mask
 
 F64 = torch.float64
 
@@ -87,7 +87,7 @@ def test_bicubic_upsampling_beats_nearest_on_a_smooth_image() -> None:
 
 
 def test_wiener_deblurring_beats_the_blurred_image() -> None:
-    from distill.zoo.photos import load_photo
+    from priorkit.distill.zoo.photos import load_photo
 
     x = load_photo("coffee")[:, 100:164, 200:264][None]                       # a training photo
     op, sigma = Blur(gaussian_kernel(2.0)), 0.01
@@ -148,7 +148,7 @@ def test_deepinv_wrapper_counts_forward_and_backward() -> None:
 def dinv():
     if importlib.util.find_spec("deepinv") is None:
         pytest.skip("deepinv not installed")
-    from inverse.peers import load_deepinv
+    from benchmarks.inverse_peers import load_deepinv
 
     try:
         return load_deepinv()
@@ -157,7 +157,7 @@ def dinv():
 
 
 def test_operator_physics_prox_and_pinv(dinv) -> None:
-    from inverse.peers import operator_physics
+    from benchmarks.inverse_peers import operator_physics
 
     x = torch.rand(1, 3, 16, 16, dtype=F64, generator=_gen(10))
     for op in (Blur(gaussian_kernel(1.5).double()), Downsampling(4), Inpainting(random_mask(16, 16, 0.5, _gen(11)))):

@@ -49,7 +49,7 @@ def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, sin
 
 @pytest.mark.slow
 def test_shapes_students_are_scored_by_the_judge(tmp_path: Path, single_thread) -> None:
-    from distill.distill_cli import distill
+    from priorkit.distill.students.runner import distill
 
     run = tmp_path / "cd"
     distill("cd", "shapes", run, steps=2, batch=4, guidance=3.0, n_data=16)

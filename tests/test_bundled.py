@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
-from distill.samplers import initial_noise, sample
+from priorkit.distill.core.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
+from priorkit.distill.core.samplers import initial_noise, sample
 
 torch.set_num_threads(1)
 
@@ -43,7 +43,7 @@ def test_shapes_prior_conditions_on_text(offline):
 
 
 def test_missing_bundled_weights_name_the_folder(monkeypatch, tmp_path):
-    import distill.loading as loading
+    import priorkit.distill.core.loading as loading
 
     monkeypatch.setattr(loading, "BUNDLED_DIR", tmp_path)
     with pytest.raises(ModelLoadError, match=str(tmp_path)):
@@ -53,7 +53,7 @@ def test_missing_bundled_weights_name_the_folder(monkeypatch, tmp_path):
 
 
 def test_text_encoder_is_offline_and_handles_empty_prompts(offline):
-    from distill.text import MiniLMEncoder
+    from priorkit.distill.core.text import MiniLMEncoder
 
     enc = MiniLMEncoder()
     e = enc(["a red cube", "", "a crimson ball"])
@@ -64,9 +64,9 @@ def test_text_encoder_is_offline_and_handles_empty_prompts(offline):
 def test_short_prior_training_lowers_the_loss(tmp_path):
     from diffusers import UNet2DModel
 
-    from distill.diffusers_adapter import DiffusersDenoiser
-    from distill.training import TrainConfig, train
-    from distill.zoo.train_prior import PHOTOS_SCHEDULER, denoising_loss
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.core.training import TrainConfig, train
+    from priorkit.distill.zoo.train_prior import PHOTOS_SCHEDULER, denoising_loss
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
@@ -85,7 +85,7 @@ def test_short_prior_training_lowers_the_loss(tmp_path):
 
 
 def test_photo_data_is_shipped_and_held_out_is_disjoint():
-    from distill.zoo.photos import HELD_OUT, PHOTOS, TRAIN, PatchSampler, load_photo
+    from priorkit.distill.zoo.photos import HELD_OUT, PHOTOS, TRAIN, PatchSampler, load_photo
 
     assert len(HELD_OUT) >= 3 and not set(HELD_OUT) & set(TRAIN) and set(HELD_OUT) | set(TRAIN) == set(PHOTOS)
     for name in PHOTOS:
@@ -98,7 +98,7 @@ def test_photo_data_is_shipped_and_held_out_is_disjoint():
 def test_fine_tuning_starts_from_the_saved_weights_and_refuses_another_architecture(tmp_path):
     from diffusers import UNet2DModel
 
-    from distill.zoo.train_prior import PHOTOS_UNET, load_initial_weights
+    from priorkit.distill.zoo.train_prior import PHOTOS_UNET, load_initial_weights
 
     bundled = bundled_path("photos")
     torch.manual_seed(1)

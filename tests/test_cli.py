@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from apps.cli import app
+from priorkit.apps.cli import app
 
 torch.set_num_threads(1)
 
@@ -165,7 +165,7 @@ def test_sample_bad_input(tmp_path):
 
 # ---- 3d ------------------------------------------------------------------------------------------
 def _skip_without(name: str) -> None:
-    from distill.loading import ModelLoadError, bundled_path
+    from priorkit.distill.core.loading import ModelLoadError, bundled_path
 
     try:
         bundled_path(name)
@@ -176,7 +176,7 @@ def _skip_without(name: str) -> None:
 def test_3d_tiny_run_writes_a_mesh_trimesh_loads_and_resumes(tmp_path, monkeypatch):
     import trimesh
 
-    import gen3d.generate as gg
+    import priorkit.gen3d.generate as gg
 
     _skip_without("shapes")
     # the CLI's defaults, shrunk for a test: 16^3 grid, 16 samples per ray, a 2-frame turntable
@@ -218,7 +218,7 @@ def test_restore_folder_skips_the_corrupt_file_and_resumes(tmp_path):
     for f in ("img0.png", "img1.png"):
         assert Image.open(out / f).size == (16, 16)
     # the CLI's output is what the Python API gives for that file (no noise: the seed does not matter)
-    from inverse.restore import load_image, restore
+    from priorkit.inverse.restore import load_image, restore
 
     expected = restore(load_image(inp / "img0.png"), "sr4", "pinv", sigma_y=0.0).restored
     expected = (expected.clamp(0, 1).numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
@@ -278,7 +278,7 @@ def test_restore_under_accelerate_launch_splits_the_files_across_two_processes(t
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "--main_process_port", "0", "-m", "apps.cli", "restore", str(inp), str(out),
+                           "--main_process_port", "0", "-m", "priorkit.apps.cli", "restore", str(inp), str(out),
                            "--task", "sr4", "--method", "pinv"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -304,7 +304,7 @@ def toy_run(tmp_path_factory) -> Path:
 
 
 def test_distill_writes_a_student_and_resume_continues(toy_run):
-    from distill.students import is_student_folder
+    from priorkit.distill.students.format import is_student_folder
 
     assert is_student_folder(toy_run / "student")
     assert json.loads((toy_run / "distill.json").read_text())["method"] == "shortcut"
@@ -327,7 +327,7 @@ def test_sample_a_2d_student_writes_a_scatter_plot(toy_run, tmp_path):
 
 
 def test_run_folder_is_found_from_another_working_directory(toy_run, tmp_path, monkeypatch):
-    from apps.sampling import student_folder
+    from priorkit.apps.sampling import student_folder
 
     monkeypatch.chdir(tmp_path)
     (toy_run / "distill.json").write_text(json.dumps({**json.loads((toy_run / "distill.json").read_text()),
@@ -337,9 +337,9 @@ def test_run_folder_is_found_from_another_working_directory(toy_run, tmp_path, m
 
 
 def test_load_denoiser_on_a_student_folder_returns_the_student(toy_run):
-    from distill.denoiser import Denoiser
-    from distill.loading import load_denoiser
-    from distill.students import load_student
+    from priorkit.distill.core.denoiser import Denoiser
+    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.students.format import load_student
 
     a, b = load_denoiser(toy_run / "student"), load_student(toy_run / "student")
     assert isinstance(a, Denoiser) and type(a) is type(b) and a.sample_shape == (2,)
@@ -353,9 +353,9 @@ def test_load_denoiser_on_a_student_folder_returns_the_student(toy_run):
 
 
 def test_sample_an_image_student_writes_a_grid(tmp_path):
-    from distill.diffusers_adapter import DiffusersDenoiser
-    from distill.loading import load_denoiser
-    from distill.students import copy_teacher, save_student
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.students.format import copy_teacher, save_student
 
     teacher = load_denoiser(_tiny_prior_folder(tmp_path / "teacher"))
     assert isinstance(teacher, DiffusersDenoiser)

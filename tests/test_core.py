@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from distill.denoiser import ConvertedDenoiser, Denoiser
-from distill.gmm import GaussianMixture
-from distill.prediction import KINDS, Prediction, from_x0_eps, to_x0_eps
-from distill.samplers import nfe, sample, time_grid
-from distill.samplers.reference import reference_solve
-from distill.schedule import VE, FlowMatching, VPCosine, VPDiscrete, VPLinear, schedule_from_config
+from benchmarks.reference_ode import reference_solve
+from priorkit.distill.core.denoiser import ConvertedDenoiser, Denoiser
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.prediction import KINDS, Prediction, from_x0_eps, to_x0_eps
+from priorkit.distill.core.samplers import nfe, sample, time_grid
+from priorkit.distill.core.schedule import VE, FlowMatching, VPCosine, VPDiscrete, VPLinear, schedule_from_config
 
 torch.set_num_threads(1)
 SD_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -203,7 +203,7 @@ def test_dpm_solver_matches_diffusers():
     """Peer check: DPM-Solver++(2M) equals diffusers' DPMSolverMultistepScheduler on the same model and noise."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from distill.samplers.diffusers_peer import diffusers_solve
+    from benchmarks.diffusers_samplers import diffusers_solve
 
     schedule = VPDiscrete.from_diffusers_config(SD_CONFIG)
     gmm = GaussianMixture.random(2, 4, generator=torch.Generator().manual_seed(1), schedule=schedule)

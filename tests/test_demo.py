@@ -1,4 +1,4 @@
-"""The main job (apps.demo) end to end with tiny budgets: every file index.html shows exists."""
+"""The main job (priorkit.apps.demo) end to end with tiny budgets: every file index.html shows exists."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apps import demo
+from priorkit.apps import demo
 
 
 @pytest.mark.slow

@@ -14,17 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import consistency as cm
-from distill import guidance_distill as gd
-from distill import progressive as pd
-from distill import reflow as rf
-from distill import shortcut as sc
-from distill.denoiser import Denoiser
-from distill.gmm import GaussianMixture
-from distill.samplers.reference import reference_solve
-from distill.schedule import FlowMatching, VPCosine, broadcast_to
-from distill.students import load_student, save_student, unet_student_from_teacher, with_extras
-from distill.toy import (
+from benchmarks.reference_ode import reference_solve
+from priorkit.distill.students import consistency as cm
+from priorkit.distill.students import guidance_distill as gd
+from priorkit.distill.students import progressive as pd
+from priorkit.distill.students import reflow as rf
+from priorkit.distill.students import shortcut as sc
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.schedule import FlowMatching, VPCosine, broadcast_to
+from priorkit.distill.core.training import TrainConfig
+from priorkit.distill.students.format import load_student, save_student, unet_student_from_teacher, with_extras
+from priorkit.distill.zoo.toy import (
     MLPDenoiser,
     conditional_gmm_target,
     exact_w2,
@@ -34,7 +35,6 @@ from distill.toy import (
     target_data,
     train_teacher,
 )
-from distill.training import TrainConfig
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -384,7 +384,7 @@ def test_saved_students_reload_bit_identically(tmp_path):
 def tiny_teacher():
     from diffusers import UNet2DConditionModel
 
-    from distill.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
@@ -458,9 +458,9 @@ def test_two_process_accelerate_run(tmp_path):
         import sys, torch
         sys.path.insert(0, {str(ROOT)!r})
         torch.set_num_threads(1)
-        from distill import shortcut as sc
-        from distill.toy import MLPDenoiser, gmm_target, target_data
-        from distill.training import TrainConfig
+        from priorkit.distill.students import shortcut as sc
+        from priorkit.distill.zoo.toy import MLPDenoiser, gmm_target, target_data
+        from priorkit.distill.core.training import TrainConfig
         torch.manual_seed(0)
         student = MLPDenoiser(hidden=32, depth=2, embed_dim=16, extras=("d",))
         cfg = sc.ShortcutConfig(batch=64, train=TrainConfig(steps=4, warmup=1, checkpoint_every=2, log_every=1))

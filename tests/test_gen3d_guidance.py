@@ -8,12 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from distill.diffusers_adapter import DiffusersDenoiser
-from distill.gmm import GaussianMixture
-from distill.schedule import FlowMatching, VPCosine
-from distill.zoo.cameras import Camera, random_cameras
-from gen3d.guidance import annealed_range, sample_times, surrogate_loss, to_model_space, view_prompts, weight
-from gen3d.lora import (
+from benchmarks.toy2d_sds import Toy2DConfig, compare, energy_distance, ring_mixture
+from priorkit.distill.core.cameras import Camera, random_cameras
+from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.schedule import FlowMatching, VPCosine
+from priorkit.distill.score.guidance import (
+    annealed_range,
+    sample_times,
+    surrogate_loss,
+    to_model_space,
+    view_prompts,
+    weight,
+)
+from priorkit.distill.score.lora import (
     LoRAConfig,
     attach_lora,
     camera_features,
@@ -21,9 +29,8 @@ from gen3d.lora import (
     lora_named_parameters,
     pretrained_branch,
 )
-from gen3d.sds import SDS, GuidedPredictor, SDSConfig, sds_gradient
-from gen3d.toy2d import Toy2DConfig, compare, energy_distance, ring_mixture
-from gen3d.vsd import VSD, VSDConfig, vsd_gradient
+from priorkit.gen3d.sds import SDS, GuidedPredictor, SDSConfig, sds_gradient
+from priorkit.gen3d.vsd import VSD, VSDConfig, vsd_gradient
 
 torch.set_num_threads(1)
 

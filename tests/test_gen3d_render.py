@@ -9,8 +9,8 @@ import pytest
 import torch
 import trimesh
 
-from distill.zoo.cameras import Camera
-from gen3d.export import (
+from priorkit.distill.core.cameras import Camera
+from priorkit.gen3d.export import (
     chamfer_distance,
     chamfer_min_over_z_rotations,
     default_threshold,
@@ -18,8 +18,8 @@ from gen3d.export import (
     save_mesh,
     save_turntable_gif,
 )
-from gen3d.field import AnalyticBallField, Background, MLPField, VoxelField, lattice_points
-from gen3d.renderer import make_estimator, ray_box_intersection, render, render_image, render_turntable
+from priorkit.gen3d.field import AnalyticBallField, Background, MLPField, VoxelField, lattice_points
+from priorkit.gen3d.renderer import make_estimator, ray_box_intersection, render, render_image, render_turntable
 
 
 def _ball_truth(origins: torch.Tensor, directions: torch.Tensor, sigma0: float, radius: float):

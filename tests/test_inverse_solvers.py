@@ -1,6 +1,7 @@
 """Restoration solvers against the exact Gaussian posterior (inverse/gaussian.py), and the restore front door.
 
-Priors are exact Gaussian(-mixture) denoisers (distill.gmm) on 1x8x8 images (D = 64), so the true posterior of
+Priors are exact Gaussian(-mixture) denoisers (priorkit.distill.core.gmm) on 1x8x8 images (D = 64), so the true
+posterior of
 ``y = A x + s n`` is known in closed form. Relative errors of a sampler's mean are measured as
 ``||m_hat - m|| / ||m - mu_prior||``: how far the estimate is from the exact posterior mean, in units of how far the
 measurement moves the mean away from the prior's (0 = exact, 1 = no better than ignoring y).
@@ -25,16 +26,16 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.gmm import GaussianMixture
-from distill.samplers import nfe as solver_nfe
-from distill.samplers.base import predict_fn
-from distill.schedule import FlowMatching, VPCosine
-from inverse.dflow import CountingDenoiser, dflow
-from inverse.dps import dps
-from inverse.gaussian import exact_posterior, operator_matrix, posterior_given_xt
-from inverse.operators import Blur, Downsampling, Inpainting, gaussian_kernel, random_mask
-from inverse.pigdm import pigdm, pigdm_flow, pigdm_guided_x0, sampling_times
-from inverse.restore import METHODS, TASKS, degrade, restore, restore_folder
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.samplers import nfe as solver_nfe
+from priorkit.distill.core.samplers.base import predict_fn
+from priorkit.distill.core.schedule import FlowMatching, VPCosine
+from priorkit.inverse.dflow import CountingDenoiser, dflow
+from priorkit.inverse.dps import dps
+from priorkit.inverse.gaussian import exact_posterior, operator_matrix, posterior_given_xt
+from priorkit.inverse.operators import Blur, Downsampling, Inpainting, gaussian_kernel, random_mask
+from priorkit.inverse.pigdm import pigdm, pigdm_flow, pigdm_guided_x0, sampling_times
+from priorkit.inverse.restore import METHODS, TASKS, degrade, restore, restore_folder
 
 F64 = torch.float64
 SHAPE = (1, 8, 8)
@@ -382,7 +383,7 @@ def test_restore_folder_shards_across_processes(tmp_path, tiny_prior, monkeypatc
         done.append(set(rep["files"]))
     assert not done[0] & done[1]
     assert done[0] | done[1] == {p.name for p in inp.iterdir()}
-    from inverse.restore import merge_reports
+    from priorkit.inverse.restore import merge_reports
 
     merged = merge_reports(out)
     assert merged["summary"]["done"] == 3 and math.isfinite(merged["summary"]["mean_psnr"])
@@ -398,7 +399,7 @@ def test_every_method_runs_on_a_tiled_diffusers_unet(scheduler):
     through the network, schedule conversion to flow matching (pigdm_flow, dflow), float32 throughout."""
     from diffusers import UNet2DModel
 
-    from distill.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from distill.diffusers_adapter import DiffusersDenoiser
-from distill.loading import ModelLoadError, PickleRefusedError, load_denoiser
-from distill.schedule import FlowMatching, VPDiscrete
+from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+from priorkit.distill.core.loading import ModelLoadError, PickleRefusedError, load_denoiser
+from priorkit.distill.core.schedule import FlowMatching, VPDiscrete
 
 torch.set_num_threads(1)
 

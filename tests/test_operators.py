@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from inverse.operators import (
+from priorkit.inverse.operators import (
     Blur,
     Downsampling,
     Inpainting,

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from apps.cli import app
-from distill.zoo.photos import PatchSampler, folder_photos
+from priorkit.apps.cli import app
+from priorkit.distill.zoo.photos import PatchSampler, folder_photos
 
 
 def _photo_folder(root: Path) -> Path:

@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from distill.zoo.cameras import Camera, view_phrase
-from distill.zoo.shapes import (
+from priorkit.distill.core.cameras import Camera, view_phrase
+from priorkit.distill.zoo.shapes import (
     COLOUR_NAMES,
     COLOURS,
     HELD_OUT_WORDS,
@@ -167,7 +167,7 @@ def test_true_mesh_dimensions(shape: str) -> None:
 
 
 def test_judge_shipped_weights_accuracy() -> None:
-    from distill.zoo.judge import load_judge
+    from priorkit.distill.zoo.judge import load_judge
 
     judge = load_judge()
     data = make_dataset(200, seed=987_654)  # a seed not used in training or in the training-time evaluation
@@ -179,7 +179,7 @@ def test_judge_shipped_weights_accuracy() -> None:
 
 
 def test_load_judge_missing_weights(tmp_path) -> None:
-    from distill.zoo.judge import load_judge
+    from priorkit.distill.zoo.judge import load_judge
 
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_judge(tmp_path / "nope")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.gmm import GaussianMixture
-from distill.samplers.base import predict_fn
-from inverse.operators import Blur, Downsampling, Inpainting, box_mask, gaussian_kernel
-from inverse.pigdm import pigdm, pigdm_guided_x0
-from inverse.tiling import CropOperator, TiledDenoiser, blend_weights, from_rgb, tile_starts, to_rgb
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.samplers.base import predict_fn
+from priorkit.inverse.operators import Blur, Downsampling, Inpainting, box_mask, gaussian_kernel
+from priorkit.inverse.pigdm import pigdm, pigdm_guided_x0
+from priorkit.inverse.tiling import CropOperator, TiledDenoiser, blend_weights, from_rgb, tile_starts, to_rgb
 
 F64 = torch.float64
 

@@ -9,7 +9,7 @@ is ``distill/zoo/weights/judge/``.
 
 CLI::
 
-    python -m distill.zoo.judge --out distill/zoo/weights/judge --steps 1800 --seed 0
+    python -m priorkit.distill.zoo.judge --out distill/zoo/weights/judge --steps 1800 --seed 0
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.zoo.cameras import ELEVATION_RANGE, Camera
-from distill.zoo.shapes import COLOUR_NAMES, SHAPES, make_dataset, random_lights, render
+from priorkit.distill.core.cameras import ELEVATION_RANGE, Camera
+from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES, make_dataset, random_lights, render
 
 DEFAULT_DIR = Path(__file__).parent / "weights" / "judge"
 INPUT_SIZE = 32
@@ -132,7 +132,7 @@ def load_judge(directory: str | Path | None = None, device: str | torch.device =
     for path in (weights, config_path):
         if not path.is_file():
             raise FileNotFoundError(f"judge file not found: {path} (train it with "
-                                    f"`python -m distill.zoo.judge --out {directory}`)")
+                                    f"`python -m priorkit.distill.zoo.judge --out {directory}`)")
     config = json.loads(config_path.read_text())
     if config.get("shapes", list(SHAPES)) != list(SHAPES) or config.get("colours", list(COLOUR_NAMES)) != list(
             COLOUR_NAMES):
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     argv = sys.argv[1:] if argv is None else argv
-    command = "python -m distill.zoo.judge " + shlex.join(argv)
+    command = "python -m priorkit.distill.zoo.judge " + shlex.join(argv)
     _, metrics = train_judge(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                              pool_size=args.pool_size, lr=args.lr, eval_n=args.eval_n, command=command)
     print(f"held-out joint accuracy: {metrics['heldout_accuracy']:.4f} ({metrics['train_seconds']:.0f}s)")

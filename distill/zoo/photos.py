@@ -14,8 +14,8 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
-from distill.zoo.debian_photos import DEBIAN_PHOTOS, HELD_OUT_DEBIAN, fetch_debian_photos
-from distill.zoo.debian_photos import photo_file as debian_photo_file
+from priorkit.distill.zoo.debian_photos import DEBIAN_PHOTOS, HELD_OUT_DEBIAN, fetch_debian_photos
+from priorkit.distill.zoo.debian_photos import photo_file as debian_photo_file
 
 
 def _skimage(name: str) -> Path:

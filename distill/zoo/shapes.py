@@ -9,7 +9,7 @@ Geometry (centred at the origin, z up):
 * torus    major radius 0.35, minor radius 0.15, in the xy-plane
 
 Every shape has an exact signed distance function (SDF) in torch. ``render`` sphere-traces the SDF
-along the rays of :class:`~distill.zoo.cameras.Camera`, shades with a Lambertian model
+along the rays of :class:`~priorkit.distill.core.cameras.Camera`, shades with a Lambertian model
 ``albedo * (ambient + (1 - ambient) * max(0, n.l))`` on a white background and anti-aliases by averaging
 a regular ``supersample x supersample`` grid of sub-pixel rays.
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.zoo.cameras import ELEVATION_RANGE, Camera, random_cameras
+from priorkit.distill.core.cameras import ELEVATION_RANGE, Camera, random_cameras
 
 if TYPE_CHECKING:
     import trimesh

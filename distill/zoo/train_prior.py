@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.denoiser import Denoiser
-from distill.diffusers_adapter import DiffusersDenoiser
-from distill.prediction import from_x0_eps
-from distill.training import TrainConfig, train
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+from priorkit.distill.core.prediction import from_x0_eps
+from priorkit.distill.core.training import TrainConfig, train
 
 SHAPES_UNET: dict[str, Any] = dict(
     sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128),
@@ -81,7 +81,7 @@ class ShapesData:
     """Pre-rendered shapes-world images with captions drawn fresh each time."""
 
     def __init__(self, n: int, seed: int = 0) -> None:
-        from distill.zoo import shapes
+        from priorkit.distill.zoo import shapes
 
         self.shapes = shapes
         data = shapes.make_dataset(n, size=32, seed=seed)
@@ -90,7 +90,7 @@ class ShapesData:
         self.azimuth, self.elevation = data["azimuth"], data["elevation"]
 
     def batch(self, n: int, g: torch.Generator) -> tuple[Tensor, list[str]]:
-        from distill.zoo.cameras import view_phrase
+        from priorkit.distill.core.cameras import view_phrase
 
         idx = torch.randint(len(self.images), (n,), generator=g)
         x = self.images[idx]
@@ -113,7 +113,7 @@ def build(name: str) -> DiffusersDenoiser:
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     if name == "shapes":
-        from distill.text import MiniLMEncoder
+        from priorkit.distill.core.text import MiniLMEncoder
 
         return DiffusersDenoiser(UNet2DConditionModel(**SHAPES_UNET), SHAPES_SCHEDULER,
                                  text_encoder=MiniLMEncoder(TEXT_ENCODER["max_length"]))
@@ -192,20 +192,20 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     """
     if data is not None and name != "photos":
         raise ValueError("data= (a folder of photographs) applies to the photos prior only")
-    from distill.zoo.photos import PHOTO_SETS
+    from priorkit.distill.zoo.photos import PHOTO_SETS
 
     if photo_set not in PHOTO_SETS:
         raise ValueError(f"unknown photo set {photo_set!r}; expected one of {', '.join(PHOTO_SETS)}")
     photos = None
     if data is None and name == "photos" and photo_set != "v1":
-        from distill.zoo.debian_photos import fetch_debian_photos
-        from distill.zoo.photos import load_photo
+        from priorkit.distill.zoo.debian_photos import fetch_debian_photos
+        from priorkit.distill.zoo.photos import load_photo
 
         fetch_debian_photos()
         photos = [load_photo(n) for n in PHOTO_SETS[photo_set][0]]
         print(f"training on the {len(photos)} photographs of photo set {photo_set}")
     if data is not None:  # read (and refuse) the folder before any work
-        from distill.zoo.photos import folder_photos
+        from priorkit.distill.zoo.photos import folder_photos
 
         photos, skipped = folder_photos(data)
         for file, why in skipped:
@@ -227,7 +227,7 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
             x, prompts = data.batch(batch_size, g)
             return denoising_loss(den, x, pooled_only(den.encode(prompts), POOLED_ONLY, g), g)
     else:
-        from distill.zoo.photos import PatchSampler
+        from priorkit.distill.zoo.photos import PatchSampler
 
         sampler = PatchSampler(photos=photos)
 

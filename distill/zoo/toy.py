@@ -9,7 +9,7 @@ The playground on which every fast-sampler trainer of distill/ is checked before
   (step size ``d`` for shortcut models, guidance weight ``w`` for guidance distillation), any prediction
   kind, any schedule;
 * :func:`train_teacher`: flow matching (Lipman et al. 2022; Liu et al. 2022) — in general the denoising
-  loss of the network's own prediction kind under its own schedule — through `distill.training.train`;
+  loss of the network's own prediction kind under its own schedule — through `priorkit.distill.core.training.train`;
 * metrics: the sliced 2-Wasserstein distance (:func:`sliced_w2`: many random directions, exact 1D W2 by
   sorting; the benchmark's main metric) and exact W2 by optimal transport on subsamples (:func:`exact_w2`,
   POT's ``ot.emd2``).
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.gmm import GaussianMixture
-from distill.prediction import KINDS, from_x0_eps
-from distill.schedule import FlowMatching, Schedule, broadcast_to, schedule_from_config
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.prediction import KINDS, from_x0_eps
+from priorkit.distill.core.schedule import FlowMatching, Schedule, broadcast_to, schedule_from_config
 
 TARGETS: tuple[str, ...] = ("gmm", "moons", "checkerboard")
 #: class label meaning "no class" (the unconditional branch of classifier-free guidance)
@@ -203,7 +203,7 @@ class MLPDenoiser(Denoiser):
     Condition: None, class labels (B,) long, or a dict ``{"class": (B,) | None, "<extra>": float | (B,)}``.
     """
 
-    condition_key = "class"  # where a bare tensor condition goes when extras are added (distill.students)
+    condition_key = "class"  # where a bare tensor condition goes when extras are added (students.format)
 
     def __init__(self, schedule: Schedule | None = None, config: MLPConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -316,7 +316,7 @@ def train_teacher(name: str, steps: int | None = None, *, conditional: bool = Fa
     ``conditional`` trains a class-conditional model with label dropout ``cfg_dropout`` (for CFG).
     ``out`` keeps checkpoints (a temporary folder when None). Returns the EMA model in eval mode.
     """
-    from distill.training import TrainConfig, train
+    from priorkit.distill.core.training import TrainConfig, train
 
     cfg = config or TeacherConfig()
     steps = cfg.steps if steps is None else steps

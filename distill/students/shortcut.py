@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.samplers.base import steps_bar
-from distill.schedule import Schedule, broadcast_to
-from distill.students import Trainee, freeze, save_student, select_rows, unwrap, with_extras
-from distill.toy import DataFn
-from distill.training import TrainConfig, train
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.samplers.base import steps_bar
+from priorkit.distill.core.schedule import Schedule, broadcast_to
+from priorkit.distill.core.training import TrainConfig, train
+from priorkit.distill.students.format import Trainee, freeze, save_student, select_rows, unwrap, with_extras
+from priorkit.distill.zoo.toy import DataFn
 
 
 @dataclass

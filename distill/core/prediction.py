@@ -18,7 +18,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from distill.schedule import Schedule, as_time, broadcast_to
+from priorkit.distill.core.schedule import Schedule, as_time, broadcast_to
 
 Kind = Literal["eps", "x0", "v", "velocity", "score"]
 KINDS: tuple[str, ...] = ("eps", "x0", "v", "velocity", "score")

@@ -24,12 +24,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import from_x0_eps
-from distill.samplers import sample
-from distill.schedule import broadcast_to
-from distill.students import freeze, is_main_process, is_student_folder, load_student, save_student
-from distill.training import TrainConfig, train
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import from_x0_eps
+from priorkit.distill.core.samplers import sample
+from priorkit.distill.core.schedule import broadcast_to
+from priorkit.distill.core.training import TrainConfig, train
+from priorkit.distill.students.format import freeze, is_main_process, is_student_folder, load_student, save_student
 
 #: optional conditions for the couplings: ``conditions(n, generator) -> cond`` (class labels, prompts' states)
 CondFn = Callable[[int, torch.Generator], Condition]
@@ -191,7 +191,7 @@ def _train_round(student: Denoiser, pairs: dict[str, Tensor], folder: Path, cfg:
 @torch.no_grad()
 def reflow_sample(student: Denoiser, noise: Tensor, steps: int, *, cond: Condition = None) -> Tensor:
     """DDIM (= Euler for flow matching) in ``steps`` uniform-in-t steps from t_max; noise = sigma(t_max) z."""
-    from distill.progressive import ddim_sample
+    from priorkit.distill.students.progressive import ddim_sample
 
     times = torch.linspace(float(student.schedule.t_max), 0.0, steps + 1, dtype=torch.float64)
     return ddim_sample(student, noise, times, cond=cond)

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.prediction import Prediction
-from distill.schedule import Schedule, as_time
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.schedule import Schedule, as_time
 
 Condition = Any  # None, a tensor of embeddings (B, L, D), or a list of prompts the denoiser can encode
 

@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from tqdm.auto import tqdm
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction
-from distill.schedule import Schedule, as_time
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.schedule import Schedule, as_time
 
 PredictFn = Callable[[Tensor, Tensor], Prediction]
 

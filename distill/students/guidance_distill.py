@@ -9,7 +9,8 @@ scale, w = 1 unguided):
     target = uncond + w (cond - uncond)           (the teacher's guided prediction at (x_t, t))
     L = || f_student(x_t, t, c, w) - target ||^2  (in the student's own prediction kind)
 
-Stage 2 is progressive distillation (`distill.progressive`) of the stage-1 student, w kept as an input:
+Stage 2 is progressive distillation (`priorkit.distill.students.progressive`) of the stage-1 student, w kept as an
+input:
 each round the student matches two DDIM steps of the previous one at the same w.
 """
 
@@ -22,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction
-from distill.progressive import ProgressiveConfig, progressive_distill
-from distill.schedule import broadcast_to
-from distill.students import freeze, is_student_folder, load_student, save_student, unwrap, with_extras
-from distill.toy import DataFn
-from distill.training import TrainConfig, train
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.schedule import broadcast_to
+from priorkit.distill.core.training import TrainConfig, train
+from priorkit.distill.students.format import freeze, is_student_folder, load_student, save_student, unwrap, with_extras
+from priorkit.distill.students.progressive import ProgressiveConfig, progressive_distill
+from priorkit.distill.zoo.toy import DataFn
 
 
 @dataclass
@@ -78,7 +79,8 @@ def guidance_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: st
     """Stage 1 (w-conditioned student of the CFG teacher) then, if ``cfg.stage2``, progressive distillation.
 
     ``student`` takes the extra input "w" (an `MLPDenoiser` with ``extras=("w",)`` or a UNet student from
-    `distill.students.unet_student_from_teacher(teacher, ("w",))`). ``data(n, g) -> (x0, cond)`` with the
+    `priorkit.distill.students.format.unet_student_from_teacher(teacher, ("w",))`). ``data(n, g) -> (x0, cond)`` with
+    the
     teacher's conditions. Stage 1 trains in ``out/stage1`` (student in ``out/stage1/student``), stage 2 in
     ``out/stage2``. Returns the final student (eval).
     """

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.samplers.base import PredictFn, steps_bar
+from priorkit.distill.core.samplers.base import PredictFn, steps_bar
 
 
 def dpm_solver_2m(fn: PredictFn, x: Tensor, times: Tensor, *, lower_order_final: bool = True,

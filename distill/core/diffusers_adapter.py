@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import DIFFUSERS_KINDS
-from distill.schedule import FlowMatching, Schedule, VPDiscrete, schedule_from_config
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import DIFFUSERS_KINDS
+from priorkit.distill.core.schedule import FlowMatching, Schedule, VPDiscrete, schedule_from_config
 
 FLOW_SCHEDULERS = {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"}
 

@@ -8,8 +8,8 @@ Every fast-sampler trainer of distill/ returns a `Denoiser`. This module holds w
   for a ``UNet2DConditionModel``, ``"timestep"`` (one scalar) for a ``UNet2DModel``;
 * :func:`save_student` / :func:`load_student` — a folder with ``config.json`` (architecture, schedule,
   conditioning, method), ``student.safetensors`` and ``priorkit.json`` (``{"kind": "student", ...}``);
-  ``distill.loading.load_denoiser`` dispatches such folders here;
-* :class:`Trainee` — the module `distill.training.train` optimises: the student plus, when a method needs
+  ``priorkit.distill.core.loading.load_denoiser`` dispatches such folders here;
+* :class:`Trainee` — the module `priorkit.distill.core.training.train` optimises: the student plus, when a method needs
   one, a frozen target network (an EMA of the student) that is checkpointed with it.
 """
 
@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.diffusers_adapter import DiffusersDenoiser
-from distill.toy import MLPConfig, MLPDenoiser, fourier_embedding
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+from priorkit.distill.zoo.toy import MLPConfig, MLPDenoiser, fourier_embedding
 
 STUDENT_KIND = "student"
 WEIGHTS = "student.safetensors"
@@ -156,7 +156,7 @@ def _jsonable(config: Any) -> Any:
 
 # ---- training wrapper ----------------------------------------------------------------------------
 class Trainee(nn.Module):
-    """What `distill.training.train` optimises: ``student`` and an optional frozen ``target`` copy.
+    """What `priorkit.distill.core.training.train` optimises: ``student`` and an optional frozen ``target`` copy.
 
     ``forward`` is the student's, so a ``DistributedDataParallel`` wrapper (accelerate) sees every student
     call; the target (an EMA of the student: consistency models, shortcut models) lives in the state dict
@@ -266,7 +266,7 @@ def build_student(spec: dict[str, Any], *, text_encoder: nn.Module | None = None
                            extra_defaults=spec.get("extra_defaults"), feature_dim=int(spec["feature_dim"]),
                            vae=vae, text_encoder=text_encoder)
     if kind == "consistency":
-        from distill.consistency import ConsistencyModel
+        from priorkit.distill.students.consistency import ConsistencyModel
 
         return ConsistencyModel.from_spec(spec, build_student(spec["net"], text_encoder=text_encoder, vae=vae))
     raise ValueError(f"unknown student type {kind!r} in config.json")
@@ -281,7 +281,8 @@ def save_student(student: Denoiser, folder: str | Path, meta: dict[str, Any] | N
     """Write ``student`` to ``folder``: config.json, student.safetensors, priorkit.json. Returns the folder.
 
     ``meta``: JSON-able facts kept in priorkit.json — "method" (e.g. "consistency"), "teacher" (its path),
-    "steps" (the NFE the student was made for), "text_encoder" (a `distill.text` spec), "vae_from" (a folder
+    "steps" (the NFE the student was made for), "text_encoder" (a `priorkit.distill.core.text` spec), "vae_from" (a
+    folder
     whose VAE a latent student uses), training settings. The folder is written atomically, by the main
     process only in a distributed run.
     """
@@ -330,9 +331,9 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> Denoiser:
     """Rebuild a student saved by :func:`save_student` (bit-identical weights), in eval mode.
 
-    Raises `distill.loading.ModelLoadError` naming the file at fault.
+    Raises `priorkit.distill.core.loading.ModelLoadError` naming the file at fault.
     """
-    from distill.loading import ModelLoadError
+    from priorkit.distill.core.loading import ModelLoadError
 
     folder = Path(folder)
     try:
@@ -347,11 +348,11 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
         raise ModelLoadError(f"missing weights {weights}")
     text_encoder = vae = None
     if meta.get("text_encoder"):
-        from distill.text import text_encoder_from_spec
+        from priorkit.distill.core.text import text_encoder_from_spec
 
         text_encoder = text_encoder_from_spec(meta["text_encoder"])
     if meta.get("vae_from"):
-        from distill.loading import load_denoiser
+        from priorkit.distill.core.loading import load_denoiser
 
         vae = getattr(load_denoiser(meta["vae_from"]), "vae", None)
     try:

@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.progressive import ddim_step
-from distill.schedule import Schedule, as_time, broadcast_to
-from distill.students import Trainee, freeze, save_student, unwrap
-from distill.toy import DataFn
-from distill.training import TrainConfig, train
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.schedule import Schedule, as_time, broadcast_to
+from priorkit.distill.core.training import TrainConfig, train
+from priorkit.distill.students.format import Trainee, freeze, save_student, unwrap
+from priorkit.distill.students.progressive import ddim_step
+from priorkit.distill.zoo.toy import DataFn
 
 SOLVERS = ("heun", "dpm2", "ddim", "euler")
 _R_CAP = 1e6  # noise-to-signal ratios beyond this are treated as this (alpha ~ 0: pure noise)
@@ -110,7 +110,7 @@ class ConsistencyModel(Denoiser):
         return "x0", broadcast_to(big_a, x).to(x.dtype) * p.x0 + broadcast_to(big_b, x).to(x.dtype) * p.eps
 
     def config_spec(self) -> dict[str, Any]:
-        from distill.students import student_spec
+        from priorkit.distill.students.format import student_spec
 
         return {"type": "consistency", "sigma_data": self.sigma_data, "sigma_min": self.sigma_min,
                 "net": student_spec(self.net)}

@@ -2,7 +2,8 @@
 
 * :func:`distill` — train a fast-sampling student of a teacher with one method; returns its folder.
   Teachers: "toy:gmm" (the exact mixture), "toy:moons", "toy:checkerboard" (an MLP teacher trained first
-  by flow matching), or anything `distill.loading.load_denoiser` reads (a bundled name, a diffusers folder).
+  by flow matching), or anything `priorkit.distill.core.loading.load_denoiser` reads (a bundled name, a diffusers
+  folder).
 * :func:`sample_student` — samples from a student folder with the sampler its method needs.
 * :func:`student_sampler` — that sampler as a function, for benchmarks and apps.
 """
@@ -19,10 +20,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.samplers import initial_noise, sample
-from distill.students import attach_codecs, copy_teacher, freeze, load_student, read_meta, unet_student_from_teacher
-from distill.toy import TARGETS, DataFn, MLPDenoiser, conditional_gmm_target, gmm_target, target_data, train_teacher
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.students.format import (
+    attach_codecs,
+    copy_teacher,
+    freeze,
+    load_student,
+    read_meta,
+    unet_student_from_teacher,
+)
+from priorkit.distill.zoo.toy import (
+    TARGETS,
+    DataFn,
+    MLPDenoiser,
+    conditional_gmm_target,
+    gmm_target,
+    target_data,
+    train_teacher,
+)
 
 METHODS: tuple[str, ...] = ("reflow", "cd", "ct", "shortcut", "progressive", "guidance")
 
@@ -62,7 +78,7 @@ def _toy_name(teacher: str) -> str | None:
 
 def _source_spec(teacher: str) -> dict[str, Any]:
     """The priorkit.json of a teacher folder or bundled name (text encoder spec, bundled name), or {}."""
-    from distill.loading import BUNDLED, BUNDLED_DIR
+    from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR
 
     folder = BUNDLED_DIR / teacher if teacher in BUNDLED else Path(teacher)
     path = folder / "priorkit.json"
@@ -75,7 +91,7 @@ def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0,
     or otherwise the teacher's own samples (DPM-Solver++, 32 steps; conditioned on ``prompts`` if given)."""
     name = _source_spec(source).get("name", source)
     if name == "shapes":
-        from distill.zoo.train_prior import ShapesData
+        from priorkit.distill.zoo.train_prior import ShapesData
 
         shapes = ShapesData(n, seed=seed)
 
@@ -85,7 +101,7 @@ def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0,
 
         return renders
     if name == "photos":
-        from distill.zoo.photos import PatchSampler
+        from priorkit.distill.zoo.photos import PatchSampler
 
         patches = PatchSampler()
         return lambda m, g: (patches(m, g), None)
@@ -118,8 +134,8 @@ def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = Non
     class embedding (shortcut / guidance); ct starts from the same copy. MLP / analytic teachers: a copy of
     ``backbone`` (an MLP teacher) where the architecture allows, else a fresh `MLPDenoiser`.
     """
-    from distill.consistency import ConsistencyModel
-    from distill.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.students.consistency import ConsistencyModel
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -145,11 +161,11 @@ def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = Non
 def method_config(method: str, *, steps: int | None = None, batch: int | None = None, lr: float | None = None,
                   image: bool = False) -> Any:
     """The defaults dataclass of ``method`` with the common overrides (image teachers: smaller lr / batch)."""
-    from distill.consistency import ConsistencyConfig
-    from distill.guidance_distill import GuidanceDistillConfig
-    from distill.progressive import ProgressiveConfig
-    from distill.reflow import ReflowConfig
-    from distill.shortcut import ShortcutConfig
+    from priorkit.distill.students.consistency import ConsistencyConfig
+    from priorkit.distill.students.guidance_distill import GuidanceDistillConfig
+    from priorkit.distill.students.progressive import ProgressiveConfig
+    from priorkit.distill.students.reflow import ReflowConfig
+    from priorkit.distill.students.shortcut import ShortcutConfig
 
     cfg: Any = {"reflow": ReflowConfig, "cd": ConsistencyConfig, "ct": ConsistencyConfig,
                 "shortcut": ShortcutConfig, "progressive": ProgressiveConfig,
@@ -186,7 +202,7 @@ def method_config(method: str, *, steps: int | None = None, batch: int | None = 
 def run_method(method: str, teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Path, cfg: Any, *,
                resume: bool = False, meta: dict[str, Any] | None = None, conditions: Any = None) -> Denoiser:
     """Dispatch to the trainer of ``method`` (the one place that knows every trainer's signature)."""
-    from distill import consistency, guidance_distill, progressive, reflow, shortcut
+    from priorkit.distill.students import consistency, guidance_distill, progressive, reflow, shortcut
 
     if method == "reflow":  # the couplings are conditioned like the data (e.g. captions of renders)
         conditions = conditions or (lambda m, g: data(m, g)[1])
@@ -205,7 +221,7 @@ def run_method(method: str, teacher: Denoiser, student: Denoiser, data: DataFn, 
 
 
 def _backbone(student: Denoiser) -> Denoiser:
-    from distill.consistency import ConsistencyModel
+    from priorkit.distill.students.consistency import ConsistencyModel
 
     return student.net if isinstance(student, ConsistencyModel) else student
 
@@ -250,7 +266,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         cfg = method_config(method, steps=steps, batch=batch, lr=lr)
         target = CFGDenoiser(den, guidance) if guidance != 1.0 and method != "guidance" else den
     else:
-        from distill.loading import load_denoiser
+        from priorkit.distill.core.loading import load_denoiser
 
         den = freeze(load_denoiser(teacher))
         spec = _source_spec(teacher)
@@ -273,7 +289,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
 # ---- sampling ------------------------------------------------------------------------------------
 def student_sampler(meta: dict[str, Any]) -> Sampler:
     """The sampler a student's method needs, from its priorkit.json ``meta``."""
-    from distill import consistency, progressive, reflow, shortcut
+    from priorkit.distill.students import consistency, progressive, reflow, shortcut
 
     kind = meta.get("sampler", "ode")
     cfg = meta.get("config", {}) or {}
@@ -300,7 +316,7 @@ def student_sampler(meta: dict[str, Any]) -> Sampler:
 def start_time(student: Denoiser, meta: dict[str, Any]) -> float:
     """The time a student's sampler starts from (consistency models start below t_max)."""
     if meta.get("sampler") == "consistency":
-        from distill.consistency import consistency_times
+        from priorkit.distill.students.consistency import consistency_times
 
         cfg = meta.get("config", {}) or {}
         return float(consistency_times(student.schedule, 1, sigma_min=cfg.get("sigma_min", 0.002),
@@ -332,7 +348,7 @@ def student_samples(student: Denoiser, meta: dict[str, Any], n: int, *, steps: i
     elif label is not None:
         cond = torch.full((n,), int(label))
     if w is not None:
-        from distill.students import with_extras
+        from priorkit.distill.students.format import with_extras
 
         cond = with_extras(student, cond, w=w)
     g = torch.Generator().manual_seed(seed)

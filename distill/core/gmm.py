@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.schedule import FlowMatching, Schedule, broadcast_to
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.schedule import FlowMatching, Schedule, broadcast_to
 
 
 class GaussianMixture(Denoiser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from distill.samplers.base import PredictFn, steps_bar
+from priorkit.distill.core.samplers.base import PredictFn, steps_bar
 
 
 def euler(fn: PredictFn, x: Tensor, times: Tensor, *, progress: bool | None = None) -> Tensor:

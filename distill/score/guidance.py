@@ -7,7 +7,7 @@ image x = g(theta) along a gradient that skips the denoiser's Jacobian:
 
 with eps_ref = eps (SDS) or the noise prediction of the current renders' own distribution (VSD). Both are
 implemented as the stop-gradient surrogate ``0.5 || x - sg(x - g) ||^2`` whose gradient in x is exactly ``g``.
-Everything is written in the general schedule x_t = alpha(t) x0 + sigma(t) eps of ``distill.schedule``.
+Everything is written in the general schedule x_t = alpha(t) x0 + sigma(t) eps of ``priorkit.distill.core.schedule``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.denoiser import Denoiser
-from distill.schedule import Schedule, broadcast_to
-from distill.zoo.cameras import Camera, view_phrase
+from priorkit.distill.core.cameras import Camera, view_phrase
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.schedule import Schedule, broadcast_to
 
 WEIGHTINGS = ("sigma2", "uniform", "snr_sqrt")
 ANNEALING = ("none", "linear", "sqrt")

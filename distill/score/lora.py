@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from distill.zoo.cameras import Camera
+from priorkit.distill.core.cameras import Camera
 
 CAMERA_FEATURES = 16  # a flattened 4x4 camera-to-world matrix
 

@@ -7,8 +7,9 @@ Layouts understood:
 * a bare model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` + ``scheduler_config.json``
   (optionally a ``priorkit.json`` naming the text encoder) — how priorkit saves its own models;
 * a bundled name ("shapes", "photos") resolving to such a folder inside the package;
-* a student folder written by ``distill.students.save_student`` (``priorkit.json`` with ``"kind": "student"``),
-  loaded by ``distill.students.load_student``.
+* a student folder written by ``priorkit.distill.students.format.save_student`` (``priorkit.json`` with ``"kind":
+"student"``),
+  loaded by ``priorkit.distill.students.format.load_student``.
 
 Pickle checkpoints (.bin, .ckpt, .pt, .pth, .pkl) are refused: unpickling runs arbitrary code.
 """
@@ -21,10 +22,10 @@ from typing import Any
 
 import torch
 
-from distill.denoiser import Denoiser
+from priorkit.distill.core.denoiser import Denoiser
 
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"}
-BUNDLED_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 BUNDLED = {"shapes": "text-to-image prior on the shapes world (32x32, MiniLM text conditioning)",
            "photos": "unconditional prior on 64x64 natural-photo patches",
            "shapes-cd": "consistency-distilled student of 'shapes' with CFG 3 built in (1-4 steps)"}
@@ -87,8 +88,8 @@ UNETS = ("UNet2DModel", "UNet2DConditionModel")
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, device: str | torch.device) -> Denoiser:
-    from distill.diffusers_adapter import DiffusersDenoiser
-    from distill.text import CLIPEncoder, text_encoder_from_spec
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.core.text import CLIPEncoder, text_encoder_from_spec
 
     if (folder / "model_index.json").is_file():  # a diffusers pipeline
         unet = _load_model_class(folder / "unet", UNETS, torch_dtype=dtype)
@@ -126,8 +127,10 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu") -> Denoiser:
     """A `Denoiser` from a bundled name ("shapes", "photos", "shapes-cd"), a local folder, or a diffusers hub id.
 
-    A student folder (see `distill.students.is_student_folder`) gives the student itself (its own fast sampler
-    is chosen by ``distill.distill_cli.student_sampler``; generic samplers treat it as an ordinary denoiser).
+    A student folder (see `priorkit.distill.students.format.is_student_folder`) gives the student itself (its own
+    fast sampler
+    is chosen by ``priorkit.distill.students.runner.student_sampler``; generic samplers treat it as an ordinary
+    denoiser).
 
     Raises `ModelLoadError` (or `PickleRefusedError`) with the offending path in the message.
     """
@@ -138,7 +141,7 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
             raise PickleRefusedError(f"{path} is a pickle checkpoint; priorkit loads only safetensors folders")
         raise ModelLoadError(f"{path} is a single file; give the diffusers folder that contains it")
     if path.is_dir():
-        from distill.students import is_student_folder, load_student
+        from priorkit.distill.students.format import is_student_folder, load_student
 
         if is_student_folder(path):  # a student trained by distill/ (priorkit.json says "kind": "student")
             return load_student(path, dtype=dtype, device=device)

@@ -19,7 +19,7 @@ Conventions bridged here (read from deepinv 0.5.0's source):
 * deepinv's diffusion samplers carry their state in [-1, 1] and call the denoiser through
   ``MinusOneOneDenoiserWrapper`` (x -> (x + 1) / 2, sigma -> sigma / 2), while measurements, physics and the
   measurement noise ``physics.noise_model.sigma`` are in [0, 1]: ``sigma_y`` here is the image-range std, as in
-  `inverse.operators.Measurement`.
+  `priorkit.inverse.operators.Measurement`.
 * Our `Operator` is served as a deepinv ``LinearPhysics`` (`operator_physics`) with its exact ``A``, ``A^T``,
   ``A^+`` and an exact ``prox_l2`` from ``Operator.solve``:
   ``argmin_u gamma/2 |A u - y|^2 + 1/2 |u - z|^2 = z + A^T (A A^T + gamma^-1 I)^-1 (y - A z)``.
@@ -48,9 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.samplers.base import predict_fn
-from inverse.operators import Operator
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.samplers.base import predict_fn
+from priorkit.inverse.operators import Operator
 
 __all__ = ["PEERS", "DeepinvDenoiser", "PeerPiGDMDefaults", "PeerDPSDefaults", "PeerDiffPIRDefaults", "PeerResult",
            "load_deepinv", "operator_physics", "run_peer"]
@@ -218,7 +218,8 @@ def _physics_class() -> type:
     dinv = load_deepinv()
 
     class OperatorPhysics(dinv.physics.LinearPhysics):
-        """An `inverse.operators.Operator` as deepinv ``LinearPhysics``, exact A^+ and prox_l2 (module docstring)."""
+        """An `priorkit.inverse.operators.Operator` as deepinv ``LinearPhysics``, exact A^+ and prox_l2 (module
+        docstring)."""
 
         def __init__(self, operator: Operator, sigma_y: float) -> None:
             super().__init__(A=operator.A, A_adjoint=operator.At,
@@ -252,7 +253,8 @@ def operator_physics(operator: Operator, sigma_y: float) -> Any:
 @dataclass
 class PeerPiGDMDefaults:
     """deepinv PiGDM: ``PosteriorDiffusion(PiGDMDataFidelity, VariancePreservingDiffusion (beta 0.1..20),
-    DDPMSolver)`` — ancestral steps, like our `inverse.pigdm.PiGDMDefaults` (eta = 1). 100 steps as in the paper.
+    DDPMSolver)`` — ancestral steps, like our `priorkit.inverse.pigdm.PiGDMDefaults` (eta = 1). 100 steps as in the
+    paper.
     ``cg_max_iter``: deepinv's PiGDM CG iterations for the measurement-space solve (deepinv's default: 3)."""
 
     steps: int = 100

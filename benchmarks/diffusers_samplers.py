@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.denoiser import Denoiser
-from distill.schedule import VPDiscrete
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.schedule import VPDiscrete
 
 
 def vp_discrete_times(timesteps: Tensor, schedule: VPDiscrete) -> Tensor:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distill.denoiser import Condition, Denoiser
-from distill.samplers import dpm_solver, euler, heun
-from distill.samplers.base import is_clean, predict_fn, time_grid
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.samplers import dpm_solver, euler, heun
+from priorkit.distill.core.samplers.base import is_clean, predict_fn, time_grid
 
 SOLVERS: dict[str, Callable[..., Tensor]] = {
     "euler": euler.euler,

@@ -1,7 +1,8 @@
 """The 2D toy of score distillation: SDS collapses to modes, VSD samples (ProlificDreamer, Wang et al. 2023, sec. 5).
 
 The "renders" are the particles themselves, x_i in R^2 (g = identity, no renderer), and the prior is an analytic
-Gaussian mixture p with its exact denoiser (``distill.gmm.GaussianMixture``). Both objectives move every particle
+Gaussian mixture p with its exact denoiser (``priorkit.distill.core.gmm.GaussianMixture``). Both objectives move
+every particle
 along an expectation over t and eps:
 
     SDS:  dx_i = -lr E[ w(t) (eps_p(x_t; t) - eps) ]                 (DreamFusion eq. 3; mode seeking)
@@ -12,7 +13,7 @@ exact: q is a Gaussian kernel density estimate of the particles, itself a Gaussi
 exact at every t. Since eps = -sigma_t grad log(.), VSD is the Wasserstein gradient flow of E_t KL(q_t || p_t)
 and its particles spread to cover p; SDS ignores q and each particle climbs to a mode of the smoothed p.
 
-Run ``python -m gen3d.toy2d`` for the numbers (mode coverage, energy distance) and a scatter plot.
+Run ``python -m benchmarks.toy2d_sds`` for the numbers (mode coverage, energy distance) and a scatter plot.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from distill.gmm import GaussianMixture
-from distill.schedule import Schedule, VPCosine
-from gen3d.guidance import add_noise, sample_times, weight
+from priorkit.distill.core.gmm import GaussianMixture
+from priorkit.distill.core.schedule import Schedule, VPCosine
+from priorkit.distill.score.guidance import add_noise, sample_times, weight
 
 
 @dataclass

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.denoiser import Condition, Denoiser
-from distill.prediction import Prediction
-from distill.samplers.base import steps_bar, time_grid
-from distill.schedule import Schedule, as_time, broadcast_to
-from distill.students import freeze, is_student_folder, load_student, save_student
-from distill.toy import DataFn
-from distill.training import TrainConfig, train
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction
+from priorkit.distill.core.samplers.base import steps_bar, time_grid
+from priorkit.distill.core.schedule import Schedule, as_time, broadcast_to
+from priorkit.distill.core.training import TrainConfig, train
+from priorkit.distill.students.format import freeze, is_student_folder, load_student, save_student
+from priorkit.distill.zoo.toy import DataFn
 
 
 @dataclass

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distill.denoiser import ConvertedDenoiser, Denoiser
-from distill.schedule import VE, as_time
+from priorkit.distill.core.denoiser import ConvertedDenoiser, Denoiser
+from priorkit.distill.core.schedule import VE, as_time
 
 
 def reference_solve(den: Denoiser, x: Tensor, t_start: float, *, sigma_end: float = 1e-6, rtol: float = 1e-10,
