@@ -35,7 +35,7 @@ from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import nfe as solver_nfe
 from priorkit.distill.core.samplers import sample
 from priorkit.inverse.operators import Operator
-from priorkit.inverse.pigdm import _check_measurement, as_flow, regularised_pinv, solution_shape
+from priorkit.inverse.solver_common import as_flow, check_measurement, regularised_pinv, solution_shape
 
 __all__ = ["DFlowDefaults", "dflow", "CountingDenoiser", "chi_regulariser"]
 
@@ -130,7 +130,7 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
 
     The batch is optimised jointly (one L-BFGS on the sum of the per-sample losses, which are independent).
     """
-    _check_measurement(y, sigma_y)
+    check_measurement(y, sigma_y)
     if not 0 <= blend <= 1:
         raise ValueError(f"blend must lie in [0, 1]; got {blend}")
     if max_iter < 1:

@@ -25,7 +25,7 @@ from torch import Tensor
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers.base import predict_fn, steps_bar
 from priorkit.inverse.operators import Operator
-from priorkit.inverse.pigdm import _check_measurement, ddim_step, initial_state
+from priorkit.inverse.solver_common import check_measurement, ddim_step, initial_state
 
 __all__ = ["DPSDefaults", "dps"]
 
@@ -59,7 +59,7 @@ def dps(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, co
     Returns:
         restored images (B, C, H, W) in model range.
     """
-    _check_measurement(y, sigma_y)
+    check_measurement(y, sigma_y)
     if zeta < 0:
         raise ValueError(f"zeta must be >= 0; got {zeta}")
     schedule = denoiser.schedule

@@ -40,11 +40,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.denoiser import Condition, ConvertedDenoiser, Denoiser
+from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.prediction import Prediction, from_x0_eps
-from priorkit.distill.core.samplers.base import NOISE_END_LOG_SNR, PredictFn, predict_fn, steps_bar, time_grid
-from priorkit.distill.core.schedule import FlowMatching, Schedule, as_time, broadcast_to
+from priorkit.distill.core.samplers.base import NOISE_END_LOG_SNR, PredictFn, predict_fn, steps_bar
+from priorkit.distill.core.schedule import Schedule, as_time, broadcast_to
 from priorkit.inverse.operators import Operator
+from priorkit.inverse.solver_common import (  # noqa: F401 - re-exported: the pieces used to live here
+    as_flow,
+    check_measurement,
+    ddim_step,
+    initial_state,
+    regularised_pinv,
+    sampling_times,
+    solution_shape,
+)
 
 __all__ = [
     "PiGDMDefaults",
@@ -58,75 +67,6 @@ __all__ = [
     "regularised_pinv",
     "solution_shape",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Shared pieces (also used by DPS and D-Flow)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def solution_shape(denoiser: Denoiser, y: Tensor, shape: tuple[int, ...] | None) -> tuple[int, ...]:
-    """(B, *sample_shape) of the images to restore: ``shape`` if given, else B = y.shape[0] and the prior's shape."""
-    if shape is not None:
-        return tuple(shape)
-    if denoiser.sample_shape is None:
-        raise ValueError("the denoiser has no fixed sample_shape; pass shape=(B, C, H, W)")
-    return (y.shape[0], *denoiser.sample_shape)
-
-
-def _check_measurement(y: Tensor, sigma_y: float) -> None:
-    if not torch.isfinite(y).all():
-        raise ValueError("the measurement y contains NaN or inf values")
-    if not (isinstance(sigma_y, (int, float)) and sigma_y >= 0 and math.isfinite(sigma_y)):
-        raise ValueError(f"sigma_y must be a finite float >= 0 (model-range noise std); got {sigma_y!r}")
-
-
-def sampling_times(schedule: Schedule, steps: int, spacing: str = "time", *, t_max: float | None = None) -> Tensor:
-    """``steps + 1`` decreasing times (float64) from the noise end to t = 0 (clean), for guided samplers.
-
-    Guidance divides by alpha, so the grid starts where alpha > 0: at ``t_max`` (default: the schedule's), or, when
-    alpha vanishes or nearly so there (flow matching at t = 1; the cosine DDPM's t = 1 where sigma^2 / alpha ~ 2e4
-    amplifies any Jacobian error of a learned model), where log-SNR = -10 (alpha / sigma = e^-5). The last step lands on
-    t = 0 where sigma = 0. Model evaluations: ``steps`` (none at t = 0).
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    t_max = schedule.t_max if t_max is None else float(t_max)
-    if not float(schedule.log_snr(torch.tensor(t_max, dtype=torch.float64))) >= NOISE_END_LOG_SNR:  # sigma^2/alpha
-        t_max = float(schedule.t_from_log_snr(torch.tensor(NOISE_END_LOG_SNR, dtype=torch.float64)))
-    t_min = schedule.t_min if schedule.t_min > 0 else 1e-3
-    return time_grid(schedule, steps, spacing, t_max=t_max, t_min=min(t_min, 0.5 * t_max))
-
-
-def initial_state(denoiser: Denoiser, y: Tensor, steps: int, spacing: str, times: Tensor | None,
-                  shape: tuple[int, ...] | None, noise: Tensor | None, generator: torch.Generator | None
-                  ) -> tuple[Tensor, Tensor]:
-    """(times, x): the guided samplers' grid (:func:`sampling_times` unless given) and x = sigma(t_0) z."""
-    schedule = denoiser.schedule
-    times = sampling_times(schedule, steps, spacing) if times is None else times.double()
-    shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
-    z = noise if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
-    return times, float(schedule.sigma(times[0])) * z.to(y)
-
-
-def ddim_step(x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, schedule: Schedule, eta: float = 0.0,
-              generator: torch.Generator | None = None) -> Tensor:
-    """One DDIM(eta) step from time t to s < t given the (guided) pair (x0, eps), all (B, ...); general schedule.
-
-    ``x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`` with ``c = eta sigma_s sqrt(1 - e^{2(lambda_t - lambda_s)})``
-    (DDIM eq. 12/16; eta = 1 is the DDPM posterior q(x_s | x_t, x0), eta = 0 the deterministic DDIM/ODE step).
-    """
-    t, s = as_time(t).double(), as_time(s).double()
-    a_s, s_s = float(schedule.alpha(s)), float(schedule.sigma(s))
-    if s_s == 0.0:
-        return a_s * x0
-    # 1 - exp(2 (lambda_t - lambda_s)) = 1 - (alpha_t sigma_s / (alpha_s sigma_t))^2
-    dl = float(schedule.half_log_snr(t) - schedule.half_log_snr(s))
-    c = eta * s_s * math.sqrt(max(0.0, -math.expm1(2.0 * dl))) if eta > 0 else 0.0
-    x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * eps
-    if c > 0:
-        x = x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x
 
 
 def pigdm_guided_x0(fn: PredictFn, x: Tensor, t: Tensor | float, operator: Operator, y: Tensor, sigma_y: float,
@@ -158,27 +98,6 @@ def pigdm_guided_x0(fn: PredictFn, x: Tensor, t: Tensor | float, operator: Opera
     detached = Prediction(x0=pred.x0.detach(), eps=pred.eps.detach(), x_t=x, t=pred.t, schedule=schedule)
     return pred.x0.detach() + scale * g, detached
 
-
-def as_flow(denoiser: Denoiser) -> tuple[Denoiser, float]:
-    """The denoiser under flow matching (alpha = 1 - t, sigma = t) and the time where its sampling should start.
-
-    A flow model is returned as is (start t = 1); any other is wrapped in `ConvertedDenoiser` and starts at the flow
-    time whose SNR equals the SNR at its own ``t_max`` (t = 1 when that SNR is zero).
-    """
-    if isinstance(denoiser.schedule, FlowMatching):
-        return denoiser, 1.0
-    flow = FlowMatching()
-    inner = denoiser.schedule
-    lam = inner.log_snr(torch.tensor(inner.t_max, dtype=torch.float64))
-    start = 1.0 if not torch.isfinite(lam) else float(flow.t_from_log_snr(lam))
-    return ConvertedDenoiser(denoiser, flow), start
-
-
-def regularised_pinv(operator: Operator, y: Tensor, s: float = 0.0) -> Tensor:
-    """``A^T (A A^T + s^2 I)^{-1} y``: A^+ y for s = 0, the Wiener/Tikhonov estimate for s > 0 (no noise blow-up)."""
-    if s <= 0:
-        return operator.pinv(y)
-    return operator.At(operator.solve(y, 1.0, s))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -221,7 +140,7 @@ def pigdm(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
     Returns:
         restored images (B, C, H, W) in model range (not clamped).
     """
-    _check_measurement(y, sigma_y)
+    check_measurement(y, sigma_y)
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
     schedule = denoiser.schedule
@@ -272,7 +191,7 @@ def pigdm_flow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float
     Returns:
         restored images (B, C, H, W) in model range.
     """
-    _check_measurement(y, sigma_y)
+    check_measurement(y, sigma_y)
     if weighting not in ("adaptive", "unit"):
         raise ValueError(f"weighting must be 'adaptive' or 'unit'; got {weighting!r}")
     if init not in ("pinv", "noise"):
@@ -302,3 +221,4 @@ def pigdm_flow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float
         u = from_x0_eps("velocity", x0w, eps_w, x, t, schedule)                # u + (a' - s' a / s) gamma (s^2/a) g
         x = x + float(s - t) * u                                               # Euler
     return x
+
