@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -253,23 +253,15 @@ def toy_teacher(name: str, points: int = 2048, bandwidth: float = 0.06) -> Denoi
                            torch.full((points, 2), bandwidth**2, dtype=torch.float64))
 
 
-class Interruptible(Denoiser):
+class Interruptible(WrappedDenoiser):
     """``inner`` with a stop check and a counter before every model evaluation (what makes Cancel prompt).
 
     ``tick(batch)`` is called before each evaluation of a (B, ...) batch and may raise `JobCancelledError`.
     """
 
     def __init__(self, inner: Denoiser, tick: Callable[[int], None]) -> None:
-        super().__init__()
-        self.inner, self.tick = inner, tick
-        self.schedule, self.sample_shape = inner.schedule, inner.sample_shape
-        self.conditional = getattr(inner, "conditional", False)
-
-    def encode(self, cond: Condition) -> Condition:
-        return self.inner.encode(cond)
-
-    def null_condition(self, cond: Condition) -> Condition:
-        return self.inner.null_condition(cond)
+        super().__init__(inner)
+        self.tick = tick
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
         self.tick(x.shape[0])

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import nfe as solver_nfe
 from priorkit.distill.core.samplers import sample
@@ -54,13 +54,12 @@ class _CountBackward(torch.autograd.Function):
         return grad, None
 
 
-class CountingDenoiser(Denoiser):
+class CountingDenoiser(WrappedDenoiser):
     """Wrap a `Denoiser` and count its batched calls: ``forward`` (model evaluations, including gradient-checkpoint
     recomputations) and ``backward`` (backward passes through the model). ``nfe`` = forward + backward."""
 
     def __init__(self, inner: Denoiser) -> None:
-        super().__init__()
-        self.inner, self.schedule, self.sample_shape = inner, inner.schedule, inner.sample_shape
+        super().__init__(inner)
         self.counts: dict[str, int] = {"forward": 0, "backward": 0}
 
     @property
@@ -69,12 +68,6 @@ class CountingDenoiser(Denoiser):
 
     def reset(self) -> None:
         self.counts.update(forward=0, backward=0)
-
-    def encode(self, cond: Condition) -> Condition:
-        return self.inner.encode(cond)
-
-    def null_condition(self, cond: Condition) -> Condition:
-        return self.inner.null_condition(cond)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
         self.counts["forward"] += 1

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from priorkit.distill.core.denoiser import Condition, Denoiser, check_inputs
+from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser, check_inputs
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.schedule import as_time
 from priorkit.inverse.operators import Operator, Scalar
@@ -92,7 +92,7 @@ def blend_weights(size: tuple[int, int], tile: tuple[int, int], overlap: int) ->
     return origins, normalised
 
 
-class TiledDenoiser(Denoiser):
+class TiledDenoiser(WrappedDenoiser):
     """Serve a fixed-size prior on (B, C, H, W) images by blending overlapping tile predictions (module docstring).
 
     Args:
@@ -105,14 +105,13 @@ class TiledDenoiser(Denoiser):
 
     def __init__(self, inner: Denoiser, size: tuple[int, int], *, overlap: int = 16, max_batch: int = 16,
                  tile: tuple[int, int] | None = None) -> None:
-        super().__init__()
+        super().__init__(inner)
         if tile is None:
             if inner.sample_shape is None or len(inner.sample_shape) != 3:
                 raise ValueError("the inner prior has no (C, h, w) sample_shape; pass tile=(h, w)")
             tile = tuple(inner.sample_shape[-2:])
         channels = inner.sample_shape[0] if inner.sample_shape is not None else None
         H, W = int(size[0]), int(size[1])
-        self.inner, self.schedule = inner, inner.schedule
         self.tile, self.size, self.max_batch = (int(tile[0]), int(tile[1])), (H, W), max(1, int(max_batch))
         self.overlap = min(int(overlap), self.tile[0] - 1, self.tile[1] - 1)
         self.sample_shape = (channels, H, W) if channels is not None else None
@@ -122,12 +121,6 @@ class TiledDenoiser(Denoiser):
     @property
     def num_tiles(self) -> int:
         return len(self.origins)
-
-    def encode(self, cond: Condition) -> Condition:
-        return self.inner.encode(cond)
-
-    def null_condition(self, cond: Condition) -> Condition:
-        return self.inner.null_condition(cond)
 
     def _tiles(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B * n, C, h, w), tile-major within each sample."""

@@ -91,23 +91,32 @@ def _split(p: Prediction, n: int) -> tuple[Prediction, Prediction]:
     return part(slice(0, n)), part(slice(n, 2 * n))
 
 
-class GuidedDenoiser(Denoiser):
-    """A fixed condition and guidance scale baked into a denoiser (what a sampler sees)."""
+class WrappedDenoiser(Denoiser):
+    """A `Denoiser` that serves another one, ``inner``: conditions, schedule and sample shape are ``inner``'s.
 
-    def __init__(self, inner: Denoiser, cond: Condition, scale: float = 1.0) -> None:
+    Subclasses change :meth:`forward` (what happens around the model call) and, where they serve another
+    schedule pass ``schedule`` (another sample size: set ``sample_shape`` after ``__init__``). ``forward``
+    defaults to calling ``inner``.
+    """
+
+    def __init__(self, inner: Denoiser, *, schedule: Schedule | None = None) -> None:
         super().__init__()
-        self.inner, self.scale = inner, scale
-        self.cond = inner.encode(cond)
-        self.schedule, self.sample_shape = inner.schedule, inner.sample_shape
+        self.inner = inner
+        self.schedule = inner.schedule if schedule is None else schedule
+        self.sample_shape = inner.sample_shape
+        self.conditional = getattr(inner, "conditional", False)
+
+    def encode(self, cond: Condition) -> Condition:
+        return self.inner.encode(cond)
+
+    def null_condition(self, cond: Condition) -> Condition:
+        return self.inner.null_condition(cond)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
-        c = self.cond
-        if isinstance(c, Tensor) and c.shape[0] == 1 and x.shape[0] > 1:
-            c = c.expand(x.shape[0], *c.shape[1:])
-        return self.inner.guided(x, t, c, self.scale, check=check)
+        return self.inner(x, t, cond, check=check)
 
 
-class ConvertedDenoiser(Denoiser):
+class ConvertedDenoiser(WrappedDenoiser):
     """Serve ``inner`` (trained under its own schedule) under another ``schedule`` by SNR matching.
 
     (x_t, t) under ``schedule`` maps to (x', t') under ``inner.schedule`` with equal SNR; x0 and eps are
@@ -117,14 +126,7 @@ class ConvertedDenoiser(Denoiser):
     """
 
     def __init__(self, inner: Denoiser, schedule: Schedule) -> None:
-        super().__init__()
-        self.inner, self.schedule, self.sample_shape = inner, schedule, inner.sample_shape
-
-    def encode(self, cond: Condition) -> Condition:
-        return self.inner.encode(cond)
-
-    def null_condition(self, cond: Condition) -> Condition:
-        return self.inner.null_condition(cond)
+        super().__init__(inner, schedule=schedule)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
         t = as_time(t, x)

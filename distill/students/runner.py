@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
+from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.students.format import (
     attach_codecs,
@@ -46,21 +47,14 @@ METHODS: tuple[str, ...] = ("reflow", "cd", "ct", "shortcut", "progressive", "gu
 Sampler = Callable[[Denoiser, Tensor, int, Condition, torch.Generator | None], Tensor]
 
 
-class CFGDenoiser(Denoiser):
+class CFGDenoiser(WrappedDenoiser):
     """A conditional denoiser served with a fixed classifier-free guidance scale (the teacher students copy)."""
 
     def __init__(self, inner: Denoiser, scale: float) -> None:
-        super().__init__()
-        self.inner, self.scale = inner, float(scale)
-        self.schedule, self.sample_shape = inner.schedule, inner.sample_shape
+        super().__init__(inner)
+        self.scale = float(scale)
 
-    def encode(self, cond: Condition) -> Condition:
-        return self.inner.encode(cond)
-
-    def null_condition(self, cond: Condition) -> Condition:
-        return self.inner.null_condition(cond)
-
-    def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True):  # noqa: ANN201
+    def forward(self, x: Tensor, t: Tensor | float, cond: Condition = None, *, check: bool = True) -> Prediction:
         if cond is None or self.scale == 1.0:
             return self.inner(x, t, cond, check=check)
         return self.inner.guided(x, t, cond, self.scale, check=check)
