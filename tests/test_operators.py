@@ -1,4 +1,5 @@
-"""Tests for inverse/operators.py: adjoints, pseudo-inverses, solves, masks, value ranges, deepinv peer check."""
+"""Tests for inverse/operators/: adjoints, pseudo-inverses, solves, prox_l2, composition, masks, value ranges, deepinv
+peer check."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from priorkit.inverse.gaussian import operator_matrix
 from priorkit.inverse.operators import (
     Blur,
+    ComposedOperator,
     Downsampling,
     Inpainting,
     Measurement,
@@ -327,6 +330,125 @@ def test_mask_from_image_errors(tmp_path) -> None:
         mask_from_image(np.ones((5, H, W)), H, W)
     with pytest.warns(UserWarning, match="every pixel"):
         mask_from_image(np.ones((H, W)), H, W)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# prox_l2 and composition, against dense matrices
+# ----------------------------------------------------------------------------------------------------------------------
+
+SMALL = (2, 2, 16, 16)  # (B, C, H, W): dense matrices of 512 x 512
+
+
+def _small_kernel() -> torch.Tensor:
+    return gaussian_kernel(1.0, 5).double()
+
+
+# every operator family, its CG paths, and compositions; parameters shared by the batch (dense matrix per image)
+DENSE: dict[str, Callable[[], Operator]] = {
+    "inpaint-random": lambda: Inpainting(random_mask(16, 16, 0.6, _gen(40))),
+    "inpaint-box": lambda: Inpainting(box_mask(16, 16)),
+    "blur-circ-gauss": lambda: Blur(_small_kernel()),
+    "blur-circ-motion": lambda: Blur(motion_kernel(5, 30.0, 0.5).double()),
+    "blur-refl-gauss": lambda: Blur(_small_kernel(), "reflect"),
+    "avg-x2": lambda: Downsampling(2),
+    "avg-x4": lambda: Downsampling(4),
+    "bicubic-x2": lambda: Downsampling(2, "bicubic"),
+    "bicubic-x4": lambda: Downsampling(4, "bicubic"),
+    "avg-x2*blur-circ": lambda: Downsampling(2) * Blur(_small_kernel()),
+    "bicubic-x4*blur-refl": lambda: Downsampling(4, "bicubic") * Blur(_small_kernel(), "reflect"),
+    "inpaint*blur-motion": lambda: Inpainting(random_mask(16, 16, 0.5, _gen(41))) * Blur(motion_kernel(5, 60.0)),
+    "blur*blur*avg-x1": lambda: Blur(_small_kernel()) * Blur(motion_kernel(5, 30.0), "reflect") * Downsampling(1),
+}
+COMPOSED = [n for n in DENSE if "*" in n]
+
+
+def _dense(name: str) -> tuple[Operator, torch.Tensor]:
+    """The operator (CG paths tightened to near machine precision) and its dense (M, D) float64 matrix."""
+    op = DENSE[name]()
+    for m in op.modules():
+        if isinstance(m, Operator):
+            m.cg_tol, m.cg_max_iter = 1e-13, 3000
+    return op, operator_matrix(op, SMALL[1:])
+
+
+@pytest.mark.parametrize("gamma", [0.5, torch.tensor([0.05, 3.0], dtype=F64)], ids=["float", "per-sample"])
+@pytest.mark.parametrize("name", list(DENSE))
+def test_prox_l2_matches_dense_solve(name: str, gamma) -> None:
+    # argmin_x ||A x - y||^2 / 2 + ||x - z||^2 / (2 gamma)  <=>  (A^T A + I / gamma) x = A^T y + z / gamma
+    op, M = _dense(name)
+    z = _rand(*SMALL, seed=42)
+    y = _rand(*op.A(z).shape, seed=43)
+    x = op.prox_l2(z, y, gamma)
+    assert x.shape == z.shape and x.dtype == F64
+    g = torch.as_tensor(gamma, dtype=F64).expand(SMALL[0])
+    eye = torch.eye(M.shape[1], dtype=F64)
+    for b in range(SMALL[0]):
+        ref = torch.linalg.solve(M.T @ M + eye / g[b], M.T @ y[b].flatten() + z[b].flatten() / g[b])
+        assert _rel(x[b].flatten(), ref) < 1e-9, name
+    assert _rel(op.prox_l2_cg(z, y, gamma), x) < 1e-8  # the generic image-space CG path agrees
+
+
+def test_prox_l2_limits_and_validation() -> None:
+    op = Blur(_small_kernel())
+    z = _rand(*SMALL, seed=44)
+    y = op.A(_rand(*SMALL, seed=45))
+    assert _rel(op.prox_l2(z, y, 1e-9), z) < 1e-8                               # gamma -> 0: stay at z
+    far = op.prox_l2(z, y, 1e9)                                                  # gamma -> inf: fit the data
+    assert _rel(op.A(far), y) < 1e-4  # 1 / (gamma |K|^2 + 1) left at the weakest frequencies
+    for o in (op, Inpainting(box_mask(16, 16)), Downsampling(2)):
+        with pytest.raises(ValueError, match="gamma"):
+            o.prox_l2(z, o.A(z), 0.0)
+
+
+@pytest.mark.parametrize("name", COMPOSED)
+def test_composition_adjoint_and_matrix(name: str) -> None:
+    # <A x, y> = <x, A^T y>, and the matrix of outer * inner is the product of theirs
+    op, M = _dense(name)
+    assert isinstance(op, ComposedOperator)
+    x = _rand(*SMALL, seed=46)
+    Ax = op.A(x)
+    y = _rand(*Ax.shape, seed=47)
+    assert abs((Ax * y).sum() - (x * op.At(y)).sum()) <= 1e-12 * Ax.norm() * y.norm()
+    assert op.adjointness_test(x, _gen(48)) < 1e-12
+    inner_shape = op.inner.A(x[:1]).shape[1:]
+    assert torch.allclose(M, operator_matrix(op.outer, inner_shape) @ operator_matrix(op.inner, SMALL[1:]),
+                          atol=1e-12)
+    assert torch.allclose(op(x), Ax)
+
+
+@pytest.mark.parametrize("name", COMPOSED)
+def test_composition_solve_and_pinv_match_dense(name: str) -> None:
+    # (r^2 A A^T + s^2 I) z = b by CG against the dense solve, per-sample r and s; A^+ against the dense pinv
+    op, M = _dense(name)
+    b = _rand(*op.A(_rand(*SMALL)).shape, seed=49)
+    r, s = torch.tensor([0.7, 1.3], dtype=F64), torch.tensor([0.3, 0.1], dtype=F64)
+    z = op.solve(b, r, s)
+    eye = torch.eye(M.shape[0], dtype=F64)
+    for i in range(SMALL[0]):
+        ref = torch.linalg.solve(r[i] ** 2 * M @ M.T + s[i] ** 2 * eye, b[i].flatten())
+        assert _rel(z[i].flatten(), ref) < 1e-9
+    if name.startswith("avg"):  # well conditioned: CG on the normal equations reaches the Moore-Penrose solution
+        p = op.pinv(b)
+        for i in range(SMALL[0]):
+            assert _rel(p[i].flatten(), torch.linalg.pinv(M) @ b[i].flatten()) < 1e-8
+
+
+def test_composition_is_an_operator() -> None:
+    blur, down, mask = Blur(_small_kernel()), Downsampling(2), Inpainting(random_mask(8, 8, 0.5, _gen(50)))
+    op = mask * down * blur                                          # x -> mask(down(blur(x)))
+    x = _rand(*SMALL, seed=51)
+    assert torch.allclose(op.A(x), mask.A(down.A(blur.A(x))))
+    y = Measurement(op, 0.1)(x, generator=_gen(52))
+    assert (y[..., mask.mask[0, 0] == 0] == 0).all()                 # the outer mask decides what is observed
+    assert torch.equal(op.ones_response(SMALL, F64), mask.A(down.A(blur.A(torch.ones(SMALL, dtype=F64)))))
+    assert len(list(op.buffers())) == 2                              # kernel and mask move with .to()
+    with pytest.raises(TypeError):
+        blur * 2.0  # noqa: B018
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_adjointness_test_method(name: str) -> None:
+    assert OPS[name]().adjointness_test(_rand(B, C, H, W), _gen(53)) < 1e-12
 
 
 # ----------------------------------------------------------------------------------------------------------------------
