@@ -37,14 +37,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.core.samplers.ddim import ddim_sample
+from priorkit.distill.core.training import TrainConfig
 from priorkit.distill.students import consistency as cm
 from priorkit.distill.students import guidance_distill as gd
 from priorkit.distill.students import progressive as pd
 from priorkit.distill.students import reflow as rf
 from priorkit.distill.students import shortcut as sc
-from priorkit.distill.core.denoiser import Denoiser
-from priorkit.distill.core.samplers import initial_noise, sample
-from priorkit.distill.core.training import TrainConfig
 from priorkit.distill.students.format import load_student, read_meta
 from priorkit.distill.students.runner import METHODS, make_student, student_sampler
 from priorkit.distill.zoo.toy import (
@@ -226,7 +227,7 @@ def run_guidance(s: dict[str, Any], folder: Path, seed: int, w: float = 2.0, lab
     for k in NFES:
         sub = folder / "stage2" / f"steps_{k}" / "student"
         if sub.is_dir():
-            x = pd.ddim_sample(load_student(sub), noise, pd.student_grid(teacher.schedule, k, s["gd_start"]), cond=cond)
+            x = ddim_sample(load_student(sub), noise, pd.student_grid(teacher.schedule, k, s["gd_start"]), cond=cond)
             records.append(record(target, "guidance", k, sliced_w2(x.float(), ref), seconds, "ddim"))
     return records
 

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from priorkit.distill.core.denoiser import ConvertedDenoiser, Denoiser
 from priorkit.distill.core.samplers.base import NOISE_END_LOG_SNR, time_grid
-from priorkit.distill.core.schedule import FlowMatching, Schedule, as_time
+from priorkit.distill.core.samplers.ddim import ddim_step  # the DDIM(eta) step, written once in distill's core
+from priorkit.distill.core.schedule import FlowMatching, Schedule
 from priorkit.inverse.operators import Operator
 
 __all__ = ["check_measurement", "solution_shape", "sampling_times", "initial_state", "ddim_step", "as_flow",
@@ -64,27 +65,6 @@ def initial_state(denoiser: Denoiser, y: Tensor, steps: int, spacing: str, times
     shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
     z = noise if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
     return times, float(schedule.sigma(times[0])) * z.to(y)
-
-
-def ddim_step(x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, schedule: Schedule, eta: float = 0.0,
-              generator: torch.Generator | None = None) -> Tensor:
-    """One DDIM(eta) step from time t to s < t given the (guided) pair (x0, eps), all (B, ...); general schedule.
-
-    ``x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`` with ``c = eta sigma_s sqrt(1 - e^{2(lambda_t - lambda_s)})``
-    (DDIM eq. 12/16; eta = 1 is the DDPM posterior q(x_s | x_t, x0), eta = 0 the deterministic DDIM/ODE step).
-    """
-    t, s = as_time(t).double(), as_time(s).double()
-    a_s, s_s = float(schedule.alpha(s)), float(schedule.sigma(s))
-    if s_s == 0.0:
-        return a_s * x0
-    # 1 - exp(2 (lambda_t - lambda_s)) = 1 - (alpha_t sigma_s / (alpha_s sigma_t))^2
-    dl = float(schedule.half_log_snr(t) - schedule.half_log_snr(s))
-    c = eta * s_s * math.sqrt(max(0.0, -math.expm1(2.0 * dl))) if eta > 0 else 0.0
-    x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * eps
-    if c > 0:
-        x = x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x
-
 
 
 def as_flow(denoiser: Denoiser) -> tuple[Denoiser, float]:

@@ -97,6 +97,11 @@ def broadcast_to(a: Tensor, x: Tensor) -> Tensor:
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
+def add_noise(schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """The forward (noising) process x_t = alpha(t) x0 + sigma(t) eps; x0, eps (B, ...), t () or (B,)."""
+    return broadcast_to(schedule.alpha(t), x0) * x0 + broadcast_to(schedule.sigma(t), x0) * eps
+
+
 class FlowMatching(Schedule):
     """Rectified flow / flow matching: alpha = 1 - t, sigma = t (Liu et al. 2022; Lipman et al. 2022)."""
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from priorkit.distill.core.cameras import Camera, view_phrase
 from priorkit.distill.core.denoiser import Denoiser
-from priorkit.distill.core.schedule import Schedule, broadcast_to
+from priorkit.distill.core.schedule import Schedule, add_noise
 
 WEIGHTINGS = ("sigma2", "uniform", "snr_sqrt")
 ANNEALING = ("none", "linear", "sqrt")
@@ -67,11 +67,6 @@ def weight(kind: str, schedule: Schedule, t: Tensor) -> Tensor:
     if kind == "snr_sqrt":
         return s / torch.sqrt(a * a + s * s)
     raise ValueError(f"unknown weighting {kind!r}; use one of {WEIGHTINGS}")
-
-
-def add_noise(schedule: Schedule, x: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    """x_t = alpha(t) x + sigma(t) eps; x, eps (B, ...), t (B,)."""
-    return broadcast_to(schedule.alpha(t), x) * x + broadcast_to(schedule.sigma(t), x) * eps
 
 
 def surrogate_loss(x: Tensor, grad: Tensor, particles: int = 1) -> Tensor:

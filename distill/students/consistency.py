@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
-from priorkit.distill.core.schedule import Schedule, as_time, broadcast_to
+from priorkit.distill.core.samplers.ddim import ddim_next
+from priorkit.distill.core.schedule import Schedule, add_noise, as_time, broadcast_to
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.students.format import Trainee, freeze, save_student, unwrap
-from priorkit.distill.students.progressive import ddim_step
 from priorkit.distill.zoo.toy import DataFn
 
 SOLVERS = ("heun", "dpm2", "ddim", "euler")
@@ -170,7 +170,7 @@ def teacher_step(teacher: Denoiser, x: Tensor, t: Tensor, t_next: Tensor, solver
     if solver == "euler":
         return x + h * p.velocity
     if solver == "ddim":
-        return ddim_step(p, t_next)
+        return ddim_next(p, t_next)
     if solver == "heun":
         d1 = p.velocity
         x_e = x + h * d1
@@ -179,7 +179,7 @@ def teacher_step(teacher: Denoiser, x: Tensor, t: Tensor, t_next: Tensor, solver
     if solver == "dpm2":
         lam, lam_next = s.half_log_snr(t), s.half_log_snr(t_next)
         t_mid = s.t_from_log_snr(lam + lam_next)                       # lambda_mid = (lambda + lambda_next) / 2
-        u = ddim_step(p, t_mid)
+        u = ddim_next(p, t_mid)
         d = teacher(u, t_mid.to(x.dtype), cond, check=False).x0
         hh = lam_next - lam
         coef_x = broadcast_to(s.sigma(t_next) / s.sigma(t), x).to(x.dtype)
@@ -208,10 +208,10 @@ def consistency_loss(online: nn.Module, target: Denoiser, x0: Tensor, eps: Tenso
     x0, eps: (B, ...); t_hi > t_lo: (B,) float64; ``weight`` (B,) or None. x_{t_hi} = alpha x0 + sigma eps.
     """
     s = (teacher or target).schedule
-    x_hi = broadcast_to(s.alpha(t_hi), x0) * x0 + broadcast_to(s.sigma(t_hi), x0) * eps
+    x_hi = add_noise(s, x0, t_hi, eps)
     with torch.no_grad():
         if teacher is None:
-            x_lo = broadcast_to(s.alpha(t_lo), x0) * x0 + broadcast_to(s.sigma(t_lo), x0) * eps
+            x_lo = add_noise(s, x0, t_lo, eps)
         else:
             x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, solver, cond)
         f_lo = target(x_lo, t_lo.to(x0.dtype), cond, check=False).x0
@@ -306,6 +306,6 @@ def consistency_sample(model: Denoiser, noise: Tensor, times: Tensor, *, cond: C
     for t in times[1:]:
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         tt = torch.as_tensor(t, dtype=torch.float64)
-        x_t = float(s.alpha(tt)) * x + float(s.sigma(tt)) * z
+        x_t = add_noise(s, x, tt, z)
         x = model(x_t, t, cond, check=False).x0
     return x

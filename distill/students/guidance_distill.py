@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.prediction import Prediction
-from priorkit.distill.core.schedule import broadcast_to
+from priorkit.distill.core.schedule import add_noise
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.students.format import freeze, is_student_folder, load_student, save_student, unwrap, with_extras
 from priorkit.distill.students.progressive import ProgressiveConfig, progressive_distill
@@ -54,7 +54,7 @@ def guidance_loss(student: nn.Module, teacher: Denoiser, x0: Tensor, eps: Tensor
                   w: Tensor) -> Tensor:
     """Stage-1 loss: || f_student(x_t, t, c, w) - guided teacher ||^2 in the student's kind. t, w: (B,)."""
     s = teacher.schedule
-    x_t = broadcast_to(s.alpha(t), x0).to(x0.dtype) * x0 + broadcast_to(s.sigma(t), x0).to(x0.dtype) * eps
+    x_t = add_noise(s, x0, t, eps)
     tt = t.to(x0.dtype)
     goal = guidance_target(teacher, x_t, tt, cond, w)
     pred = student(x_t, tt, with_extras(student, cond, w=w.to(x0.dtype)), check=False)

@@ -11,7 +11,7 @@ x_t = alpha_t x0 + sigma_t eps, with t > t' > t'' (Salimans & Ho, Algorithm 2):
 x~ is the x0 that makes one student DDIM step t -> t'' land on z_t''. The loss is
 max(SNR_t, 1) || x~ - x_hat_student(z_t) ||^2 ("truncated SNR" weighting; any parameterisation of the
 student: v, x0, eps or velocity — its x0 is read through its `Prediction`). Students sample with
-:func:`ddim_sample` on the grid they were distilled for (:func:`student_grid`).
+`priorkit.distill.core.samplers.ddim.ddim_sample` on the grid they were distilled for (:func:`student_grid`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
-from priorkit.distill.core.prediction import Prediction
-from priorkit.distill.core.samplers.base import steps_bar, time_grid
-from priorkit.distill.core.schedule import Schedule, as_time, broadcast_to
+from priorkit.distill.core.samplers.base import time_grid
+from priorkit.distill.core.samplers.ddim import ddim_next
+from priorkit.distill.core.schedule import Schedule, add_noise, broadcast_to
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.students.format import freeze, is_student_folder, load_student, save_student
 from priorkit.distill.zoo.toy import DataFn
@@ -44,28 +44,6 @@ class ProgressiveConfig:
     weighting: str = "truncated_snr"  # or "none"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, lr=5e-4, warmup=50, ema_decay=0.995,
                                                                    checkpoint_every=500, log_every=50))
-
-
-# ---- the DDIM step, in the general schedule ------------------------------------------------------------
-def ddim_step(pred: Prediction, t_next: Tensor | float) -> Tensor:
-    """One DDIM step (Song et al. 2021; DPM-Solver's first order): x_next = alpha_next x0_hat + sigma_next eps_hat.
-
-    ``pred`` at (x_t, t); ``t_next`` a float, () or (B,) tensor (per-sample times allowed). Returns (B, ...).
-    """
-    s = pred.schedule
-    tn = as_time(t_next, pred.x_t)
-    a, sg = broadcast_to(s.alpha(tn), pred.x_t), broadcast_to(s.sigma(tn), pred.x_t)
-    return a * pred.x0 + sg * pred.eps
-
-
-@torch.no_grad()
-def ddim_sample(den: Denoiser, noise: Tensor, times: Tensor, *, cond: Condition = None,
-                progress: bool | None = None) -> Tensor:
-    """Deterministic DDIM from ``noise`` (B, ...) at ``times[0]`` along the decreasing ``times`` (N+1,); NFE = N."""
-    x = noise
-    for i in steps_bar(len(times) - 1, "ddim", progress):
-        x = ddim_step(den(x, times[i], cond, check=False), times[i + 1])
-    return x
 
 
 def teacher_grid(schedule: Schedule, steps: int, spacing: str = "time") -> Tensor:
@@ -91,8 +69,8 @@ def progressive_target(teacher: Denoiser, x_t: Tensor, t: Tensor, t_mid: Tensor,
     x_t: (B, ...); t, t_mid, t_next: (B,) float64 with t > t_mid > t_next. Returns x~ (B, ...).
     """
     s = teacher.schedule
-    z_mid = ddim_step(teacher(x_t, t.to(x_t.dtype), cond, check=False), t_mid)
-    z_next = ddim_step(teacher(z_mid, t_mid.to(x_t.dtype), cond, check=False), t_next)
+    z_mid = ddim_next(teacher(x_t, t.to(x_t.dtype), cond, check=False), t_mid)
+    z_next = ddim_next(teacher(z_mid, t_mid.to(x_t.dtype), cond, check=False), t_next)
     ratio = broadcast_to(s.sigma(t_next) / s.sigma(t), x_t)                          # sigma_t'' / sigma_t
     denom = broadcast_to(s.alpha(t_next), x_t) - ratio * broadcast_to(s.alpha(t), x_t)
     return (z_next - ratio * x_t) / denom                                              # x~
@@ -111,7 +89,7 @@ def progressive_loss(student: nn.Module, teacher: Denoiser, x0: Tensor, eps: Ten
                      t_next: Tensor, cond: Condition = None, weighting: str = "truncated_snr") -> Tensor:
     """mean_b w(t) || x~ - x0_student(z_t) ||^2 with z_t = alpha_t x0 + sigma_t eps. Times (B,) float64."""
     s = teacher.schedule
-    z_t = broadcast_to(s.alpha(t), x0) * x0 + broadcast_to(s.sigma(t), x0) * eps
+    z_t = add_noise(s, x0, t, eps)
     target = progressive_target(teacher, z_t, t, t_mid, t_next, cond)
     pred = student(z_t, t.to(x0.dtype), cond, check=False)
     err = (pred.x0 - target).pow(2).reshape(x0.shape[0], -1).mean(1)

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.prediction import from_x0_eps
 from priorkit.distill.core.samplers import sample
-from priorkit.distill.core.schedule import broadcast_to
+from priorkit.distill.core.samplers.ddim import ddim_sample
+from priorkit.distill.core.schedule import add_noise
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.students.format import freeze, is_main_process, is_student_folder, load_student, save_student
 
@@ -102,7 +103,7 @@ def reflow_loss(student: nn.Module, x0: Tensor, z: Tensor, t: Tensor, cond: Cond
     inner = getattr(student, "module", student)
     s = schedule or inner.schedule
     tt = t.to(x0.dtype)
-    x_t = broadcast_to(s.alpha(t), x0).to(x0.dtype) * x0 + broadcast_to(s.sigma(t), x0).to(x0.dtype) * z
+    x_t = add_noise(s, x0, t, z)
     pred = student(x_t, tt, cond, check=False)
     kind = getattr(inner, "kind", "x0")
     return (pred.as_kind(kind) - from_x0_eps(kind, x0, z, x_t, tt, s)).pow(2).mean()
@@ -112,7 +113,7 @@ def one_step_loss(student: nn.Module, x0: Tensor, z: Tensor, cond: Condition = N
     """|| x0_hat(sigma(t_max) z, t_max) - x0 ||^2: the one-step map of the coupling (Liu et al., sec. 2.3)."""
     s = getattr(student, "module", student).schedule
     t = torch.full((x0.shape[0],), s.t_max, dtype=torch.float64)
-    x_t = broadcast_to(s.alpha(t), x0).to(x0.dtype) * x0 + broadcast_to(s.sigma(t), x0).to(x0.dtype) * z
+    x_t = add_noise(s, x0, t, z)
     return (student(x_t, t.to(x0.dtype), cond, check=False).x0 - x0).pow(2).mean()
 
 
@@ -191,8 +192,6 @@ def _train_round(student: Denoiser, pairs: dict[str, Tensor], folder: Path, cfg:
 @torch.no_grad()
 def reflow_sample(student: Denoiser, noise: Tensor, steps: int, *, cond: Condition = None) -> Tensor:
     """DDIM (= Euler for flow matching) in ``steps`` uniform-in-t steps from t_max; noise = sigma(t_max) z."""
-    from priorkit.distill.students.progressive import ddim_sample
-
     times = torch.linspace(float(student.schedule.t_max), 0.0, steps + 1, dtype=torch.float64)
     return ddim_sample(student, noise, times, cond=cond)
 

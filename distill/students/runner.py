@@ -23,6 +23,7 @@ from torch import Tensor
 from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.core.samplers.ddim import ddim_sample
 from priorkit.distill.students.format import (
     attach_codecs,
     copy_teacher,
@@ -299,7 +300,7 @@ def student_sampler(meta: dict[str, Any]) -> Sampler:
             return shortcut.shortcut_sample(student, noise, steps, cond=cond, levels=meta.get("levels", 7))
         if kind == "ddim" and meta.get("start_steps"):
             grid = progressive.student_grid(student.schedule, steps, meta["start_steps"], meta.get("spacing", "time"))
-            return progressive.ddim_sample(student, noise, grid, cond=cond)
+            return ddim_sample(student, noise, grid, cond=cond)
         if kind == "ddim":
             return reflow.reflow_sample(student, noise, steps, cond=cond)
         return sample(student, noise, steps=steps, cond=cond)

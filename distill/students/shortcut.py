@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers.base import steps_bar
-from priorkit.distill.core.schedule import Schedule, broadcast_to
+from priorkit.distill.core.schedule import Schedule, add_noise, broadcast_to
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.students.format import Trainee, freeze, save_student, select_rows, unwrap, with_extras
 from priorkit.distill.zoo.toy import DataFn
@@ -81,7 +81,7 @@ def shortcut_loss(online: nn.Module, target: Denoiser, x0: Tensor, eps: Tensor, 
     the ``teacher``'s velocity at x_t). x0, eps (B, ...); t, d (B,) float64 (d ignored on FM rows).
     """
     s = target.schedule
-    x_t = broadcast_to(s.alpha(t), x0) * x0 + broadcast_to(s.sigma(t), x0) * eps
+    x_t = add_noise(s, x0, t, eps)
     fm = slice(sc_rows, None)
     with torch.no_grad():
         if teacher is not None:

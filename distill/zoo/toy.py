@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.prediction import KINDS, from_x0_eps
-from priorkit.distill.core.schedule import FlowMatching, Schedule, broadcast_to, schedule_from_config
+from priorkit.distill.core.schedule import FlowMatching, Schedule, add_noise, broadcast_to, schedule_from_config
 
 TARGETS: tuple[str, ...] = ("gmm", "moons", "checkerboard")
 #: class label meaning "no class" (the unconditional branch of classifier-free guidance)
@@ -288,7 +288,7 @@ def denoising_loss(den: Denoiser, x0: Tensor, cond: Condition, generator: torch.
     b = x0.shape[0]
     t = (s.t_min + (s.t_max - s.t_min) * torch.rand(b, generator=generator, dtype=torch.float64)).to(x0)
     eps = torch.randn(x0.shape, generator=generator).to(x0)
-    x_t = broadcast_to(s.alpha(t), x0) * x0 + broadcast_to(s.sigma(t), x0) * eps  # x_t = alpha x0 + sigma eps
+    x_t = add_noise(s, x0, t, eps)  # x_t = alpha x0 + sigma eps
     kind, out = den.predict_native(x_t, t, cond)
     return (out - from_x0_eps(kind, x0, eps, x_t, t, s)).pow(2).mean()
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import from_x0_eps
+from priorkit.distill.core.schedule import add_noise
 from priorkit.distill.core.training import TrainConfig, train
 
 SHAPES_UNET: dict[str, Any] = dict(
@@ -58,9 +59,7 @@ def denoising_loss(den: Denoiser, x0: Tensor, cond: Any, generator: torch.Genera
     u = torch.rand(b, generator=generator, dtype=torch.float64)
     t = (s.t_min + (1.0 - s.t_min) * u).to(x0)
     eps = torch.randn(x0.shape, generator=generator).to(x0)
-    a = s.alpha(t).reshape(-1, 1, 1, 1)
-    sg = s.sigma(t).reshape(-1, 1, 1, 1)
-    x_t = a * x0 + sg * eps
+    x_t = add_noise(s, x0, t, eps)
     kind, out = den.predict_native(x_t, t, cond)
     return (out - from_x0_eps(kind, x0, eps, x_t, t, s)).pow(2).mean()
 
