@@ -117,6 +117,8 @@ def train_prior_cmd(
     photo_set: Annotated[str, typer.Option(help="photos: v1 (the 9 photographs in the wheels) or v2 (plus Debian's "
                                                 "wallpaper photographs, downloaded with apt-get into the cache)")]
     = "v1",
+    world: Annotated[str, typer.Option(help="shapes: v1 (8 colours) or v2 (named colours and the camera as an input; "
+                                            "--init may name a v1 folder)")] = "v1",
 ) -> None:
     """Train a bundled prior from scratch (or --resume a killed run, or --init from saved weights)."""
     from priorkit.distill.zoo.train_prior import train_prior
@@ -128,7 +130,7 @@ def train_prior_cmd(
     try:
         train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
                     threads=threads or None, n_renders=n_renders, init=init, data=data,
-                    photo_set=photo_set)
+                    photo_set=photo_set, world=world)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
 

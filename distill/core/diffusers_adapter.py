@@ -65,6 +65,9 @@ class DiffusersDenoiser(Denoiser):
         side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         self.sample_shape = (cfg.in_channels, side, side)
         self.conditional = getattr(cfg, "cross_attention_dim", None) is not None
+        # a "projection" class embedding takes a float vector (B, class_inputs), e.g. camera features
+        self.class_inputs = int(getattr(cfg, "projection_class_embeddings_input_dim", None) or 0) \
+            if getattr(cfg, "class_embed_type", None) == "projection" else 0
         self._null: Tensor | None = None
 
     # ---- time -------------------------------------------------------------------------------
@@ -114,6 +117,8 @@ class DiffusersDenoiser(Denoiser):
         text = cond.get("text") if isinstance(cond, dict) else cond
         if isinstance(cond, dict) and cond.get("class_labels") is not None:
             kwargs["class_labels"] = cond["class_labels"].to(self.device, self.dtype)
+        elif self.class_inputs:  # a vector class input (the v2 shapes prior's camera) left out: its zero vector
+            kwargs["class_labels"] = torch.zeros(b, self.class_inputs, device=self.device, dtype=self.dtype)
         if self.conditional:
             if text is None:
                 text = self.null_condition(torch.empty(b, 0))

@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from priorkit.distill.core.cameras import ELEVATION_RANGE, Camera
-from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES, make_dataset, random_lights, render
+from priorkit.distill.zoo.shapes import COLOUR_NAMES, COLOURS, SHAPES, make_dataset, random_lights, render
 
 DEFAULT_DIR = Path(__file__).parent / "weights" / "judge"
 INPUT_SIZE = 32
@@ -43,9 +44,10 @@ class Judge(nn.Module):
     Output: ``(shape_logits (B, 5), colour_logits (B, 8))`` over ``SHAPES`` and ``COLOUR_NAMES``.
     """
 
-    def __init__(self, width: int = 16, input_size: int = INPUT_SIZE) -> None:
+    def __init__(self, width: int = 16, input_size: int = INPUT_SIZE, albedo: bool = False) -> None:
         super().__init__()
         self.width = width
+        self.has_albedo = albedo
         self.input_size = input_size
         w = width
         self.features = nn.Sequential(
@@ -57,10 +59,12 @@ class Judge(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(8 * w * 2, 8 * w), nn.SiLU())
         self.shape_head = nn.Linear(8 * w, len(SHAPES))
         self.colour_head = nn.Linear(8 * w, len(COLOUR_NAMES))
+        # v2: the object's albedo (sRGB in [0, 1]) by regression, to measure any named colour
+        self.albedo_head = nn.Linear(8 * w, 3) if albedo else None
 
     def config(self) -> dict:
         return {"arch": "Judge", "width": self.width, "input_size": self.input_size, "shapes": list(SHAPES),
-                "colours": list(COLOUR_NAMES)}
+                "colours": list(COLOUR_NAMES), "albedo": self.has_albedo}
 
     def prepare(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] (uint8 accepted) -> (B, 3, 32, 32) float in [0, 1] on the model's device."""
@@ -72,13 +76,23 @@ class Judge(nn.Module):
                                    align_corners=False, antialias=True)
         return images.clamp(0.0, 1.0)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 3, H, W) in [0, 1] -> (shape_logits (B, 5), colour_logits (B, 8))."""
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> the penultimate features (B, 8 * width) that all heads read."""
         x = self.prepare(images) * 2.0 - 1.0
         h = self.features(x)
         h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # global average + max pooling
-        h = self.trunk(h)
+        return self.trunk(h)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, H, W) in [0, 1] -> (shape_logits (B, 5), colour_logits (B, 8))."""
+        h = self.embed(images)
         return self.shape_head(h), self.colour_head(h)
+
+    def albedo(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> the object's estimated albedo (B, 3) in [0, 1] (judges with an albedo head)."""
+        if self.albedo_head is None:
+            raise ValueError("this judge has no albedo head (train a v2 judge: --world v2)")
+        return torch.sigmoid(self.albedo_head(self.embed(images)))
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 512) -> tuple[Tensor, Tensor]:
@@ -137,7 +151,8 @@ def load_judge(directory: str | Path | None = None, device: str | torch.device =
     if config.get("shapes", list(SHAPES)) != list(SHAPES) or config.get("colours", list(COLOUR_NAMES)) != list(
             COLOUR_NAMES):
         raise ValueError(f"judge at {directory} was trained for different shape / colour vocabularies")
-    judge = Judge(width=int(config.get("width", 16)), input_size=int(config.get("input_size", INPUT_SIZE)))
+    judge = Judge(width=int(config.get("width", 16)), input_size=int(config.get("input_size", INPUT_SIZE)),
+                  albedo=bool(config.get("albedo", False)))
     judge.load_state_dict(load_file(str(weights)))
     return judge.to(device).eval()
 
@@ -236,12 +251,15 @@ def train_judge(out_dir: str | Path | None = None, steps: int = 1800, seed: int 
                 pool_size: int = 12000, lr: float = 2e-3, width: int = 16, eval_n: int = 2000,
                 eval_seed: int | None = None, log_every: int = 100, command: str | None = None,
                 progress: bool = True, distance_range: tuple[float, float] = (2.2, 2.9),
-                elevation_range: tuple[float, float] = (-20.0, 85.0)) -> tuple[Judge, dict]:
+                elevation_range: tuple[float, float] = (-20.0, 85.0), world: str = "v1") -> tuple[Judge, dict]:
     """Train a :class:`Judge` on a pre-rendered, on-the-fly augmented pool and evaluate on fresh renders.
 
     The held-out set is ``make_dataset(eval_n, seed=eval_seed)`` (new cameras at the standard distance; default
     ``eval_seed = 10_000 + seed``). When ``out_dir`` is given, writes ``model.safetensors``, ``config.json``,
     ``training_log.txt`` and ``command.txt`` there. Returns the judge (eval mode) and a metrics dict.
+
+    ``world`` "v2": half the pool is the v2 world (albedos near named colours), and the judge learns the object's
+    albedo by regression besides shape and (on the v1 half) colour class; held-out metrics add the albedo error.
     """
     from tqdm import tqdm
 
@@ -257,10 +275,22 @@ def train_judge(out_dir: str | Path | None = None, steps: int = 1800, seed: int 
 
     images, shape_idx, colour_idx = render_pool(pool_size, seed, distance_range=distance_range,
                                                 elevation_range=elevation_range)
+    albedo_target = torch.tensor(list(COLOURS.values()))[colour_idx]
+    has_class = torch.ones(pool_size, dtype=torch.bool)
+    if world == "v2":
+        from priorkit.distill.zoo import shapes_v2
+
+        half = pool_size // 2
+        v2 = shapes_v2.make_dataset(pool_size - half, seed=seed + 500)
+        images = torch.cat([images[:half], v2["images"]])
+        shape_idx = torch.cat([shape_idx[:half], v2["shape"]])
+        colour_idx = torch.cat([colour_idx[:half], torch.zeros(pool_size - half, dtype=torch.long)])
+        albedo_target = torch.cat([albedo_target[:half], v2["albedo"]])
+        has_class[half:] = False
     log(f"rendered training pool of {pool_size} images in {time.time() - t_start:.1f}s")
     heldout = make_dataset(eval_n, seed=eval_seed)
 
-    judge = Judge(width=width)
+    judge = Judge(width=width, albedo=world == "v2")
     log(f"judge parameters: {sum(p.numel() for p in judge.parameters())}")
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
@@ -278,14 +308,19 @@ def train_judge(out_dir: str | Path | None = None, steps: int = 1800, seed: int 
     for step in bar:
         idx = torch.randint(pool_size, (batch_size,), generator=g)
         x = augment(images[idx].float() / 255.0, g)
-        s_logits, c_logits = judge(x)
+        h = judge.embed(x)
+        s_logits, c_logits = judge.shape_head(h), judge.colour_head(h)
+        cls = has_class[idx]
         loss = F.cross_entropy(s_logits, shape_idx[idx], label_smoothing=0.05) + F.cross_entropy(
-            c_logits, colour_idx[idx], label_smoothing=0.05)
+            c_logits[cls], colour_idx[idx][cls], label_smoothing=0.05)
+        if judge.albedo_head is not None:  # sRGB albedo regression (x20: comparable to the cross-entropies)
+            loss = loss + 20.0 * F.mse_loss(torch.sigmoid(judge.albedo_head(h)), albedo_target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        acc = ((s_logits.argmax(-1) == shape_idx[idx]) & (c_logits.argmax(-1) == colour_idx[idx])).float().mean()
+        colour_ok = (c_logits.argmax(-1) == colour_idx[idx]) | ~cls
+        acc = ((s_logits.argmax(-1) == shape_idx[idx]) & colour_ok).float().mean()
         run_loss += float(loss)
         run_acc += float(acc)
         if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -310,6 +345,21 @@ def train_judge(out_dir: str | Path | None = None, steps: int = 1800, seed: int 
         "heldout_seed": eval_seed,
         "train_seconds": round(train_time, 1),
     }
+    if world == "v2":
+        from priorkit.distill.zoo import colours, shapes_v2
+
+        v2_eval = shapes_v2.make_dataset(eval_n, seed=eval_seed + 500)
+        with torch.no_grad():
+            est = judge.albedo(v2_eval["images"].float() / 255.0)
+            s_v2 = judge.predict(v2_eval["images"].float() / 255.0)[0]
+        de = colours.delta_e(est.numpy(), v2_eval["albedo"].numpy())
+        metrics |= {"v2_shape_accuracy": float((s_v2 == v2_eval["shape"]).float().mean()),
+                    "v2_albedo_delta_e_median": float(np.median(de)), "v2_albedo_delta_e_p90": float(
+                        np.quantile(de, 0.9)), "v2_albedo_within_threshold": float(
+                        (de < colours.DELTA_E_THRESHOLD).mean())}
+        log(f"v2 held-out: shape {metrics['v2_shape_accuracy']:.4f}, albedo delta-E median "
+            f"{metrics['v2_albedo_delta_e_median']:.2f}, p90 {metrics['v2_albedo_delta_e_p90']:.2f}, within "
+            f"{colours.DELTA_E_THRESHOLD}: {metrics['v2_albedo_within_threshold']:.4f}")
     log(f"final heldout_accuracy {acc_clean:.4f} (shape {metrics['heldout_shape_accuracy']:.4f}, colour "
         f"{metrics['heldout_colour_accuracy']:.4f}; augmented {acc_aug:.4f}) on {eval_n} renders, seed {eval_seed}")
     log(f"training time {train_time:.1f}s")
@@ -318,7 +368,7 @@ def train_judge(out_dir: str | Path | None = None, steps: int = 1800, seed: int 
         out = Path(out_dir)
         train_cfg = {"steps": steps, "seed": seed, "batch_size": batch_size, "pool_size": pool_size, "lr": lr,
                      "distance_range": list(distance_range), "elevation_range": list(elevation_range),
-                     "eval_elevation_range": list(ELEVATION_RANGE)}
+                     "eval_elevation_range": list(ELEVATION_RANGE), "world": world}
         save_judge(judge, out, {"train": train_cfg, "metrics": metrics})
         (out / "training_log.txt").write_text("\n".join(log_lines) + "\n")
         if command is not None:
@@ -338,12 +388,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-n", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--world", choices=("v1", "v2"), default="v1",
+                        help="v2: also the shapes world v2 (named colours) and an albedo head")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     argv = sys.argv[1:] if argv is None else argv
     command = "python -m priorkit.distill.zoo.judge " + shlex.join(argv)
     _, metrics = train_judge(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                             pool_size=args.pool_size, lr=args.lr, eval_n=args.eval_n, command=command)
+                             pool_size=args.pool_size, lr=args.lr, eval_n=args.eval_n, command=command,
+                             world=args.world)
     print(f"held-out joint accuracy: {metrics['heldout_accuracy']:.4f} ({metrics['train_seconds']:.0f}s)")
 
 

@@ -217,7 +217,7 @@ def _trace(shape: str, origins: Tensor, dirs: Tensor, max_steps: int = 96, eps: 
     return hit, t_out
 
 
-def _render_samples(shape_idx: Tensor, colour_idx: Tensor, cameras: Sequence[Camera], size: int, lights: Tensor,
+def _render_samples(shape_idx: Tensor, albedo: Tensor, cameras: Sequence[Camera], size: int, lights: Tensor,
                     supersample: int, ambient: float) -> tuple[Tensor, Tensor]:
     """Render at ``size * supersample`` resolution -> (rgb (B, 3, S, S), coverage (B, 1, S, S))."""
     s = size * supersample
@@ -228,7 +228,6 @@ def _render_samples(shape_idx: Tensor, colour_idx: Tensor, cameras: Sequence[Cam
     for i, cam in enumerate(cameras):
         origins[i], dirs[i] = cam.rays(s, s)
     origins, dirs = origins.reshape(bsz, s * s, 3), dirs.reshape(bsz, s * s, 3)
-    albedo = torch.tensor(list(COLOURS.values()))[colour_idx]  # (B, 3)
     rgb = torch.ones(bsz, s * s, 3)
     cover = torch.zeros(bsz, s * s)
     for k, name in enumerate(SHAPES):
@@ -257,16 +256,25 @@ def _render_samples(shape_idx: Tensor, colour_idx: Tensor, cameras: Sequence[Cam
 def render_with_coverage(shapes: Sequence[str | int], colours: Sequence[str | int], cameras: Sequence[Camera],
                          size: int = 32, lights: Tensor | None = None, supersample: int = 3,
                          generator: torch.Generator | None = None, ambient: float = AMBIENT,
-                         chunk: int = 128) -> tuple[Tensor, Tensor]:
+                         chunk: int = 128, albedos: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Like :func:`render` but also returns the anti-aliased coverage mask.
+
+    ``albedos`` (B, 3) in [0, 1], when given, colour the objects instead of ``colours`` (the v2 world's
+    continuous colours; ``colours`` is then ignored).
 
     Returns ``images`` (B, 3, size, size) in [0, 1] and ``coverage`` (B, 1, size, size) in [0, 1]
     (fraction of sub-pixel rays that hit the object).
     """
-    if not (len(shapes) == len(colours) == len(cameras)):
+    if albedos is not None:
+        albedo = torch.as_tensor(albedos, dtype=torch.float32).reshape(-1, 3).clamp(0.0, 1.0)
+    else:
+        if len(colours) != len(cameras):
+            raise ValueError("shapes, colours and cameras must have the same length")
+        colour_idx = torch.tensor([_index(c, COLOUR_NAMES, "colour") for c in colours], dtype=torch.long)
+        albedo = torch.tensor(list(COLOURS.values()))[colour_idx].reshape(-1, 3)  # (B, 3)
+    if not (len(shapes) == albedo.shape[0] == len(cameras)):
         raise ValueError("shapes, colours and cameras must have the same length")
     shape_idx = torch.tensor([_index(s, SHAPES, "shape") for s in shapes], dtype=torch.long)
-    colour_idx = torch.tensor([_index(c, COLOUR_NAMES, "colour") for c in colours], dtype=torch.long)
     if lights is None:
         lights = random_lights(cameras, generator)
     lights = F.normalize(torch.as_tensor(lights, dtype=torch.float32).reshape(-1, 3), dim=-1)
@@ -276,7 +284,7 @@ def render_with_coverage(shapes: Sequence[str | int], colours: Sequence[str | in
     with torch.no_grad():
         for a in range(0, len(cameras), chunk):
             sl = slice(a, a + chunk)
-            rgb, cov = _render_samples(shape_idx[sl], colour_idx[sl], cameras[sl], size, lights[sl], supersample,
+            rgb, cov = _render_samples(shape_idx[sl], albedo[sl], cameras[sl], size, lights[sl], supersample,
                                        ambient)
             # box filter over the supersample x supersample sub-pixel grid
             images.append(F.avg_pool2d(rgb, supersample))
@@ -288,7 +296,7 @@ def render_with_coverage(shapes: Sequence[str | int], colours: Sequence[str | in
 
 def render(shapes: Sequence[str | int], colours: Sequence[str | int], cameras: Sequence[Camera], size: int = 32,
            lights: Tensor | None = None, supersample: int = 3, generator: torch.Generator | None = None,
-           ambient: float = AMBIENT) -> Tensor:
+           ambient: float = AMBIENT, albedos: Tensor | None = None) -> Tensor:
     """Render one shape per camera on a white background.
 
     Args:
@@ -301,11 +309,13 @@ def render(shapes: Sequence[str | int], colours: Sequence[str | int], cameras: S
         supersample: sub-pixel rays per pixel side (anti-aliasing by averaging).
         generator: RNG for the random lights; rendering is otherwise deterministic.
         ambient: ambient term of the Lambertian shading.
+        albedos: (B, 3) albedos in [0, 1] used instead of ``colours`` (the v2 world's continuous colours).
 
     Returns:
         (B, 3, size, size) float images in [0, 1].
     """
-    return render_with_coverage(shapes, colours, cameras, size, lights, supersample, generator, ambient)[0]
+    return render_with_coverage(shapes, colours, cameras, size, lights, supersample, generator, ambient,
+                                albedos=albedos)[0]
 
 
 def silhouette(shapes: Sequence[str | int], cameras: Sequence[Camera], size: int = 32,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
@@ -39,6 +39,10 @@ SHAPES_SCHEDULER: dict[str, Any] = {
     "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "v_prediction", "clip_sample": False,
 }
+# v2: the camera (sin/cos azimuth and elevation, a given-flag) enters through a projection class embedding added to
+# the time embedding; its last layer starts at zero, so a v2 prior initialised from v1 starts as v1 exactly.
+SHAPES_V2_UNET: dict[str, Any] = {**SHAPES_UNET, "class_embed_type": "projection",
+                                  "projection_class_embeddings_input_dim": 5}
 PHOTOS_UNET: dict[str, Any] = dict(
     sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128, 128),
     down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
@@ -107,22 +111,25 @@ class ShapesData:
         return x, prompts
 
 
-def build(name: str) -> DiffusersDenoiser:
-    """A freshly initialised bundled-prior denoiser."""
+def build(name: str, world: str = "v1") -> DiffusersDenoiser:
+    """A freshly initialised bundled-prior denoiser (``world`` "v2": the shapes prior with the camera input)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     if name == "shapes":
         from priorkit.distill.core.text import MiniLMEncoder
 
-        return DiffusersDenoiser(UNet2DConditionModel(**SHAPES_UNET), SHAPES_SCHEDULER,
-                                 text_encoder=MiniLMEncoder(TEXT_ENCODER["max_length"]))
+        unet = UNet2DConditionModel(**(SHAPES_V2_UNET if world == "v2" else SHAPES_UNET))
+        if world == "v2":
+            nn.init.zeros_(unet.class_embedding.linear_2.weight)
+            nn.init.zeros_(unet.class_embedding.linear_2.bias)
+        return DiffusersDenoiser(unet, SHAPES_SCHEDULER, text_encoder=MiniLMEncoder(TEXT_ENCODER["max_length"]))
     if name == "photos":
         return DiffusersDenoiser(UNet2DModel(**PHOTOS_UNET), PHOTOS_SCHEDULER)
     raise ValueError(f"unknown bundled prior {name!r}; expected 'shapes' or 'photos'")
 
 
 def save_prior(den: DiffusersDenoiser, unet: torch.nn.Module, out: Path, name: str, log: list[dict],
-               command: str) -> None:
+               command: str, world: str = "v1") -> None:
     """Write a folder that ``load_denoiser(out)`` reads."""
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(str(out), safe_serialization=True)
@@ -131,6 +138,9 @@ def save_prior(den: DiffusersDenoiser, unet: torch.nn.Module, out: Path, name: s
                             "image_range": [-1, 1]}
     if name == "shapes":
         spec["text_encoder"] = TEXT_ENCODER
+        spec["world"] = world
+        if world == "v2":
+            spec["camera_input"] = "sin az, cos az, sin el, cos el, 1 (priorkit.distill.zoo.shapes_v2.camera_features)"
     (out / "priorkit.json").write_text(json.dumps(spec, indent=2))
     (out / "training_log.json").write_text(json.dumps(log))
     (out / "command.txt").write_text(command + "\n")
@@ -156,7 +166,7 @@ def _plot_loss(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def load_initial_weights(unet: torch.nn.Module, folder: str | Path) -> None:
+def load_initial_weights(unet: torch.nn.Module, folder: str | Path, new_prefixes: tuple[str, ...] = ()) -> None:
     """Copy the UNet weights of a saved prior folder (``diffusion_pytorch_model.safetensors``) into ``unet``.
 
     Safetensors only; the tensors are cast to the model's dtype (the bundled weights are fp16). A folder of another
@@ -169,18 +179,19 @@ def load_initial_weights(unet: torch.nn.Module, folder: str | Path) -> None:
         raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors in {folder}")
     state = load_file(str(path))
     own = unet.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(new_prefixes))  # new layers keep init
     extra = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or extra or wrong:
         raise ValueError(f"{folder} holds another architecture: missing {missing[:3]}, unexpected {extra[:3]}, "
                          f"shape mismatch {wrong[:3]}")
-    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=not new_prefixes)
 
 
 def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
                 resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None,
-                init: str | Path | None = None, data: str | Path | None = None, photo_set: str = "v1") -> Path:
+                init: str | Path | None = None, data: str | Path | None = None, photo_set: str = "v1",
+                world: str = "v1") -> Path:
     """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``.
 
     ``init``: a saved prior folder to start from instead of random weights (fine-tuning, e.g. the bundled
@@ -188,7 +199,10 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     ``data``: "photos" only, a folder of photographs to take the patches from instead of the bundled ones.
     ``photo_set``: "photos" only, the training photographs when no ``data`` is given: "v1" (the 9 shipped in the
     wheels) or "v2" (those plus Debian's wallpaper photographs, downloaded into the cache before any work).
+    ``world``: "shapes" only, "v1" (8 colours) or "v2" (named colours, camera input; ``init`` may be a v1 folder).
     """
+    if world not in ("v1", "v2") or (world == "v2" and name != "shapes"):
+        raise ValueError(f"world {world!r}: expected v1, or v2 for the shapes prior")
     if data is not None and name != "photos":
         raise ValueError("data= (a folder of photographs) applies to the photos prior only")
     from priorkit.distill.zoo.photos import PHOTO_SETS
@@ -216,10 +230,19 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     command = "priorkit train-prior " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if Path(sys.argv[0]).name == "priorkit" else " ".join(shlex.quote(a) for a in sys.argv)
     torch.manual_seed(seed)
-    den = build(name)
+    den = build(name, world)
     if init is not None and not resume:
-        load_initial_weights(den.unet, init)
-    if name == "shapes":
+        load_initial_weights(den.unet, init, new_prefixes=("class_embedding.",) if world == "v2" else ())
+    if name == "shapes" and world == "v2":
+        from priorkit.distill.zoo.shapes_v2 import ShapesDataV2
+
+        data_v2 = ShapesDataV2(n_renders, seed=seed)
+
+        def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
+            x, prompts, cams = data_v2.batch(batch_size, g)
+            cond = {"text": pooled_only(den.encode(prompts), POOLED_ONLY, g), "class_labels": cams}
+            return denoising_loss(den, x, cond, g)
+    elif name == "shapes":
         data = ShapesData(n_renders, seed=seed)
 
         def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
@@ -237,8 +260,8 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
                       checkpoint_every=max(50, min(250, steps // 8)), seed=seed)
     t0 = time.time()
     ema_unet, log = train(den.unet, loss_fn, cfg, out / "run", resume=resume, desc=f"train-prior {name}",
-                          on_checkpoint=lambda m, s: save_prior(den, m, out, name, log_ref(out), command))
-    save_prior(den, ema_unet, out, name, log, command)
+                          on_checkpoint=lambda m, s: save_prior(den, m, out, name, log_ref(out), command, world))
+    save_prior(den, ema_unet, out, name, log, command, world)
     print(f"trained {name} for {steps} steps in {time.time() - t0:.0f}s -> {out}")
     return out
 
