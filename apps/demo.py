@@ -171,7 +171,7 @@ def restorations(page: Page, budget: Budget) -> None:
     """Every task on held-out shapes renders (one per task) and on one held-out photo; before / after pictures."""
     from tqdm.auto import tqdm
 
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.photos import held_out_images
     from priorkit.distill.zoo.shapes import held_out_renders
 

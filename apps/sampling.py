@@ -18,8 +18,8 @@ from PIL import Image
 from torch import Tensor
 
 from priorkit.distill.core.atomic import atomic_open
-from priorkit.distill.core.loading import load_denoiser
 from priorkit.distill.core.samplers import SOLVERS, initial_noise, sample
+from priorkit.distill.loading import load_denoiser
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

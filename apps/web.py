@@ -218,7 +218,7 @@ def find_students(limit: int = 50, depth: int = 5) -> list[str]:
 @functools.lru_cache(maxsize=3)
 def load_model(source: str) -> Denoiser:
     """A cached, frozen `Denoiser` (one per source; the compute lock keeps jobs from sharing it at once)."""
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
 
     return load_denoiser(source).eval().requires_grad_(False)
 

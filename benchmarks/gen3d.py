@@ -96,7 +96,7 @@ def slug(text: str) -> str:
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int,
         only: list[int] | None = None) -> list[dict]:
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
 

@@ -499,7 +499,7 @@ def save_pictures(rows: dict[str, list[Tensor]], methods: Sequence[str], path: P
 
 def _load(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]:
     """(prior, None) or (None, reason it could not be loaded)."""
-    from priorkit.distill.core.loading import load_prior
+    from priorkit.distill.loading import load_prior
 
     try:
         den = load_prior(source or domain).eval()
@@ -512,7 +512,7 @@ def _load(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]
 
 def _load_student(domain: str, source: str | None) -> tuple[Denoiser | None, str | None]:
     """(student, None) or (None, why there is none) for dflow_student."""
-    from priorkit.distill.core.loading import BUNDLED_DIR, load_denoiser
+    from priorkit.distill.loading import BUNDLED_DIR, load_denoiser
 
     if source is None:
         if domain not in DEFAULT_STUDENTS or not (BUNDLED_DIR / DEFAULT_STUDENTS[domain]).is_dir():

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from priorkit.apps.sampling import grid_image
-from priorkit.distill.core.loading import load_denoiser
 from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.loading import load_denoiser
 from priorkit.distill.zoo import shapes
 from priorkit.distill.zoo.judge import load_judge
 

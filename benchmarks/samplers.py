@@ -248,7 +248,7 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
     ``guidance`` at ``nfes`` steps and at ``teacher_steps`` (NFE counts both CFG branches). A
     student's ``train_seconds`` comes from its run's distill.json.
     """
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
     from priorkit.distill.students.runner import final_folder, start_time
     from priorkit.distill.zoo import shapes
     from priorkit.distill.zoo.judge import load_judge

@@ -435,7 +435,7 @@ def export_particle(field_: nn.Module, cfg: GenerateConfig, folder: Path | None)
 def _load_prior(prior: str | Path | Denoiser) -> Denoiser:
     if isinstance(prior, Denoiser):
         return prior
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
 
     return load_denoiser(prior)
 

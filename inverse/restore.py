@@ -176,7 +176,7 @@ def degrade(image: Tensor, task: str, sigma_y: float = DEFAULTS.sigma_y, seed: i
 
 @functools.lru_cache(maxsize=4)
 def _load_named_prior(name: str) -> Denoiser:
-    from priorkit.distill.core.loading import load_prior
+    from priorkit.distill.loading import load_prior
 
     return load_prior(name).eval()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from priorkit.distill.core.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
 from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
 
 torch.set_num_threads(1)
 

@@ -338,7 +338,7 @@ def test_run_folder_is_found_from_another_working_directory(toy_run, tmp_path, m
 
 def test_load_denoiser_on_a_student_folder_returns_the_student(toy_run):
     from priorkit.distill.core.denoiser import Denoiser
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
     from priorkit.distill.students.format import load_student
 
     a, b = load_denoiser(toy_run / "student"), load_student(toy_run / "student")
@@ -354,7 +354,7 @@ def test_load_denoiser_on_a_student_folder_returns_the_student(toy_run):
 
 def test_sample_an_image_student_writes_a_grid(tmp_path):
     from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
-    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.loading import load_denoiser
     from priorkit.distill.students.format import copy_teacher, save_student
 
     teacher = load_denoiser(_tiny_prior_folder(tmp_path / "teacher"))

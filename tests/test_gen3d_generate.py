@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from priorkit.distill.core.denoiser import Denoiser
-from priorkit.distill.core.loading import load_denoiser
+from priorkit.distill.loading import load_denoiser
 from priorkit.gen3d.generate import GenerateConfig, generate
 
 torch.set_num_threads(1)

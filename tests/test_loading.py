@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
-from priorkit.distill.core.loading import ModelLoadError, PickleRefusedError, load_denoiser
 from priorkit.distill.core.schedule import FlowMatching, VPDiscrete
+from priorkit.distill.loading import ModelLoadError, PickleRefusedError, load_denoiser
 
 torch.set_num_threads(1)
 

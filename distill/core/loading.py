@@ -7,9 +7,9 @@ Layouts understood:
 * a bare model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` + ``scheduler_config.json``
   (optionally a ``priorkit.json`` naming the text encoder) — how priorkit saves its own models;
 * a bundled name ("shapes", "photos") resolving to such a folder inside the package;
-* a student folder written by ``priorkit.distill.students.format.save_student`` (``priorkit.json`` with ``"kind":
-"student"``),
-  loaded by ``priorkit.distill.students.format.load_student``.
+* a folder whose ``priorkit.json`` names a ``"kind"`` with a registered loader (:func:`register_folder_loader`):
+  ``priorkit.distill.students.format`` registers ``"student"`` (folders written by ``save_student``). Core imports
+  nothing from the students; ``priorkit.distill.loading`` is the front door that has them registered.
 
 Pickle checkpoints (.bin, .ckpt, .pt, .pth, .pkl) are refused: unpickling runs arbitrary code.
 """
@@ -17,6 +17,7 @@ Pickle checkpoints (.bin, .ckpt, .pt, .pth, .pkl) are refused: unpickling runs a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,28 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 BUNDLED = {"shapes": "text-to-image prior on the shapes world (32x32, MiniLM text conditioning)",
            "photos": "unconditional prior on 64x64 natural-photo patches",
            "shapes-cd": "consistency-distilled student of 'shapes' with CFG 3 built in (1-4 steps)"}
+
+
+#: loaders of priorkit's own folder kinds: priorkit.json's "kind" -> load(folder, dtype=, device=) -> Denoiser
+FolderLoader = Callable[..., Denoiser]
+FOLDER_LOADERS: dict[str, FolderLoader] = {}
+
+
+def register_folder_loader(kind: str, load: FolderLoader) -> None:
+    """Let :func:`load_denoiser` read folders whose ``priorkit.json`` says ``"kind": kind`` (distilled students)."""
+    FOLDER_LOADERS[kind] = load
+
+
+def folder_kind(folder: Path) -> str | None:
+    """The ``"kind"`` of ``folder/priorkit.json`` (None without one, or when it is not valid JSON)."""
+    path = folder / "priorkit.json"
+    if not path.is_file():
+        return None
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 class ModelLoadError(RuntimeError):
@@ -127,10 +150,10 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu") -> Denoiser:
     """A `Denoiser` from a bundled name ("shapes", "photos", "shapes-cd"), a local folder, or a diffusers hub id.
 
-    A student folder (see `priorkit.distill.students.format.is_student_folder`) gives the student itself (its own
-    fast sampler
-    is chosen by ``priorkit.distill.students.runner.student_sampler``; generic samplers treat it as an ordinary
-    denoiser).
+    A folder of a registered kind (:data:`FOLDER_LOADERS`; a distilled student once ``priorkit.distill.students``
+    is imported, as ``priorkit.distill.loading`` does) goes to its loader: a student gives the student itself (its
+    own fast sampler is chosen by ``priorkit.distill.students.runner.student_sampler``; generic samplers treat it
+    as an ordinary denoiser).
 
     Raises `ModelLoadError` (or `PickleRefusedError`) with the offending path in the message.
     """
@@ -141,10 +164,9 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
             raise PickleRefusedError(f"{path} is a pickle checkpoint; priorkit loads only safetensors folders")
         raise ModelLoadError(f"{path} is a single file; give the diffusers folder that contains it")
     if path.is_dir():
-        from priorkit.distill.students.format import is_student_folder, load_student
-
-        if is_student_folder(path):  # a student trained by distill/ (priorkit.json says "kind": "student")
-            return load_student(path, dtype=dtype, device=device)
+        kind = folder_kind(path)
+        if kind in FOLDER_LOADERS:  # e.g. a student trained by distill/ (priorkit.json says "kind": "student")
+            return FOLDER_LOADERS[kind](path, dtype=dtype, device=device)
         return _load_folder(path, dtype, device)
     if path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1:
         raise ModelLoadError(f"no such model folder: {path}")

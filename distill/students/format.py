@@ -8,7 +8,7 @@ Every fast-sampler trainer of distill/ returns a `Denoiser`. This module holds w
   for a ``UNet2DConditionModel``, ``"timestep"`` (one scalar) for a ``UNet2DModel``;
 * :func:`save_student` / :func:`load_student` — a folder with ``config.json`` (architecture, schedule,
   conditioning, method), ``student.safetensors`` and ``priorkit.json`` (``{"kind": "student", ...}``);
-  ``priorkit.distill.core.loading.load_denoiser`` dispatches such folders here;
+  ``priorkit.distill.core.loading.load_denoiser`` reads such folders through the loader registered here;
 * :class:`Trainee` — the module `priorkit.distill.core.training.train` optimises: the student plus, when a method needs
   one, a frozen target network (an EMA of the student) that is checkpointed with it.
 """
@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+from priorkit.distill.core.loading import ModelLoadError, load_denoiser, register_folder_loader
+from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.zoo.toy import MLPConfig, MLPDenoiser, fourier_embedding
 
 STUDENT_KIND = "student"
@@ -238,6 +240,8 @@ def student_spec(den: nn.Module) -> dict[str, Any]:
     """The architecture of a student as JSON (nested for wrappers such as consistency models)."""
     if isinstance(den, MLPDenoiser):
         return {"type": "mlp", "config": den.config_dict()}
+    if isinstance(den, ConsistencyModel):  # a wrapper: its settings and its backbone's spec
+        return {**den.config_spec(), "net": student_spec(den.net)}
     if hasattr(den, "config_spec"):
         return den.config_spec()
     if isinstance(den, DiffusersDenoiser):  # a plain copy of a teacher UNet (reflow, progressive, consistency)
@@ -266,8 +270,6 @@ def build_student(spec: dict[str, Any], *, text_encoder: nn.Module | None = None
                            extra_defaults=spec.get("extra_defaults"), feature_dim=int(spec["feature_dim"]),
                            vae=vae, text_encoder=text_encoder)
     if kind == "consistency":
-        from priorkit.distill.students.consistency import ConsistencyModel
-
         return ConsistencyModel.from_spec(spec, build_student(spec["net"], text_encoder=text_encoder, vae=vae))
     raise ValueError(f"unknown student type {kind!r} in config.json")
 
@@ -333,8 +335,6 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
 
     Raises `priorkit.distill.core.loading.ModelLoadError` naming the file at fault.
     """
-    from priorkit.distill.core.loading import ModelLoadError
-
     folder = Path(folder)
     try:
         spec = json.loads((folder / "config.json").read_text())
@@ -352,8 +352,6 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
 
         text_encoder = text_encoder_from_spec(meta["text_encoder"])
     if meta.get("vae_from"):
-        from priorkit.distill.core.loading import load_denoiser
-
         vae = getattr(load_denoiser(meta["vae_from"]), "vae", None)
     try:
         student = build_student(spec["student"], text_encoder=text_encoder, vae=vae)
@@ -367,6 +365,8 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
                              f"unexpected {unexpected[:5]}")
     return student.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
+
+register_folder_loader(STUDENT_KIND, load_student)  # load_denoiser reads student folders through this
 
 __all__ = ["UNetStudent", "unet_student_from_teacher", "copy_teacher", "attach_codecs", "Trainee", "unwrap",
            "trainable_params", "freeze", "save_student", "load_student", "with_extras", "select_rows",
