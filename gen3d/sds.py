@@ -6,91 +6,62 @@ For renders x = g(theta) of a field and a frozen text-to-image prior eps_hat:
     x_t = alpha_t x + sigma_t eps,  eps ~ N(0, I),  t ~ U(t_min, t_max)
     eps_cfg = eps_hat(x_t; null) + s (eps_hat(x_t; y) - eps_hat(x_t; null))          (classifier-free guidance)
 
-with no U-Net Jacobian (the gradient enters through a stop-gradient surrogate, see
-``priorkit.distill.score.guidance``). The
-prompt y gets a view suffix from each camera ("a red cube, side view").
+with no U-Net Jacobian (the gradient enters through a stop-gradient surrogate). The gradient, the time sampling
+and the weighting are functions of tensors in ``priorkit.distill.score.guidance``; this module is the thin
+:class:`~priorkit.gen3d.guidance.Guidance` the 3D loop uses. The prompt y gets a view suffix from each camera
+("a red cube, side view").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from priorkit.distill.core.cameras import Camera
 from priorkit.distill.core.denoiser import Condition, Denoiser
-from priorkit.distill.core.prediction import Prediction
-from priorkit.distill.core.schedule import Schedule
 from priorkit.distill.score.guidance import (
-    add_noise,
+    GuidedPredictor,
     annealed_range,
-    sample_times,
+    draw_noise,
+    sds_gradient,
     surrogate_loss,
     to_model_space,
     view_prompts,
-    weight,
 )
+from priorkit.gen3d.guidance import GuidanceConfig
 
 
 @dataclass
-class SDSConfig:
-    """Defaults of SDS. Times are continuous in [0, 1] (t = 0 data), whatever the prior's schedule.
+class SDSConfig(GuidanceConfig):
+    """Defaults of SDS (the fields of :class:`~priorkit.gen3d.guidance.GuidanceConfig`, and:)
 
     guidance_scale: CFG scale s (DreamFusion: 100 with Imagen/SD; the bundled 32x32 prior: 60, see BENCHMARKS.md).
     warmup_guidance_scale, guidance_warmup: the CFG scale of the first ``guidance_warmup`` of the run (capped at
     ``guidance_scale``; None: no warm-up). It spans the loop's albedo-only warm-up
     (``GenerateConfig.albedo_fraction``): a flat-shaded render is far from the prior's shaded images, and under a
     high CFG the field fakes the missing shading with geometry (the bundled prior grows a foot under a cube).
-    t_min, t_max: the range of t; with ``anneal`` != "none" t_max moves to ``t_max_end`` over the run.
-    weighting: w(t), see :func:`priorkit.distill.score.guidance.weight` ("sigma2" = DreamFusion's sigma_t^2).
-    view_dependent: append "front/side/back/overhead view" to the prompt per camera.
-    grad_clip: clamp each element of w(t)(eps_cfg - eps) to [-grad_clip, grad_clip] (None: no clamp).
+    steps: optimisation steps; particles: independent fields (1); views: renders of each particle per step;
+    lambda_color_tv: weight of the colour TV (0: SDS does not need it).
     """
 
     guidance_scale: float = 60.0
+    steps: int = 500
+    particles: int = 1
+    lambda_color_tv: float = 0.0
     warmup_guidance_scale: float | None = 20.0
     guidance_warmup: float = 0.2
-    t_min: float = 0.02
-    t_max: float = 0.98
-    t_max_end: float | None = 0.5
-    anneal: str = "sqrt"
-    weighting: str = "sigma2"
-    view_dependent: bool = True
-    grad_clip: float | None = None
-
-
-def sds_gradient(predict: Callable[[Tensor, Tensor], Prediction], schedule: Schedule, x: Tensor, t: Tensor,
-                 eps: Tensor, weighting: str = "sigma2") -> Tensor:
-    """The SDS gradient in model space: w(t) (eps_hat(x_t, t) - eps), (B, ...).
-
-    Args:
-        predict: (x_t, t) -> Prediction of the (guided) prior, which works under ``schedule``.
-        x: clean samples (B, ...) in model space; t: (B,) times; eps: (B, ...) the noise that makes x_t.
-    """
-    x_t = add_noise(schedule, x.detach(), t, eps)  # x_t = alpha_t x + sigma_t eps
-    with torch.no_grad():
-        eps_hat = predict(x_t, t).eps
-    w = weight(weighting, schedule, t).to(x.dtype)
-    return w.reshape(-1, *([1] * (x.ndim - 1))) * (eps_hat - eps)  # w(t) (eps_hat - eps)
-
-
-class GuidedPredictor:
-    """(x_t, t) -> guided Prediction of ``den`` for a fixed encoded condition (one batched CFG call)."""
-
-    def __init__(self, den: Denoiser, cond: Condition, scale: float) -> None:
-        self.den, self.cond, self.scale, self.schedule = den, cond, float(scale), den.schedule
-
-    def __call__(self, x_t: Tensor, t: Tensor) -> Prediction:
-        return self.den.guided(x_t, t.to(x_t.dtype), self.cond, self.scale, check=False)
+    views: int = 4
 
 
 class SDS:
-    """DreamFusion's SDS loss for renders of a field under a frozen prior.
+    """DreamFusion's SDS loss for renders of a field under a frozen prior (a ``priorkit.gen3d.guidance.Guidance``).
 
     ``loss(images, cameras, progress, generator)`` returns a scalar whose gradient in ``images`` is the SDS
-    gradient (through the VAE encoder for latent priors), plus diagnostics.
+    gradient (through the VAE encoder for latent priors), plus diagnostics. SDS has no state of its own.
     """
 
     def __init__(self, denoiser: Denoiser, prompt: str, config: SDSConfig | None = None) -> None:
@@ -103,6 +74,11 @@ class SDS:
         if not 0.0 <= c.guidance_warmup <= 1.0:
             raise ValueError(f"guidance_warmup must be in [0, 1]; got {c.guidance_warmup}")
         annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
+
+    @property
+    def views(self) -> int:
+        """Renders of each particle per step."""
+        return self.config.views
 
     def time_range(self, progress: float) -> tuple[float, float]:
         c = self.config
@@ -130,15 +106,27 @@ class SDS:
             raise ValueError(f"{images.shape[0]} images but {len(cameras)} cameras")
         x = to_model_space(self.den, images)
         lo, hi = self.time_range(progress)
-        t = sample_times(x.shape[0], lo, hi, generator).to(x.device, x.dtype)
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        t, eps = draw_noise(x, lo, hi, generator)
         scale = self.guidance_scale(progress)
         predict = GuidedPredictor(self.den, self.condition(cameras), scale)
         grad = torch.nan_to_num(sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting))
         if self.config.grad_clip is not None:
             grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         return surrogate_loss(x, grad, particles), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-                                         "t_max": hi, "guidance_scale": scale}
+                                                    "t_max": hi, "guidance_scale": scale}
+
+    def step(self) -> None:
+        """Nothing to update: the prior is frozen."""
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """No state: ({}, {})."""
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+    def close(self) -> None:
+        """Nothing to undo."""
 
 
 __all__ = ["SDS", "SDSConfig", "GuidedPredictor", "sds_gradient"]

@@ -11,97 +11,80 @@ camera c, that tracks the noise prediction of the renders' own distribution by t
 
 in the prior's own prediction kind (eps, x0 or v). The LoRA branch uses CFG 1. Particles and LoRA are updated
 in alternation, one LoRA step per particle step. With eps_phi replaced by eps this is SDS (``priorkit.gen3d.sds``).
+The gradient and the loss of eq. 10 are functions of tensors in ``priorkit.distill.score.guidance``, the LoRA in
+``priorkit.distill.score.lora``; this module is the thin :class:`~priorkit.gen3d.guidance.Guidance` of the 3D loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from priorkit.distill.core.cameras import Camera
 from priorkit.distill.core.denoiser import Condition, Denoiser
-from priorkit.distill.core.prediction import Prediction, from_x0_eps
-from priorkit.distill.core.schedule import Schedule
+from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.score.guidance import (
-    add_noise,
+    GuidedPredictor,
     annealed_range,
+    diffusion_loss,
+    draw_noise,
     sample_times,
     surrogate_loss,
     to_model_space,
     view_prompts,
-    weight,
+    vsd_gradient,
 )
 from priorkit.distill.score.lora import (
     LoRAConfig,
     attach_lora,
     camera_features,
     detach_lora,
+    load_lora_state_dict,
     lora_state_dict,
     pretrained_branch,
 )
-from priorkit.gen3d.sds import GuidedPredictor
+from priorkit.gen3d.checkpoint import load_optimizer, optimizer_tensors
+from priorkit.gen3d.guidance import GuidanceConfig
 
 
 @dataclass
-class VSDConfig:
-    """Defaults of VSD (ProlificDreamer: CFG 7.5, LoRA lr 1e-3, t ~ U(0.02, 0.98) annealed to 0.5).
+class VSDConfig(GuidanceConfig):
+    """Defaults of VSD (ProlificDreamer: CFG 7.5, LoRA lr 1e-3, t ~ U(0.02, 0.98) annealed to 0.5), with the fields
+    of :class:`~priorkit.gen3d.guidance.GuidanceConfig`:
 
     guidance_scale: CFG of the pretrained branch (the LoRA branch always uses 1).
+    steps: optimisation steps (800: four particles and a LoRA need more than SDS's 500 to settle, BENCHMARKS.md).
+    particles: particle fields (4).
+    lambda_color_tv: colour TV on every particle (its particles paint speckled albedo that the judge reads as
+        shading; BENCHMARKS.md).
     particle_weight: weight of each particle's VSD gradient (averaged over its views) against its regularisers;
         1 = the weight a lone SDS run gives its gradient. 0.25 keeps the particles clean on the bundled prior, where
-        1 grows floaters (a yellow cone with one view per particle: judge 0.25-0.88, Chamfer 0.058-0.068).
+        1 grows floaters (BENCHMARKS.md).
     views_per_particle: renders of each particle per step. k views cut the noise of a one-view estimate of the
         gradient by sqrt(k) at k times the cost; on the bundled prior three carve the cone's point that one view
-        leaves blunt (cone judge 0.12-1.00 / 0.88-1.00 / 0.88-1.00 / 1.00 with 1 / 2 / 3 / 4 views; the cube's
-        0.62-0.75 / 0.62-1.00 / 0.75-1.00 / 0.62-0.88 is within the noise of its 8 judged views; BENCHMARKS.md).
+        leaves blunt (BENCHMARKS.md).
     lora_lr: AdamW learning rate of the LoRA and camera embedding; lora_t_min/lora_t_max: times of its loss.
     """
 
     guidance_scale: float = 7.5
+    steps: int = 800
+    particles: int = 4
+    lambda_color_tv: float = 1.0
     particle_weight: float = 0.25
     views_per_particle: int = 3
-    t_min: float = 0.02
-    t_max: float = 0.98
-    t_max_end: float | None = 0.5
-    anneal: str = "sqrt"
-    weighting: str = "sigma2"
-    view_dependent: bool = True
-    grad_clip: float | None = None
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     lora_lr: float = 1e-3
     lora_t_min: float = 0.0
     lora_t_max: float = 1.0
 
 
-def vsd_gradient(pretrained: Callable[[Tensor, Tensor], Prediction], particle: Callable[[Tensor, Tensor], Prediction],
-                 schedule: Schedule, x: Tensor, t: Tensor, eps: Tensor, weighting: str = "sigma2") -> Tensor:
-    """The VSD gradient in model space: w(t) (eps_pre(x_t, t) - eps_phi(x_t, t)), (B, ...).
-
-    Args:
-        pretrained: (x_t, t) -> guided Prediction of the prior; particle: (x_t, t) -> Prediction of the
-            particles' score model (the camera-conditioned LoRA); both under ``schedule``.
-        x: renders in model space (B, ...); t: (B,); eps: (B, ...).
-    """
-    x_t = add_noise(schedule, x.detach(), t, eps)  # x_t = alpha_t x + sigma_t eps
-    with torch.no_grad():
-        eps_pre = pretrained(x_t, t).eps
-        eps_phi = particle(x_t, t).eps
-    w = weight(weighting, schedule, t).to(x.dtype)
-    return w.reshape(-1, *([1] * (x.ndim - 1))) * (eps_pre - eps_phi)  # w(t) (eps_pre - eps_phi)
-
-
-def diffusion_loss(den: Denoiser, x0: Tensor, t: Tensor, eps: Tensor, cond: Condition) -> Tensor:
-    """|| f(x_t; cond, t) - target_kind(x0, eps) ||^2 (mean) in the model's own prediction kind (eq. 10)."""
-    x_t = add_noise(den.schedule, x0, t, eps)
-    kind, out = den.predict_native(x_t, t, den.encode(cond))
-    return (out - from_x0_eps(kind, x0, eps, x_t, t, den.schedule)).pow(2).mean()
-
-
 class VSD:
-    """ProlificDreamer's VSD for renders of n particle fields under a diffusers text-to-image prior.
+    """ProlificDreamer's VSD for renders of n particle fields under a diffusers text-to-image prior (a
+    :class:`~priorkit.gen3d.guidance.Guidance`).
 
     Attaches a camera-conditioned LoRA to ``denoiser.unet`` (removed by :meth:`close`). Per step call
     :meth:`loss` on the renders of all particles (their gradient is the particle update; the same scalar holds the
@@ -124,6 +107,11 @@ class VSD:
         self.unet = unet
         self.parameters = attach_lora(unet, c.lora)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lora_lr)
+
+    @property
+    def views(self) -> int:
+        """Renders of each particle per step (``config.views_per_particle``)."""
+        return self.config.views_per_particle
 
     def time_range(self, progress: float) -> tuple[float, float]:
         c = self.config
@@ -151,8 +139,7 @@ class VSD:
         x = to_model_space(self.den, images)
         text, cam_cond = self._conditions(cameras)
         lo, hi = self.time_range(progress)
-        t = sample_times(x.shape[0], lo, hi, generator).to(x.device, x.dtype)
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        t, eps = draw_noise(x, lo, hi, generator)
         pre = GuidedPredictor(self.den, text, c.guidance_scale)
 
         def pretrained(x_t: Tensor, tt: Tensor) -> Prediction:
@@ -179,6 +166,18 @@ class VSD:
     def state_dict(self) -> dict[str, Tensor]:
         """The LoRA and camera-embedding weights."""
         return lora_state_dict(self.unet)
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The LoRA weights ("lora.*") and its optimiser ("opt.lora.*" tensors, "lora_optimizer" info)."""
+        tensors = {f"lora.{k}": v.contiguous() for k, v in self.state_dict().items()}
+        opt_t, opt_s = optimizer_tensors(self.optimizer, "opt.lora")
+        tensors.update(opt_t)
+        return tensors, {"lora_optimizer": opt_s}
+
+    def load_state(self, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
+        """Restore the LoRA and its optimiser from :meth:`state`'s output."""
+        load_lora_state_dict(self.unet, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
+        load_optimizer(self.optimizer, tensors, info["lora_optimizer"], "opt.lora")
 
     def close(self) -> None:
         """Remove the LoRA from the UNet (the prior is the pretrained model again)."""

@@ -8,19 +8,25 @@ image x = g(theta) along a gradient that skips the denoiser's Jacobian:
 with eps_ref = eps (SDS) or the noise prediction of the current renders' own distribution (VSD). Both are
 implemented as the stop-gradient surrogate ``0.5 || x - sg(x - g) ||^2`` whose gradient in x is exactly ``g``.
 Everything is written in the general schedule x_t = alpha(t) x0 + sigma(t) eps of ``priorkit.distill.core.schedule``.
+
+The pieces are functions of tensors, so that anything that distils a score can use them without gen3d: a
+distillation trainer (DMD is VSD on images: a generator's samples instead of renders, the same two gradients) or
+the 3D loop's ``priorkit.gen3d.sds.SDS`` / ``priorkit.gen3d.vsd.VSD``. A Denoiser and a condition become the
+``predict`` callable of :func:`sds_gradient` / :func:`vsd_gradient` through :class:`GuidedPredictor`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from priorkit.distill.core.cameras import Camera, view_phrase
-from priorkit.distill.core.denoiser import Denoiser
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.prediction import Prediction, from_x0_eps
 from priorkit.distill.core.schedule import Schedule, add_noise
 
 WEIGHTINGS = ("sigma2", "uniform", "snr_sqrt")
@@ -67,6 +73,71 @@ def weight(kind: str, schedule: Schedule, t: Tensor) -> Tensor:
     if kind == "snr_sqrt":
         return s / torch.sqrt(a * a + s * s)
     raise ValueError(f"unknown weighting {kind!r}; use one of {WEIGHTINGS}")
+
+
+def draw_noise(x: Tensor, lo: float, hi: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Times t ~ U(lo, hi) (B,) and noise eps ~ N(0, I) like ``x`` (B, ...), drawn in that order from ``generator``
+    on the CPU and moved to ``x``'s device and dtype."""
+    t = sample_times(x.shape[0], lo, hi, generator).to(x.device, x.dtype)
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return t, eps
+
+
+class GuidedPredictor:
+    """(x_t, t) -> classifier-free guided Prediction of ``den`` for a fixed encoded condition (one batched call).
+
+    ``cond``: an encoded condition, (B, L, D) text embeddings for a text-to-image prior (None: unconditional);
+    ``scale``: the CFG scale s in eps_null + s (eps_cond - eps_null).
+    """
+
+    def __init__(self, den: Denoiser, cond: Condition, scale: float) -> None:
+        self.den, self.cond, self.scale, self.schedule = den, cond, float(scale), den.schedule
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Prediction:
+        return self.den.guided(x_t, t.to(x_t.dtype), self.cond, self.scale, check=False)
+
+
+def sds_gradient(predict: Callable[[Tensor, Tensor], Prediction], schedule: Schedule, x: Tensor, t: Tensor,
+                 eps: Tensor, weighting: str = "sigma2") -> Tensor:
+    """The SDS gradient in model space: w(t) (eps_hat(x_t, t) - eps), (B, ...)  (DreamFusion eq. 3).
+
+    Args:
+        predict: (x_t, t) -> Prediction of the (guided) prior, which works under ``schedule``
+            (e.g. ``GuidedPredictor(den, cond, scale)``).
+        x: clean samples (B, ...) in model space; t: (B,) times; eps: (B, ...) the noise that makes x_t.
+    """
+    x_t = add_noise(schedule, x.detach(), t, eps)  # x_t = alpha_t x + sigma_t eps
+    with torch.no_grad():
+        eps_hat = predict(x_t, t).eps
+    w = weight(weighting, schedule, t).to(x.dtype)
+    return w.reshape(-1, *([1] * (x.ndim - 1))) * (eps_hat - eps)  # w(t) (eps_hat - eps)
+
+
+def vsd_gradient(pretrained: Callable[[Tensor, Tensor], Prediction], particle: Callable[[Tensor, Tensor], Prediction],
+                 schedule: Schedule, x: Tensor, t: Tensor, eps: Tensor, weighting: str = "sigma2") -> Tensor:
+    """The VSD gradient in model space: w(t) (eps_pre(x_t, t) - eps_phi(x_t, t)), (B, ...)  (ProlificDreamer eq. 9).
+
+    Args:
+        pretrained: (x_t, t) -> guided Prediction of the prior; particle: (x_t, t) -> Prediction of the score of
+            the current samples' distribution (the LoRA of ``priorkit.distill.score.lora``; DMD's "fake" score);
+            both under ``schedule``.
+        x: samples in model space (B, ...); t: (B,); eps: (B, ...).
+    """
+    x_t = add_noise(schedule, x.detach(), t, eps)  # x_t = alpha_t x + sigma_t eps
+    with torch.no_grad():
+        eps_pre = pretrained(x_t, t).eps
+        eps_phi = particle(x_t, t).eps
+    w = weight(weighting, schedule, t).to(x.dtype)
+    return w.reshape(-1, *([1] * (x.ndim - 1))) * (eps_pre - eps_phi)  # w(t) (eps_pre - eps_phi)
+
+
+def diffusion_loss(den: Denoiser, x0: Tensor, t: Tensor, eps: Tensor, cond: Condition) -> Tensor:
+    """|| f(x_t; cond, t) - target_kind(x0, eps) ||^2 (mean) in the model's own prediction kind (eps, x0 or v): the
+    loss that keeps the tracked score on the current samples (ProlificDreamer eq. 10). x0, eps (B, ...), t (B,);
+    ``cond`` is encoded by ``den.encode``."""
+    x_t = add_noise(den.schedule, x0, t, eps)
+    kind, out = den.predict_native(x_t, t, den.encode(cond))
+    return (out - from_x0_eps(kind, x0, eps, x_t, t, den.schedule)).pow(2).mean()
 
 
 def surrogate_loss(x: Tensor, grad: Tensor, particles: int = 1) -> Tensor:
@@ -121,5 +192,6 @@ def view_prompts(prompt: str, cameras: Sequence[Camera], view_dependent: bool = 
     return [f"{prompt}, {view_phrase(c.azimuth, c.elevation)}" for c in cameras]
 
 
-__all__ = ["ANNEALING", "WEIGHTINGS", "add_noise", "annealed_range", "image_size", "sample_times", "surrogate_loss",
-           "to_model_space", "view_prompts", "weight"]
+__all__ = ["ANNEALING", "WEIGHTINGS", "GuidedPredictor", "add_noise", "annealed_range", "diffusion_loss", "draw_noise",
+           "image_size", "sample_times", "sds_gradient", "surrogate_loss", "to_model_space", "view_prompts",
+           "vsd_gradient", "weight"]

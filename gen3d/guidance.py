@@ -1,0 +1,81 @@
+"""What the text-to-3D loop asks of a guidance (SDS, VSD, ...): the :class:`Guidance` protocol and the settings
+every method has (:class:`GuidanceConfig`).
+
+The loop never asks which method it runs. Per step it calls ``loss`` on the renders of all particles, backpropagates,
+steps the fields' optimiser, then calls ``step`` (a method with its own trainable parts, such as VSD's LoRA, updates
+them there). ``state`` / ``load_state`` carry those parts through a checkpoint; ``close`` undoes what the guidance
+did to the prior. The gradients themselves are functions of tensors in ``priorkit.distill.score.guidance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from priorkit.distill.core.cameras import Camera
+
+
+@dataclass
+class GuidanceConfig:
+    """Settings every guidance method has; each method's config (``SDSConfig``, ``VSDConfig``) extends it.
+
+    Score distillation (times are continuous in [0, 1], t = 0 data, whatever the prior's schedule):
+    guidance_scale: CFG scale of the pretrained prior. t_min, t_max: the range of t; with ``anneal`` != "none"
+    t_max moves to ``t_max_end`` over the run. weighting: w(t) (:func:`priorkit.distill.score.guidance.weight`).
+    view_dependent: append "front/side/back/overhead view" to the prompt per camera. grad_clip: clamp each element
+    of the model-space gradient to [-grad_clip, grad_clip] (None: no clamp).
+
+    The loop's defaults for this method: steps (optimisation steps), particles (fields optimised together),
+    lambda_color_tv (weight of the representation's colour TV regulariser).
+    """
+
+    guidance_scale: float = 7.5
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_max_end: float | None = 0.5
+    anneal: str = "sqrt"
+    weighting: str = "sigma2"
+    view_dependent: bool = True
+    grad_clip: float | None = None
+    steps: int = 500
+    particles: int = 1
+    lambda_color_tv: float = 0.0
+
+
+@runtime_checkable
+class Guidance(Protocol):
+    """A score-distillation method as the loop sees it.
+
+    ``loss(images, cameras, progress, generator, particles)``: images (B, 3, H, W) in [0, 1], the renders of
+    ``particles`` particles stacked along B (particle-major), one camera each; ``progress`` in [0, 1]; random draws
+    from ``generator``. Returns a scalar whose gradient in ``images`` is the method's update of each particle (as
+    large as a run of that particle alone would get), and diagnostics (floats) for the log.
+    ``views``: renders of each particle the loop makes per step.
+    """
+
+    config: GuidanceConfig
+
+    @property
+    def views(self) -> int: ...
+
+    def loss(self, images: Tensor, cameras: Sequence[Camera], progress: float = 0.0,
+             generator: torch.Generator | None = None, particles: int = 1) -> tuple[Tensor, dict[str, float]]: ...
+
+    def step(self) -> None:
+        """Update the method's own trainable parts after the backward pass (nothing for SDS)."""
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(tensors, JSON-able info) to checkpoint; names must not collide with the loop's ("field*", "opt.fields")."""
+
+    def load_state(self, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (the tensors may hold other entries too)."""
+
+    def close(self) -> None:
+        """Undo what the method did to the prior (e.g. remove a LoRA)."""
+
+
+__all__ = ["Guidance", "GuidanceConfig"]
