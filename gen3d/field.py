@@ -1,7 +1,8 @@
 """Radiance fields over the scene box [-1, 1]^3 (z up, the convention of ``distill/zoo/cameras.py``).
 
-Every field maps points ``x`` (N, 3) to a colour in [0, 1] (N, 3) and a density sigma >= 0 (N,), and gives
-outward unit normals ``n = -grad(sigma) / |grad(sigma)|`` (N, 3). The renderer only relies on this interface:
+Every field is a :class:`~priorkit.gen3d.representation.RadianceField` (the loop's ``Representation``): it maps
+points ``x`` (N, 3) to a colour in [0, 1] (N, 3) and a density sigma >= 0 (N,), and gives outward unit normals
+``n = -grad(sigma) / |grad(sigma)|`` (N, 3). The renderer only relies on this interface:
 
 * ``density(x) -> (N,)``
 * ``forward(x) -> (rgb (N, 3), sigma (N,))``
@@ -26,8 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BBox = tuple[Sequence[float], Sequence[float]]
-UNIT_BOX: BBox = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
+from priorkit.gen3d.regularisers import colour_tv, opacity_entropy, voxel_edge
+from priorkit.gen3d.representation import (
+    UNIT_BOX,
+    BBox,
+    RadianceField,
+    autograd_normal,
+    lattice_points,
+    sample_density_grid,
+)
 
 
 class _TruncExp(torch.autograd.Function):
@@ -68,35 +76,6 @@ def blob_density_bias(x: Tensor, blob_density: float, blob_radius: float) -> Ten
     return blob_density * (1.0 - x.norm(dim=-1) / blob_radius)
 
 
-def lattice_points(resolution: int, bbox: BBox = UNIT_BOX, device: torch.device | str | None = None) -> Tensor:
-    """Vertices of a regular lattice covering ``bbox``: (R, R, R, 3), ``[i, j, k]`` = (x_i, y_j, z_k)."""
-    lo, hi = bbox
-    axes = [torch.linspace(float(lo[a]), float(hi[a]), resolution, device=device) for a in range(3)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-
-
-@torch.no_grad()
-def sample_density_grid(field: nn.Module, resolution: int, bbox: BBox = UNIT_BOX, chunk: int = 65536) -> Tensor:
-    """Density of ``field`` on a lattice (see :func:`lattice_points`): (R, R, R), float32, on the field's device."""
-    device = next(iter(field.parameters()), torch.empty(0)).device
-    pts = lattice_points(resolution, bbox, device).reshape(-1, 3)
-    out = torch.cat([field.density(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)])
-    return out.reshape(resolution, resolution, resolution).float()
-
-
-def autograd_normal(density_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Outward normals ``-grad(sigma)/|grad(sigma)|`` by autograd, (N, 3) -> (N, 3).
-
-    Keeps the graph (second-order terms) when gradients are enabled, so shading losses reach the field.
-    """
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True) if not x.requires_grad else x
-        sigma = density_fn(xg)
-        (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=create_graph)
-    return -F.normalize(grad, dim=-1, eps=1e-12)
-
-
 def finite_difference_normal(density_fn: Callable[[Tensor], Tensor], x: Tensor, eps: float = 1e-2) -> Tensor:
     """Outward normals from central differences of the density with step ``eps``, (N, 3) -> (N, 3)."""
     offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # (3, 3)
@@ -106,7 +85,7 @@ def finite_difference_normal(density_fn: Callable[[Tensor], Tensor], x: Tensor, 
     return -F.normalize(grad, dim=-1, eps=1e-12)
 
 
-class VoxelField(nn.Module):
+class VoxelField(RadianceField):
     """A dense voxel grid of density and colour logits over ``bbox`` (default [-1, 1]^3).
 
     Storage: ``density_logits`` (R, R, R) and ``color_logits`` (3, R, R, R), indexed ``[..., i, j, k]`` for the
@@ -208,6 +187,19 @@ class VoxelField(nn.Module):
                 loss = loss + g.diff(dim=dim).square().mean()
         return loss
 
+    def voxel_entropy(self) -> Tensor:
+        """Mean binary entropy of the opacity of one voxel, H(1 - exp(-sigma h)), exactly over the vertices: ()."""
+        return opacity_entropy(density_activation(self.density_logits, self.activation), voxel_edge(self))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"geometry": [density_logits], "appearance": [color_logits]}."""
+        return {"geometry": [self.density_logits], "appearance": [self.color_logits]}
+
+    def regularisers(self) -> dict[str, Callable[[torch.Generator | None], Tensor]]:
+        """{"tv": :meth:`tv_loss`, "color_tv": TV of the colour logits, "voxel_entropy": :meth:`voxel_entropy`}."""
+        return {"tv": lambda g: self.tv_loss(), "color_tv": lambda g: colour_tv(self.color_logits),
+                "voxel_entropy": lambda g: self.voxel_entropy()}
+
 
 class FourierFeatures(nn.Module):
     """NeRF positional encoding ``[x, sin(2^k pi x), cos(2^k pi x)]_{k<L}``: (N, D) -> (N, D (1 + 2L))."""
@@ -228,7 +220,7 @@ class FourierFeatures(nn.Module):
         return torch.cat(parts + [torch.sin(xf), torch.cos(xf)], dim=-1)
 
 
-class MLPField(nn.Module):
+class MLPField(RadianceField):
     """A Fourier-feature MLP radiance field (DreamFusion-style albedo NeRF) for GPU runs.
 
     ``raw = MLP(gamma(x))`` with 4 outputs; ``sigma = act(raw_0 + blob(x))`` with the fixed Magic3D blob bias
@@ -289,12 +281,8 @@ class MLPField(nn.Module):
         """Outward unit normal at x (N, 3) -> (N, 3), by autograd."""
         return autograd_normal(self.density, x)
 
-    def density_grid(self, resolution: int = 128, bbox: BBox = UNIT_BOX) -> Tensor:
-        """Density on an R^3 lattice over ``bbox`` (R, R, R), ``[i, j, k]`` = (x_i, y_j, z_k)."""
-        return sample_density_grid(self, resolution, bbox)
 
-
-class AnalyticBallField(nn.Module):
+class AnalyticBallField(RadianceField):
     """A ball of constant density ``sigma0`` and radius ``radius`` at ``center``, constant colour ``rgb``.
 
     Along a ray with impact parameter b < radius the opacity is ``1 - exp(-sigma0 * 2 sqrt(radius^2 - b^2))``
@@ -328,10 +316,6 @@ class AnalyticBallField(nn.Module):
         """Colour (N, 3) and density (N,) at x (N, 3)."""
         rgb, sigma, _ = self.query(x)
         return rgb, sigma
-
-    def density_grid(self, resolution: int = 128, bbox: BBox = UNIT_BOX) -> Tensor:
-        """Density on an R^3 lattice over ``bbox`` (R, R, R)."""
-        return sample_density_grid(self, resolution, bbox)
 
 
 class Background(nn.Module):
