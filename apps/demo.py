@@ -124,7 +124,7 @@ def asset_3d(page: Page, prompt: str, budget: Budget) -> None:
     cfg.turntable_frames = budget.turntable_frames or cfg.turntable_frames
     folder = page.out / "3d"
     result = generate(prompt, "sds", "shapes", steps=budget.steps_3d, seed=0, out=folder,
-                      preview_every=max(1, (budget.steps_3d or cfg.steps) // 5), progress=True, config=cfg)
+                      preview_every=max(1, (budget.steps_3d or cfg.sds.steps) // 5), progress=True, config=cfg)
     paths = result.paths
     gif = paths["gif"][0]
     files = " ".join(f'<a href="{page.rel(paths[k][0])}">{k.upper()}</a>' for k in ("glb", "obj", "ply")

@@ -13,6 +13,8 @@ import torch
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.loading import load_denoiser
 from priorkit.gen3d.generate import GenerateConfig, generate
+from priorkit.gen3d.sds import SDSConfig
+from priorkit.gen3d.vsd import VSDConfig
 
 torch.set_num_threads(1)
 
@@ -76,7 +78,9 @@ def tiny_config(**kw) -> GenerateConfig:
                 lambda_entropy=0.01, lambda_sparsity=0.01, lambda_orientation=0.01, lambda_tv=0.1,
                 albedo_fraction=0.3, shading_probs=(0.3, 0.4, 0.3))
     base.update(kw)
-    return GenerateConfig(**base)
+    sds = {k: base.pop(k) for k in ("steps", "views", "lambda_color_tv") if k in base}  # the methods' own settings
+    vsd = {k[4:]: base.pop(k) for k in ("vsd_steps", "vsd_lambda_color_tv") if k in base}
+    return GenerateConfig(**base, sds=SDSConfig(**sds), vsd=VSDConfig(**vsd))
 
 
 def _pixel_prior(tiny_sd, tiny_pixel) -> Denoiser:
@@ -169,7 +173,7 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_sd, tiny_pixel):
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert runs[0].history == runs[1].history
-    assert len(runs[0].history) == tiny_config().vsd_steps  # VSD's own default number of steps
+    assert len(runs[0].history) == tiny_config().vsd.steps  # VSD's own default number of steps
 
 
 class _KilledError(Exception):
