@@ -389,7 +389,8 @@ def distill_cmd(
     """
     from priorkit.distill.core.loading import ModelLoadError
     from priorkit.distill.students.format import is_main_process
-    from priorkit.distill.students.runner import METHODS, distill
+    from priorkit.distill.students.registry import METHODS
+    from priorkit.distill.students.runner import distill
 
     out = out if out is not None else Path("outputs/distill") / f"{method}-{_slug(teacher, 40)}"
     try:

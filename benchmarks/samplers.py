@@ -47,7 +47,8 @@ from priorkit.distill.students import progressive as pd
 from priorkit.distill.students import reflow as rf
 from priorkit.distill.students import shortcut as sc
 from priorkit.distill.students.format import load_student, read_meta
-from priorkit.distill.students.runner import METHODS, make_student, student_sampler
+from priorkit.distill.students.registry import METHODS, start_time
+from priorkit.distill.students.runner import make_student, student_sampler
 from priorkit.distill.zoo.toy import (
     TARGETS,
     TeacherConfig,
@@ -114,8 +115,6 @@ def _dtype(den: Denoiser) -> torch.dtype:
 @torch.no_grad()
 def evaluate_student(name: str, method: str, student: Denoiser, meta: dict[str, Any], ref: Tensor, n: int,
                      nfes: tuple[int, ...], seconds: float, seed: int) -> tuple[list, dict]:
-    from priorkit.distill.students.runner import start_time
-
     run = student_sampler(meta)
     records, shown = [], {}
     for nfe in nfes:
@@ -249,7 +248,7 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
     student's ``train_seconds`` comes from its run's distill.json.
     """
     from priorkit.distill.loading import load_denoiser
-    from priorkit.distill.students.runner import final_folder, start_time
+    from priorkit.distill.students.runner import final_folder
     from priorkit.distill.zoo import shapes
     from priorkit.distill.zoo.judge import load_judge
 
@@ -404,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", required=True, type=Path, help="where to write the records")
     parser.add_argument("--quick", action="store_true", help="short trainings and 4k samples (a smoke run)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {TARGETS}")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {tuple(METHODS)}")
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
     parser.add_argument("--shapes", default="", help="comma-separated run folders of shapes-prior students")
     parser.add_argument("--seed", type=int, default=0)

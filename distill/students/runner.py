@@ -21,9 +21,11 @@ import torch
 from torch import Tensor
 
 from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
+from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import initial_noise, sample
-from priorkit.distill.core.samplers.ddim import ddim_sample
+from priorkit.distill.students import registry
+from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.students.format import (
     attach_codecs,
     copy_teacher,
@@ -31,6 +33,7 @@ from priorkit.distill.students.format import (
     load_student,
     read_meta,
     unet_student_from_teacher,
+    with_extras,
 )
 from priorkit.distill.zoo.toy import (
     TARGETS,
@@ -42,7 +45,7 @@ from priorkit.distill.zoo.toy import (
     train_teacher,
 )
 
-METHODS: tuple[str, ...] = ("reflow", "cd", "ct", "shortcut", "progressive", "guidance")
+METHODS: tuple[str, ...] = tuple(registry.METHODS)  # the registered method names
 
 #: a sampler: fn(student, noise (B, ...) at its start time, steps, cond, generator) -> samples
 Sampler = Callable[[Denoiser, Tensor, int, Condition, torch.Generator | None], Tensor]
@@ -129,24 +132,19 @@ def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = Non
     class embedding (shortcut / guidance); ct starts from the same copy. MLP / analytic teachers: a copy of
     ``backbone`` (an MLP teacher) where the architecture allows, else a fresh `MLPDenoiser`.
     """
-    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
-    from priorkit.distill.students.consistency import ConsistencyModel
-
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    m = registry.method(method)
     if isinstance(teacher, CFGDenoiser):
         teacher = teacher.inner
     if isinstance(teacher, DiffusersDenoiser):
-        if method in ("shortcut", "guidance"):
-            return unet_student_from_teacher(teacher, ("d",) if method == "shortcut" else ("w",))
+        if m.extras:
+            return unet_student_from_teacher(teacher, m.extras)
         net = copy_teacher(teacher)
-        return ConsistencyModel(net, sigma_data=sigma_data) if method in ("cd", "ct") else net
+        return ConsistencyModel(net, sigma_data=sigma_data) if m.consistency else net
     schedule = teacher.schedule
-    if method == "shortcut":
-        return MLPDenoiser(schedule, hidden=128, depth=4, extras=("d",))
-    if method == "guidance":
-        return MLPDenoiser(schedule, hidden=128, depth=4, extras=("w",), num_classes=2, extra_defaults={"w": 1.0})
-    if backbone is not None and method != "ct":
+    if m.extras:
+        labels = dict(num_classes=2, extra_defaults={"w": 1.0}) if m.learns_guidance else {}
+        return MLPDenoiser(schedule, hidden=128, depth=4, extras=m.extras, **labels)
+    if backbone is not None and m.copies_toy_teacher:
         net = copy.deepcopy(backbone).train().requires_grad_(True)
     else:
         net = MLPDenoiser(schedule, hidden=128, depth=4, kind="velocity")
@@ -156,37 +154,17 @@ def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = Non
 def method_config(method: str, *, steps: int | None = None, batch: int | None = None, lr: float | None = None,
                   image: bool = False) -> Any:
     """The defaults dataclass of ``method`` with the common overrides (image teachers: smaller lr / batch)."""
-    from priorkit.distill.students.consistency import ConsistencyConfig
-    from priorkit.distill.students.guidance_distill import GuidanceDistillConfig
-    from priorkit.distill.students.progressive import ProgressiveConfig
-    from priorkit.distill.students.reflow import ReflowConfig
-    from priorkit.distill.students.shortcut import ShortcutConfig
-
-    cfg: Any = {"reflow": ReflowConfig, "cd": ConsistencyConfig, "ct": ConsistencyConfig,
-                "shortcut": ShortcutConfig, "progressive": ProgressiveConfig,
-                "guidance": GuidanceDistillConfig}[method]()
-    tcfg = cfg.stage1 if method == "guidance" else cfg.train
+    m = registry.method(method)
+    cfg: Any = m.config()
+    tcfg = m.train_config(cfg)
     if image:
         tcfg.lr, tcfg.ema_decay, cfg.batch = 5e-5, 0.999, 32
-        if method == "reflow":
-            cfg.pairs, cfg.chunk, cfg.teacher_steps = 4096, 128, 32
-        if method == "progressive":
-            cfg.start_steps, cfg.spacing = 32, "time"
-        if method == "cd":  # the teacher's DDIM (Euler) step between grid times, as latent consistency models do:
-            cfg.solver = "euler"  # half the teacher evaluations of Heun on a CPU
+        m.image_defaults(cfg)
     else:
-        if method in ("cd", "ct"):
-            cfg.sigma_data = 1.0
-        if method == "ct":
-            cfg.train.steps, cfg.s1 = 6000, 80
+        m.toy_defaults(cfg)
     if steps is not None:
         tcfg.steps = steps
-        if method == "reflow" and cfg.one_step_steps:
-            cfg.one_step_steps = steps
-        if method == "guidance" and cfg.stage2 is not None:
-            cfg.stage2.train.steps = max(1, steps // 2)
-        if method == "progressive":
-            tcfg.checkpoint_every = max(1, steps // 3)
+        m.set_steps(cfg, steps)
     if batch is not None:
         cfg.batch = batch
     if lr is not None:
@@ -196,29 +174,9 @@ def method_config(method: str, *, steps: int | None = None, batch: int | None = 
 
 def run_method(method: str, teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Path, cfg: Any, *,
                resume: bool = False, meta: dict[str, Any] | None = None, conditions: Any = None) -> Denoiser:
-    """Dispatch to the trainer of ``method`` (the one place that knows every trainer's signature)."""
-    from priorkit.distill.students import consistency, guidance_distill, progressive, reflow, shortcut
-
-    if method == "reflow":  # the couplings are conditioned like the data (e.g. captions of renders)
-        conditions = conditions or (lambda m, g: data(m, g)[1])
-        return reflow.reflow(teacher, student, out, cfg, conditions=conditions, resume=resume, meta=meta)
-    if method == "cd":
-        return consistency.consistency_distill(teacher, _backbone(student), data, out, cfg, resume=resume, meta=meta)
-    if method == "ct":
-        return consistency.consistency_training(_backbone(student), data, out, cfg, resume=resume, meta=meta)
-    if method == "shortcut":
-        return shortcut.shortcut_train(student, data, out, cfg, teacher=teacher, resume=resume, meta=meta)
-    if method == "progressive":
-        return progressive.progressive_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
-    if method == "guidance":
-        return guidance_distill.guidance_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
-    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-
-
-def _backbone(student: Denoiser) -> Denoiser:
-    from priorkit.distill.students.consistency import ConsistencyModel
-
-    return student.net if isinstance(student, ConsistencyModel) else student
+    """Train ``student`` with the registered trainer of ``method`` (`priorkit.distill.students.registry`)."""
+    return registry.method(method).train(teacher, student, data, out, cfg, resume=resume, meta=meta,
+                                         conditions=conditions)
 
 
 def final_folder(method: str, out: str | Path) -> Path:
@@ -248,18 +206,18 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
+    learns_guidance = registry.method(method).learns_guidance
     meta: dict[str, Any] = {"teacher": teacher, "guidance": guidance}
     if toy is not None:
         backbone = None
         if toy == "gmm":
-            den: Denoiser = conditional_gmm_target().float() if method == "guidance" else gmm_target().float()
+            den: Denoiser = conditional_gmm_target().float() if learns_guidance else gmm_target().float()
         else:
-            den = train_teacher(toy, conditional=method == "guidance", out=out / "teacher", resume=resume)
+            den = train_teacher(toy, conditional=learns_guidance, out=out / "teacher", resume=resume)
             backbone = den
-        data = target_data(toy, conditional=method == "guidance")
+        data = target_data(toy, conditional=learns_guidance)
         student = make_student(method, den, backbone)
         cfg = method_config(method, steps=steps, batch=batch, lr=lr)
-        target = CFGDenoiser(den, guidance) if guidance != 1.0 and method != "guidance" else den
     else:
         from priorkit.distill.core.loading import load_denoiser
 
@@ -272,7 +230,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         data = image_data(den, teacher, n=n_data, seed=seed)
         student = make_student(method, den)
         cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True)
-        target = CFGDenoiser(den, guidance) if guidance != 1.0 and method != "guidance" else den
+    target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
     result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
     attach_codecs(result, den)
     folder = final_folder(method, out)
@@ -283,40 +241,19 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
 
 # ---- sampling ------------------------------------------------------------------------------------
 def student_sampler(meta: dict[str, Any]) -> Sampler:
-    """The sampler a student's method needs, from its priorkit.json ``meta``."""
-    from priorkit.distill.students import consistency, progressive, reflow, shortcut
-
+    """The sampler a student's method needs, from its priorkit.json ``meta`` (``registry.STUDENT_SAMPLERS``)."""
     kind = meta.get("sampler", "ode")
-    cfg = meta.get("config", {}) or {}
 
     def run(student: Denoiser, noise: Tensor, steps: int, cond: Condition = None,
             generator: torch.Generator | None = None) -> Tensor:
-        if kind == "consistency":
-            times = consistency.consistency_times(student.schedule, steps, sigma_min=cfg.get("sigma_min", 0.002),
-                                                  sigma_max=cfg.get("sigma_max", 80.0), rho=cfg.get("rho", 7.0),
-                                                  grid=max(cfg.get("n_steps", 18), steps + 1))
-            return consistency.consistency_sample(student, noise, times, cond=cond, generator=generator)
-        if kind == "shortcut":
-            return shortcut.shortcut_sample(student, noise, steps, cond=cond, levels=meta.get("levels", 7))
-        if kind == "ddim" and meta.get("start_steps"):
-            grid = progressive.student_grid(student.schedule, steps, meta["start_steps"], meta.get("spacing", "time"))
-            return ddim_sample(student, noise, grid, cond=cond)
-        if kind == "ddim":
-            return reflow.reflow_sample(student, noise, steps, cond=cond)
+        if kind in registry.STUDENT_SAMPLERS:
+            return registry.STUDENT_SAMPLERS[kind](student, noise, steps, cond, generator, meta)
         return sample(student, noise, steps=steps, cond=cond)
 
     return run
 
 
-def start_time(student: Denoiser, meta: dict[str, Any]) -> float:
-    """The time a student's sampler starts from (consistency models start below t_max)."""
-    if meta.get("sampler") == "consistency":
-        from priorkit.distill.students.consistency import consistency_times
-
-        cfg = meta.get("config", {}) or {}
-        return float(consistency_times(student.schedule, 1, sigma_min=cfg.get("sigma_min", 0.002),
-                                       sigma_max=cfg.get("sigma_max", 80.0))[0])
-    return float(student.schedule.t_max)
+start_time = registry.start_time
 
 
 @torch.no_grad()
@@ -343,8 +280,6 @@ def student_samples(student: Denoiser, meta: dict[str, Any], n: int, *, steps: i
     elif label is not None:
         cond = torch.full((n,), int(label))
     if w is not None:
-        from priorkit.distill.students.format import with_extras
-
         cond = with_extras(student, cond, w=w)
     g = torch.Generator().manual_seed(seed)
     noise = initial_noise(student, (n, *student.sample_shape), t_max=start_time(student, meta), generator=g)
