@@ -214,7 +214,8 @@ def test_dpm_solver_matches_diffusers():
         theirs = diffusers_solve(gmm, scheduler, x, steps)
         times = torch.cat([schedule.time(scheduler.timesteps.double()), torch.zeros(1, dtype=torch.float64)])
         ours = sample(gmm, x, times=times, solver="dpm++2m")
-        assert float((ours - theirs).norm() / theirs.norm()) < 1e-4
+        # measured 9.5e-8 (10 steps) and 1.4e-7 (20 steps): diffusers' float32 coefficients; margin 7x
+        assert float((ours - theirs).norm() / theirs.norm()) < 1e-6
         assert float((ours - ref).norm(dim=1).mean()) <= float((theirs - ref).norm(dim=1).mean()) * 1.0001
 
 
