@@ -6,30 +6,42 @@ larger than it (`TiledDenoiser`), runs a solver, and returns the restored image 
 for display. ``restore_folder`` does this for every image of a folder with a JSON report.
 
 Tasks: inpaint_box, inpaint_random, inpaint_mask, deblur_gaussian, deblur_motion, sr2, sr4, sr8.
-Methods: pinv (A^+ y, no prior), pigdm, pigdm_flow, dps, dflow.
+Methods: those of :mod:`priorkit.inverse.registry` (pinv (A^+ y, no prior), pigdm, pigdm_flow, dps, dflow, ...).
+Image files and folder reports: :mod:`priorkit.inverse.files`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from priorkit.distill.core.atomic import atomic_open
 from priorkit.distill.core.denoiser import Condition, Denoiser
-from priorkit.inverse.dflow import CountingDenoiser, dflow
-from priorkit.inverse.dps import dps
+from priorkit.inverse import registry
+from priorkit.inverse.dflow import CountingDenoiser
+from priorkit.inverse.files import (
+    IMAGE_SUFFIXES,
+    SkipFileError,
+    find_by_stem,
+    load_image,
+    merge_reports,
+    quality,
+    rank_world,
+    report_files,
+    save_image,
+    summary,
+    write_json,
+)
 from priorkit.inverse.operators import (
     Blur,
     Downsampling,
@@ -43,21 +55,28 @@ from priorkit.inverse.operators import (
     random_mask,
     to_image_range,
 )
-from priorkit.inverse.pigdm import pigdm, pigdm_flow
+from priorkit.inverse.registry import RestorationMethod, get_method, method_names
 from priorkit.inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
 
-__all__ = ["TASKS", "METHODS", "RestoreDefaults", "Restoration", "build_operator", "degrade", "restore",
-           "restore_folder", "load_image", "save_image", "merge_reports", "IMAGE_SUFFIXES"]
+__all__ = ["TASKS", "TASK_OPERATORS", "METHODS", "RestoreDefaults", "Restoration", "build_operator", "degrade",
+           "restore", "restore_folder", "methods_for_task", "load_image", "save_image", "merge_reports",
+           "IMAGE_SUFFIXES"]
 
 TASKS: tuple[str, ...] = ("inpaint_box", "inpaint_random", "inpaint_mask", "deblur_gaussian", "deblur_motion",
                           "sr2", "sr4", "sr8")
-METHODS: tuple[str, ...] = ("pinv", "pigdm", "pigdm_flow", "dps", "dflow")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+#: the operator class each task builds (what a registered method must support to run it)
+TASK_OPERATORS: dict[str, type[Operator]] = {
+    **{t: Inpainting for t in TASKS if t.startswith("inpaint")},
+    **{t: Blur for t in TASKS if t.startswith("deblur")},
+    **{t: Downsampling for t in TASKS if t.startswith("sr")},
+}
+#: the registered methods when this module was imported (`priorkit.inverse.registry.METHODS` is the live table)
+METHODS: tuple[str, ...] = method_names()
 
 
 @dataclass
 class RestoreDefaults:
-    """Degradations and solver budgets of the front door (model evaluations per method; D-Flow: total passes)."""
+    """Degradations and tiling of the front door; solver budgets are the registry's (``nfe``)."""
 
     sigma_y: float = 0.01
     random_missing: float = 0.7
@@ -67,8 +86,12 @@ class RestoreDefaults:
     sr_kind: str = "bicubic"
     overlap: int = 16
     max_batch: int = 16
-    nfe: dict[str, int | None] = field(default_factory=lambda: {"pigdm": 100, "pigdm_flow": 80, "dps": 1000,
-                                                                 "dflow": None})
+
+    @property
+    def nfe(self) -> dict[str, int | None]:
+        """Default model passes per prior method (D-Flow: total passes; None = the solver's own defaults), read from
+        `priorkit.inverse.registry`."""
+        return {m.name: m.default_nfe for m in registry.METHODS.values() if m.needs_prior}
 
 
 DEFAULTS = RestoreDefaults()
@@ -211,28 +234,18 @@ def _kernel_size(op: Operator) -> int:
     return int(max(op.kernel.shape[-2:])) if isinstance(op, Blur) else 0
 
 
-def _run_method(method: str, den: Denoiser, op: Operator, y: Tensor, sigma: float, shape: tuple[int, ...],
-                nfe: int | None, generator: torch.Generator, cond: Condition, guidance: float,
-                progress: bool | None, options: dict[str, Any]) -> Tensor:
-    common = dict(cond=cond, guidance=guidance, shape=shape, generator=generator, progress=progress)
-    budget = DEFAULTS.nfe.get(method) if nfe is None else nfe
-    if method == "pigdm":
-        return pigdm(den, op, y, sigma, steps=budget, **common, **options)
-    if method == "pigdm_flow":
-        return pigdm_flow(den, op, y, sigma, steps=budget, **common, **options)
-    if method == "dps":
-        return dps(den, op, y, sigma, steps=budget, **common, **options)
-    if method == "dflow":
-        if budget is not None:  # a budget of model passes: each L-BFGS evaluation costs ~3 ODE solves
-            from priorkit.distill.core.samplers import nfe as solver_nfe
-            from priorkit.inverse.dflow import DFlowDefaults
+def methods_for_task(task: str) -> tuple[str, ...]:
+    """Registered methods that support ``task``'s operator."""
+    _check_task(task)
+    return tuple(m.name for m in registry.METHODS.values() if m.supports(TASK_OPERATORS[task]))
 
-            per_solve = solver_nfe(options.get("solver", DFlowDefaults.solver),
-                                   options.get("steps", DFlowDefaults.steps))
-            evals = max(1, (int(budget) - 2 * per_solve) // (3 * per_solve))
-            options = {"max_iter": evals, "max_evals": evals, **options}
-        return dflow(den, op, y, sigma, **common, **options)
-    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+
+def _method(method: str, task: str) -> RestorationMethod:
+    spec = get_method(method)
+    if not spec.supports(TASK_OPERATORS[task]):
+        raise ValueError(f"method {method!r} does not support task {task!r}; choose one of "
+                         f"{', '.join(methods_for_task(task))}")
+    return spec
 
 
 def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Path | Denoiser = "photos",
@@ -246,11 +259,11 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
     Args:
         image: the clean image to degrade and restore (``observed=False``), or the observation itself
             (``observed=True``: the image with holes for inpainting, the blurry image, the low-res image for srF).
-        task: one of TASKS. method: one of METHODS.
+        task: one of TASKS. method: a registered method (`priorkit.inverse.registry`) supporting the task.
         prior: bundled name, diffusers folder / hub id, or a `Denoiser` (its sample_shape is the tile).
         sigma_y: measurement noise std in image range (also the noise assumed for an observed image).
         nfe: the solver's budget (pigdm / pigdm_flow / dps: steps = model evaluations; dflow: total model passes);
-            default `RestoreDefaults.nfe`.
+            default: the method's ``default_nfe`` in the registry.
         seed: seeds the mask (inpaint_random), the simulated noise and the solver.
         solver_seed: seeds the solver alone (default ``seed + 2``): other posterior samples of the same measurement.
         mask: for inpaint_mask (tensor or image file, white = keep).
@@ -267,8 +280,7 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
     _check_task(task)
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a whole number >= 1; got {samples!r}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    spec = _method(method, task)
     start = time.perf_counter()
     img, single = _as_batch(image)
     _check_range(img)
@@ -291,8 +303,10 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
     y_model = meas.to_model(y, (B, 3, H, W))
 
     counter = None
-    if method == "pinv":
-        x = op.pinv(y_model)
+    no_grad = torch.no_grad() if not spec.needs_grad else contextlib.nullcontext()
+    if not spec.needs_prior:
+        with no_grad:
+            x = spec(None, op, y_model, meas.sigma_model, **spec.solver_options(nfe, options))
     else:
         y_model = y_model.repeat_interleave(samples, dim=0)
         den = resolve_prior(prior)
@@ -308,8 +322,10 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
             den = TiledDenoiser(den, canvas, overlap=ov, max_batch=max_batch)
         counter = CountingDenoiser(den)
         gen = torch.Generator().manual_seed(seed + 2 if solver_seed is None else solver_seed)
-        x = _run_method(method, counter, op_c, y_c.to(dtype), meas.sigma_model, (B * samples, 3, *canvas), nfe, gen,
-                        _repeat(cond, samples), guidance, progress, options)
+        with no_grad:
+            x = spec(counter, op_c, y_c.to(dtype), meas.sigma_model, cond=_repeat(cond, samples),
+                            guidance=guidance, shape=(B * samples, 3, *canvas), generator=gen, progress=progress,
+                            **spec.solver_options(nfe, options))
         x = x[..., :H, :W].float().unflatten(0, (B, samples)).mean(dim=1)  # mean of the posterior samples
     restored = from_rgb(to_image_range(x.detach()).clamp(0, 1), layout)
     shown = y.clamp(0, 1)
@@ -323,108 +339,8 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Files
+# Folders
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_image(path: str | Path) -> Tensor:
-    """(C, H, W) float32 in [0, 1] from an image file; C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA). Raises ValueError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("1", "L", "I", "I;16", "F"):
-                arr = np.asarray(im.convert("F"), dtype=np.float64)
-                arr = arr / (65535.0 if mode.startswith("I") and arr.max() > 255 else 255.0 if mode != "1" else 1.0)
-                if mode == "F":
-                    arr = arr * 255.0
-                arr = np.clip(arr, 0, 1)[..., None]
-            elif mode == "LA":
-                arr = np.asarray(im, dtype=np.float64) / 255.0
-            else:
-                has_alpha = mode in ("RGBA", "PA", "LA") or (mode == "P" and "transparency" in im.info)
-                arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float64) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
-
-
-def save_image(image: Tensor, path: str | Path) -> None:
-    """Write a (C, H, W) image in [0, 1] as PNG atomically (temporary file in the same folder + os.replace)."""
-    from PIL import Image
-
-    path = Path(path)
-    arr = (image.detach().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
-    modes = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-    if arr.shape[-1] not in modes:
-        raise ValueError(f"cannot save an image with {arr.shape[-1]} channels")
-    pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, mode=None)
-    with atomic_open(path, "wb") as fh:
-        pil.save(fh, format="PNG")
-
-
-def _write_json(data: dict, path: Path) -> None:
-    with atomic_open(path, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size): torch.distributed when initialised (accelerate launch), else RANK / WORLD_SIZE env."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _find_by_stem(folder: Path | None, stem: str) -> Path | None:
-    if folder is None:
-        return None
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES:
-            return p
-    return None
-
-
-def _quality(restored: Tensor, reference: Tensor) -> dict[str, float | None]:
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    a, b = restored[None].float(), reference[None].float()
-    out: dict[str, float | None] = {"psnr": float(peak_signal_noise_ratio(a, b, data_range=1.0))}
-    try:
-        out["ssim"] = float(structural_similarity_index_measure(a, b, data_range=1.0))
-    except (RuntimeError, ValueError):  # too small for the 11x11 window
-        out["ssim"] = None
-    return out
-
-
-def _report_files(output_dir: Path) -> list[Path]:
-    return sorted(output_dir.glob("report*.json"))
-
-
-def merge_reports(output_dir: str | Path) -> dict:
-    """Merge the per-process reports (report.rank*.json) of a sharded run into report.json; returns the merged dict."""
-    output_dir = Path(output_dir)
-    merged: dict[str, Any] = {"files": {}}
-    for p in _report_files(output_dir):
-        data = json.loads(p.read_text())
-        merged.update({k: v for k, v in data.items() if k not in ("files", "summary", "rank")})
-        merged["files"].update(data.get("files", {}))
-    merged["summary"] = _summary(merged["files"])
-    _write_json(merged, output_dir / "report.json")
-    return merged
-
-
-def _summary(files: dict[str, dict]) -> dict[str, Any]:
-    counts: dict[str, Any] = {}
-    for entry in files.values():
-        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-    for key in ("psnr", "ssim"):
-        vals = [e[key] for e in files.values() if e.get(key) is not None]
-        counts[f"mean_{key}"] = float(np.mean(vals)) if vals else None
-    return counts
 
 
 def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, method: str = "pigdm", *,
@@ -454,17 +370,16 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
         raise ValueError(f"output folder {output_dir} must not be the input folder or inside it (inputs are never "
                          "overwritten)")
     _check_task(task)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    _method(method, task)
     mask_dir = Path(mask_dir) if mask_dir is not None else None
     reference_dir = Path(reference_dir) if reference_dir is not None else None
     output_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     report_path = output_dir / ("report.json" if world == 1 else f"report.rank{rank}.json")
 
     previous: dict[str, dict] = {}
     if resume:
-        for p in _report_files(output_dir):
+        for p in report_files(output_dir):
             try:
                 previous.update(json.loads(p.read_text()).get("files", {}))
             except (OSError, json.JSONDecodeError):
@@ -491,40 +406,40 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
         t0 = time.perf_counter()
         try:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise _SkipFileError("unsupported", f"unsupported file type {path.suffix or '(none)'!r}")
+                raise SkipFileError("unsupported", f"unsupported file type {path.suffix or '(none)'!r}")
             try:
                 image = load_image(path)
             except ValueError as e:
-                raise _SkipFileError("unreadable", str(e)) from e
+                raise SkipFileError("unreadable", str(e)) from e
             mask = None
             if task == "inpaint_mask":
-                mask = _find_by_stem(mask_dir, path.stem)
+                mask = find_by_stem(mask_dir, path.stem)
                 if mask is None:
-                    raise _SkipFileError("failed", f"no mask named {path.stem}.* in {mask_dir}")
+                    raise SkipFileError("failed", f"no mask named {path.stem}.* in {mask_dir}")
             result = restore(image, task, method, prior=prior, sigma_y=sigma_y, nfe=nfe,
                              seed=seed + zlib.crc32(name.encode()) % 100_000, mask=mask, observed=observed,
                              progress=False, **options)
             save_image(result.restored, out_path)
             entry.update(status="done", output=out_path.name, nfe=result.nfe)
-            ref_path = _find_by_stem(reference_dir, path.stem)
+            ref_path = find_by_stem(reference_dir, path.stem)
             reference = load_image(ref_path) if ref_path is not None else (None if observed else image)
             if reference is not None:
                 entry["reference"] = str(ref_path.name) if ref_path is not None else "input"
                 if tuple(reference.shape) == tuple(result.restored.shape):
-                    entry.update(_quality(result.restored, reference))
+                    entry.update(quality(result.restored, reference))
                 else:
                     entry["quality_error"] = (f"reference shape {tuple(reference.shape)} != output shape "
                                               f"{tuple(result.restored.shape)}")
-        except _SkipFileError as s:
+        except SkipFileError as s:
             entry.update(status=s.status, reason=s.reason)
         except (ValueError, RuntimeError) as e:
             entry.update(status="failed", reason=f"{type(e).__name__}: {e}")
         entry["seconds"] = round(time.perf_counter() - t0, 4)
         report["files"][name] = entry
-        report["summary"] = _summary(report["files"])
-        _write_json(report, report_path)  # after every file: a killed run resumes from here
-    report["summary"] = _summary(report["files"])
-    _write_json(report, report_path)
+        report["summary"] = summary(report["files"])
+        write_json(report, report_path)  # after every file: a killed run resumes from here
+    report["summary"] = summary(report["files"])
+    write_json(report, report_path)
     if world > 1:
         import torch.distributed as dist
 
@@ -533,9 +448,3 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
             if rank == 0:
                 merge_reports(output_dir)
     return report
-
-
-class _SkipFileError(Exception):
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason

@@ -1,0 +1,129 @@
+"""Files of batch restoration: images read and written (atomically), quality against a reference, and the JSON reports
+of a folder run (one per process under torch.distributed, merged at the end)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from priorkit.distill.core.atomic import atomic_open
+
+__all__ = ["IMAGE_SUFFIXES", "load_image", "save_image", "write_json", "rank_world", "find_by_stem", "quality",
+           "report_files", "merge_reports", "summary", "SkipFileError"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def load_image(path: str | Path) -> Tensor:
+    """(C, H, W) float32 in [0, 1] from an image file; C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA). Raises ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "L", "I", "I;16", "F"):
+                arr = np.asarray(im.convert("F"), dtype=np.float64)
+                arr = arr / (65535.0 if mode.startswith("I") and arr.max() > 255 else 255.0 if mode != "1" else 1.0)
+                if mode == "F":
+                    arr = arr * 255.0
+                arr = np.clip(arr, 0, 1)[..., None]
+            elif mode == "LA":
+                arr = np.asarray(im, dtype=np.float64) / 255.0
+            else:
+                has_alpha = mode in ("RGBA", "PA", "LA") or (mode == "P" and "transparency" in im.info)
+                arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float64) / 255.0
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+
+
+def save_image(image: Tensor, path: str | Path) -> None:
+    """Write a (C, H, W) image in [0, 1] as PNG atomically (temporary file in the same folder + os.replace)."""
+    from PIL import Image
+
+    path = Path(path)
+    arr = (image.detach().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+    modes = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+    if arr.shape[-1] not in modes:
+        raise ValueError(f"cannot save an image with {arr.shape[-1]} channels")
+    pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, mode=None)
+    with atomic_open(path, "wb") as fh:
+        pil.save(fh, format="PNG")
+
+
+def write_json(data: dict, path: Path) -> None:
+    with atomic_open(path, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size): torch.distributed when initialised (accelerate launch), else RANK / WORLD_SIZE env."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def find_by_stem(folder: Path | None, stem: str) -> Path | None:
+    if folder is None:
+        return None
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES:
+            return p
+    return None
+
+
+def quality(restored: Tensor, reference: Tensor) -> dict[str, float | None]:
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    a, b = restored[None].float(), reference[None].float()
+    out: dict[str, float | None] = {"psnr": float(peak_signal_noise_ratio(a, b, data_range=1.0))}
+    try:
+        out["ssim"] = float(structural_similarity_index_measure(a, b, data_range=1.0))
+    except (RuntimeError, ValueError):  # too small for the 11x11 window
+        out["ssim"] = None
+    return out
+
+
+def report_files(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.glob("report*.json"))
+
+
+def merge_reports(output_dir: str | Path) -> dict:
+    """Merge the per-process reports (report.rank*.json) of a sharded run into report.json; returns the merged dict."""
+    output_dir = Path(output_dir)
+    merged: dict[str, Any] = {"files": {}}
+    for p in report_files(output_dir):
+        data = json.loads(p.read_text())
+        merged.update({k: v for k, v in data.items() if k not in ("files", "summary", "rank")})
+        merged["files"].update(data.get("files", {}))
+    merged["summary"] = summary(merged["files"])
+    write_json(merged, output_dir / "report.json")
+    return merged
+
+
+def summary(files: dict[str, dict]) -> dict[str, Any]:
+    counts: dict[str, Any] = {}
+    for entry in files.values():
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    for key in ("psnr", "ssim"):
+        vals = [e[key] for e in files.values() if e.get(key) is not None]
+        counts[f"mean_{key}"] = float(np.mean(vals)) if vals else None
+    return counts
+
+
+
+class SkipFileError(Exception):
+    """A file that is skipped, with its report status ("unsupported", "unreadable", "failed") and reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
