@@ -242,15 +242,32 @@ def three_d(
 
 
 # ---- restore -------------------------------------------------------------------------------------
+def _methods_help() -> str:
+    """--method's help from the registry of restoration methods (cheap: the solvers are not imported)."""
+    from priorkit.inverse.registry import METHODS
+
+    def one(m) -> str:
+        kinds = f", {' or '.join(m.priors)} priors" if m.needs_prior else ", no prior"
+        return f"{m.name} ({m.label}{kinds})"
+
+    return ", ".join(one(m) for m in METHODS.values())
+
+
+_METHODS_HELP = _methods_help()
+
+
 def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, prior: str, mask_dir: Path | None,
                    reference_dir: Path | None, sigma_y: float, nfe: int | None) -> None:
     """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing."""
-    from priorkit.inverse.restore import METHODS, TASKS, resolve_prior
+    from priorkit.inverse.registry import get_method
+    from priorkit.inverse.restore import TASK_OPERATORS, TASKS, methods_for_task, resolve_prior
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    spec = get_method(method)
+    if not spec.supports(TASK_OPERATORS[task]):
+        raise ValueError(f"method {method!r} does not support task {task!r}; choose one of "
+                         f"{', '.join(methods_for_task(task))}")
     if not input_dir.is_dir():
         raise ValueError(f"input folder {input_dir} does not exist")
     inp, outp = input_dir.resolve(), output_dir.resolve()
@@ -268,7 +285,7 @@ def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, pr
     if nfe is not None and nfe < 1:
         raise ValueError(f"--nfe must be >= 1; got {nfe}")
     _check_writable(output_dir, "output folder")
-    if method != "pinv":  # load (and cache) the prior now: a missing or wrong prior fails before any file
+    if spec.needs_prior:  # load (and cache) the prior now: a missing or wrong prior fails before any file
         den = resolve_prior(prior)
         if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
             raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
@@ -281,7 +298,7 @@ def restore(
     output_dir: Annotated[Path, typer.Argument(help="folder for the restored PNGs and report.json")],
     task: Annotated[str, typer.Option(help="inpaint_box, inpaint_random, inpaint_mask, deblur_gaussian, "
                                            "deblur_motion, sr2, sr4 or sr8")],
-    method: Annotated[str, typer.Option(help="pigdm, pigdm_flow, dps, dflow, or pinv (no prior)")] = "pigdm",
+    method: Annotated[str, typer.Option(help=_METHODS_HELP)] = "pigdm",
     prior: Annotated[str, typer.Option(help="image prior: bundled name (photos), diffusers or student folder, "
                                             "hub id")] = "photos",
     mask_dir: Annotated[Path | None, typer.Option(help="inpaint_mask: masks named like the inputs, white = "

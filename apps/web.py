@@ -60,6 +60,7 @@ from torch import Tensor
 
 from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.prediction import Prediction
+from priorkit.inverse.registry import labels as restore_labels
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ METHODS_3D = {"SDS": "sds", "VSD": "vsd"}
 TASKS = {"inpaint (painted mask)": "inpaint_mask", "inpaint (centre box)": "inpaint_box",
          "deblur": "deblur_gaussian", "super-resolution x2": "sr2", "super-resolution x4": "sr4",
          "super-resolution x8": "sr8"}
-RESTORE_METHODS = ("PiGDM", "D-Flow", "DPS")
+RESTORE_METHODS = restore_labels()  # display labels of the registered prior methods (priorkit.inverse.registry)
 MODE_EXAMPLE = "example: degrade this clean image, then restore it (PSNR)"
 MODE_OBSERVED = "restore this degraded image"
 PRIORS_RESTORE = ("auto", "photos", "shapes")
@@ -517,7 +518,7 @@ class Handlers:
                 nfe: float, seed: float, side: float, progress: gr.Progress = PROGRESS) -> Iterator[Any]:
         """Stream (before/after pair, status, download) while a restoration runs."""
         from priorkit.distill.core.loading import ModelLoadError, bundled_path
-        from priorkit.distill.core.schedule import FlowMatching
+        from priorkit.inverse.registry import method_for_prior
         from priorkit.inverse.restore import restore, save_image
 
         task_key = TASKS[_choice(task, "task", TASKS)]
@@ -547,7 +548,6 @@ class Handlers:
             except ModelLoadError:
                 raise UserInputError("the 'photos' prior is not available yet (its weights are still being "
                                      "trained). Pick the shapes example, or choose the 'shapes' prior.") from None
-        solver = {"PiGDM": "pigdm", "D-Flow": "dflow", "DPS": "dps"}[method]
         out = self.job_dir("restore")
 
         def work(emit: Callable[..., None], stop: threading.Event) -> Any:
@@ -559,9 +559,8 @@ class Handlers:
                 calls[0] += 1
                 emit(calls=calls[0])
 
-            name = solver
-            if solver == "pigdm":  # the flow form for flow-matching priors (Pokle et al. 2024)
-                name = "pigdm_flow" if isinstance(den.schedule, FlowMatching) else "pigdm"
+            # the form of the method that suits the prior's kind (PiGDM: the flow form for flow-matching priors)
+            name = method_for_prior(method, den).name
             with torch.enable_grad():
                 res = restore(image, task_key, name, prior=Interruptible(den, tick), sigma_y=sigma_y, nfe=nfe,
                               seed=seed, mask=mask, observed=observed, progress=False)

@@ -24,7 +24,8 @@ Methods (every prior method sees the same prior, measurement and operator):
   pinv        A^+ y (no prior)
   classical   sr: bicubic upsampling (torch interpolate); deblur: Wiener deconvolution (skimage.restoration.wiener,
               balance 50 sigma_y^2, tuned on a training photo); inpainting: skimage.restoration.inpaint_biharmonic
-  pigdm, pigdm_flow, dps, dflow   priorkit.inverse.restore with the given budget
+  pigdm, pigdm_flow, dps, dflow   priorkit.inverse.restore with the given budget (every method registered in
+              priorkit.inverse.registry is benchmarked; its registry default_nfe unless BenchDefaults.nfe names one)
   pigdm_mean  the mean of 4 PiGDM posterior samples of one measurement (priorkit.inverse.restore's ``samples``), a
               posterior-mean (MMSE) estimate; the budget is split: 4 x 25 steps = 100 model evaluations per image
   dflow_student  D-Flow through a distilled few-step student of the prior (--student DOMAIN=FOLDER; shapes
@@ -70,12 +71,17 @@ from priorkit.distill.zoo.photos import held_out_images
 from priorkit.distill.zoo.shapes import held_out_renders
 from priorkit.inverse.dflow import CountingDenoiser
 from priorkit.inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
+from priorkit.inverse.registry import get_method, method_names
 from priorkit.inverse.restore import RestoreDefaults, degrade, restore
 from priorkit.inverse.tiling import TiledDenoiser
 
 DOMAINS: tuple[str, ...] = ("shapes", "photos")
 TASKS: tuple[str, ...] = ("sr4", "deblur_gaussian", "inpaint_box", "inpaint_random")
-OURS: tuple[str, ...] = ("pigdm", "pigdm_mean", "pigdm_flow", "dps", "dflow", "dflow_student")
+#: benchmark variants of a registered method, listed right after it: (variant, base method)
+VARIANTS: dict[str, str] = {"pigdm_mean": "pigdm", "dflow_student": "dflow"}
+#: every registered prior method (priorkit.inverse.registry), each followed by its variants
+OURS: tuple[str, ...] = tuple(n for m in method_names(needs_prior=True)
+                              for n in (m, *(v for v, base in VARIANTS.items() if base == m)))
 METHODS: tuple[str, ...] = ("pinv", "classical", *OURS, *PEERS)
 PRIOR_METHODS: tuple[str, ...] = (*OURS, *PEERS)
 DEFAULT_STUDENTS: dict[str, str] = {"shapes": "shapes-cd"}  # bundled students (core.loading.BUNDLED_DIR)
@@ -275,7 +281,7 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
         if method == "pigdm_mean":  # k samples of nfe / k steps in one batch: nfe model evaluations per image
             k = defaults.mean_samples
             nfe = max(1, (nfe or DEFAULTS.nfe["pigdm_mean"]) // k)
-        r = restore(image, task, method.removesuffix("_student").removesuffix("_mean"), prior=counter,
+        r = restore(image, task, VARIANTS.get(method, method), prior=counter,
                     sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask, samples=k, solver_seed=solver_seed,
                     progress=False, **options)
         if not torch.equal(r.measurement, y):
@@ -534,7 +540,7 @@ def budgets_for(args: argparse.Namespace, defaults: BenchDefaults = DEFAULTS) ->
         elif args.quick:
             out[m] = defaults.quick_dflow_nfe if m == "dflow" else defaults.quick_nfe
         else:
-            out[m] = defaults.nfe.get(m)
+            out[m] = defaults.nfe.get(m, get_method(VARIANTS.get(m, m)).default_nfe if m in OURS else None)
     for peer, ours in (("dinv_pigdm", "pigdm"), ("dinv_dps", "dps")):
         if getattr(args, f"{peer}_nfe") is None:
             out[peer] = out[ours]

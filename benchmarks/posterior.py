@@ -34,6 +34,7 @@ from priorkit.inverse.dps import dps
 from priorkit.inverse.gaussian import exact_posterior
 from priorkit.inverse.operators import Blur, Inpainting, Operator, gaussian_kernel, random_mask
 from priorkit.inverse.pigdm import pigdm, pigdm_flow
+from priorkit.inverse.registry import get_method, method_names
 
 F64 = torch.float64
 SHAPE = (1, 8, 8)
@@ -76,10 +77,12 @@ def solve(method: str, den: CountingDenoiser, op: Operator, ys: Tensor, data_var
         return dps(den, op, ys, SIGMA_Y, steps=1000, generator=torch.Generator().manual_seed(10), progress=False)
     if method == "dflow":  # an optimiser: 64 restorations, 10 L-BFGS iterations each
         return dflow(den, op, ys[:64], SIGMA_Y, max_iter=10, generator=torch.Generator().manual_seed(11))
-    raise ValueError(f"unknown method {method!r}")
+    spec = get_method(method)  # any other registered method: its registry budget and defaults
+    return spec(den, op, ys, SIGMA_Y, generator=torch.Generator().manual_seed(12), progress=False,
+                **spec.solver_options(None, {}))
 
 
-METHODS = ("pigdm", "pigdm_flow", "dps", "dflow")
+METHODS = method_names(needs_prior=True)  # every registered prior method (priorkit.inverse.registry)
 
 
 def run(n: int, seed: int = 0) -> list[dict[str, Any]]:
