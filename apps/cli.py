@@ -16,6 +16,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from priorkit.inverse.registry import help_line as restore_methods_help  # the registry alone: no torch
+
 app = typer.Typer(help="priorkit: pretrained diffusion and flow models put to work.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 
@@ -242,32 +244,14 @@ def three_d(
 
 
 # ---- restore -------------------------------------------------------------------------------------
-def _methods_help() -> str:
-    """--method's help from the registry of restoration methods (cheap: the solvers are not imported)."""
-    from priorkit.inverse.registry import METHODS
-
-    def one(m) -> str:
-        kinds = f", {' or '.join(m.priors)} priors" if m.needs_prior else ", no prior"
-        return f"{m.name} ({m.label}{kinds})"
-
-    return ", ".join(one(m) for m in METHODS.values())
-
-
-_METHODS_HELP = _methods_help()
-
-
 def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, prior: str, mask_dir: Path | None,
                    reference_dir: Path | None, sigma_y: float, nfe: int | None) -> None:
     """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing."""
-    from priorkit.inverse.registry import get_method
-    from priorkit.inverse.restore import TASK_OPERATORS, TASKS, methods_for_task, resolve_prior
+    from priorkit.inverse.restore import TASKS, check_method, resolve_prior
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    spec = get_method(method)
-    if not spec.supports(TASK_OPERATORS[task]):
-        raise ValueError(f"method {method!r} does not support task {task!r}; choose one of "
-                         f"{', '.join(methods_for_task(task))}")
+    spec = check_method(method, task)
     if not input_dir.is_dir():
         raise ValueError(f"input folder {input_dir} does not exist")
     inp, outp = input_dir.resolve(), output_dir.resolve()
@@ -298,7 +282,7 @@ def restore(
     output_dir: Annotated[Path, typer.Argument(help="folder for the restored PNGs and report.json")],
     task: Annotated[str, typer.Option(help="inpaint_box, inpaint_random, inpaint_mask, deblur_gaussian, "
                                            "deblur_motion, sr2, sr4 or sr8")],
-    method: Annotated[str, typer.Option(help=_METHODS_HELP)] = "pigdm",
+    method: Annotated[str, typer.Option(help=restore_methods_help())] = "pigdm",
     prior: Annotated[str, typer.Option(help="image prior: bundled name (photos), diffusers or student folder, "
                                             "hub id")] = "photos",
     mask_dir: Annotated[Path | None, typer.Option(help="inpaint_mask: masks named like the inputs, white = "

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from priorkit.inverse.operators import Operator
 
 __all__ = ["PRIOR_KINDS", "RestorationMethod", "Solver", "METHODS", "register", "get_method", "method_names",
-           "prior_kind", "method_for_prior", "labels", "steps_budget"]
+           "prior_kind", "method_for_prior", "labels", "help_line", "steps_budget"]
 
 PRIOR_KINDS: tuple[str, ...] = ("diffusion", "flow")
 
@@ -147,6 +147,12 @@ def method_names(*, needs_prior: bool | None = None) -> tuple[str, ...]:
 def labels() -> tuple[str, ...]:
     """Distinct display labels of the methods that use a prior, in registration order."""
     return tuple(dict.fromkeys(m.label for m in METHODS.values() if m.needs_prior))
+
+
+def help_line() -> str:
+    """One line naming every method with its label and prior kinds, for help texts."""
+    return ", ".join(f"{m.name} ({m.label}, {' or '.join(m.priors) + ' priors' if m.priors else 'no prior'})"
+                     for m in METHODS.values())
 
 
 def prior_kind(denoiser: Denoiser) -> str:

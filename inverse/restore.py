@@ -59,17 +59,14 @@ from priorkit.inverse.registry import RestorationMethod, get_method, method_name
 from priorkit.inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rgb
 
 __all__ = ["TASKS", "TASK_OPERATORS", "METHODS", "RestoreDefaults", "Restoration", "build_operator", "degrade",
-           "restore", "restore_folder", "methods_for_task", "load_image", "save_image", "merge_reports",
+           "restore", "restore_folder", "methods_for_task", "check_method", "load_image", "save_image", "merge_reports",
            "IMAGE_SUFFIXES"]
 
 TASKS: tuple[str, ...] = ("inpaint_box", "inpaint_random", "inpaint_mask", "deblur_gaussian", "deblur_motion",
                           "sr2", "sr4", "sr8")
 #: the operator class each task builds (what a registered method must support to run it)
-TASK_OPERATORS: dict[str, type[Operator]] = {
-    **{t: Inpainting for t in TASKS if t.startswith("inpaint")},
-    **{t: Blur for t in TASKS if t.startswith("deblur")},
-    **{t: Downsampling for t in TASKS if t.startswith("sr")},
-}
+TASK_OPERATORS: dict[str, type[Operator]] = {t: {"in": Inpainting, "de": Blur, "sr": Downsampling}[t[:2]]
+                                             for t in TASKS}
 #: the registered methods when this module was imported (`priorkit.inverse.registry.METHODS` is the live table)
 METHODS: tuple[str, ...] = method_names()
 
@@ -240,7 +237,8 @@ def methods_for_task(task: str) -> tuple[str, ...]:
     return tuple(m.name for m in registry.METHODS.values() if m.supports(TASK_OPERATORS[task]))
 
 
-def _method(method: str, task: str) -> RestorationMethod:
+def check_method(method: str, task: str) -> RestorationMethod:
+    """The registered method ``method`` if it supports ``task``; ValueError naming the choices otherwise."""
     spec = get_method(method)
     if not spec.supports(TASK_OPERATORS[task]):
         raise ValueError(f"method {method!r} does not support task {task!r}; choose one of "
@@ -280,7 +278,7 @@ def restore(image: Tensor, task: str, method: str = "pigdm", *, prior: str | Pat
     _check_task(task)
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a whole number >= 1; got {samples!r}")
-    spec = _method(method, task)
+    spec = check_method(method, task)
     start = time.perf_counter()
     img, single = _as_batch(image)
     _check_range(img)
@@ -370,7 +368,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
         raise ValueError(f"output folder {output_dir} must not be the input folder or inside it (inputs are never "
                          "overwritten)")
     _check_task(task)
-    _method(method, task)
+    check_method(method, task)
     mask_dir = Path(mask_dir) if mask_dir is not None else None
     reference_dir = Path(reference_dir) if reference_dir is not None else None
     output_dir.mkdir(parents=True, exist_ok=True)

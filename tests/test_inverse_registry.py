@@ -36,6 +36,7 @@ def test_the_table_holds_the_methods_with_their_defaults() -> None:
         assert m.needs_grad == m.needs_prior  # today: every prior method backpropagates, pinv does not
         assert m.supports(Blur) and m.supports(Downsampling(2)) and m.supports(ComposedOperator)
     assert registry.labels() == ("PiGDM", "DPS", "D-Flow")
+    assert registry.help_line().startswith("pinv (A^+ y, no prior), pigdm (PiGDM, diffusion priors), ")
 
 
 def test_budgets_translate_model_passes() -> None:
@@ -123,6 +124,7 @@ def test_a_registered_method_reaches_restore_the_cli_and_the_apps(toy_method, tm
     with pytest.raises(ValueError, match="does not support task 'sr4'"):
         restore(img, "sr4", "toy_prox", prior=prior)
     assert "Toy" in registry.labels() and "toy_prox" in method_names(needs_prior=True)
+    assert "toy_prox (Toy, diffusion priors)" in registry.help_line()
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "a.png").write_bytes(b"")
