@@ -37,6 +37,7 @@ from priorkit.inverse.operators import (
     to_image_range,
     to_model_range,
 )
+from priorkit.inverse.tiling import CropOperator
 
 B, C, H, W = 2, 3, 32, 32
 F64 = torch.float64
@@ -358,6 +359,7 @@ DENSE: dict[str, Callable[[], Operator]] = {
     "bicubic-x4*blur-refl": lambda: Downsampling(4, "bicubic") * Blur(_small_kernel(), "reflect"),
     "inpaint*blur-motion": lambda: Inpainting(random_mask(16, 16, 0.5, _gen(41))) * Blur(motion_kernel(5, 60.0)),
     "blur*blur*avg-x1": lambda: Blur(_small_kernel()) * Blur(motion_kernel(5, 30.0), "reflect") * Downsampling(1),
+    "crop-canvas(bicubic-x2)": lambda: CropOperator(Downsampling(2, "bicubic"), (12, 10), (16, 16)),  # tiling's
 }
 COMPOSED = [n for n in DENSE if "*" in n]
 
