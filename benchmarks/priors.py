@@ -12,6 +12,14 @@ Records {"prior", "metric", "value"}:
                                     at noise std 0.2 in the [0, 1] image range (0.4 in the model's [-1, 1] range),
                                     on held-out photo patches; the same with suffix "_sigma0.1" at std 0.1
   photos / seconds_per_sample
+  shapes / fid_judge                Frechet distance of judge features (samples at 25 steps, CFG 3, one per basic
+                                    prompt and seed vs held-out renders): a shapes-world FID a blurry mean cannot pass
+With a v2 shapes prior (--shapes-prior, world v2 in its priorkit.json) and the v2 judge (weights/judge-v2):
+  shapes / heldout_colour_accuracy  shape right and the judge's albedo within CIEDE2000 15 of a held-out colour name
+  shapes / heldout_shape_colour_accuracy   the same for held-out shape words with held-out colour names
+  shapes / camera_agreement         cube samples given the camera: the silhouette is closer (IoU) to the true cube
+                                    at the asked azimuth than at azimuth + 45 degrees (face-on vs corner-on)
+  shapes / camera_agreement_without_camera   the same without the camera input (chance level expected)
 Also writes sample grids next to the JSON.
 """
 
@@ -29,7 +37,7 @@ from priorkit.apps.sampling import grid_image
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.loading import load_denoiser
 from priorkit.distill.zoo import shapes
-from priorkit.distill.zoo.judge import load_judge
+from priorkit.distill.zoo.judge import frechet_distance, judge_features, load_judge
 
 STEPS, GUIDANCE = 25, 3.0
 
@@ -96,19 +104,36 @@ def photos_denoising(n: int = 256, noise: float = 0.2, seed: int = 0) -> dict[st
             "blur_sigma": sigma_blur}
 
 
-def run(samples: int, out_dir: Path, skip_photos: bool = False, skip_shapes: bool = False) -> list[dict]:
+def run(samples: int, out_dir: Path, skip_photos: bool = False, skip_shapes: bool = False,
+        shapes_prior: str = "shapes") -> list[dict]:
     records: list[dict] = []
     if not skip_shapes:
-        records += shapes_records(samples, out_dir)
+        records += shapes_records(samples, out_dir, shapes_prior)
     if not skip_photos:
         records += photos_records(out_dir)
     return records
 
 
-def shapes_records(samples: int, out_dir: Path) -> list[dict]:
+@torch.no_grad()
+def fid_judge(den, judge, n_per_prompt: int = 8, seed: int = 5) -> float:  # noqa: ANN001
+    """Judge-feature Frechet distance: samples of the 40 basic prompts vs as many held-out renders."""
+    prompts = [shapes.caption(s, c) for s in shapes.SHAPES for c in shapes.COLOUR_NAMES]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), 10):
+        cond = [p for p in prompts[i:i + 10] for _ in range(n_per_prompt)]
+        x = initial_noise(den, (len(cond), *den.sample_shape), generator=g)
+        y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=GUIDANCE, progress=False)
+        out.append(((y.clamp(-1, 1) + 1) / 2).float())
+    images = torch.cat(out)
+    real, _, _ = shapes.held_out_renders(len(images), seed=seed)
+    return frechet_distance(judge_features(judge, images), judge_features(judge, real))
+
+
+def shapes_records(samples: int, out_dir: Path, prior: str = "shapes") -> list[dict]:
     records = [{"prior": "judge", "metric": "heldout_accuracy", "value": judge_heldout()}]
     print(f"judge held-out accuracy: {records[0]['value']:.4f}")
-    den, judge = load_denoiser("shapes"), load_judge()
+    den, judge = load_denoiser(prior), load_judge()
     prompts = [(shapes.caption(s, c), s, c) for s in shapes.SHAPES for c in shapes.COLOUR_NAMES]
     acc, imgs, sec = prompt_accuracy(den, judge, prompts, samples, seed=0)
     grid_image(imgs, ncol=samples, scale=2).save(out_dir / "shapes_prompts.png")
@@ -123,6 +148,90 @@ def shapes_records(samples: int, out_dir: Path) -> list[dict]:
         records.append({"prior": "shapes", "metric": name, "value": pacc})
         print(f"shapes {name}: {pacc:.4f}  ({', '.join(p for p, _, _ in chosen)})")
     grid_image(torch.cat(pimgs), ncol=samples, scale=3).save(out_dir / "shapes_paraphrases.png")
+    fid = fid_judge(den, judge)
+    records.append({"prior": "shapes", "metric": "fid_judge", "value": fid})
+    print(f"shapes judge-feature FID (25 steps, CFG {GUIDANCE}): {fid:.3f}")
+    if is_v2(prior):
+        records += shapes_v2_records(den, samples, out_dir)
+    return records
+
+
+def is_v2(prior: str) -> bool:
+    """Whether a shapes prior (bundled name or folder) was trained on the v2 world."""
+    from priorkit.distill.core.loading import BUNDLED_DIR
+
+    folder = BUNDLED_DIR / prior if (BUNDLED_DIR / prior).is_dir() else Path(prior)
+    spec = folder / "priorkit.json"
+    return spec.is_file() and json.loads(spec.read_text()).get("world") == "v2"
+
+
+@torch.no_grad()
+def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: int) -> tuple[float, torch.Tensor]:  # noqa: ANN001
+    """Shape right (judge) and albedo within the colour threshold of the named colour, over n samples a prompt."""
+    from priorkit.distill.zoo import colours
+
+    g = torch.Generator().manual_seed(seed)
+    hits, images = 0, []
+    for i in range(0, len(prompts), 16):
+        chunk = prompts[i:i + 16]
+        cond = [p for p, _, _ in chunk for _ in range(n)]
+        x = initial_noise(den, (len(cond), *den.sample_shape), generator=g)
+        y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=GUIDANCE, progress=False)
+        img = ((y.clamp(-1, 1) + 1) / 2).float()
+        s_idx, _ = judge.predict(img)
+        target = torch.tensor([colours.all_colours()[c] for _, _, c in chunk for _ in range(n)])
+        ok_colour = torch.from_numpy(colours.delta_e(judge.albedo(img).numpy(), target.numpy())
+                                     < colours.DELTA_E_THRESHOLD)
+        ok_shape = s_idx == torch.tensor([shapes.SHAPES.index(s) for _, s, _ in chunk for _ in range(n)])
+        hits += int((ok_shape & ok_colour).sum())
+        images.append(img)
+    return hits / (n * len(prompts)), torch.cat(images)
+
+
+@torch.no_grad()
+def camera_agreement(den, n: int = 64, seed: int = 9, with_camera: bool = True) -> float:  # noqa: ANN001
+    """Share of cube samples whose silhouette matches the true cube at the asked azimuth better than at +45 deg."""
+    from priorkit.distill.core.cameras import Camera
+    from priorkit.distill.zoo.shapes_v2 import camera_features
+
+    g = torch.Generator().manual_seed(seed)
+    az = torch.rand(n, generator=g) * 360 - 180
+    el = torch.rand(n, generator=g) * 40
+    cond = {"text": den.encode(["a red cube"] * n)}
+    if with_camera:
+        cond["class_labels"] = camera_features(az, el)
+    x = initial_noise(den, (n, *den.sample_shape), generator=g)
+    y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=GUIDANCE, progress=False)
+    img = ((y.clamp(-1, 1) + 1) / 2).float()
+    mask = (img.min(dim=1, keepdim=True).values < 0.85).float()  # not the white background
+
+    def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(dim=(1, 2, 3)) / ((a + b - a * b).sum(dim=(1, 2, 3)) + 1e-6)
+
+    asked = shapes.silhouette(["cube"] * n, [Camera(float(a), float(e)) for a, e in zip(az, el, strict=True)])
+    turned = shapes.silhouette(["cube"] * n, [Camera(float(a) + 45, float(e)) for a, e in zip(az, el, strict=True)])
+    return float((iou(mask, (asked > 0.5).float()) > iou(mask, (turned > 0.5).float())).float().mean())
+
+
+def shapes_v2_records(den, samples: int, out_dir: Path) -> list[dict]:  # noqa: ANN001
+    from priorkit.distill.zoo.judge import DEFAULT_DIR
+    from priorkit.distill.zoo.shapes_v2 import held_out_prompts
+
+    judge2 = load_judge(DEFAULT_DIR.parent / "judge-v2")
+    prompts = held_out_prompts()
+    colour_only = [p for p in prompts if any(p[0].endswith(" " + s) for s in shapes.SHAPES)]
+    both = [p for p in prompts if p not in colour_only]
+    records = []
+    for name, chosen, seed in (("heldout_colour_accuracy", colour_only, 11),
+                               ("heldout_shape_colour_accuracy", both, 12)):
+        acc, imgs = v2_accuracy(den, judge2, chosen, max(2, samples // 2), seed)
+        grid_image(imgs[:64] * 2 - 1, ncol=8, scale=3).save(out_dir / f"shapes_v2_{name}.png")
+        records.append({"prior": "shapes", "metric": name, "value": acc})
+        print(f"shapes v2 {name}: {acc:.4f} over {len(chosen)} prompts")
+    for name, flag in (("camera_agreement", True), ("camera_agreement_without_camera", False)):
+        value = camera_agreement(den, with_camera=flag)
+        records.append({"prior": "shapes", "metric": name, "value": value})
+        print(f"shapes v2 {name}: {value:.4f}")
     return records
 
 
@@ -147,12 +256,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="samples per prompt")
     ap.add_argument("--skip-photos", action="store_true")
     ap.add_argument("--skip-shapes", action="store_true")
+    ap.add_argument("--shapes-prior", default="shapes", help="bundled name or folder of the shapes prior to measure")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    records = run(args.samples, args.json.parent, args.skip_photos, args.skip_shapes)
+    records = run(args.samples, args.json.parent, args.skip_photos, args.skip_shapes, args.shapes_prior)
     args.json.write_text(json.dumps(records, indent=1))
     print("| prior | metric | value |\n|---|---|---|")
     for r in records:

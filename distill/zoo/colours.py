@@ -66,10 +66,11 @@ def held_out_colours() -> tuple[str, ...]:
     return tuple(n for n in all_colours() if _is_held_out(n))
 
 
-@lru_cache(maxsize=1)
-def training_colours() -> tuple[str, ...]:
-    """Names a training caption may use: not held out and not containing a held-out name as whole words."""
-    held = held_out_colours()
+@lru_cache(maxsize=4)
+def training_colours(reserved: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Names a training caption may use: not held out, not containing a held-out name as whole words, nor any of
+    the ``reserved`` words (a world's held-out shape words: "brick orange" when "brick" is held out)."""
+    held = held_out_colours() + tuple(reserved)
     return tuple(n for n in all_colours() if n not in held and not any(_contains_words(n, h) for h in held))
 
 
@@ -103,29 +104,29 @@ def delta_e(rgb_a: Tensor | np.ndarray, rgb_b: Tensor | np.ndarray) -> np.ndarra
     return deltaE_ciede2000(rgb_to_lab(a), rgb_to_lab(b))
 
 
-@lru_cache(maxsize=4)
-def _name_table(which: str) -> tuple[tuple[str, ...], np.ndarray]:
-    names = {"training": training_colours(), "basic": tuple(BASIC), "all": tuple(all_colours())}[which]
-    return names, np.array([all_colours()[n] for n in names])
+@lru_cache(maxsize=8)
+def _table(names: tuple[str, ...]) -> np.ndarray:
+    return np.array([all_colours()[n] for n in names])
 
 
-def nearest_name(rgb: Tensor | np.ndarray, among: str = "training") -> list[str]:
-    """The nearest name (CIEDE2000) of each colour (N, 3) among the training, basic or all names."""
-    names, table = _name_table(among)
+def nearest_name(rgb: Tensor | np.ndarray, names: tuple[str, ...] | None = None) -> list[str]:
+    """The nearest name (CIEDE2000) of each colour (N, 3) among ``names`` (default: the training names)."""
+    names = names if names is not None else training_colours()
+    table = _table(names)
     rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 1, 3)
     d = delta_e(rgb, table[None])  # (N, K)
     return [names[i] for i in d.argmin(axis=1)]
 
 
-def sample_albedos(n: int, generator: torch.Generator, basic_share: float = 0.3,
-                   jitter: float = 4.0) -> tuple[Tensor, list[str]]:
+def sample_albedos(n: int, generator: torch.Generator, basic_share: float = 0.3, jitter: float = 4.0,
+                   names: tuple[str, ...] | None = None) -> tuple[Tensor, list[str]]:
     """``n`` albedos (n, 3) in [0, 1] and their caption names.
 
     A share ``basic_share`` are the 8 basic colours exactly (the v1 world inside v2); the rest start from a
     uniformly drawn training name and move by N(0, jitter^2) in each CIELAB coordinate, then take the nearest
-    training name as caption.
+    training name (of ``names``, default :func:`training_colours`) as caption.
     """
-    names = training_colours()
+    names = names if names is not None else training_colours()
     u = torch.rand(n, generator=generator)
     pick_basic = torch.randint(len(BASIC), (n,), generator=generator)
     pick_name = torch.randint(len(names), (n,), generator=generator)
@@ -144,6 +145,6 @@ def sample_albedos(n: int, generator: torch.Generator, basic_share: float = 0.3,
     if jittered:
         idx = np.array(jittered)
         rgb[idx] = lab_to_rgb(rgb_to_lab(rgb[idx]) + noise[idx])
-        for i, name in zip(jittered, nearest_name(rgb[idx]), strict=True):
+        for i, name in zip(jittered, nearest_name(rgb[idx], names), strict=True):
             captions[i] = name
     return torch.from_numpy(rgb).float(), [str(c) for c in captions]

@@ -402,3 +402,28 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A shapes-world FID: Frechet distance between judge features of two image sets
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def judge_features(judge: Judge, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Penultimate judge features (B, 8 * width) in float64 of images (B, 3, H, W) in [0, 1]."""
+    judge.eval()
+    return torch.cat([judge.embed(images[a:a + batch_size]).double().cpu() for a in range(0, len(images), batch_size)])
+
+
+def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
+    """Frechet distance of Gaussians fitted to two feature sets (N, D) (Heusel et al. 2017, the FID formula):
+    ||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))."""
+    from scipy import linalg
+
+    a, b = feats_a.double().numpy(), feats_b.double().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(ca @ cb, disp=False)
+    root = root.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2.0 * root))

@@ -33,6 +33,8 @@ TRAIN_SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     s: (s, *(w for w in SHAPE_SYNONYMS[s] if not any(re.search(rf"\b{h}\b", w) for h in _HELD_OUT_SHAPE_SET)))
     for s in SHAPES
 }
+# colour names a training caption may use (none holds a held-out colour name or shape word)
+TRAIN_COLOURS: tuple[str, ...] = colours.training_colours(tuple(sorted(_HELD_OUT_SHAPE_SET)))
 CAMERA_FEATURES = 5  # sin az, cos az, sin el, cos el, camera-given flag
 CFG_DROPOUT = 0.1  # share of empty prompts
 CAMERA_DROPOUT = 0.2  # share of training batches' rows without the camera input
@@ -85,7 +87,7 @@ def make_dataset(n: int, size: int = 32, seed: int = 0, supersample: int = 3) ->
     """
     g = torch.Generator().manual_seed(seed)
     shape_idx = (torch.arange(n) % len(SHAPES))[torch.randperm(n, generator=g)]
-    albedo, names = colours.sample_albedos(n, g)
+    albedo, names = colours.sample_albedos(n, g, names=TRAIN_COLOURS)
     cameras = random_cameras(n, generator=g, elevation_range=ELEVATION_RANGE)
     lights = random_lights(cameras, g)
     images = render(shape_idx.tolist(), [], cameras, size=size, lights=lights, supersample=supersample,
