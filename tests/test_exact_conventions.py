@@ -84,6 +84,14 @@ def test_vp_cosine_is_diffusers_squaredcos_schedule():
     assert float(((ours - ac[k]).abs() / ac[k]).max()) < 2e-6
 
 
+def test_vp_schedules_are_clean_at_zero():
+    """alpha(0) = 1, sigma(0) = 0 exactly in float64 (VPCosine's log alpha(0) once rounded to +1e-20: sigma NaN)."""
+    zero = torch.zeros(1, dtype=torch.float64)
+    for schedule in (VPCosine(), VPLinear(), VPDiscrete.from_diffusers_config(DDPM_CONFIGS["squaredcos_cap_v2"])):
+        assert float(schedule.alpha(zero)) == 1.0 and float(schedule.sigma(zero)) == 0.0, schedule
+        assert float(schedule.log_snr(zero)) == math.inf, schedule
+
+
 def test_vp_linear_and_ve_by_formula():
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
     b0, b1 = 0.1, 20.0

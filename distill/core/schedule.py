@@ -195,7 +195,8 @@ class VPCosine(_VariancePreserving):
         return math.pi / 2 * (t + self.s) / (1 + self.s)
 
     def log_alpha(self, t: Tensor) -> Tensor:
-        return torch.log(torch.cos(self._angle(t))) - self._log_f0
+        # clamped: torch.cos and math.cos may round apart by an ulp, and log alpha(0) = +1e-20 made sigma(0) NaN
+        return (torch.log(torch.cos(self._angle(t))) - self._log_f0).clamp(max=0.0)
 
     def d_log_alpha(self, t: Tensor) -> Tensor:
         return -torch.tan(self._angle(t)) * math.pi / (2 * (1 + self.s))
