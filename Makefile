@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test chromium lint bench clean
+.PHONY: setup demo test chromium lint bench mutants clean
 
 setup: $(VENV)/.ready
 
@@ -36,6 +36,12 @@ chromium:
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# mutation testing of the core formula files ([tool.mutmut] in pyproject.toml; not part of `make test`): about an
+# hour on 2 cores; `.venv/bin/python tests/mutants.py --only FILE --tests TESTS` for one file
+mutants: setup
+	$(PY) tests/mutants.py
+	$(PY) tests/mutants.py --results
 
 bench: setup
 	$(PY) -m benchmarks.solvers --json outputs/bench/solvers.json
