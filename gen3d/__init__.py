@@ -2,12 +2,12 @@
 
 The parts (each swappable without touching the others):
 
-* ``representation``: :class:`Representation`, what the loop asks of a 3D scene; :class:`RadianceField` the base
-  of density fields (``field``: :class:`VoxelField`, :class:`MLPField`, :class:`AnalyticBallField`);
+* ``representation``: :class:`Representation`, what the loop asks of a 3D scene; ``field``: :class:`RadianceField`,
+  the base of density fields, and :class:`VoxelField`, :class:`MLPField`, :class:`AnalyticBallField`;
 * ``renderer``: :class:`Renderer`, nerfacc volume rendering on CPU and CUDA behind one call;
 * ``guidance``: :class:`Guidance`, what the loop asks of a method (``sds``: :class:`SDS`, ``vsd``: :class:`VSD`;
   their gradients live in ``priorkit.distill.score``);
-* ``loop``, ``regularisers``, ``checkpoint``, ``export``; ``generate`` is the entry point.
+* ``loop``, ``regularisers``, ``checkpoint``, ``export``; ``config`` the settings; ``generate`` the entry point.
 
 ``generate``, ``SDS``, ``VSD`` and their configs are imported lazily (on first access), so ``import gen3d`` stays light.
 """
@@ -15,7 +15,7 @@ The parts (each swappable without touching the others):
 from importlib import import_module
 from typing import Any
 
-from priorkit.gen3d.field import AnalyticBallField, Background, MLPField, VoxelField
+from priorkit.gen3d.field import AnalyticBallField, Background, MLPField, RadianceField, VoxelField
 from priorkit.gen3d.renderer import (
     Renderer,
     RenderOutput,
@@ -25,10 +25,10 @@ from priorkit.gen3d.renderer import (
     render_turntable,
     update_estimator,
 )
-from priorkit.gen3d.representation import RadianceField, Representation
+from priorkit.gen3d.representation import Representation
 
-_LAZY = {"generate": "priorkit.gen3d.generate", "GenerateConfig": "priorkit.gen3d.generate",
-         "GUIDANCES": "priorkit.gen3d.generate", "Result": "priorkit.gen3d.loop",
+_LAZY = {"generate": "priorkit.gen3d.generate", "GenerateConfig": "priorkit.gen3d.config",
+         "GUIDANCES": "priorkit.gen3d.config", "Result": "priorkit.gen3d.loop",
          "Guidance": "priorkit.gen3d.guidance", "GuidanceConfig": "priorkit.gen3d.guidance",
          "SDS": "priorkit.gen3d.sds", "SDSConfig": "priorkit.gen3d.sds",
          "VSD": "priorkit.gen3d.vsd", "VSDConfig": "priorkit.gen3d.vsd", "LoRAConfig": "priorkit.distill.score.lora"}

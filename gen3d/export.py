@@ -21,8 +21,8 @@ from skimage.measure import marching_cubes
 from torch import nn
 
 from priorkit.distill.core.atomic import write_bytes
-from priorkit.gen3d.field import UNIT_BOX, BBox, sample_density_grid
 from priorkit.gen3d.renderer import query_field
+from priorkit.gen3d.representation import UNIT_BOX, BBox, sample_density_grid
 
 MESH_FORMATS = (".glb", ".obj", ".ply")
 REFERENCE_VOXEL = 2.0 / 63  # voxel edge of a 64^3 lattice over [-1, 1]^3

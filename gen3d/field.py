@@ -12,6 +12,8 @@ points ``x`` (N, 3) to a colour in [0, 1] (N, 3) and a density sigma >= 0 (N,), 
 
 Fields:
 
+* :class:`RadianceField` -- the base: what a density field does not define itself (normals by autograd, parameter
+  groups by name, a sampled voxel entropy, marching-cubes export).
 * :class:`VoxelField` -- a dense grid of density logits and colour logits, trilinearly interpolated (CPU friendly).
 * :class:`MLPField` -- a Fourier-feature MLP (NeRF positional encoding) for GPU runs.
 * :class:`AnalyticBallField` -- a ball of constant density, for tests of the renderer.
@@ -22,20 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from priorkit.gen3d.regularisers import colour_tv, opacity_entropy, voxel_edge
-from priorkit.gen3d.representation import (
-    UNIT_BOX,
-    BBox,
-    RadianceField,
-    autograd_normal,
-    lattice_points,
-    sample_density_grid,
-)
+from priorkit.gen3d.regularisers import colour_tv, opacity_entropy, voxel_edge, voxel_entropy
+from priorkit.gen3d.representation import UNIT_BOX, BBox, autograd_normal, lattice_points, sample_density_grid
 
 
 class _TruncExp(torch.autograd.Function):
@@ -83,6 +79,46 @@ def finite_difference_normal(density_fn: Callable[[Tensor], Tensor], x: Tensor, 
     s = density_fn(pts.reshape(-1, 3)).reshape(-1, 6)
     grad = (s[:, :3] - s[:, 3:]) / (2 * eps)
     return -F.normalize(grad, dim=-1, eps=1e-12)
+
+
+class RadianceField(nn.Module):
+    """Base of density fields: a subclass defines ``forward(x (N, 3)) -> (rgb (N, 3), sigma (N,))`` and
+    ``density(x) -> (N,)``; this class adds the rest of :class:`Representation`:
+
+    * ``query``: ``forward`` plus ``normal`` when asked; ``normal``: by autograd of the density;
+    * ``parameter_groups``: parameters whose name holds "color" are appearance, the others geometry;
+    * ``regularisers``: "voxel_entropy" at random points of the box (``priorkit.gen3d.regularisers.voxel_entropy``);
+    * ``density_grid`` and ``extract_mesh``: marching cubes of the density (``priorkit.gen3d.export``).
+    """
+
+    def query(self, x: Tensor, with_normal: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Colour (N, 3), density (N,) and (if asked) outward unit normal (N, 3) at x (N, 3)."""
+        rgb, sigma = self(x)
+        return rgb, sigma, self.normal(x) if with_normal else None
+
+    def normal(self, x: Tensor) -> Tensor:
+        """Outward unit normal -grad(sigma)/|grad(sigma)| at x (N, 3) -> (N, 3), by autograd."""
+        return autograd_normal(self.density, x)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"geometry": [...], "appearance": [...]}: parameters named "*color*" are appearance."""
+        named = list(self.named_parameters())
+        return {"geometry": [p for n, p in named if "color" not in n],
+                "appearance": [p for n, p in named if "color" in n]}
+
+    def regularisers(self) -> dict[str, Callable[[torch.Generator | None], Tensor]]:
+        """{"voxel_entropy": at 32768 random points of the box, drawn from the generator}."""
+        return {"voxel_entropy": lambda g: voxel_entropy(self, generator=g)}
+
+    def density_grid(self, resolution: int = 128, bbox: BBox = UNIT_BOX) -> Tensor:
+        """Density on an R^3 lattice over ``bbox`` (R, R, R), ``[i, j, k]`` = (x_i, y_j, z_k)."""
+        return sample_density_grid(self, resolution, bbox)
+
+    def extract_mesh(self, resolution: int = 128) -> Any:
+        """Marching-cubes mesh (trimesh) of the density at ``ln 2 / h`` with vertex colours; ValueError if empty."""
+        from priorkit.gen3d.export import extract_mesh  # trimesh and scikit-image only when exporting
+
+        return extract_mesh(self, resolution=resolution)
 
 
 class VoxelField(RadianceField):

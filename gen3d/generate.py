@@ -3,7 +3,8 @@
 :func:`generate` checks its inputs, loads the prior, and runs the loop of ``priorkit.gen3d.loop`` on a
 representation (``priorkit.gen3d.representation``; a :class:`~priorkit.gen3d.field.VoxelField` by default) under a
 guidance (``priorkit.gen3d.guidance``: :class:`~priorkit.gen3d.sds.SDS` or :class:`~priorkit.gen3d.vsd.VSD`, one
-entry each in :data:`GUIDANCES`). The loop's settings are in :class:`GenerateConfig`; each method's (its score
+entry each in ``priorkit.gen3d.config.GUIDANCES``). The loop's settings are in :class:`GenerateConfig`
+(``priorkit.gen3d.config``); each method's (its score
 distillation, default steps, particles, views and colour TV weight) in its own config, ``GenerateConfig.sds`` and
 ``GenerateConfig.vsd``.
 
@@ -18,18 +19,14 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from priorkit.distill.core.cameras import ELEVATION_RANGE
 from priorkit.distill.core.denoiser import Denoiser
-from priorkit.gen3d.field import VoxelField
-from priorkit.gen3d.guidance import Guidance, GuidanceConfig
+from priorkit.gen3d.config import GUIDANCES, METHODS, GenerateConfig
 from priorkit.gen3d.loop import (
     Result,
     azimuth_span,
@@ -42,127 +39,11 @@ from priorkit.gen3d.loop import (
 from priorkit.gen3d.regularisers import colour_tv, voxel_entropy
 from priorkit.gen3d.renderer import render_views
 from priorkit.gen3d.representation import Representation
-from priorkit.gen3d.sds import SDS, SDSConfig
-from priorkit.gen3d.vsd import VSD, VSDConfig
 
-GUIDANCES: dict[str, Callable[..., Guidance]] = {"sds": SDS, "vsd": VSD}  # name -> class(denoiser, prompt, config)
-METHODS = tuple(GUIDANCES)
 MAX_STEPS = 100_000
 RESOLUTION_RANGE = (8, 512)
 MAX_PARTICLES = 32
 LONGEST_VIEW_SUFFIX = ", overhead view"
-
-# GenerateConfig fields that moved into the methods' configs: old name -> (method, field)
-MOVED_FIELDS = {"steps": ("sds", "steps"), "views": ("sds", "views"), "lambda_color_tv": ("sds", "lambda_color_tv"),
-                "vsd_steps": ("vsd", "steps"), "vsd_lambda_color_tv": ("vsd", "lambda_color_tv")}
-
-
-@dataclass
-class GenerateConfig:
-    """Defaults of the text-to-3D loop (chosen with the bundled 32x32 "shapes" prior on a CPU).
-
-    resolution / lr: render side in pixels, Adam lr of the voxel logits, decayed by a cosine to ``lr_final * lr``
-    at the end; appearance parameters use ``color_lr_scale * lr`` (a slower albedo makes the prior's gradient carve
-    geometry instead of painting it, e.g. a torus' hole).
-    field_resolution, blob_density, blob_radius, density_activation: the VoxelField, its initial density blob and
-    its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus").
-    n_samples: samples per ray, at depths within ``scene_radius`` of the camera distance (None: the whole box
-    [-1, 1]^3; every shape of the shapes world lies within 0.75 of the origin).
-    azimuth_start, azimuth_warmup: camera azimuths start within ``azimuth_start`` degrees around the front and
-    widen to the full circle over the first ``azimuth_warmup`` of the steps (see :func:`azimuth_span`).
-    albedo_fraction: share of the run with albedo-only shading (warm-up); shading_probs: probabilities of
-    (albedo, lambertian, textureless) after it, under the shapes world's random lights; ambient: Lambertian term.
-    background: "white" (the bundled prior's) or "learned".
-    lambda_*: regulariser weights: ray opacity mean (sparsity) and binary entropy, orientation, TV of the grid,
-    and the voxel-opacity entropy (ramped up linearly over the run; ``priorkit.gen3d.regularisers``).
-    export_resolution, turntable_*: mesh and GIF export. preview_*: preview images.
-    sds, vsd: each method's settings, with its default steps, particles, views and colour TV weight
-    (:class:`~priorkit.gen3d.sds.SDSConfig`, :class:`~priorkit.gen3d.vsd.VSDConfig`).
-
-    The old top-level names ``steps``, ``views``, ``lambda_color_tv`` (now ``sds.*``), ``vsd_steps`` and
-    ``vsd_lambda_color_tv`` (now ``vsd.steps``, ``vsd.lambda_color_tv``) still work, with a DeprecationWarning.
-    """
-
-    resolution: int = 32
-    lr: float = 0.4
-    lr_final: float = 0.1
-    color_lr_scale: float = 0.1
-    field_resolution: int = 40
-    blob_density: float = 20.0
-    blob_radius: float = 0.6
-    density_activation: str = "exp"
-    n_samples: int = 64
-    scene_radius: float | None = 1.0
-    elevation_range: tuple[float, float] = ELEVATION_RANGE
-    azimuth_start: float = 30.0
-    azimuth_warmup: float = 0.6
-    albedo_fraction: float = 0.2
-    shading_probs: tuple[float, float, float] = (0.3, 0.7, 0.0)
-    ambient: float = 0.3
-    background: str = "white"
-    lambda_sparsity: float = 2.0
-    lambda_entropy: float = 2.0
-    lambda_orientation: float = 0.0
-    lambda_tv: float = 0.0
-    lambda_voxel_entropy: float = 10.0
-    export_resolution: int = 128
-    turntable_frames: int = 24
-    turntable_size: int = 64
-    preview_views: int = 4
-    preview_size: int = 64
-    sds: SDSConfig = field(default_factory=SDSConfig)
-    vsd: VSDConfig = field(default_factory=VSDConfig)
-    steps: InitVar[int | None] = None
-    views: InitVar[int | None] = None
-    lambda_color_tv: InitVar[float | None] = None
-    vsd_steps: InitVar[int | None] = None
-    vsd_lambda_color_tv: InitVar[float | None] = None
-
-    def __post_init__(self, *moved: Any) -> None:
-        for name, value in zip(MOVED_FIELDS, moved, strict=True):
-            if value is not None:
-                method, attr = MOVED_FIELDS[name]
-                _warn_moved(name)
-                setattr(self, method, dataclasses.replace(getattr(self, method), **{attr: value}))
-
-    def method_config(self, method: str) -> GuidanceConfig:
-        """The settings of ``method`` ("sds" or "vsd")."""
-        if method not in GUIDANCES:
-            raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-        return getattr(self, method)
-
-    def steps_for(self, method: str) -> int:
-        """The default number of optimisation steps of ``method`` ("sds" or "vsd")."""
-        return self.method_config(method).steps
-
-    def voxel_field(self) -> VoxelField:
-        """A new particle: the VoxelField of these settings (``field_resolution``, the blob, the activation)."""
-        return VoxelField(self.field_resolution, blob_density=self.blob_density, blob_radius=self.blob_radius,
-                          activation=self.density_activation)
-
-
-def _warn_moved(name: str) -> None:
-    method, attr = MOVED_FIELDS[name]
-    warnings.warn(f"GenerateConfig.{name} is deprecated: use GenerateConfig.{method}.{attr}", DeprecationWarning,
-                  stacklevel=3)
-
-
-def _moved_property(name: str) -> property:
-    method, attr = MOVED_FIELDS[name]
-
-    def get(self: GenerateConfig) -> Any:
-        _warn_moved(name)
-        return getattr(getattr(self, method), attr)
-
-    def set_(self: GenerateConfig, value: Any) -> None:
-        _warn_moved(name)
-        setattr(getattr(self, method), attr, value)
-
-    return property(get, set_, doc=f"Deprecated: ``{method}.{attr}``.")
-
-
-for _name in MOVED_FIELDS:  # read and write access by the old names (the __init__ keywords are the InitVars above)
-    setattr(GenerateConfig, _name, _moved_property(_name))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,14 +33,12 @@ from tqdm.auto import tqdm
 from priorkit.distill.core.atomic import atomic_open
 from priorkit.distill.core.cameras import Camera, random_cameras
 from priorkit.gen3d.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from priorkit.gen3d.config import GenerateConfig
 from priorkit.gen3d.field import Background
 from priorkit.gen3d.guidance import Guidance
 from priorkit.gen3d.regularisers import field_terms, render_terms
 from priorkit.gen3d.renderer import Renderer, render_image, render_turntable
 from priorkit.gen3d.representation import Representation
-
-if TYPE_CHECKING:
-    from priorkit.gen3d.generate import GenerateConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""What the text-to-3D loop asks of a 3D representation: the :class:`Representation` protocol, and
-:class:`RadianceField`, a base class that gives any density field the parts it does not define itself.
+"""What the text-to-3D loop asks of a 3D representation: the :class:`Representation` protocol, and the lattice
+helpers of density fields. ``priorkit.gen3d.field.RadianceField`` is a base class that gives any density field
+the parts of the protocol it does not define itself.
 
 A representation is an ``nn.Module`` over the scene box [-1, 1]^3 (z up, the camera convention of
 ``priorkit.distill.core.cameras``). The renderer reads it through ``query`` / ``density`` / ``normal``; the loop
@@ -16,8 +17,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from priorkit.gen3d.regularisers import voxel_entropy
 
 BBox = tuple[Sequence[float], Sequence[float]]
 UNIT_BOX: BBox = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
@@ -78,45 +77,5 @@ def autograd_normal(density_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor
     return -F.normalize(grad, dim=-1, eps=1e-12)
 
 
-class RadianceField(nn.Module):
-    """Base of density fields: a subclass defines ``forward(x (N, 3)) -> (rgb (N, 3), sigma (N,))`` and
-    ``density(x) -> (N,)``; this class adds the rest of :class:`Representation`:
-
-    * ``query``: ``forward`` plus ``normal`` when asked; ``normal``: by autograd of the density;
-    * ``parameter_groups``: parameters whose name holds "color" are appearance, the others geometry;
-    * ``regularisers``: "voxel_entropy" at random points of the box (``priorkit.gen3d.regularisers.voxel_entropy``);
-    * ``density_grid`` and ``extract_mesh``: marching cubes of the density (``priorkit.gen3d.export``).
-    """
-
-    def query(self, x: Tensor, with_normal: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Colour (N, 3), density (N,) and (if asked) outward unit normal (N, 3) at x (N, 3)."""
-        rgb, sigma = self(x)
-        return rgb, sigma, self.normal(x) if with_normal else None
-
-    def normal(self, x: Tensor) -> Tensor:
-        """Outward unit normal -grad(sigma)/|grad(sigma)| at x (N, 3) -> (N, 3), by autograd."""
-        return autograd_normal(self.density, x)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{"geometry": [...], "appearance": [...]}: parameters named "*color*" are appearance."""
-        named = list(self.named_parameters())
-        return {"geometry": [p for n, p in named if "color" not in n],
-                "appearance": [p for n, p in named if "color" in n]}
-
-    def regularisers(self) -> dict[str, Callable[[torch.Generator | None], Tensor]]:
-        """{"voxel_entropy": at 32768 random points of the box, drawn from the generator}."""
-        return {"voxel_entropy": lambda g: voxel_entropy(self, generator=g)}
-
-    def density_grid(self, resolution: int = 128, bbox: BBox = UNIT_BOX) -> Tensor:
-        """Density on an R^3 lattice over ``bbox`` (R, R, R), ``[i, j, k]`` = (x_i, y_j, z_k)."""
-        return sample_density_grid(self, resolution, bbox)
-
-    def extract_mesh(self, resolution: int = 128) -> Any:
-        """Marching-cubes mesh (trimesh) of the density at ``ln 2 / h`` with vertex colours; ValueError if empty."""
-        from priorkit.gen3d.export import extract_mesh
-
-        return extract_mesh(self, resolution=resolution)
-
-
-__all__ = ["BBox", "PARAMETER_GROUPS", "RadianceField", "Representation", "UNIT_BOX", "autograd_normal",
+__all__ = ["BBox", "PARAMETER_GROUPS", "Representation", "UNIT_BOX", "autograd_normal",
            "lattice_points", "sample_density_grid"]
