@@ -30,10 +30,14 @@ if TYPE_CHECKING:
     from priorkit.distill.core.denoiser import Condition, Denoiser
     from priorkit.inverse.operators import Operator
 
-__all__ = ["PRIOR_KINDS", "RestorationMethod", "Solver", "METHODS", "register", "get_method", "method_names",
+__all__ = ["PRIOR_KINDS", "DEFAULT_METHOD", "RestorationMethod", "Solver", "METHODS", "register", "get_method",
+           "method_names",
            "prior_kind", "method_for_prior", "labels", "help_line", "steps_budget"]
 
 PRIOR_KINDS: tuple[str, ...] = ("diffusion", "flow")
+#: the method `restore`, ``priorkit restore`` and the web app use when none is named, chosen by measurement
+#: (BENCHMARKS.md, "Speed on photographs"): no backward pass, so it meets the CPU time goals on the photos prior
+DEFAULT_METHOD = "diffpir"
 
 
 class Solver(Protocol):
@@ -209,3 +213,11 @@ register(RestorationMethod(
     "dflow", "priorkit.inverse.dflow:dflow", default_nfe=None, needs_grad=True, operators=ANY, priors=("flow",),
     description="D-Flow: optimise the flow's source noise by L-BFGS (Ben-Hamu et al. 2024)", label="D-Flow",
     budget=dflow_budget))
+register(RestorationMethod(
+    "diffpir", "priorkit.inverse.diffpir:diffpir", default_nfe=20, needs_grad=False, operators=ANY,
+    priors=("diffusion", "flow"), description="DiffPIR: denoiser + closed-form data prox per step, no backward pass "
+    "(Zhu et al. 2023)", label="DiffPIR"))
+register(RestorationMethod(
+    "pnp_flow", "priorkit.inverse.pnp_flow:pnp_flow", default_nfe=20, needs_grad=False, operators=ANY,
+    priors=("flow",), description="PnP-Flow: data prox, re-noise, flow denoiser; no backward pass (Martin et al. 2025)",
+    label="PnP-Flow"))

@@ -14,9 +14,11 @@ from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.schedule import FlowMatching, VPCosine
 from priorkit.inverse import registry
+from priorkit.inverse.diffpir import DiffPIRDefaults
 from priorkit.inverse.dps import DPSDefaults
 from priorkit.inverse.operators import Blur, ComposedOperator, Downsampling, Inpainting, Operator
 from priorkit.inverse.pigdm import PiGDMDefaults, PiGDMFlowDefaults
+from priorkit.inverse.pnp_flow import PnPFlowDefaults
 from priorkit.inverse.registry import RestorationMethod, get_method, method_for_prior, method_names, register
 from priorkit.inverse.restore import METHODS, RestoreDefaults, methods_for_task, restore
 from priorkit.inverse.solver_common import solution_shape
@@ -25,17 +27,22 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_the_table_holds_the_methods_with_their_defaults() -> None:
-    assert METHODS == method_names() == ("pinv", "pigdm", "pigdm_flow", "dps", "dflow")
-    assert RestoreDefaults().nfe == {"pigdm": 100, "pigdm_flow": 80, "dps": 1000, "dflow": None}
+    assert METHODS == method_names() == ("pinv", "pigdm", "pigdm_flow", "dps", "dflow", "diffpir", "pnp_flow")
+    assert RestoreDefaults().nfe == {"pigdm": 100, "pigdm_flow": 80, "dps": 1000, "dflow": None, "diffpir": 20,
+                                     "pnp_flow": 20}
     # the front door's budgets are the solvers' paper defaults
     assert get_method("pigdm").default_nfe == PiGDMDefaults.steps
     assert get_method("pigdm_flow").default_nfe == PiGDMFlowDefaults.steps
     assert get_method("dps").default_nfe == DPSDefaults.steps
+    assert get_method("diffpir").default_nfe == DiffPIRDefaults.steps
+    assert get_method("pnp_flow").default_nfe == PnPFlowDefaults.steps
+    no_backward = {"pinv", "diffpir", "pnp_flow"}  # the closed-form prox_l2 methods and A^+ y
     for m in registry.METHODS.values():
         assert callable(m.function) and m.description and m.label
-        assert m.needs_grad == m.needs_prior  # today: every prior method backpropagates, pinv does not
+        assert m.needs_grad == (m.name not in no_backward)
         assert m.supports(Blur) and m.supports(Downsampling(2)) and m.supports(ComposedOperator)
-    assert registry.labels() == ("PiGDM", "DPS", "D-Flow")
+    assert registry.labels() == ("PiGDM", "DPS", "D-Flow", "DiffPIR", "PnP-Flow")
+    assert registry.DEFAULT_METHOD in method_names(needs_prior=True)
     assert registry.help_line().startswith("pinv (A^+ y, no prior), pigdm (PiGDM, diffusion priors), ")
 
 

@@ -1,0 +1,117 @@
+"""DiffPIR: denoising diffusion models for plug-and-play image restoration (Zhu, Zhang, Liang, Cao, Wen, Timofte & Van
+Gool 2023, "Denoising Diffusion Models for Plug-and-Play Image Restoration", CVPRW), Algorithm 1, written in the
+general schedule ``x_t = alpha x0 + sigma eps`` so that it runs on flow-matching and DDPM priors alike.
+
+Each step alternates the prior's denoiser with the data term's proximal map, which every operator has in closed form
+(masks, circular blur, downsampling: `Operator.prox_l2`), so no step backpropagates through the network:
+
+    x0_d  = x0_hat(x_t)                                          the prior's denoiser at noise sigma_bar = sigma / alpha
+    x0_p  = argmin_x ||y - A x||^2 / 2 + ||x - x0_d||^2 / (2 gamma),  gamma = sigma_bar^2 / (lambda s^2)    (eq. 13)
+    eps_p = (x_t - alpha x0_p) / sigma                           the effective noise of the corrected estimate (eq. 15)
+    x_s   = alpha_s x0_p + sigma_s (sqrt(1 - zeta) eps_p + sqrt(zeta) z),  z ~ N(0, I)                         (eq. 16)
+
+(the paper's rho_t = lambda s^2 / sigma_bar^2 is 1 / gamma; s = sigma_y in model range). ``sigma_bar^2 / lambda``
+plays the part of Var[x0 | x_t]; with ``data_var = c`` it is the exact ``c sigma^2 / (alpha^2 c + sigma^2)`` of data
+N(., c I) divided by lambda, and with lambda = 1 the data step then returns exactly E[x0 | x_t, y] for such data
+(tested against the dense posterior in tests/test_inverse_solvers.py).
+
+Cost: one model evaluation per step, no backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.samplers.base import predict_fn, steps_bar
+from priorkit.distill.core.schedule import Schedule
+from priorkit.inverse.operators import Operator
+from priorkit.inverse.solver_common import check_measurement, initial_state
+
+__all__ = ["DiffPIRDefaults", "diffpir", "diffpir_data_step", "MIN_SIGMA_Y"]
+
+#: the noise std assumed for a noiseless measurement (model range): gamma stays finite
+MIN_SIGMA_Y = 1e-3
+
+
+def diffpir_data_step(x0: Tensor, t: Tensor | float, operator: Operator, y: Tensor, sigma_y: float,
+                      schedule: Schedule, *, lam: float = 1.0, data_var: float | None = None) -> Tensor:
+    """DiffPIR's data subproblem at time t: ``prox_l2(x0, y, gamma)`` with gamma = r_t^2 / (lambda s^2).
+
+    Args:
+        x0: the denoiser's clean estimate (B, C, H, W).  t: scalar time with alpha(t) > 0.
+        operator, y, sigma_y: A, the model-range measurement (batch B or 1) and its noise std s (floored at
+            ``MIN_SIGMA_Y``).
+        lam: the paper's lambda (larger = trust the prior more).
+        data_var: None = the paper's r_t^2 = sigma^2 / alpha^2; c = the exact posterior variance of N(., c I) data.
+    Returns:
+        x0_p (B, C, H, W).
+    """
+    tt = torch.as_tensor(t, dtype=torch.float64)
+    a, s = float(schedule.alpha(tt)), float(schedule.sigma(tt))
+    if a <= 0:
+        raise ValueError("DiffPIR's data step needs alpha(t) > 0; start the sampler below the pure-noise end")
+    r2 = s * s / (a * a) if data_var is None else data_var * s * s / (a * a * data_var + s * s)
+    gamma = r2 / (lam * max(sigma_y, MIN_SIGMA_Y) ** 2)
+    return operator.prox_l2(x0, y, gamma)
+
+
+@dataclass
+class DiffPIRDefaults:
+    """Defaults of :func:`diffpir`: lambda = 1 (Zhu et al. 2023 use lambda in [1, 10]) on the DDPM papers' strided grid
+    carried over by log-SNR ("ddpm"), 20 steps (the paper's fast setting, NFE = 20), and zeta = 1 (fresh noise
+    every step; the paper's ablation spans [0, 1]): measured on held-out shapes renders at 20 NFE, zeta = 1 restores
+    0.5-9 dB better than 0.3 (inpainting most: half box 28.7 vs 19.7 dB, sr4 32.0 vs 31.4 dB)."""
+
+    steps: int = 20
+    lam: float = 1.0
+    zeta: float = 1.0
+    spacing: str = "ddpm"
+    data_var: float | None = None
+
+
+def diffpir(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, cond: Condition = None,
+            guidance: float = 1.0, steps: int = DiffPIRDefaults.steps, lam: float = DiffPIRDefaults.lam,
+            zeta: float = DiffPIRDefaults.zeta, spacing: str = DiffPIRDefaults.spacing,
+            data_var: float | None = DiffPIRDefaults.data_var, times: Tensor | None = None,
+            noise: Tensor | None = None, shape: tuple[int, ...] | None = None,
+            generator: torch.Generator | None = None, progress: bool | None = None) -> Tensor:
+    """Restore ``x`` from ``y = A x + sigma_y n`` by DiffPIR (module docstring); model range [-1, 1].
+
+    Args:
+        denoiser: any `Denoiser` (sampled under its own schedule: flow matching, VP/DDPM, VE).
+        operator: the degradation A (its ``prox_l2`` is used: closed form for masks, circular blur, downsampling).
+        y: model-range measurement (B or 1, ...).  sigma_y: model-range noise std.
+        cond, guidance: condition and classifier-free guidance scale of a conditional prior.
+        steps: model evaluations (no backward passes).
+        lam: lambda of rho_t = lambda s^2 / sigma_bar^2.  zeta: fresh-noise share of each step (0 = deterministic).
+        spacing, times, noise, shape: as in :func:`priorkit.inverse.pigdm.pigdm`.
+        data_var: see :func:`diffpir_data_step`.
+    Returns:
+        restored images (B, C, H, W) in model range (not clamped).
+    """
+    check_measurement(y, sigma_y)
+    if not 0.0 <= zeta <= 1.0:
+        raise ValueError(f"zeta must lie in [0, 1]; got {zeta}")
+    if not lam > 0:
+        raise ValueError(f"lam must be > 0; got {lam}")
+    schedule = denoiser.schedule
+    times, x = initial_state(denoiser, y, steps, spacing, times, shape, noise, generator)
+    fn = predict_fn(denoiser, cond, guidance)
+    keep, fresh = math.sqrt(1.0 - zeta), math.sqrt(zeta)
+    for i in steps_bar(len(times) - 1, "DiffPIR", progress):
+        t, s = times[i], times[i + 1]
+        pred = fn(x, t)
+        x0 = diffpir_data_step(pred.x0, t, operator, y, sigma_y, schedule, lam=lam, data_var=data_var)
+        a_s, sig_s = float(schedule.alpha(s)), float(schedule.sigma(s))
+        if sig_s == 0.0:
+            x = a_s * x0
+            continue
+        eps = (x - float(schedule.alpha(t)) * x0) / float(schedule.sigma(t))
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if zeta > 0 else 0.0
+        x = a_s * x0 + sig_s * (keep * eps + fresh * z)
+    return x
