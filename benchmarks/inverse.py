@@ -37,12 +37,13 @@ PiGDM and
 DPS default to ours. --quick: 2 images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
 
 Records {"domain", "task", "method", "image", "sample", "psnr", "ssim", "nfe", "backward", "seconds",
-"judge_accuracy"} ("sample": which posterior sample of the measurement, with --repeats N):
+"megapixels", "judge_accuracy"} ("sample": which posterior sample of the measurement, with --repeats N):
 PSNR / SSIM (Wang et al. 2004: Gaussian window 1.5, K = (0.01, 0.03), data range 1) against the clean image;
 ``nfe`` = forward model evaluations of the full-image prior per image (a tiled call counts once; pigdm_mean's
 batched calls count once per sample), ``backward`` = backward
 passes through it (vector-Jacobian products; each costs about two evaluations); ``seconds`` = wall time of the
-restoration alone; ``judge_accuracy`` null outside the shapes domain. The table averages over images.
+restoration alone; ``megapixels`` = H W / 10^6 of the restored image; ``judge_accuracy`` null outside the shapes
+domain. The table averages over images.
 ``--pictures DIR`` writes DIR/inverse_<domain>.png: rows tasks; columns clean, degraded, methods (image
 ``--picture-image``, default 0). ``--resume`` keeps the records already in ``--json`` and measures the rest.
 After the table, the issue's goals are checked on the records (see :func:`goals`).
@@ -258,7 +259,7 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
         x = classical(op, y, sigma_y, defaults)
         return Outcome(x, 0, 0, time.perf_counter() - t0)
     if method == "pinv":
-        r = restore(image, task, "pinv", sigma_y=sigma_y, seed=seed, mask=mask)
+        r = restore(image, task, "pinv", sigma_y=sigma_y, seed=seed, mask=mask, simulate=True)
         return Outcome(r.restored, 0, 0, time.perf_counter() - t0)
     if method == "dflow_student":
         if student is None:
@@ -283,7 +284,7 @@ def run_method(method: str, prior: Denoiser | None, image: Tensor, task: str, op
             nfe = max(1, (nfe or DEFAULTS.nfe["pigdm_mean"]) // k)
         r = restore(image, task, VARIANTS.get(method, method), prior=counter,
                     sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask, samples=k, solver_seed=solver_seed,
-                    progress=False, **options)
+                    simulate=True, progress=False, **options)
         if not torch.equal(r.measurement, y):
             raise RuntimeError("restore() simulated a different measurement than degrade(); the comparison would "
                                "not be on the same data")
@@ -342,7 +343,8 @@ def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Seque
                         acc = float(judge.accuracy(out.restored, labels[0][i:i + 1], labels[1][i:i + 1]))
                     rec = {"domain": domain, "task": task, "method": method, "image": i, "sample": j,
                            "psnr": psnr(out.restored, image), "ssim": ssim(out.restored, image), "nfe": out.nfe,
-                           "backward": out.backward, "seconds": out.seconds, "judge_accuracy": acc}
+                           "backward": out.backward, "seconds": out.seconds, "megapixels": H * W / 1e6,
+                           "judge_accuracy": acc}
                     records.append(rec)
                     if i == picture_image and j == 0:
                         rows[task].append(out.restored)
