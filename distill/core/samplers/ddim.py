@@ -31,6 +31,21 @@ def _sqrt_pos(v: Tensor) -> Tensor:
     return torch.sqrt(torch.where(v > 0, v, torch.zeros_like(v)))
 
 
+def ddim_coefficients(t: Tensor | float, s: Tensor | float, schedule: Schedule,
+                      eta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(alpha_s, sqrt(sigma_s^2 - c^2), c) of the DDIM(eta) step from t to s: x_s = alpha_s x0 + k eps + c z.
+
+    The step's mean is deterministic in (x0, eps) and its noise std is ``c``: what the reward fine-tuners need
+    (log-probabilities of the stochastic sampler for DDPO, Jacobians of its mean for adjoint matching).
+    """
+    s, t = _time(s), _time(t)
+    t = t.to(s)
+    a_s, sig_s = schedule.alpha(s), schedule.sigma(s)
+    dl = schedule.half_log_snr(t) - schedule.half_log_snr(s)
+    c = eta * sig_s * _sqrt_pos(-torch.expm1(2.0 * dl)) if eta > 0 else torch.zeros_like(sig_s)
+    return a_s, _sqrt_pos(sig_s**2 - c**2), c
+
+
 def ddim_step(x0: Tensor, eps: Tensor, t: Tensor | float, s: Tensor | float, schedule: Schedule, eta: float = 0.0,
               generator: torch.Generator | None = None) -> Tensor:
     """One DDIM(eta) step from time t to s < t given (x0, eps), both (B, ...) (module docstring, DDIM eq. 12/16).
@@ -45,10 +60,8 @@ def ddim_step(x0: Tensor, eps: Tensor, t: Tensor | float, s: Tensor | float, sch
     if eta <= 0:  # sqrt(max(0, sigma_s^2)): sigma_s itself, and 0 where a schedule's sigma at the clean end is NaN
         return broadcast_to(a_s, x0) * x0 + broadcast_to(_sqrt_pos(sig_s**2), x0) * eps
     # 1 - exp(2 (lambda_t - lambda_s)) = 1 - (alpha_t sigma_s / (alpha_s sigma_t))^2
-    t = _time(t).to(s)
-    dl = schedule.half_log_snr(t) - schedule.half_log_snr(s)
-    c = eta * sig_s * _sqrt_pos(-torch.expm1(2.0 * dl))
-    x = broadcast_to(a_s, x0) * x0 + broadcast_to(_sqrt_pos(sig_s**2 - c**2), x0) * eps
+    _, k, c = ddim_coefficients(t, s, schedule, eta)
+    x = broadcast_to(a_s, x0) * x0 + broadcast_to(k, x0) * eps
     if bool((c > 0).any()):
         x = x + broadcast_to(c, x0) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x
@@ -69,4 +82,4 @@ def ddim_sample(den: Denoiser, noise: Tensor, times: Tensor, *, cond: Condition 
     return x
 
 
-__all__ = ["ddim_next", "ddim_sample", "ddim_step"]
+__all__ = ["ddim_coefficients", "ddim_next", "ddim_sample", "ddim_step"]

@@ -1,0 +1,118 @@
+"""Rewards: differentiable functions of a batch of samples (and their condition) -> (B,) scores, higher is better.
+
+Samples come in the model's range (images in [-1, 1]); image rewards convert to [0, 1] themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class Reward(Protocol):
+    """r(x, cond) -> (B,): a differentiable reward of samples ``x`` (B, ...) in the model's range."""
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor: ...
+
+
+@dataclass
+class LinearReward:
+    """r(x) = c . x (flattened): tilting a Gaussian mixture by it shifts every component (exact in ``tilt``)."""
+
+    direction: Tensor
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        return x.flatten(1) @ self.direction.to(x)
+
+
+@dataclass
+class QuadraticReward:
+    """r(x) = -1/2 (x - m)^T Q (x - m) with ``precision`` Q (D, D) positive semi-definite."""
+
+    centre: Tensor
+    precision: Tensor
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        d = x.flatten(1) - self.centre.to(x)
+        return -0.5 * ((d @ self.precision.to(x)) * d).sum(-1)
+
+
+@dataclass
+class BrightnessReward:
+    """Mean pixel value in [0, 1] of images in [-1, 1]."""
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        return ((x.clamp(-1, 1) + 1) / 2).mean(dim=tuple(range(1, x.ndim)))
+
+
+@dataclass
+class TargetColourReward:
+    """Minus the mean squared distance of the pixels that are not background (not near white) to an RGB colour."""
+
+    rgb: tuple[float, float, float]
+    background: float = 0.9
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        img = (x.clamp(-1, 1) + 1) / 2
+        target = torch.tensor(self.rgb, dtype=img.dtype, device=img.device).reshape(1, 3, 1, 1)
+        weight = torch.sigmoid((self.background - img.min(dim=1, keepdim=True).values) * 40.0)  # soft object mask
+        err = ((img - target) ** 2).sum(1, keepdim=True)
+        return -(weight * err).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+
+class JudgeReward:
+    """log p(shape) + log p(colour) of the bundled judge for each sample's prompt (shapes world).
+
+    ``cond`` holds the prompts (a list of B strings); each names one of the world's shapes and colours (by the
+    canonical words, as in "a red cube, side view"). Differentiable through the judge.
+    """
+
+    def __init__(self, judge: torch.nn.Module | None = None) -> None:
+        from priorkit.distill.zoo.judge import load_judge
+
+        self.judge = (judge or load_judge()).requires_grad_(False)
+
+    @staticmethod
+    def labels(prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Shape and colour indices named by each prompt; ValueError for a prompt naming none."""
+        from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES
+
+        shapes, colours = [], []
+        for p in prompts:
+            words = p.lower().replace(",", " ").split()
+            s = [i for i, name in enumerate(SHAPES) if name in words]
+            c = [i for i, name in enumerate(COLOUR_NAMES) if name in words]
+            if not s or not c:
+                raise ValueError(f"the judge reward needs a prompt naming a shape and a colour; got {p!r}")
+            shapes.append(s[0])
+            colours.append(c[0])
+        return torch.tensor(shapes), torch.tensor(colours)
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        if not isinstance(cond, list):
+            raise ValueError("the judge reward needs the prompts as the condition (a list of strings)")
+        s_idx, c_idx = self.labels(cond)
+        s_logits, c_logits = self.judge((x.clamp(-1, 1) + 1) / 2)
+        ls = torch.log_softmax(s_logits, -1).gather(1, s_idx.to(x.device)[:, None])[:, 0]
+        lc = torch.log_softmax(c_logits, -1).gather(1, c_idx.to(x.device)[:, None])[:, 0]
+        return ls + lc
+
+
+@dataclass
+class CallableReward:
+    """Any user function ``fn(x, cond) -> (B,)``."""
+
+    fn: Callable[[Tensor, Any], Tensor]
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        out = self.fn(x, cond)
+        if out.shape != (x.shape[0],):
+            raise ValueError(f"a reward must return one value per sample ({x.shape[0]},); got {tuple(out.shape)}")
+        return out
+
+
+REWARDS: dict[str, Callable[[], Reward]] = {"judge": JudgeReward, "brightness": BrightnessReward}

@@ -1,0 +1,75 @@
+"""One driver for every reward fine-tuning method: the registry, and training with checkpoints and exact resume
+through the core training loop (:func:`priorkit.distill.core.training.train`)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.training import TrainConfig, train
+from priorkit.distill.finetune.adjoint_matching import AdjointMatchingConfig, adjoint_matching_loss
+from priorkit.distill.finetune.ddpo import DDPOConfig, ddpo_loss
+from priorkit.distill.finetune.draft import DRaFTConfig, draft_loss
+from priorkit.distill.finetune.reward import Reward
+
+LossFn = Callable[..., tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class FinetuneMethod:
+    """A reward fine-tuning method: its loss (finetuned, base, reward, config, generator, cond, dtype) ->
+    (loss, rewards) and its config dataclass."""
+
+    name: str
+    loss: LossFn
+    config: type
+    description: str
+
+
+METHODS: dict[str, FinetuneMethod] = {m.name: m for m in (
+    FinetuneMethod("adjoint_matching", adjoint_matching_loss, AdjointMatchingConfig,
+                   "memoryless SOC: regress the score residual on the lean adjoint (targets p exp(r/lambda))"),
+    FinetuneMethod("draft", draft_loss, DRaFTConfig, "backprop the reward through the sampler (K, LV variants)"),
+    FinetuneMethod("ddpo", ddpo_loss, DDPOConfig, "policy gradient over the sampler's Gaussian steps"),
+)}
+
+
+def make_config(method: str, **overrides: Any) -> Any:
+    """The method's config with the ``overrides`` that it has (others are ignored: a shared CLI can pass all)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown fine-tuning method {method!r}; expected one of {', '.join(METHODS)}")
+    cls = METHODS[method].config
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in overrides.items() if k in names and v is not None})
+
+
+def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, config: Any, *,
+             iterations: int, lr: float = 1e-3, out: str | Path | None = None, resume: bool = False,
+             cond_fn: Callable[[int, torch.Generator], Condition] | None = None, seed: int = 0,
+             params: list[nn.Parameter] | None = None, dtype: torch.dtype = torch.float32,
+             desc: str | None = None) -> tuple[Denoiser, list[dict[str, float]]]:
+    """Fine-tune ``finetuned`` (its trainable parameters, or ``params``) towards ``reward`` for ``iterations``
+    steps; ``cond_fn(batch, generator)`` draws the conditions (prompts) of each iteration. Returns the fine-tuned
+    model (final weights) and the log (loss and mean reward every few steps)."""
+    m = METHODS[method]
+    rewards: list[float] = []
+
+    def loss_fn(model: nn.Module, step: int, g: torch.Generator) -> Tensor:
+        cond = cond_fn(config.batch, g) if cond_fn is not None else None
+        loss, r = m.loss(model, base, reward, config, g, cond, dtype)
+        rewards.append(float(r.float().mean()))
+        return loss
+
+    cfg = TrainConfig(steps=iterations, lr=lr, warmup=min(20, iterations // 10), ema_decay=0.0,
+                      checkpoint_every=max(10, iterations // 4), log_every=max(1, iterations // 20), seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, log = train(finetuned, loss_fn, cfg, out or tmp, resume=resume, desc=desc or f"finetune {method}",
+                           params=params)
+    return model, log
