@@ -41,8 +41,9 @@ def test_tilted_mixture_is_p_times_exp_r_over_lambda(kind):
 
 @pytest.mark.parametrize("schedule", [FlowMatching(), VPCosine()], ids=["flow", "vp_cosine"])
 def test_lean_adjoint_of_a_gaussian_is_minus_grad_log_h(schedule):
-    """Gaussian N(mu, S), r = c.x: h(x, t) = E[exp(r(x0)/lambda) | x_t] has grad log h = (a^2 S + s^2 I)^-1 a S c / lambda
-    for every x; the lean adjoint along any trajectory must equal minus that (up to the sampler's discretisation)."""
+    """Gaussian N(mu, S), r = c.x: h(x, t) = E[exp(r(x0)/lambda) | x_t] has
+    grad log h = (a^2 S + s^2 I)^-1 a S c / lambda for every x; the lean adjoint along any trajectory must equal
+    minus that (up to the sampler's discretisation)."""
     cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64)
     base = GaussianMixture(torch.ones(1, dtype=F64), torch.tensor([[1.0, -0.5]], dtype=F64), cov[None],
                            schedule=schedule)
