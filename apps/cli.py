@@ -16,7 +16,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from priorkit.inverse.registry import help_line as restore_methods_help  # the registry alone: no torch
+from priorkit.inverse.registry import DEFAULT_METHOD as DEFAULT_RESTORE_METHOD  # the registry alone: no torch
+from priorkit.inverse.registry import help_line as restore_methods_help
 
 app = typer.Typer(help="priorkit: pretrained diffusion and flow models put to work.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -245,80 +246,75 @@ def three_d(
 
 # ---- restore -------------------------------------------------------------------------------------
 def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, prior: str, mask_dir: Path | None,
-                   reference_dir: Path | None, sigma_y: float, nfe: int | None) -> None:
+                   reference_dir: Path | None, sigma_y: float, nfe: int | None, uncertainty: bool = False,
+                   samples: int = 1) -> None:
     """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing."""
-    from priorkit.inverse.restore import TASKS, check_method, resolve_prior
+    from priorkit.inverse.restore import check_folder_run
 
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    spec = check_method(method, task)
-    if not input_dir.is_dir():
-        raise ValueError(f"input folder {input_dir} does not exist")
-    inp, outp = input_dir.resolve(), output_dir.resolve()
-    if outp == inp or inp in outp.parents:
-        raise ValueError(f"output folder {output_dir} must not be the input folder or inside it")
-    if not any(p.is_file() and not p.name.startswith(".") for p in input_dir.iterdir()):
-        raise ValueError(f"input folder {input_dir} holds no files")
-    if task == "inpaint_mask" and mask_dir is None:
-        raise ValueError("task inpaint_mask needs --mask-dir (masks named like the inputs; white = keep)")
-    for flag, d in (("--mask-dir", mask_dir), ("--reference-dir", reference_dir)):
-        if d is not None and not d.is_dir():
-            raise ValueError(f"{flag} {d} is not a folder")
-    if not 0.0 <= sigma_y <= 1.0:
-        raise ValueError(f"--sigma-y must be in [0, 1] (image range); got {sigma_y}")
-    if nfe is not None and nfe < 1:
-        raise ValueError(f"--nfe must be >= 1; got {nfe}")
-    _check_writable(output_dir, "output folder")
-    if spec.needs_prior:  # load (and cache) the prior now: a missing or wrong prior fails before any file
-        den = resolve_prior(prior)
-        if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
-            raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
-                             "an RGB image prior")
+    check_folder_run(input_dir, output_dir, task, method, prior, mask_dir=mask_dir, reference_dir=reference_dir,
+                     sigma_y=sigma_y, nfe=nfe, uncertainty=uncertainty, samples=samples,
+                     writable=lambda: _check_writable(output_dir, "output folder"))
 
 
 @app.command()
 def restore(
-    input_dir: Annotated[Path, typer.Argument(help="folder of images to restore")],
+    input_dir: Annotated[Path, typer.Argument(help="folder of degraded images to restore (with --simulate: clean "
+                                                   "images to degrade first)")],
     output_dir: Annotated[Path, typer.Argument(help="folder for the restored PNGs and report.json")],
     task: Annotated[str, typer.Option(help="inpaint_box, inpaint_random, inpaint_mask, deblur_gaussian, "
                                            "deblur_motion, sr2, sr4 or sr8")],
-    method: Annotated[str, typer.Option(help=restore_methods_help())] = "pigdm",
+    method: Annotated[str, typer.Option(help=restore_methods_help())] = DEFAULT_RESTORE_METHOD,
     prior: Annotated[str, typer.Option(help="image prior: bundled name (photos), diffusers or student folder, "
                                             "hub id")] = "photos",
     mask_dir: Annotated[Path | None, typer.Option(help="inpaint_mask: masks named like the inputs, white = "
                                                        "keep")] = None,
     reference_dir: Annotated[Path | None, typer.Option(help="clean references named like the inputs, for "
                                                             "PSNR/SSIM")] = None,
-    sigma_y: Annotated[float, typer.Option(help="measurement noise std in [0, 1] image range")] = 0.01,
-    nfe: Annotated[int | None, typer.Option(help="model evaluations per image (default: the method's)")] = None,
-    observed: Annotated[bool, typer.Option(help="inputs are already degraded (default: degrade the clean inputs "
-                                                "first and score against them)")] = False,
+    sigma_y: Annotated[float, typer.Option(help="measurement noise std in [0, 1] image range (assumed in the "
+                                                "inputs; added when simulating)")] = 0.01,
+    nfe: Annotated[int | None, typer.Option(help="model evaluations (steps) per image, each over every tile "
+                                                 "(default: the method's)")] = None,
+    simulate: Annotated[bool, typer.Option(help="the inputs are clean: degrade them first and score the "
+                                                "restorations against them (PSNR/SSIM)")] = False,
+    observed: Annotated[bool | None, typer.Option(help="deprecated (inputs are observations by default; "
+                                                       "--no-observed = --simulate)", hidden=True)] = None,
+    uncertainty: Annotated[bool, typer.Option(help="also write <name>_std.png: the per-pixel standard deviation "
+                                                   "of the posterior samples (needs --samples 2 or more)")] = False,
     resume: Annotated[bool, typer.Option(help="skip files the report marks done")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     samples: Annotated[int, typer.Option(min=1, max=64, help="posterior samples per image, averaged (the posterior "
                                          "mean: higher PSNR, softer detail; costs SAMPLES x the evaluations)")] = 1,
 ) -> None:
-    """Restore a folder of images, with a JSON report.
+    """Restore a folder of degraded images, with a JSON report.
 
-    Inpainting, deblurring or super-resolution with a pretrained prior.
-    Unreadable files are listed in OUTPUT_DIR/report.json and skipped.
-    Under `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) or torchrun,
-    each process restores its share of the files.
+    Inpainting, deblurring or super-resolution with a pretrained prior. The inputs are the
+    degraded photos (holes for inpainting, blurry, or low resolution: SR outputs are larger);
+    --simulate degrades clean inputs first and scores against them. Images larger than the
+    prior are restored in overlapping tiles. OUTPUT_DIR/report.json lists per image the
+    seconds, tiles, forward and backward passes, the measurement residual against the one
+    the noise sigma_y explains, and PSNR/SSIM when a reference exists; unreadable files are
+    listed and skipped. Under `accelerate launch --multi_gpu --num_processes N` (gloo on CPU)
+    or torchrun, each process restores its share of the files.
     """
     import json
 
     from priorkit.distill.core.loading import ModelLoadError
     from priorkit.inverse.restore import restore_folder
 
+    if observed is not None:
+        typer.echo("note: --observed is deprecated and will be removed in the next release: inputs are degraded "
+                   "images by default" + ("" if observed else "; use --simulate instead of --no-observed"), err=True)
+        simulate = simulate or not observed
     try:
-        _check_restore(input_dir, output_dir, task, method, prior, mask_dir, reference_dir, sigma_y, nfe)
+        _check_restore(input_dir, output_dir, task, method, prior, mask_dir, reference_dir, sigma_y, nfe,
+                       uncertainty, samples)
     except (ValueError, ModelLoadError) as e:
         _fail(e)
     rank, world = _distributed()
     try:
         report = restore_folder(input_dir, output_dir, task, method, prior=prior, mask_dir=mask_dir,
                                 reference_dir=reference_dir, resume=resume, sigma_y=sigma_y, nfe=nfe, seed=seed,
-                                observed=observed, progress=rank == 0, samples=samples)
+                                simulate=simulate, uncertainty=uncertainty, progress=rank == 0, samples=samples)
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
     if world > 1:
@@ -422,6 +418,12 @@ def distill_cmd(
     if is_main_process():
         typer.echo(f"student: {folder}")
         typer.echo(f"sample it: priorkit sample --model {folder}")
+
+
+# ---- finetune (its own module: apps/finetune_cmd.py) ------------------------------------------------
+from priorkit.apps.finetune_cmd import finetune_cmd  # noqa: E402  (light: no torch at import)
+
+app.command("finetune")(finetune_cmd)
 
 
 @app.command("app")

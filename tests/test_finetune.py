@@ -125,3 +125,54 @@ def test_rewards_check_their_inputs():
         make_config("rl")
     with pytest.raises(ValueError, match="lambda"):
         tilted_gmm(gmm_target(), LinearReward(torch.ones(2, dtype=F64)), 0.0)
+
+
+def _tiny_prior():
+    from diffusers import UNet2DConditionModel
+
+    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
+    from priorkit.distill.zoo.train_prior import SHAPES_SCHEDULER
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=8, norm_num_groups=8)
+    return DiffusersDenoiser(unet.eval(), SHAPES_SCHEDULER)
+
+
+def test_lora_model_starts_as_the_base_and_saves_merged_weights_that_load_as_a_prior(tmp_path):
+    from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
+    from priorkit.distill.loading import load_denoiser
+
+    base = _tiny_prior()
+    model, params = with_lora(base, rank=4)
+    x, text, t = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8), torch.tensor(0.4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, text).eps, base(x, t, text).eps)
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+        tuned = model(x, t, text).eps
+    assert (tuned - base(x, t, text).eps).abs().max() > 1e-3
+    assert all(not p.requires_grad for p in base.parameters())
+    folder = save_finetuned(model, None, tmp_path / "ft", {"method": "test"})
+    loaded = load_denoiser(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, text).eps, tuned, atol=2e-3, rtol=0)  # fp16 weights
+
+
+def test_finetune_command_writes_a_loadable_prior_and_refuses_to_overwrite(tmp_path):
+    from typer.testing import CliRunner
+
+    from priorkit.apps.cli import app
+
+    out = tmp_path / "ft"
+    runner = CliRunner()
+    result = runner.invoke(app, ["finetune", "draft", "--out", str(out), "--iterations", "1", "--batch", "2",
+                                 "--steps", "2", "--k", "1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "diffusion_pytorch_model.safetensors").is_file() and (out / "priorkit.json").is_file()
+    result = runner.invoke(app, ["finetune", "draft", "--out", str(out), "--iterations", "1"])
+    assert result.exit_code == 2 and "--resume" in result.output
+    result = runner.invoke(app, ["finetune", "rl", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "unknown fine-tuning method" in result.output

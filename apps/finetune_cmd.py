@@ -1,0 +1,95 @@
+"""``priorkit finetune METHOD --prior shapes --reward judge --out DIR``: reward fine-tuning of a bundled or diffusers
+prior through a LoRA (adjoint matching, DRaFT, DDPO); the result is a prior folder that loads like any other."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+METHOD_NAMES = ("adjoint_matching", "draft", "ddpo")
+REWARD_NAMES = ("judge", "brightness")
+
+
+def finetune_cmd(
+    method: Annotated[str, typer.Argument(help=f"one of {', '.join(METHOD_NAMES)}")],
+    out: Annotated[Path, typer.Option(help="output folder: the fine-tuned prior (loadable by name of the folder), "
+                                           "its log and command; checkpoints in OUT/run")],
+    prior: Annotated[str, typer.Option(help="bundled name, prior folder or hub id")] = "shapes",
+    reward: Annotated[str, typer.Option(help=f"one of {', '.join(REWARD_NAMES)} (judge: the bundled judge's "
+                                             "log-probability of each prompt's shape and colour)")] = "judge",
+    iterations: Annotated[int, typer.Option(min=1)] = 300,
+    lam: Annotated[float, typer.Option(help="reward temperature: adjoint matching targets p exp(r / lam); DRaFT "
+                                            "divides its loss by it")] = 0.5,
+    batch: Annotated[int, typer.Option(min=1)] = 16,
+    steps: Annotated[int, typer.Option(min=2, help="sampler steps during fine-tuning")] = 20,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 8,
+    k: Annotated[int, typer.Option(min=0, help="DRaFT-K: backpropagate through the last K steps (0: all)")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
+) -> None:
+    """Fine-tune a prior towards a reward (one LoRA; the merged weights are saved as a prior folder)."""
+    from priorkit.apps.cli import _check_writable, _fail
+
+    if method not in METHOD_NAMES:
+        _fail(f"unknown fine-tuning method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
+    if reward not in REWARD_NAMES:
+        _fail(f"unknown reward {reward!r}; expected one of {', '.join(REWARD_NAMES)}")
+    if lam <= 0:
+        _fail(f"--lam must be > 0; got {lam}")
+    has_run = (out / "run" / "checkpoint").is_dir()
+    if resume and not has_run:
+        typer.echo(f"no checkpoint in {out / 'run'}: starting from scratch", err=True)
+    if has_run and not resume:
+        _fail(f"{out} holds a fine-tuning run: add --resume to continue it, or choose another --out")
+    try:
+        _check_writable(out, "--out")
+    except ValueError as err:
+        _fail(err)
+    import torch
+
+    from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
+    from priorkit.distill.finetune.reward import REWARDS
+    from priorkit.distill.finetune.trainer import finetune, make_config
+    from priorkit.distill.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        base = load_denoiser(prior)
+    except ModelLoadError as err:
+        _fail(err)
+    if not hasattr(base, "unet"):
+        _fail(f"--prior {prior}: fine-tuning needs a diffusers UNet prior (a bundled prior or a diffusers folder)")
+    cond_fn = None
+    if reward == "judge":
+        from priorkit.distill.zoo import shapes
+
+        if not getattr(base, "conditional", False):
+            _fail("the judge reward needs a text-conditional shapes prior (--prior shapes)")
+        prompts = [shapes.caption(s, c) for s in shapes.SHAPES for c in shapes.COLOUR_NAMES]
+
+        def cond_fn(n: int, g: torch.Generator) -> list[str]:
+            return [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]
+
+    torch.manual_seed(seed)
+    model, params = with_lora(base, rank=rank)
+    config = make_config(method, lam=lam, batch=batch, steps=steps, k=k or None)
+    meta = {"method": method, "reward": reward, "lam": lam, "iterations": iterations, "base": prior,
+            "rank": rank, "config": {k_: v for k_, v in vars(config).items()}}
+    try:
+        model, log = finetune(method, model, base, REWARDS[reward](), config, iterations=iterations, lr=lr,
+                              out=out / "run", resume=resume, cond_fn=cond_fn, seed=seed, params=params)
+        base_folder = bundled_path(prior) if prior in BUNDLED else Path(prior)
+        save_finetuned(model, base_folder if base_folder.is_dir() else None, out, meta)
+        (out / "training_log.json").write_text(json.dumps(log))
+        (out / "command.txt").write_text("priorkit finetune " + shlex.join(sys.argv[2:]) + "\n")
+    except OSError as err:
+        _fail(f"could not write {out}: {err.strerror or err}", code=1)
+    typer.echo(f"fine-tuned {prior} with {method} ({reward} reward) -> {out} (load it with --prior {out})")
