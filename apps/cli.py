@@ -285,7 +285,7 @@ def restore(
     samples: Annotated[int, typer.Option(min=1, max=64, help="posterior samples per image, averaged (the posterior "
                                          "mean: higher PSNR, softer detail; costs SAMPLES x the evaluations)")] = 1,
 ) -> None:
-    """Restore a folder of degraded images, with a JSON report.
+    """Restore a folder of images, with a JSON report.
 
     Inpainting, deblurring or super-resolution with a pretrained prior. The inputs are the
     degraded photos (holes for inpainting, blurry, or low resolution: SR outputs are larger);

@@ -19,6 +19,7 @@ import json
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ from priorkit.inverse.tiling import CropOperator, TiledDenoiser, from_rgb, to_rg
 
 __all__ = ["TASKS", "TASK_OPERATORS", "METHODS", "RestoreDefaults", "Restoration", "build_operator", "degrade",
            "restore", "restore_folder", "methods_for_task", "check_method", "load_image", "save_image", "merge_reports",
-           "IMAGE_SUFFIXES", "estimate_seconds"]
+           "IMAGE_SUFFIXES", "estimate_seconds", "check_folder_run"]
 
 #: the registered methods when this module was imported (`priorkit.inverse.registry.METHODS` is the live table)
 METHODS: tuple[str, ...] = method_names()
@@ -250,6 +251,45 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
 # ----------------------------------------------------------------------------------------------------------------------
 # Folders
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, prior: str | Path | Denoiser, *,
+                     mask_dir: Path | None = None, reference_dir: Path | None = None,
+                     sigma_y: float = DEFAULTS.sigma_y, nfe: int | None = None, uncertainty: bool = False,
+                     samples: int = 1, writable: Callable[[], None] | None = None) -> None:
+    """Raise ValueError (or `ModelLoadError`) for a folder run that cannot work, before any file is touched (the
+    messages name the CLI's flags). ``writable``: the caller's check that the output folder can be written."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    spec = check_method(method, task)
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise ValueError(f"input folder {input_dir} does not exist")
+    inp, outp = input_dir.resolve(), output_dir.resolve()
+    if outp == inp or inp in outp.parents:
+        raise ValueError(f"output folder {output_dir} must not be the input folder or inside it")
+    if not any(p.is_file() and not p.name.startswith(".") for p in input_dir.iterdir()):
+        raise ValueError(f"input folder {input_dir} holds no files")
+    if task == "inpaint_mask" and mask_dir is None:
+        raise ValueError("task inpaint_mask needs --mask-dir (masks named like the inputs; white = keep)")
+    for flag, d in (("--mask-dir", mask_dir), ("--reference-dir", reference_dir)):
+        if d is not None and not d.is_dir():
+            raise ValueError(f"{flag} {d} is not a folder")
+    if not 0.0 <= sigma_y <= 1.0:
+        raise ValueError(f"--sigma-y must be in [0, 1] (image range); got {sigma_y}")
+    if nfe is not None and nfe < 1:
+        raise ValueError(f"--nfe must be >= 1; got {nfe}")
+    if uncertainty and samples < 2:
+        raise ValueError("--uncertainty needs 2 or more posterior samples: add --samples 4 (for example)")
+    if uncertainty and not spec.needs_prior:
+        raise ValueError(f"--uncertainty needs a method that samples a posterior; {method} has no prior")
+    if writable is not None:
+        writable()
+    if spec.needs_prior:  # load (and cache) the prior now: a missing or wrong prior fails before any file
+        den = resolve_prior(prior)
+        if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
+            raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
+                             "an RGB image prior")
 
 
 def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, method: str = DEFAULT_METHOD, *,

@@ -66,7 +66,7 @@ def test_help_lists_every_command_with_a_one_line_summary():
     ("3d", ["--method", "--particles", "--steps", "--seed", "--prior", "--resolution", "--guidance", "--out",
             "--preview-every", "--checkpoint-every", "--resume"]),
     ("restore", ["--task", "--method", "--mask-dir", "--reference-dir", "--prior", "--sigma-y", "--resume",
-                 "--seed", "input_dir", "output_dir"]),
+                 "--seed", "--simulate", "--uncertainty", "--samples", "input_dir", "output_dir"]),
     ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed"]),
     ("sample", ["--model", "--steps", "--prompt", "--n", "--guidance", "--out"]),
     ("train-prior", ["--steps", "--resume"]),
@@ -124,6 +124,7 @@ def test_restore_bad_input(tmp_path):
         (["--task", "inpaint_mask", "--method", "pinv", "--mask-dir", tmp_path / "nope"], ["--mask-dir", "not a"]),
         (["--task", "sr4", "--method", "pinv", "--reference-dir", tmp_path / "nope"], ["--reference-dir"]),
         (["--task", "sr4", "--prior", tmp_path / "no_such_model"], ["no such model folder"]),
+        (["--task", "sr4", "--uncertainty"], ["--uncertainty", "--samples"]),
     ]
     for extra, words in cases:
         assert_bad_input(run("restore", inp, out, *extra), *words)
@@ -208,7 +209,7 @@ def test_restore_folder_skips_the_corrupt_file_and_resumes(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_pngs(inp, 2)
     (inp / "broken.png").write_bytes(b"this is not a PNG")
-    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--sigma-y", "0")
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--sigma-y", "0", "--simulate")
     assert result.exit_code == 0, (result.output, result.exception)
     assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png"]
     report = json.loads((out / "report.json").read_text())
@@ -220,11 +221,11 @@ def test_restore_folder_skips_the_corrupt_file_and_resumes(tmp_path):
     # the CLI's output is what the Python API gives for that file (no noise: the seed does not matter)
     from priorkit.inverse.restore import load_image, restore
 
-    expected = restore(load_image(inp / "img0.png"), "sr4", "pinv", sigma_y=0.0).restored
+    expected = restore(load_image(inp / "img0.png"), "sr4", "pinv", sigma_y=0.0, simulate=True).restored
     expected = (expected.clamp(0, 1).numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(np.asarray(Image.open(out / "img0.png")), expected)
     stamps = {f: (out / f).stat().st_mtime_ns for f in ("img0.png", "img1.png")}
-    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--sigma-y", "0", "--resume")
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--sigma-y", "0", "--simulate", "--resume")
     assert result.exit_code == 0
     assert stamps == {f: (out / f).stat().st_mtime_ns for f in stamps}  # done files were not redone
 
@@ -252,7 +253,63 @@ def test_restore_with_a_prior_folder_tiles_and_reports_nfe(tmp_path):
     assert result.exit_code == 0, (result.output, result.exception)
     entry = json.loads((out / "report.json").read_text())["files"]["img0.png"]
     assert entry["status"] == "done" and entry["nfe"] >= 2
+    # --nfe 2 is 2 forward passes (each over the 4 tiles of a 12x12 image from an 8x8 prior) and 2 backward passes
+    assert (entry["nfe"], entry["forward"], entry["backward"], entry["tiles"]) == (2, 2, 2, 4)
     assert Image.open(out / "img0.png").size == (12, 12)
+
+
+def test_restore_takes_degraded_inputs_by_default(tmp_path):
+    """Inputs are the degraded images: a 16x16 input restored by sr4 is 64x64, with no PSNR (no reference) but the
+    measurement residual; --simulate degrades clean inputs (output 16x16, scored); --observed is accepted, noted."""
+    inp = tmp_path / "in"
+    write_pngs(inp, 1)
+    out = tmp_path / "observed"
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--sigma-y", "0.01")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert Image.open(out / "img0.png").size == (64, 64)
+    entry = json.loads((out / "report.json").read_text())["files"]["img0.png"]
+    assert "psnr" not in entry and entry["seconds"] > 0 and (entry["forward"], entry["backward"]) == (0, 0)
+    assert entry["residual_ratio"] == pytest.approx(entry["residual"] / entry["expected_residual"], rel=1e-3)
+    assert entry["expected_residual"] == pytest.approx(0.01 * (16 * 16 * 3) ** 0.5, rel=1e-4)
+    sim = run("restore", inp, tmp_path / "simulated", "--task", "sr4", "--method", "pinv", "--simulate")
+    assert sim.exit_code == 0 and Image.open(tmp_path / "simulated" / "img0.png").size == (16, 16)
+    assert json.loads((tmp_path / "simulated" / "report.json").read_text())["files"]["img0.png"]["psnr"] > 5
+    old = run("restore", inp, tmp_path / "old", "--task", "sr4", "--method", "pinv", "--no-observed")
+    assert old.exit_code == 0 and "deprecated" in old.stderr and "--simulate" in old.stderr
+    assert Image.open(tmp_path / "old" / "img0.png").size == (16, 16)  # --no-observed = --simulate
+
+
+def test_restore_pads_sizes_that_do_not_fit_and_crops_back(tmp_path):
+    """A simulated sr4 of an 18x22 photo is padded to 20x24 and cropped back (never cropped to 16x20); an observed
+    3x5 input smaller than the prior's 8x8 tile is restored to 6x10 on a canvas padded to 8x10 (2 tiles)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(inp / "odd.png")
+    result = run("restore", inp, tmp_path / "sim", "--task", "sr4", "--method", "pinv", "--simulate")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert Image.open(tmp_path / "sim" / "odd.png").size == (22, 18)
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (3, 5, 3), dtype=np.uint8)).save(small / "s.png")
+    prior = _tiny_prior_folder(tmp_path / "prior")
+    result = run("restore", small, tmp_path / "out", "--task", "sr2", "--method", "diffpir", "--prior", prior,
+                 "--nfe", "2")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert Image.open(tmp_path / "out" / "s.png").size == (10, 6)
+    entry = json.loads((tmp_path / "out" / "report.json").read_text())["files"]["s.png"]
+    assert (entry["forward"], entry["backward"], entry["tiles"]) == (2, 0, 2)
+
+
+def test_restore_writes_an_uncertainty_map(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_pngs(inp, 1, size=8)
+    prior = _tiny_prior_folder(tmp_path / "prior")
+    result = run("restore", inp, out, "--task", "inpaint_box", "--method", "diffpir", "--prior", prior, "--nfe", "2",
+                 "--samples", "3", "--uncertainty")
+    assert result.exit_code == 0, (result.output, result.exception)
+    entry = json.loads((out / "report.json").read_text())["files"]["img0.png"]
+    std = np.asarray(Image.open(out / entry["uncertainty"]), dtype=np.float64) / 255 * entry["std_max"]
+    assert std.shape == (8, 8, 3) and entry["std_max"] > 0 and std.max() == pytest.approx(entry["std_max"], rel=0.01)
 
 
 def test_single_process_accelerate_launch_is_pointed_out(tmp_path, monkeypatch):
