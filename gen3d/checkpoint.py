@@ -68,9 +68,13 @@ def save_checkpoint(folder: Path, step: int, fields: list[nn.Module], background
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".checkpoint.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(info))
+    try:  # a failed write (disk full, read-only folder) leaves no temporary folder and the previous checkpoint
+        tmp.mkdir()
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(info))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final, old = folder / "checkpoint", folder / ".checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -78,4 +78,27 @@ class Guidance(Protocol):
         """Undo what the method did to the prior (e.g. remove a LoRA)."""
 
 
-__all__ = ["Guidance", "GuidanceConfig"]
+
+
+class NonFiniteGradientError(ValueError):
+    """A guidance step whose gradient has no finite value at all (the prior returned NaN / inf everywhere)."""
+
+
+def finite_gradient(grad: Tensor, name: str) -> tuple[Tensor, int]:
+    """(``grad`` with its non-finite values set to zero, how many there were).
+
+    Raises `NonFiniteGradientError` when no value is finite: such a step would silently become a zero update, and
+    the run would end in an empty field with nothing said. Partly non-finite steps are counted by the loop (the
+    "nonfinite" entry of each step in the history) and reported at the end of the run.
+    """
+    bad = ~torch.isfinite(grad)
+    count = int(bad.sum())
+    if count == 0:
+        return grad, 0
+    if count == grad.numel():
+        raise NonFiniteGradientError(f"every value of the {name} gradient is NaN or infinite (the prior's prediction "
+                                     "is not finite): check the prior, the guidance scale and the learning rate")
+    return torch.where(bad, torch.zeros_like(grad), grad), count
+
+
+__all__ = ["Guidance", "GuidanceConfig", "NonFiniteGradientError", "finite_gradient"]

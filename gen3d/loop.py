@@ -103,6 +103,10 @@ def preview_image(fields: list[nn.Module], cfg: GenerateConfig, background: list
     return (grid * 255).round().to(torch.uint8).cpu().numpy()
 
 
+class EmptyFieldError(ValueError):
+    """Every particle ended without a surface (its density never crosses the export threshold)."""
+
+
 def export_particle(field: Representation, cfg: GenerateConfig, folder: Path | None) -> tuple[Any, np.ndarray,
                                                                                               dict[str, Path]]:
     """Mesh (or None if the representation has no surface), turntable frames and written paths of one particle."""
@@ -159,7 +163,7 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
         if resume:
             ck = find_checkpoint(out)
             if ck is None:
-                log.warning("no checkpoint in %s: starting from scratch", out)
+                log.warning("--resume: no checkpoint in %s, starting from scratch", out)
             else:
                 start, history = load_checkpoint(ck, fields, backgrounds, opt, guidance, meta)
         g = torch.Generator()
@@ -182,6 +186,11 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
                                                        meta)]
             if callback is not None:
                 callback(step + 1, {**entry, "fields": fields, "preview": preview})
+        nonfinite = [e for e in history if e.get("nonfinite")]
+        if nonfinite:  # never silent: counted per step in the history, summed here
+            log.warning("%d non-finite %s gradient values set to zero in %d of %d steps (see 'nonfinite' in the "
+                        "history)", sum(int(e["nonfinite"]) for e in nonfinite), method.upper(), len(nonfinite),
+                        len(history))
         meshes, turntables = [], []
         for key in ("glb", "obj", "ply", "gif"):
             paths[key] = []
@@ -192,6 +201,10 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
             turntables.append(frames)
             for k, p in written.items():
                 paths[k].append(p)
+        if all(m is None for m in meshes):
+            raise EmptyFieldError(f"the field stayed empty after {len(history)} steps, so there is no surface to mesh: "
+                                  "try more steps (--resume --steps N continues this run), another seed, or a "
+                                  "higher learning rate")
     finally:
         guidance.close()
     return Result(fields, meshes, turntables, paths, history, time.time() - t0)
@@ -239,5 +252,6 @@ def _save_png(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-__all__ = ["Result", "SHADING_NAMES", "azimuth_span", "export_particle", "lr_factor", "pick_shading", "preview_image",
+__all__ = ["EmptyFieldError", "Result", "SHADING_NAMES", "azimuth_span", "export_particle", "lr_factor",
+           "pick_shading", "preview_image",
            "run", "train_step"]

@@ -32,7 +32,7 @@ from priorkit.distill.score.guidance import (
     to_model_space,
     view_prompts,
 )
-from priorkit.gen3d.guidance import GuidanceConfig
+from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient
 
 
 @dataclass
@@ -109,11 +109,13 @@ class SDS:
         t, eps = draw_noise(x, lo, hi, generator)
         scale = self.guidance_scale(progress)
         predict = GuidedPredictor(self.den, self.condition(cameras), scale)
-        grad = torch.nan_to_num(sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting))
+        grad, nonfinite = finite_gradient(sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting),
+                                          "SDS")
         if self.config.grad_clip is not None:
             grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         return surrogate_loss(x, grad, particles), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-                                                    "t_max": hi, "guidance_scale": scale}
+                                                    "t_max": hi, "guidance_scale": scale,
+                                                    "nonfinite": nonfinite}
 
     def step(self) -> None:
         """Nothing to update: the prior is frozen."""

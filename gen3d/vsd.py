@@ -48,7 +48,7 @@ from priorkit.distill.score.lora import (
     pretrained_branch,
 )
 from priorkit.gen3d.checkpoint import load_optimizer, optimizer_tensors
-from priorkit.gen3d.guidance import GuidanceConfig
+from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient
 
 
 @dataclass
@@ -146,8 +146,8 @@ class VSD:
             with pretrained_branch(self.unet):
                 return pre(x_t, tt)
 
-        grad = torch.nan_to_num(vsd_gradient(pretrained, self.particle_predictor(cam_cond), self.den.schedule, x, t,
-                                             eps, c.weighting))
+        grad, nonfinite = finite_gradient(vsd_gradient(pretrained, self.particle_predictor(cam_cond),
+                                                       self.den.schedule, x, t, eps, c.weighting), "VSD")
         if c.grad_clip is not None:
             grad = grad.clamp(-c.grad_clip, c.grad_clip)
         particle_loss = c.particle_weight * surrogate_loss(x, grad, particles)
@@ -156,7 +156,8 @@ class VSD:
         eps_l = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         lora_loss = diffusion_loss(self.den, x.detach(), t_l.to(x.device, x.dtype), eps_l, cam_cond)
         return particle_loss + lora_loss, {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-                                           "lora_loss": float(lora_loss.detach()), "t_max": hi}
+                                           "lora_loss": float(lora_loss.detach()), "t_max": hi,
+                                           "nonfinite": nonfinite}
 
     def step(self) -> None:
         """One AdamW step of the LoRA (after backward), then zero its gradients."""
