@@ -33,6 +33,16 @@ from priorkit.distill.core.prediction import KINDS, from_x0_eps
 from priorkit.distill.core.schedule import FlowMatching, Schedule, add_noise, broadcast_to, schedule_from_config
 
 TARGETS: tuple[str, ...] = ("gmm", "moons", "checkerboard")
+#: held-out Gaussian mixtures (issue 20), fixed before any student was tuned on them: name -> gmm_target args
+#: (a grid when "grid" is set: grid x grid components spaced ``radius`` apart, centred)
+GMM_FAMILY: dict[str, dict[str, Any]] = {
+    "ring5": {"components": 5, "radius": 1.5, "std": 0.3},
+    "ring12": {"components": 12, "radius": 3.0, "std": 0.1},
+    "ring16": {"components": 16, "radius": 4.0, "std": 0.05},
+    "grid9": {"grid": 3, "radius": 2.0, "std": 0.15},
+}
+#: every 2D target with an exact sampler
+ALL_TARGETS: tuple[str, ...] = TARGETS + tuple(GMM_FAMILY)
 #: class label meaning "no class" (the unconditional branch of classifier-free guidance)
 NULL_CLASS = -1
 
@@ -42,10 +52,16 @@ DataFn = Callable[[int, torch.Generator], tuple[Tensor, Condition]]
 
 # ---- targets -------------------------------------------------------------------------------------
 def gmm_target(schedule: Schedule | None = None, *, components: int = 8, radius: float = 2.0, std: float = 0.2,
-               dtype: torch.dtype = torch.float64) -> GaussianMixture:
-    """A ring of ``components`` equal isotropic Gaussians of std ``std`` on a circle of ``radius``."""
-    angle = 2 * math.pi * torch.arange(components, dtype=dtype) / components
-    means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
+               grid: int = 0, dtype: torch.dtype = torch.float64) -> GaussianMixture:
+    """A ring of ``components`` equal isotropic Gaussians of std ``std`` on a circle of ``radius``
+    (``grid`` > 0: a centred grid x grid square of them, ``radius`` apart)."""
+    if grid > 0:
+        axis = radius * (torch.arange(grid, dtype=dtype) - (grid - 1) / 2)
+        means = torch.cartesian_prod(axis, axis)
+        components = grid * grid
+    else:
+        angle = 2 * math.pi * torch.arange(components, dtype=dtype) / components
+        means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
     cov = torch.full((components, 2), std**2, dtype=dtype)
     return GaussianMixture(torch.ones(components, dtype=dtype), means, cov, schedule=schedule or FlowMatching())
 
@@ -75,8 +91,8 @@ def sample_target(name: str, n: int, generator: torch.Generator | None = None, *
     Classes: "gmm" even / odd ring component, "moons" which moon, "checkerboard" left / right half.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    if name == "gmm":
-        gmm = gmm_target()
+    if name == "gmm" or name in GMM_FAMILY:
+        gmm = gmm_target(**GMM_FAMILY.get(name, {}))
         comp = torch.multinomial(gmm.log_weights.exp(), n, replacement=True, generator=g)
         x = gmm.means[comp] + gmm.eigvals[comp].sqrt() * torch.randn(n, 2, generator=g, dtype=torch.float64)
         y = comp % 2
@@ -85,14 +101,14 @@ def sample_target(name: str, n: int, generator: torch.Generator | None = None, *
     elif name == "checkerboard":
         x, y = _checkerboard(n, g)
     else:
-        raise ValueError(f"unknown 2D target {name!r}; expected one of {TARGETS}")
+        raise ValueError(f"unknown 2D target {name!r}; expected one of {ALL_TARGETS}")
     return (x.float(), y) if labels else x.float()
 
 
 def target_data(name: str, *, conditional: bool = False, drop: float = 0.0) -> DataFn:
     """A `DataFn` for a 2D target; ``conditional`` returns class labels (a fraction ``drop`` set to NULL_CLASS)."""
-    if name not in TARGETS:
-        raise ValueError(f"unknown 2D target {name!r}; expected one of {TARGETS}")
+    if name not in ALL_TARGETS:
+        raise ValueError(f"unknown 2D target {name!r}; expected one of {ALL_TARGETS}")
 
     def data(n: int, g: torch.Generator) -> tuple[Tensor, Condition]:
         x, y = sample_target(name, n, g, labels=True)
@@ -152,6 +168,13 @@ def conditional_gmm_target(schedule: Schedule | None = None) -> ClassConditional
     """The "gmm" ring with classes even / odd component (what ``sample_target("gmm", labels=True)`` draws)."""
     gmm = gmm_target(schedule)
     return ClassConditionalGMM(gmm, torch.arange(gmm.num_components) % 2)
+
+
+def exact_target(name: str, schedule: Schedule | None = None) -> GaussianMixture | None:
+    """The exact denoiser of a Gaussian-mixture target ("gmm" or one of `GMM_FAMILY`), else None."""
+    if name == "gmm" or name in GMM_FAMILY:
+        return gmm_target(schedule, **GMM_FAMILY.get(name, {}))
+    return None
 
 
 # ---- the MLP denoiser ----------------------------------------------------------------------------
