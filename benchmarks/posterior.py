@@ -20,6 +20,7 @@ the prior where its guidance is exact (isotropic: r_t^2 = the true posterior var
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -78,8 +79,15 @@ def solve(method: str, den: CountingDenoiser, op: Operator, ys: Tensor, data_var
     if method == "dflow":  # an optimiser: 64 restorations, 10 L-BFGS iterations each
         return dflow(den, op, ys[:64], SIGMA_Y, max_iter=10, generator=torch.Generator().manual_seed(11))
     spec = get_method(method)  # any other registered method: its registry budget and defaults
-    return spec(den, op, ys, SIGMA_Y, generator=torch.Generator().manual_seed(12), progress=False,
-                **spec.solver_options(None, {}))
+    options = spec.solver_options(None, {})
+    if takes_data_var(spec.function):  # the same prior-variance assumption as PiGDM's (e.g. DiffPIR's r_t)
+        options["data_var"] = data_var
+    return spec(den, op, ys, SIGMA_Y, generator=torch.Generator().manual_seed(12), progress=False, **options)
+
+
+def takes_data_var(fn: Any) -> bool:  # noqa: ANN401
+    """Whether a solver takes a prior-variance assumption ``data_var`` (then every such solver gets the same one)."""
+    return "data_var" in inspect.signature(fn).parameters
 
 
 METHODS = method_names(needs_prior=True)  # every registered prior method (priorkit.inverse.registry)
@@ -90,7 +98,8 @@ def run(n: int, seed: int = 0) -> list[dict[str, Any]]:
     for spectrum in ("iso", "decay"):
         prior = gaussian_prior(spectrum)
         mu = prior.means[0].reshape(1, *SHAPE)
-        # PiGDM's r_t assumes data of variance data_var: exact for the isotropic prior, the paper's 1 otherwise
+        # the prior-variance assumption of every solver that takes one (PiGDM's and DiffPIR's r_t): data of variance
+        # data_var, exact for the isotropic prior, the paper's 1 otherwise
         data_var = float(prior.eigvals[0, 0]) if spectrum == "iso" else 1.0
         for op_name, op in operators().items():
             g = torch.Generator().manual_seed(seed + 2)

@@ -28,3 +28,18 @@ def test_micro_run_writes_records_and_checks_the_goal(tmp_path: Path, single_thr
         (p, o, m) for p in ("iso", "decay") for o in ("inpaint", "blur") for m in ("exact", "pigdm")}
     assert all(r["nfe"] == 100 for r in records if r["method"] == "pigdm")
     assert len(bench.goals(records)) == 2
+
+
+def test_every_solver_that_takes_a_prior_variance_gets_the_same_one(monkeypatch) -> None:
+    """benchmarks.posterior passes its data_var to every registered solver with a ``data_var`` parameter."""
+    from benchmarks import posterior as post
+    from priorkit.inverse.registry import get_method
+
+    takers = [m for m in post.METHODS if m != "pigdm" and post.takes_data_var(get_method(m).function)]
+    seen: dict[str, object] = {}
+    for m in takers:
+        spec = get_method(m)
+        monkeypatch.setattr(type(spec), "__call__",
+                            lambda self, *a, **kw: seen.setdefault(self.name, kw.get("data_var")))
+        post.solve(m, None, None, None, 0.37)
+    assert seen == {m: 0.37 for m in takers}  # DiffPIR (registered in the working tree) is one
