@@ -1,7 +1,10 @@
 """The ``priorkit`` command line (typer): ``3d``, ``restore``, ``distill``, ``sample``, ``train-prior``.
 
 Every command checks its inputs before any work starts and reports bad input as one line on stderr
-(``error: ...``) with exit code 2; a failure during the work is one line with exit code 1. ``restore`` and
+(``error: ...``) with exit code 2; a failure during the work is one line with exit code 1 (a write that fails
+(disk full, read-only folder) included: its path and reason, temporary files removed); ``restore`` also exits 1
+when a file failed or none was restored (unreadable files are listed and skipped). Exit codes: 0 done, 1 failed,
+2 bad input. ``restore`` and
 ``distill`` also run under ``accelerate launch`` / ``torchrun`` (one process per device, gloo on CPU):
 restore gives each process its share of the files, distill averages gradients.
 """
@@ -10,61 +13,47 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
+from priorkit.apps.cli_checks import (
+    check_png_out,
+    check_run_folder,
+    check_writable,
+    os_error_line,
+    remove_if_left_empty,
+    version_line,
+)
 from priorkit.inverse.registry import DEFAULT_METHOD as DEFAULT_RESTORE_METHOD  # the registry alone: no torch
 from priorkit.inverse.registry import help_line as restore_methods_help
 
-app = typer.Typer(help="priorkit: pretrained diffusion and flow models put to work.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+_check_writable = check_writable  # the name apps/finetune_cmd.py imports
+app = typer.Typer(help="priorkit: pretrained diffusion and flow models put to work. Exit codes: 0 done; 1 the work "
+                  "failed (restore: a file failed or none was restored); 2 bad input, nothing done.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 BAD_INPUT, FAILED = 2, 1  # exit codes
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """priorkit: pretrained diffusion and flow models put to work."""
+
+
 def _fail(message: object, code: int = BAD_INPUT) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr and exit with ``code``."""
     typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    """The folders (path itself first, then its parents) that do not exist yet."""
-    missing = []
-    for p in (path, *path.parents):
-        if p.exists():
-            break
-        missing.append(p)
-    return missing
-
-
-def _check_writable(folder: Path, what: str) -> None:
-    """Raise ValueError unless ``folder`` is, or can be created as, a writable folder (nothing is created)."""
-    missing = _missing_parents(folder)
-    existing = missing[-1].parent if missing else folder
-    if not existing.is_dir():
-        raise ValueError(f"{what} {folder} cannot be created: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {folder} is not writable ({existing}: permission denied)")
-
-
-@contextmanager
-def _remove_if_left_empty(folder: Path):  # noqa: ANN202 (a generator context manager)
-    """On an exception, delete the folders of ``folder``'s path that this block created and left empty."""
-    created = _missing_parents(folder)
-    try:
-        yield
-    except BaseException:
-        for p in created:  # deepest first
-            try:
-                p.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def _slug(text: str, limit: int = 60) -> str:
@@ -165,6 +154,7 @@ def sample(
     from priorkit.distill.core.loading import ModelLoadError
 
     try:
+        check_png_out(out, guidance)  # before any work
         if n is not None and not 1 <= n <= (100_000 if student_folder(model) else 256):
             raise ValueError(f"--n must be in [1, 256] images per prompt (2D students: up to 100000); got {n}")
         if steps is not None and not 1 <= steps <= 1000:
@@ -178,6 +168,8 @@ def sample(
                                seed=seed, out=out)
     except (ValueError, ModelLoadError) as e:
         _fail(e)
+    except OSError as e:
+        _fail(os_error_line(e), FAILED)
     typer.echo(f"wrote {path}")
 
 
@@ -200,6 +192,8 @@ def three_d(
     preview_every: Annotated[int, typer.Option(help="write a preview image every N steps (0: never)")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N steps (0: only at the end)")] = 100,
     resume: Annotated[bool, typer.Option(help="continue the run in OUT from its checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="start over in an OUT that holds a run (its files are replaced)")]
+    = False,
     mesh_resolution: Annotated[int | None, typer.Option(help="marching-cubes grid of the exported mesh "
                                                              "(default: 128)")] = None,
 ) -> None:
@@ -220,17 +214,24 @@ def three_d(
     if preview_every < 0 or checkpoint_every < 0:
         _fail("--preview-every and --checkpoint-every must be >= 0")
     try:
-        _check_writable(out, "output folder")
+        check_run_folder(out, resume, overwrite)
     except ValueError as e:
         _fail(e)
+    if resume:
+        from priorkit.gen3d.checkpoint import find_checkpoint
+
+        if find_checkpoint(out) is None:
+            typer.echo(f"note: --resume: no checkpoint in {out}, starting from scratch", err=True)
     try:
-        with _remove_if_left_empty(out):  # generate() checks everything (prompt, prior, ranges) before work
+        with remove_if_left_empty(out):  # generate() checks everything (prompt, prior, ranges) before work
             result = generate(prompt, method=method, prior=prior, steps=steps, seed=seed, out=out,
                               particles=particles, resolution=resolution, guidance=guidance, lr=lr,
                               preview_every=preview_every, checkpoint_every=checkpoint_every, resume=resume,
                               config=cfg)
     except (ValueError, ModelLoadError) as e:  # bad input leaves nothing behind; a failed run leaves its files
         _fail(e, FAILED if out.is_dir() and any(out.iterdir()) else BAD_INPUT)
+    except OSError as e:
+        _fail(os_error_line(e), FAILED)
     for i, mesh in enumerate(result.meshes):
         name = f"particle {i}" if len(result.meshes) > 1 else "asset"
         if mesh is None:
@@ -253,7 +254,7 @@ def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, pr
 
     check_folder_run(input_dir, output_dir, task, method, prior, mask_dir=mask_dir, reference_dir=reference_dir,
                      sigma_y=sigma_y, nfe=nfe, uncertainty=uncertainty, samples=samples,
-                     writable=lambda: _check_writable(output_dir, "output folder"))
+                     writable=lambda: check_writable(output_dir, "output folder"))
 
 
 @app.command()
@@ -317,6 +318,8 @@ def restore(
                                 simulate=simulate, uncertainty=uncertainty, progress=rank == 0, samples=samples)
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
+    except OSError as e:
+        _fail(os_error_line(e), FAILED)
     if world > 1:
         _finish_distributed()  # rank 0 merged the per-process reports into report.json
         if rank != 0:
@@ -333,7 +336,7 @@ def restore(
     for name, entry in sorted(files.items()):
         if entry["status"] != "done":
             typer.echo(f"skipped {name}: {entry['status']} ({entry.get('reason', '')})", err=True)
-    if any(v["status"] == "failed" for v in files.values()):
+    if not done or any(v["status"] == "failed" for v in files.values()):  # batch scripts notice
         raise typer.Exit(FAILED)
 
 
@@ -406,11 +409,11 @@ def distill_cmd(
         if out.is_dir() and any(out.iterdir()) and not resume:
             raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or "
                              "choose another --out")
-        _check_writable(out, "output folder")
+        check_writable(out, "output folder")
     except (ValueError, ModelLoadError) as e:
         _fail(e)
     try:
-        with _remove_if_left_empty(out):
+        with remove_if_left_empty(out):
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
                              resume=resume, seed=seed, n_data=n_data)
     except (ValueError, ModelLoadError) as e:
