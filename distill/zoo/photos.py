@@ -63,6 +63,19 @@ PHOTO_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"v1": (TRAIN, 
                                                                    "v2": (TRAIN_V2, HELD_OUT_V2)}
 
 
+# Photographs that ship with gradio (its media assets): never training data; the web app offers them as unseen
+# examples beside the held-out photos.
+GRADIO_EXAMPLES: tuple[str, ...] = ("cheetah.jpg", "cheetah1.jpg", "lion.jpg", "tower.jpg")
+
+
+def gradio_example_paths() -> list[Path]:
+    """The files of :data:`GRADIO_EXAMPLES` in the installed gradio (those present)."""
+    import gradio
+
+    folder = Path(gradio.__file__).parent / "media_assets" / "images"
+    return [folder / n for n in GRADIO_EXAMPLES if (folder / n).is_file()]
+
+
 def photo_path(name: str) -> Path:
     """The file of a photograph by name: shipped in a wheel, or in the Debian cache (fetched on first use)."""
     if name in PHOTOS:
