@@ -162,7 +162,7 @@ def _restore_one(image: Tensor, task: str, prior: Any, nfe: int, seed: int, meth
     if task == "inpaint_random":
         kind, mask = "inpaint_mask", random_mask(H, W, 0.8, torch.Generator().manual_seed(seed))
     r = restore(image, kind, method, prior=prior, nfe=max(1, nfe // samples), seed=seed, mask=mask, samples=samples,
-                progress=False)
+                simulate=True, progress=False)
     return (r.degraded, r.restored, float(psnr(r.degraded[None], image[None], data_range=1.0)),
             float(psnr(r.restored[None], image[None], data_range=1.0)))
 
@@ -198,8 +198,10 @@ def restorations(page: Page, budget: Budget) -> None:
              f"measurement noise &sigma;<sub>y</sub> = 0.01, {budget.nfe} model evaluations each. Pictures: degraded "
              "| restored | clean.</p><table><tr><th>prior</th><th>task</th><th>solver</th><th>PSNR degraded</th>"
              "<th>PSNR restored"
-             "</th><th>seconds</th><th></th></tr>" + "".join(rows) + "</table><p>Same on a folder of your images: "
-             "<code>priorkit restore --task sr4 --method pigdm INPUT_DIR OUTPUT_DIR</code></p>")
+             "</th><th>seconds</th><th></th></tr>" + "".join(rows) + "</table><p>Same on a folder of your degraded "
+             "photos: <code>priorkit restore --task sr4 LOW_RES_DIR OUTPUT_DIR</code> (report.json: seconds, tiles, "
+             "passes, measurement residual); on clean photos, degraded first and scored: <code>priorkit restore "
+             "--task sr4 --simulate CLEAN_DIR OUTPUT_DIR</code></p>")
     print(f"restorations: {len(rows)} pictures in {page.out / 'restore'}")
 
 

@@ -72,7 +72,7 @@ from priorkit.distill.zoo.photos import held_out_images
 from priorkit.distill.zoo.shapes import held_out_renders
 from priorkit.inverse.dflow import CountingDenoiser
 from priorkit.inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
-from priorkit.inverse.registry import get_method, method_names
+from priorkit.inverse.registry import DEFAULT_METHOD, get_method, method_names
 from priorkit.inverse.restore import RestoreDefaults, degrade, restore
 from priorkit.inverse.tiling import TiledDenoiser
 
@@ -357,6 +357,45 @@ def run_domain(domain: str, prior: Denoiser | None, images: Tensor, tasks: Seque
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Speed on photographs (issue 17, part 2)
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: (task, output side, goal in seconds): SR x4 to 256x256 <= 30 s and to 1024x1024 <= 8 min; every task at 512 <= 3 min
+SPEED_CASES: tuple[tuple[str, int, float], ...] = (
+    ("sr4", 256, 30.0), ("sr4", 1024, 480.0),
+    *((t, 512, 180.0) for t in TASKS))
+
+
+def run_speed(method: str, prior: Denoiser, cases: Sequence[tuple[str, int, float]] = SPEED_CASES, *,
+              nfe: int | None = None, sigma_y: float = DEFAULTS.sigma_y, seed: int = 0,
+              on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """Wall time of ``method`` (default budget unless ``nfe``) on held-out photo 0 resized to each case's side, degraded
+    by the task and restored through priorkit.inverse.restore (tiled as a user's run is). Records {"domain": "speed",
+    "task", "method", "image": 0, "sample": 0, "psnr", "ssim", "nfe", "backward", "seconds", "megapixels", "tiles",
+    "goal_seconds", "judge_accuracy": None}."""
+    records = []
+    for task, side, goal in cases:
+        image, _ = held_out_images(1, side)
+        rtask, mask = task_setup(task, side, side, seed)
+        t0 = time.perf_counter()
+        r = restore(image, rtask, method, prior=prior, sigma_y=sigma_y, nfe=nfe, seed=seed, mask=mask, simulate=True,
+                    progress=True)
+        sec = time.perf_counter() - t0
+        rec = {"domain": "speed", "task": task, "method": method, "image": 0, "sample": 0,
+               "psnr": psnr(r.restored, image), "ssim": ssim(r.restored, image), "nfe": r.forward,
+               "backward": r.backward, "seconds": sec, "megapixels": side * side / 1e6, "tiles": r.tiles,
+               "goal_seconds": goal, "judge_accuracy": None}
+        records.append(rec)
+        print(f"  speed {task} {side}x{side} {method}: {sec:.1f} s ({'MET' if sec <= goal else 'NOT MET'}: goal "
+              f"{goal:.0f} s), {r.tiles} tiles x {r.forward} steps (+{r.backward} backward), PSNR {rec['psnr']:.2f}",
+              flush=True)
+        if on_record is not None:
+            on_record(rec)
+    return records
+
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -593,6 +632,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dflow-steps", type=int, default=None,
                     help=f"Heun steps of D-Flow's ODE solve (default {DEFAULTS.dflow_steps}, "
                          f"{DEFAULTS.quick_dflow_steps} with --quick)")
+    ap.add_argument("--speed", action="store_true",
+                    help="time the default method (or the one --methods names) and prior on the speed goals: sr4 to "
+                         "256 and 1024 px, every task at 512 px (held-out photo 0); domain 'speed' records")
+    ap.add_argument("--speed-nfe", type=int, default=None, help="--speed: model evaluations (default: the method's)")
     ap.add_argument("--prior", action="append", default=[], metavar="DOMAIN=SOURCE",
                     help="another prior for a domain (bundled name, diffusers folder or hub id)")
     ap.add_argument("--student", action="append", default=[], metavar="DOMAIN=FOLDER",
@@ -637,8 +680,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         except ImportError as e:
             print(f"deepinv peers skipped ({', '.join(peers)}): {e}")
             methods = [m for m in methods if m not in PEERS]
-    print("budgets (model evaluations): " + ", ".join(f"{m} {budgets[m]}" for m in methods if m in budgets))
     records: list[dict] = []
+    if args.speed:
+        prior, reason = _load("photos", args.prior.get("photos"))
+        if prior is None:
+            raise SystemExit(f"--speed needs the photos prior ({reason})")
+        named = [m for m in methods if m in OURS and m not in VARIANTS] if list(args.methods) != list(METHODS) else []
+        records = run_speed(named[0] if named else DEFAULT_METHOD, prior, nfe=args.speed_nfe, sigma_y=args.sigma_y,
+                            seed=args.seed, on_record=lambda r: (records.append(r), write_json(records, args.json)))
+        write_json(records, args.json)
+        return records
+    print("budgets (model evaluations): " + ", ".join(f"{m} {budgets[m]}" for m in methods if m in budgets))
     if args.resume and args.json.is_file():
         records = json.loads(args.json.read_text())
         print(f"--resume: {len(records)} records kept from {args.json}")

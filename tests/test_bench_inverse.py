@@ -226,12 +226,13 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
     # dflow_student runs where a student loads (shapes) and is skipped with the reason elsewhere (photos)
     assert not any(r["method"] == "dflow_student" for r in records if r["domain"] == "photos")
     assert len(records) == 2 * len(tasks) * len(methods) - len(tasks)
-    keys = {"domain", "task", "method", "psnr", "ssim", "nfe", "seconds", "judge_accuracy"}
+    keys = {"domain", "task", "method", "psnr", "ssim", "nfe", "seconds", "megapixels", "judge_accuracy"}
     for r in records:
         assert keys <= set(r)
         assert r["domain"] in bench.DOMAINS and r["task"] in tasks
         assert isinstance(r["psnr"], float) and math.isfinite(r["psnr"]) and -1.0 <= r["ssim"] <= 1.0
         assert isinstance(r["nfe"], int) and isinstance(r["seconds"], float) and r["seconds"] >= 0
+        assert r["megapixels"] == pytest.approx(32 * 32 / 1e6)                 # --size 32; shapes renders are 32x32
         if r["domain"] == "shapes":
             assert r["judge_accuracy"] in (0.0, 1.0)
         else:
@@ -240,9 +241,10 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
             assert r["nfe"] == 0 and r["backward"] == 0
         elif r["method"] == "pigdm_mean":                                 # 4 samples x max(1, 2 // 4) steps
             assert r["nfe"] == r["backward"] == bench.DEFAULTS.mean_samples
-        elif r["method"] in ("pigdm", "pigdm_flow", "dps", "dinv_pigdm", "dinv_dps", "dinv_diffpir"):
+        elif r["method"] in ("pigdm", "pigdm_flow", "dps", "diffpir", "pnp_flow", "dinv_pigdm", "dinv_dps",
+                             "dinv_diffpir"):
             assert r["nfe"] == 2                                                 # the budget, counted
-            assert r["backward"] == (0 if r["method"] == "dinv_diffpir" else 2)
+            assert r["backward"] == (0 if r["method"] in ("diffpir", "pnp_flow", "dinv_diffpir") else 2)
         else:
             assert r["nfe"] > 0 and r["backward"] > 0
     for domain in bench.DOMAINS:
@@ -306,3 +308,20 @@ def test_box_task_hides_half_the_image() -> None:
     assert float(mask.mean()) == 0.5 and bool((mask[..., :, 16:] == 0).all())
     task, mask = bench.task_setup("inpaint_random", 32, 32, seed=0)
     assert abs(float(1 - mask.mean()) - bench.DEFAULTS.random_missing) < 1e-3
+
+
+def test_speed_mode_times_the_default_method_on_photo_sizes(tmp_path: Path) -> None:
+    """--speed: held-out photo 0 at the case's side, degraded, restored as a user's run is (tiled); records carry
+    seconds, megapixels, tiles and the goal."""
+    prior = _tiny_prior(tmp_path / "photos", 16, {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                                   "num_train_timesteps": 1000})
+    from priorkit.distill.loading import load_denoiser
+
+    recs = bench.run_speed("diffpir", load_denoiser(str(prior)), [("sr4", 32, 60.0), ("inpaint_box", 24, 60.0)],
+                           nfe=2)
+    assert [(r["task"], r["megapixels"], r["nfe"], r["backward"]) for r in recs] == [
+        ("sr4", 32 * 32 / 1e6, 2, 0), ("inpaint_box", 24 * 24 / 1e6, 2, 0)]
+    assert recs[0]["tiles"] == 9 and recs[1]["tiles"] == 4       # 16 px tiles, overlap 8 (half a tile) on 32 and 24
+    assert all(r["seconds"] > 0 and r["goal_seconds"] == 60.0 and math.isfinite(r["psnr"]) for r in recs)
+    args = bench.parse_args(["--speed", "--speed-nfe", "3"])
+    assert args.speed and args.speed_nfe == 3
