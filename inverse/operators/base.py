@@ -15,6 +15,7 @@ composes: ``A * B`` is x -> A(B(x)).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -89,6 +90,12 @@ def conjugate_gradient(
         beta = torch.where(ok, rs_new / torch.where(ok, rs, torch.ones_like(rs)), torch.zeros_like(rs))
         p = r + beta * p
         rs = torch.where(ok, rs_new, rs)
+    else:  # no break: the iteration limit was reached; say how far from the tolerance (never a silent fallback)
+        if bool((rs > stop).any()):
+            rel = float((rs / torch.clamp(dot(b, b), min=torch.finfo(rs.dtype).tiny)).max().sqrt())
+            warnings.warn(f"conjugate gradients stopped at their iteration limit ({max_iter}) with relative residual "
+                          f"{rel:.0e} > tol {tol:g}: raise cg_max_iter or cg_tol of the operator", RuntimeWarning,
+                          stacklevel=2)
     return x
 
 
