@@ -1,0 +1,162 @@
+"""Fault injection (issue 24; issue 18 part 4): faults a new user hit, each checked to end in one readable line, the
+documented exit code, no partial output and previous outputs intact.
+
+Full disk: a patched writer (``os.replace`` / safetensors' ``save_file`` raising ENOSPC), since mounting a tmpfs needs
+privileges the tests do not assume. Read-only outputs cannot be simulated with chmod when the tests run as root, so
+the same patched writers raise EACCES / EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from priorkit.apps.cli import app
+
+WIDE = {"COLUMNS": "200", "TERM": "dumb"}
+
+
+def run(*args: str | Path):  # noqa: ANN201 (click's Result)
+    return CliRunner().invoke(app, [str(a) for a in args], env=WIDE)
+
+
+def one_error_line(result) -> str:  # noqa: ANN001
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+# ---- priorkit sample --------------------------------------------------------------------------------------------
+def test_sample_nan_guidance_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = run("sample", "--guidance", "nan", "--out", tmp_path / "s.png", "--n", "1", "--steps", "1")
+    assert result.exit_code == 2 and "--guidance must be a finite number" in one_error_line(result)
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_sample_out_is_checked_before_sampling(tmp_path: Path) -> None:
+    result = run("sample", "--out", tmp_path, "--n", "1", "--steps", "1")
+    assert result.exit_code == 2 and "is a folder" in one_error_line(result)
+    result = run("sample", "--out", tmp_path / "s.jpg", "--n", "1", "--steps", "1")
+    assert result.exit_code == 2 and "ending in .png" in one_error_line(result)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_sample_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch, code: int
+                                                                            ) -> None:
+    import priorkit.distill.core.atomic as atomic
+
+    out = tmp_path / "s.png"
+    out.write_bytes(b"previous")
+
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        raise OSError(code, __import__("os").strerror(code), str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    result = run("sample", "--model", "shapes", "--prompt", "a red cube", "--n", "1", "--steps", "1", "--out", out)
+    line = one_error_line(result)
+    assert result.exit_code == 1 and str(out) in line
+    assert out.read_bytes() == b"previous"  # the previous output intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]  # no temporary file left
+
+
+# ---- priorkit 3d ------------------------------------------------------------------------------------------------
+def test_3d_refuses_a_folder_holding_a_run(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text("{}")
+    result = run("3d", "a red cube", "--out", tmp_path, "--steps", "1")
+    assert result.exit_code == 2 and "--resume" in one_error_line(result) and "--overwrite" in result.output
+    assert (tmp_path / "checkpoint" / "state.json").read_text() == "{}"
+
+
+def test_3d_resume_without_checkpoint_says_so(tmp_path: Path, monkeypatch) -> None:
+    import priorkit.gen3d.generate as generate
+
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop here")))
+    result = run("3d", "a red cube", "--out", tmp_path / "new", "--steps", "1", "--resume")
+    assert "no checkpoint in" in result.output and result.output.count("no checkpoint") == 1
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_folder_and_keeps_the_previous(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    import safetensors.torch
+
+    from priorkit.gen3d.checkpoint import find_checkpoint, save_checkpoint
+
+    field = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(field.parameters())
+    save_checkpoint(tmp_path, 1, [field], [1.0], opt, None, [{"loss": 1.0}], {"run": 1})
+    before = (tmp_path / "checkpoint" / "state.safetensors").read_bytes()
+
+    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 2, [field], [1.0], opt, None, [{"loss": 1.0}], {"run": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint"
+    assert (tmp_path / "checkpoint" / "state.safetensors").read_bytes() == before
+
+
+def test_non_finite_guidance_gradients_are_counted_and_an_all_nan_step_stops() -> None:
+    from priorkit.gen3d.guidance import NonFiniteGradientError, finite_gradient
+
+    g = torch.ones(2, 3)
+    g[0, 1], g[1, 2] = float("nan"), float("inf")
+    fixed, count = finite_gradient(g, "SDS")
+    assert count == 2 and torch.isfinite(fixed).all() and float(fixed.sum()) == 4.0
+    with pytest.raises(NonFiniteGradientError, match="every value of the SDS gradient"):
+        finite_gradient(torch.full((2, 3), float("nan")), "SDS")
+
+
+# ---- priorkit restore / inverse ---------------------------------------------------------------------------------
+def test_conjugate_gradients_at_their_limit_warn_with_the_residual() -> None:
+    from priorkit.inverse.operators.base import conjugate_gradient
+
+    a = torch.diag(torch.logspace(0, 6, 50, dtype=torch.float64))
+    b = torch.ones(1, 50, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="iteration limit \\(3\\) with relative residual"):
+        conjugate_gradient(lambda v: v @ a, b, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        well = torch.diag(torch.linspace(1, 2, 50, dtype=torch.float64))
+        conjugate_gradient(lambda v: v @ well, b, max_iter=200)
+
+
+def _png(path: Path, size: int = 16) -> None:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def test_restore_that_restored_nothing_exits_1(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "broken.png").write_bytes(b"not a png")
+    result = run("restore", inp, tmp_path / "out", "--task", "sr2", "--method", "pinv")
+    assert result.exit_code == 1, result.output
+    files = json.loads((tmp_path / "out" / "report.json").read_text())["files"]
+    assert files["broken.png"]["status"] != "done"
+
+
+# ---- the web app ------------------------------------------------------------------------------------------------
+def test_an_undecodable_upload_names_the_fault_not_the_server_path(tmp_path: Path) -> None:
+    import gradio as gr
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+
+    from priorkit.apps.web_images import safe_image_editor
+
+    bad = tmp_path / "upload.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    editor = safe_image_editor(type="numpy", image_mode="RGBA")
+    with pytest.raises(gr.Error) as err:
+        editor.preprocess(EditorData(background=FileData(path=str(bad)), layers=[], composite=None))
+    assert str(tmp_path) not in str(err.value.message) and "upload" in str(err.value.message)
