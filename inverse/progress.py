@@ -132,6 +132,7 @@ def warn_if_long(paths: list[Path], task: str, method: str, prior: str | Path | 
         total += sec
         detail = detail or f"{tiles} tiles x {steps} steps for {w}x{h}"
     if total > LONG_RUN_SECONDS:
-        tqdm.write(f"note: about {total / 60:.0f} min estimated for {len(paths)} images ({detail}, "
+        took = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
+        tqdm.write(f"note: about {took} estimated for {len(paths)} images ({detail}, "
                    f"{seconds_per_tile(resolve_prior(prior)):.2f} s per tile measured here); a smaller --nfe or a "
                    "method without backward passes (diffpir, pnp_flow) is faster", file=sys.stderr)

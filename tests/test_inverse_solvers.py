@@ -540,3 +540,39 @@ def test_restore_averages_posterior_samples_of_one_measurement(tiny_prior):
     assert spread_avg < 0.6 * spread_one, (spread_avg, spread_one)
     with pytest.raises(ValueError, match="samples"):
         restore(img, "inpaint_box", "pigdm", prior=tiny_prior, nfe=2, samples=0)
+
+
+def test_restore_reports_cost_residual_and_posterior_spread(tiny_prior):
+    """Forward and backward passes counted apart, tiles of the tiled prior, the measurement residual against the
+    noise level sigma_y sqrt(M), and the per-pixel std of the posterior samples."""
+    img = _image(20, 36)                                         # 16x16 prior, overlap 8: 2 x 4 tiles
+    out = restore(img, "inpaint_random", "diffpir", prior=tiny_prior, nfe=3, samples=2, simulate=True, sigma_y=0.05)
+    assert (out.forward, out.backward, out.tiles, out.nfe) == (3, 0, 8, 3)
+    assert out.std is not None and out.std.shape == img.shape and float(out.std.max()) > 0
+    seen = float(out.operator.measured(torch.ones(1, 3, 20, 36)).sum())
+    assert float(out.expected_residual[0]) == pytest.approx(0.05 * math.sqrt(seen), rel=1e-5)
+    assert float(out.residual[0]) < 2 * float(out.expected_residual[0])  # explains y down to the noise level
+    grad = restore(img, "deblur_gaussian", "pigdm", prior=tiny_prior, nfe=2, simulate=True)
+    assert (grad.forward, grad.backward, grad.std) == (2, 2, None)
+
+
+def test_time_estimate_and_the_warning_before_a_long_folder_run(tmp_path, tiny_prior, monkeypatch, capsys):
+    from priorkit.inverse import progress
+
+    sec, tiles, steps = progress.estimate_seconds("sr2", "diffpir", (10, 18), prior=tiny_prior, nfe=5)
+    assert (tiles, steps) == (8, 5) and sec > 0                  # observed 10x18 -> 20x36 output: 2 x 4 tiles
+    sec_grad, _, _ = progress.estimate_seconds("sr2", "pigdm", (10, 18), prior=tiny_prior, nfe=5)
+    assert sec_grad == pytest.approx(sec * (1 + progress.BACKWARD_COST))
+    assert progress.estimate_seconds("sr2", "pinv", (10, 18))[:2] == (0.0, 0)
+    inp = _folder(tmp_path)
+    monkeypatch.setattr(progress, "LONG_RUN_SECONDS", 0.0)
+    restore_folder(inp, tmp_path / "out", "inpaint_box", "diffpir", prior=tiny_prior, nfe=2)
+    err = capsys.readouterr().err
+    assert "estimated for 4 images" in err and "1 tiles x 2 steps" in err     # 3 images and the unreadable .png
+
+
+def test_restore_folder_observed_is_deprecated(tmp_path, tiny_prior):
+    inp = _folder(tmp_path)
+    with pytest.warns(DeprecationWarning, match="simulate"):
+        rep = restore_folder(inp, tmp_path / "out", "sr2", "pinv", observed=False, progress=False)
+    assert rep["simulate"] is True and rep["files"]["img0.png"]["psnr"] > 10
