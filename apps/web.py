@@ -84,6 +84,9 @@ from priorkit.apps.web_restore import (  # noqa: F401
     RestoreHandlers,
 )
 from priorkit.apps.web_sampling import SOLVERS, TEACHERS, SamplingHandlers
+from priorkit.inverse.registry import DEFAULT_METHOD, get_method
+
+DEFAULT_RESTORE_LABEL = get_method(DEFAULT_METHOD).label  # the method chosen by measurement (BENCHMARKS.md)
 
 
 class Handlers(Text3DHandlers, RestoreHandlers, SamplingHandlers):
@@ -156,7 +159,7 @@ def build_app(config: AppConfig | None = None) -> Any:
                                                 transforms=(), layers=False, format="png", elem_id="editor")
                         example = gr.Dropdown(list(example_names()), value=NO_EXAMPLE, label="Example")
                         task = gr.Radio(list(TASKS), value="super-resolution x4", label="Task")
-                        rmethod = gr.Radio(list(RESTORE_METHODS), value="PiGDM", label="Method")
+                        rmethod = gr.Radio(list(RESTORE_METHODS), value=DEFAULT_RESTORE_LABEL, label="Method")
                         mode = gr.Radio([MODE_EXAMPLE, MODE_OBSERVED], value=MODE_EXAMPLE, label="Mode")
                         with gr.Row():
                             sigma_y = gr.Slider(0.0, 0.2, value=0.01, step=0.005, label="Noise level sigma_y")
