@@ -44,6 +44,11 @@ class GenerateConfig:
     lambda_*: regulariser weights: ray opacity mean (sparsity) and binary entropy, orientation, TV of the grid,
     and the voxel-opacity entropy (ramped up linearly over the run; ``priorkit.gen3d.regularisers``).
     export_resolution, turntable_*: mesh and GIF export. preview_*: preview images.
+    texture: export a UV-textured asset (``priorkit.gen3d.texture``: the marching-cubes mesh decimated to ``faces``
+    triangles, xatlas charts, the albedo baked into a ``texture_size`` image) as mesh.glb and mesh.obj + .mtl + .png,
+    with the full-resolution vertex-coloured mesh as mesh.ply; False: vertex colours in all three (the old export).
+    The turntable is drawn from the exported mesh at ``turntable_size`` (``priorkit.gen3d.preview``), for people,
+    whatever the size the prior scores.
     sds, vsd: each method's settings, with its default steps, particles, views and colour TV weight
     (:class:`~priorkit.gen3d.sds.SDSConfig`, :class:`~priorkit.gen3d.vsd.VSDConfig`).
 
@@ -74,8 +79,11 @@ class GenerateConfig:
     lambda_tv: float = 0.0
     lambda_voxel_entropy: float = 10.0
     export_resolution: int = 128
+    texture: bool = True
+    faces: int = 4000
+    texture_size: int = 512
     turntable_frames: int = 24
-    turntable_size: int = 64
+    turntable_size: int = 256
     preview_views: int = 4
     preview_size: int = 64
     sds: SDSConfig = field(default_factory=SDSConfig)

@@ -37,7 +37,7 @@ from priorkit.gen3d.config import GenerateConfig
 from priorkit.gen3d.field import Background
 from priorkit.gen3d.guidance import Guidance
 from priorkit.gen3d.regularisers import field_terms, render_terms
-from priorkit.gen3d.renderer import Renderer, render_image, render_turntable
+from priorkit.gen3d.renderer import Renderer, render_image
 from priorkit.gen3d.representation import Representation
 
 log = logging.getLogger(__name__)
@@ -109,24 +109,11 @@ class EmptyFieldError(ValueError):
 
 def export_particle(field: Representation, cfg: GenerateConfig, folder: Path | None) -> tuple[Any, np.ndarray,
                                                                                               dict[str, Path]]:
-    """Mesh (or None if the representation has no surface), turntable frames and written paths of one particle."""
-    from priorkit.gen3d.export import save_mesh, save_turntable_gif
+    """Mesh (or None if the representation has no surface), turntable frames and written paths of one particle
+    (``priorkit.gen3d.asset.export_asset``: a textured GLB / OBJ, a vertex-coloured PLY, a turntable for people)."""
+    from priorkit.gen3d.asset import export_asset
 
-    try:
-        mesh = field.extract_mesh(cfg.export_resolution)
-    except ValueError as e:
-        log.warning("no mesh for this particle: %s", e)
-        mesh = None
-    frames = render_turntable(field, n_frames=cfg.turntable_frames, size=cfg.turntable_size,
-                              background=1.0, n_samples=cfg.n_samples, shading="lambertian",
-                              light_dir=torch.tensor([0.3, -0.2, 1.0]), ambient=cfg.ambient)
-    paths: dict[str, Path] = {}
-    if folder is not None:
-        if mesh is not None:
-            for ext in ("glb", "obj", "ply"):
-                paths[ext] = save_mesh(mesh, folder / f"mesh.{ext}")
-        paths["gif"] = save_turntable_gif(frames, folder / "turntable.gif")
-    return mesh, frames, paths
+    return export_asset(field, cfg, folder)
 
 
 def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
@@ -192,7 +179,7 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
                         "history)", sum(int(e["nonfinite"]) for e in nonfinite), method.upper(), len(nonfinite),
                         len(history))
         meshes, turntables = [], []
-        for key in ("glb", "obj", "ply", "gif"):
+        for key in ("glb", "obj", "ply", "gif", "mtl", "texture"):
             paths[key] = []
         for i, f in enumerate(fields):
             folder = None if out is None else out / (f"particle{i}" if particles > 1 else "asset")
