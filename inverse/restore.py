@@ -148,9 +148,9 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         nfe: the solver's budget (steps = model evaluations; dflow: total model passes); default: the method's
             ``default_nfe`` in the registry.
         seed: seeds the mask (inpaint_random), the simulated noise and the solver.
-        simulate: degrade the clean ``image`` first (default False, except that the library's callers from before
-            the observed-by-default change can still pass ``observed=False``).
-        observed: the former switch, ``observed = not simulate`` (kept for one release).
+        simulate: degrade the clean ``image`` first and restore that (default False: ``image`` is the observation).
+        observed: the former switch, ``observed = not simulate`` (kept for one release; ``observed=False`` is
+            ``simulate=True``).
         solver_seed: seeds the solver alone (default ``seed + 2``): other posterior samples of the same measurement.
         mask: for inpaint_mask (tensor or image file, white = keep).
         cond, guidance: condition and CFG scale for conditional priors.
