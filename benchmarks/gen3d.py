@@ -12,9 +12,11 @@ scored:
   shapes world's random lights, 2x2 supersampled) in which ``priorkit.distill.zoo.judge`` names both shape and colour;
 * chamfer: symmetric mean Chamfer distance between the exported mesh and ``shapes.true_mesh(shape)``
   (minimum over rotations about z for the cube; null when no mesh could be extracted);
+* extent_error: the largest relative error of the mesh's axis-aligned extents against the true mesh's
+  (``priorkit.gen3d.export.extent_error``; minimum over rotations about z for the cube; null without a mesh);
 * seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included.
 
-Records: {"prompt", "method", "particle", "judge_accuracy", "chamfer", "seconds", "shape", "colour",
+Records: {"prompt", "method", "particle", "judge_accuracy", "chamfer", "extent_error", "seconds", "shape", "colour",
 "shape_accuracy", "colour_accuracy"}; plus for VSD one {"prompt", "method": "vsd", "diversity"} record per prompt
 (mean pairwise Chamfer distance between the particles' meshes) and a PNG of the particles side by side.
 Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/``.
@@ -42,7 +44,7 @@ from priorkit.distill.zoo import shapes
 SHAPE_COLOURS = {"sphere": "red", "cube": "blue", "cylinder": "green", "cone": "yellow", "torus": "purple"}
 N_PARAPHRASES = 2
 JUDGE_VIEWS = 8
-GOALS = {"judge_accuracy": 0.8, "chamfer": 0.06, "sds_seconds": 180.0, "vsd_seconds": 900.0}
+GOALS = {"judge_accuracy": 0.8, "chamfer": 0.06, "extent_error": 0.05, "sds_seconds": 180.0, "vsd_seconds": 900.0}
 
 
 def prompts(quick: bool) -> list[tuple[str, str, str]]:
@@ -67,18 +69,19 @@ def judge_views(field: torch.nn.Module, n: int = JUDGE_VIEWS, size: int = 32, se
 
 def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, judge: Any) -> dict[str, float | None]:
     """Judge accuracies over :data:`JUDGE_VIEWS` views and the Chamfer distance of ``mesh`` to the true shape."""
-    from priorkit.gen3d.export import chamfer_distance, chamfer_min_over_z_rotations
+    from priorkit.gen3d.export import chamfer_distance, chamfer_min_over_z_rotations, extent_error
 
     imgs = judge_views(field)
     s_idx, c_idx = judge.predict(imgs)
     s_ok = s_idx == shapes.SHAPES.index(shape)
     c_ok = c_idx == shapes.COLOUR_NAMES.index(colour)
-    chamfer = None
+    chamfer = extent = None
     if mesh is not None:
         truth = shapes.true_mesh(shape)
         chamfer = chamfer_min_over_z_rotations(mesh, truth) if shape == "cube" else chamfer_distance(mesh, truth)
+        extent = extent_error(mesh, truth, z_rotations=shape == "cube")
     return {"judge_accuracy": float((s_ok & c_ok).float().mean()), "shape_accuracy": float(s_ok.float().mean()),
-            "colour_accuracy": float(c_ok.float().mean()), "chamfer": chamfer}
+            "colour_accuracy": float(c_ok.float().mean()), "chamfer": chamfer, "extent_error": extent}
 
 
 def diversity(meshes: list[Any]) -> float | None:
@@ -132,19 +135,20 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
 
 def table(records: list[dict]) -> str:
     """A plain-text table of the particle records and the pass/fail of each goal."""
-    rows = [f"{'method':6} {'prompt':22} {'p':>2} {'judge':>6} {'chamfer':>8} {'seconds':>8}  goal"]
+    rows = [f"{'method':6} {'prompt':22} {'p':>2} {'judge':>6} {'chamfer':>8} {'extent':>7} {'seconds':>8}  goal"]
     for r in records:
         if "particle" not in r:
             div = r["diversity"]
             rows.append(f"{r['method']:6} {r['prompt']:22} {'':>2} diversity (mean pairwise Chamfer) = "
                         f"{'n/a' if div is None else f'{div:.4f}'}")
             continue
-        ch = r["chamfer"]
+        ch, ext = r["chamfer"], r.get("extent_error")
         limit = GOALS["sds_seconds"] if r["method"] == "sds" else GOALS["vsd_seconds"]
         ok = (r["judge_accuracy"] >= GOALS["judge_accuracy"] and ch is not None and ch <= GOALS["chamfer"]
-              and r["seconds"] <= limit)
+              and r["seconds"] <= limit and ext is not None and ext <= GOALS["extent_error"])
         rows.append(f"{r['method']:6} {r['prompt']:22} {r['particle']:>2} {r['judge_accuracy']:6.2f} "
-                    f"{'-' if ch is None else f'{ch:.4f}':>8} {r['seconds']:8.1f}  {'PASS' if ok else 'fail'}")
+                    f"{'-' if ch is None else f'{ch:.4f}':>8} {'-' if ext is None else f'{ext:.3f}':>7} "
+                    f"{r['seconds']:8.1f}  {'PASS' if ok else 'fail'}")
     return "\n".join(rows)
 
 

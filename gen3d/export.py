@@ -176,3 +176,21 @@ def chamfer_min_over_z_rotations(mesh: trimesh.Trimesh | np.ndarray | torch.Tens
                 fb = at(b)
         best = min(best, fa, fb)
     return best
+
+
+def extent_error(mesh: trimesh.Trimesh | np.ndarray, target: trimesh.Trimesh | np.ndarray,
+                 z_rotations: bool = False) -> float:
+    """Largest relative error of the axis-aligned extents, ``max_axis |e_mesh / e_target - 1|``.
+
+    Meshes or points (N, 3). With ``z_rotations`` the smallest value over rotations of ``mesh`` about the z axis
+    (every degree of a quarter turn), for shapes whose orientation about the vertical is arbitrary (a cube).
+    """
+    pa = np.asarray(mesh.vertices if isinstance(mesh, trimesh.Trimesh) else mesh, dtype=np.float64)
+    pb = np.asarray(target.vertices if isinstance(target, trimesh.Trimesh) else target, dtype=np.float64)
+    ref = pb.max(axis=0) - pb.min(axis=0)
+    best = math.inf
+    for deg in (range(90) if z_rotations else (0,)):
+        c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+        p = pa @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T
+        best = min(best, float(np.abs((p.max(axis=0) - p.min(axis=0)) / ref - 1.0).max()))
+    return best

@@ -243,3 +243,14 @@ def test_occgrid_path_matches_cpu_path_on_ball():
     assert (grid.rgb - dense.rgb).abs().max() < 3e-2
     hit = truth > 0.5
     assert (grid.depth[hit] - dense.depth[hit]).abs().max() < 2e-2
+
+
+def test_extent_error_is_relative_per_axis_and_optionally_free_of_z_rotation():
+    from priorkit.gen3d.export import extent_error
+
+    truth = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    assert extent_error(truth, truth) == pytest.approx(0.0, abs=1e-12)
+    assert extent_error(trimesh.creation.box(extents=(0.8, 0.84, 0.6)), truth) == pytest.approx(0.25)
+    turned = truth.copy().apply_transform(trimesh.transformations.rotation_matrix(math.radians(30), [0, 0, 1]))
+    assert extent_error(turned, truth) > 0.3
+    assert extent_error(turned, truth, z_rotations=True) < 1e-3
