@@ -125,3 +125,24 @@ def test_crop_operator_is_a_consistent_operator():
         assert crop.ones_response((1, 3, 16, 16), F64).shape == (1, *y.shape[1:])
     with pytest.raises(ValueError, match="smaller"):
         CropOperator(op, (10, 12), (8, 16))
+
+
+def test_tiled_blend_is_differentiable_and_batches_tiles():
+    """The in-place blend passes gradients (gradcheck in float64 through a Gaussian prior, overlapping tiles) and a
+    step sends every tile through the network in ceil(tiles / max_batch) calls."""
+    inner = GaussianMixture.random(1 * 6 * 6, 2, scale=1.0, spread=0.5, generator=torch.Generator().manual_seed(0),
+                                   sample_shape=(1, 6, 6))
+    calls = []
+    forward = inner.forward
+
+    def counted(x, t, cond=None, *, check=True):
+        calls.append(x.shape[0])
+        return forward(x, t, cond, check=check)
+
+    inner.forward = counted
+    den = TiledDenoiser(inner, (10, 14), overlap=2, max_batch=5)
+    x = torch.randn(2, 1, 10, 14, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: den(v, 0.4).x0, (x,), eps=1e-6, atol=1e-6)
+    calls.clear()
+    den(x.detach(), 0.4)
+    assert den.num_tiles == 6 and calls == [5, 5, 2]               # 2 images x 6 tiles in 3 calls of <= 5
