@@ -176,7 +176,8 @@ def sample(
 # ---- 3d ------------------------------------------------------------------------------------------
 @app.command("3d")
 def three_d(
-    prompt: Annotated[str, typer.Argument(help='what to make, e.g. "a red cube"')],
+    prompt: Annotated[str | None, typer.Argument(help='what to make, e.g. "a red cube"')] = None,
+    prompts: Annotated[Path | None, typer.Option(help="a file of prompts, one a line: one asset each")] = None,
     method: Annotated[str, typer.Option(help="sds (DreamFusion) or vsd (ProlificDreamer)")] = "sds",
     particles: Annotated[int | None, typer.Option(help="fields optimised together (default: 1 for sds, 4 for "
                                                        "vsd)")] = None,
@@ -196,17 +197,22 @@ def three_d(
     = False,
     mesh_resolution: Annotated[int | None, typer.Option(help="marching-cubes grid of the exported mesh "
                                                              "(default: 128)")] = None,
+    faces: Annotated[int, typer.Option(help="triangles of the textured mesh (decimated)")] = 4000,
 ) -> None:
     """Text to 3D with SDS or VSD: a mesh and a turntable GIF.
 
-    Writes OUT/asset/mesh.glb, .obj, .ply and turntable.gif (OUT/particle<i>/ for several particles).
-    --resume continues an interrupted run from OUT/checkpoint.
+    Writes OUT/asset/mesh.glb (textured), mesh.obj + .mtl + .png, mesh.ply and turntable.gif (OUT/particle<i>/ for
+    several particles). --resume continues an interrupted run from OUT/checkpoint. --prompts FILE makes one asset per
+    line into OUT/<n>-<prompt>/ with OUT/index.html; a second call skips the done prompts (accelerate launch splits).
     """
+    from priorkit.apps.cli_3d import prompts_command, report_result
     from priorkit.distill.core.loading import ModelLoadError
     from priorkit.gen3d.generate import GenerateConfig, generate
 
+    if prompts is not None or prompt is None:  # one asset per line of a file, a gallery page (apps/cli_3d.py)
+        return prompts_command(**locals())
     out = out if out is not None else Path("outputs/3d") / _slug(prompt)
-    cfg = GenerateConfig()
+    cfg = GenerateConfig(faces=faces)
     if mesh_resolution is not None:
         if not 8 <= mesh_resolution <= 512:
             _fail(f"mesh resolution must be in [8, 512]; got {mesh_resolution}")
@@ -232,17 +238,7 @@ def three_d(
         _fail(e, FAILED if out.is_dir() and any(out.iterdir()) else BAD_INPUT)
     except OSError as e:
         _fail(os_error_line(e), FAILED)
-    for i, mesh in enumerate(result.meshes):
-        name = f"particle {i}" if len(result.meshes) > 1 else "asset"
-        if mesh is None:
-            typer.echo(f"{name}: the field stayed empty, no mesh (try more steps or another seed)")
-    for kind, label in (("glb", "mesh"), ("gif", "turntable")):
-        for p in result.paths.get(kind, []):
-            extra = " (also .obj, .ply)" if kind == "glb" else ""
-            typer.echo(f"{label}: {p}{extra}")
-    if result.paths.get("previews"):
-        typer.echo(f"previews: {len(result.paths['previews'])} in {out / 'previews'}")
-    typer.echo(f"checkpoint: {out / 'checkpoint'} ({result.seconds:.0f} s)")
+    report_result(result, out)
 
 
 # ---- restore -------------------------------------------------------------------------------------
