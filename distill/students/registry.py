@@ -19,7 +19,7 @@ from torch import Tensor
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers.ddim import ddim_sample
 from priorkit.distill.core.training import TrainConfig
-from priorkit.distill.students import consistency, guidance_distill, progressive, reflow, shortcut
+from priorkit.distill.students import bespoke, consistency, dmd, guidance_distill, progressive, reflow, shortcut
 from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.zoo.toy import DataFn
 
@@ -87,6 +87,16 @@ def _guidance(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Pat
     return guidance_distill.guidance_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
 
 
+def _dmd(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Path, cfg: Any, *, resume: bool = False,
+         meta: dict[str, Any] | None = None, conditions: Any = None) -> Denoiser:
+    return dmd.dmd_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
+
+
+def _bespoke(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Path, cfg: Any, *, resume: bool = False,
+             meta: dict[str, Any] | None = None, conditions: Any = None) -> Denoiser:
+    return bespoke.bespoke_distill(teacher, student, data, out, cfg, resume=resume, meta=meta)
+
+
 # ---- method-specific defaults -----------------------------------------------------------------------------
 def _reflow_image(cfg: Any) -> None:
     cfg.pairs, cfg.chunk, cfg.teacher_steps = 4096, 128, 32
@@ -118,6 +128,14 @@ def _progressive_steps(cfg: Any, steps: int) -> None:
     cfg.train.checkpoint_every = max(1, steps // 3)
 
 
+def _dmd_image(cfg: Any) -> None:  # DMD2's image settings: a slow generator, 2e-6-scale lr on a real UNet
+    cfg.pairs, cfg.teacher_steps, cfg.train.lr = 1024, 25, 1e-5
+
+
+def _bespoke_image(cfg: Any) -> None:  # fewer, cheaper reference solves and a larger lr (the image preset)
+    cfg.trajectories, cfg.ref_steps, cfg.batch, cfg.train.lr, cfg.train.steps = 256, 64, 16, 1e-2, 200
+
+
 def _guidance_steps(cfg: Any, steps: int) -> None:
     if cfg.stage2 is not None:
         cfg.stage2.train.steps = max(1, steps // 2)
@@ -136,6 +154,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("guidance", "guidance distillation: w as an input, then progressive", guidance_distill.GuidanceDistillConfig,
            _guidance, extras=("w",), learns_guidance=True, train_config=lambda cfg: cfg.stage1,
            set_steps=_guidance_steps),
+    Method("dmd", "distribution matching distillation: one-step generator, fake score, regression",
+           dmd.DMDConfig, _dmd, image_defaults=_dmd_image),
+    Method("dmd2", "DMD2: two time-scale updates, no regression, optional GAN head, multi-step",
+           dmd.DMD2Config, _dmd, image_defaults=_dmd_image),
+    Method("bespoke", "a bespoke solver (time grid and scaling) fitted to the frozen teacher", bespoke.BespokeConfig,
+           _bespoke, image_defaults=_bespoke_image),
 )}
 
 
@@ -177,7 +201,23 @@ def _ddim_sample(student: Denoiser, noise: Tensor, steps: int, cond: Condition, 
     return reflow.reflow_sample(student, noise, steps, cond=cond)
 
 
+def _dmd_sample(student: Denoiser, noise: Tensor, steps: int, cond: Condition, generator: torch.Generator | None,
+                meta: dict[str, Any]) -> Tensor:
+    return dmd.dmd_sample(student, noise, steps, cond=cond, times=meta.get("times"), generator=generator)
+
+
+def _bespoke_sample(student: Denoiser, noise: Tensor, steps: int, cond: Condition, generator: torch.Generator | None,
+                    meta: dict[str, Any]) -> Tensor:
+    from priorkit.distill.core.samplers import predict_fn
+    from priorkit.distill.core.samplers.bespoke import BespokeSolver
+
+    fn = predict_fn(student, cond, float(meta.get("guidance", 1.0)))
+    return BespokeSolver.from_dict(meta["solver"])(fn, noise)  # its own NFE: ``steps`` is ignored
+
+
 STUDENT_SAMPLERS: dict[str, StudentSampler] = {
+    "bespoke": _bespoke_sample,
+    "dmd": _dmd_sample,
     "consistency": _consistency_sample,
     "shortcut": _shortcut_sample,
     "ddim": _ddim_sample,

@@ -36,11 +36,11 @@ from priorkit.distill.students.format import (
     with_extras,
 )
 from priorkit.distill.zoo.toy import (
-    TARGETS,
+    ALL_TARGETS,
     DataFn,
     MLPDenoiser,
     conditional_gmm_target,
-    gmm_target,
+    exact_target,
     target_data,
     train_teacher,
 )
@@ -68,8 +68,8 @@ class CFGDenoiser(WrappedDenoiser):
 def _toy_name(teacher: str) -> str | None:
     if teacher.startswith("toy:"):
         name = teacher[4:]
-        if name not in TARGETS:
-            raise ValueError(f"unknown toy target {name!r}; expected one of {TARGETS}")
+        if name not in ALL_TARGETS:
+            raise ValueError(f"unknown toy target {name!r}; expected one of {ALL_TARGETS}")
         return name
     return None
 
@@ -183,6 +183,8 @@ def final_folder(method: str, out: str | Path) -> Path:
     """Where the final student of a run in ``out`` is saved."""
     out = Path(out)
     candidates = sorted(p.parent for p in out.rglob("student/priorkit.json"))
+    if not candidates and (out / "bespoke.json").is_file():
+        return out / "bespoke.json"  # a bespoke solver of a teacher the student format cannot save
     if not candidates:
         raise FileNotFoundError(f"no student in {out}")
     # the most recently written student is the last stage (progressive rounds, one-step reflow, stage 2)
@@ -210,8 +212,9 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
     meta: dict[str, Any] = {"teacher": teacher, "guidance": guidance}
     if toy is not None:
         backbone = None
-        if toy == "gmm":
-            den: Denoiser = conditional_gmm_target().float() if learns_guidance else gmm_target().float()
+        exact = exact_target(toy)  # the Gaussian mixtures are their own exact teachers
+        if exact is not None and not (learns_guidance and toy != "gmm"):
+            den: Denoiser = conditional_gmm_target().float() if learns_guidance else exact.float()
         else:
             den = train_teacher(toy, conditional=learns_guidance, out=out / "teacher", resume=resume)
             backbone = den

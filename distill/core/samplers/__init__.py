@@ -33,14 +33,22 @@ def sample(denoiser: Denoiser, noise: Tensor, *, steps: int = 25, solver: str = 
     Args:
         noise: (B, *sample_shape), the state at ``t_max``; for schedules with alpha(t_max) = 1 (VE) this is
             noise scaled by sigma(t_max) already — use :func:`initial_noise` to get it right.
-        steps, solver: number of steps and one of "euler", "heun", "dpm++2m".
+        steps, solver: number of steps and one of "euler", "heun", "dpm++2m"; or "bespoke:PATH", a bespoke
+            solver file (`samplers.bespoke`: its own times and NFE, ``steps`` ignored).
         spacing: time grid ("logsnr" for DPM-Solver, "karras" for Heun/Euler by default).
         times: an explicit decreasing grid (overrides steps/spacing).
         differentiable: keep the graph (D-Flow); ``checkpoint`` recomputes each model call in backward.
     Returns: x at the end of the grid, (B, *sample_shape).
     """
+    if solver.startswith("bespoke:"):  # a solver fitted to one model (samplers.bespoke): its own grid and NFE
+        from priorkit.distill.core.samplers.bespoke import load_bespoke
+
+        bespoke = load_bespoke(solver[len("bespoke:"):])
+        fn = predict_fn(denoiser, cond, guidance, checkpoint=checkpoint and differentiable)
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            return bespoke(fn, noise)
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {sorted(SOLVERS)}")
+        raise ValueError(f"unknown solver {solver!r}; expected one of {sorted(SOLVERS)} or 'bespoke:PATH'")
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or inf values")
     if times is None:
