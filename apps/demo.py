@@ -127,8 +127,8 @@ def asset_3d(page: Page, prompt: str, budget: Budget) -> None:
                       preview_every=max(1, (budget.steps_3d or cfg.sds.steps) // 5), progress=True, config=cfg)
     paths = result.paths
     gif = paths["gif"][0]
-    files = " ".join(f'<a href="{page.rel(paths[k][0])}">{k.upper()}</a>' for k in ("glb", "obj", "ply")
-                     if paths.get(k))
+    names = {"glb": "GLB (textured)", "obj": "OBJ", "mtl": "MTL", "texture": "PNG", "ply": "PLY (vertex colours)"}
+    files = " ".join(f'<a href="{page.rel(paths[k][0])}">{v}</a>' for k, v in names.items() if paths.get(k))
     previews = "".join(f'<figure><img src="{page.rel(p)}" width="256"><figcaption>{html.escape(p.stem)}'
                        "</figcaption></figure>" for p in paths.get("previews", [])[-3:])
     mesh = result.meshes[0]

@@ -68,7 +68,7 @@ class Text3DHandlers(HandlerBase):
                 yield shown, msg, gr.skip(), gr.skip(), gr.skip()
             else:
                 result = payload
-        files = [str(p) for k in ("glb", "obj", "ply", "gif") for p in result.paths.get(k, [])]
+        files = [str(p) for k in ("glb", "obj", "mtl", "texture", "ply", "gif") for p in result.paths.get(k, [])]
         glb = str(result.paths["glb"][0]) if result.paths.get("glb") else None
         gif = str(result.paths["gif"][0]) if result.paths.get("gif") else None
         previews = result.paths.get("previews") or []

@@ -55,7 +55,7 @@ class AppConfig:
     preview_min_height: int = 128
     export_resolution: int = 128
     turntable_frames: int = 24
-    turntable_size: int = 64
+    turntable_size: int = 256  # for people, whatever the size the prior scores
     restore_nfe: int = 50
     max_restore_nfe: int = 500
     restore_side: int = 128

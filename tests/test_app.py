@@ -138,7 +138,7 @@ def test_generate_3d(client):
     assert status.startswith("done"), status
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
-    assert {Path(f).suffix for f in files} == {".glb", ".obj", ".ply", ".gif"}
+    assert {Path(f).suffix for f in files} == {".glb", ".obj", ".mtl", ".png", ".ply", ".gif"}  # textured OBJ
     assert Image.open(gif).n_frames == TINY.turntable_frames
     assert Image.open(preview).size[0] > 0
 

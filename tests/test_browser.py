@@ -197,5 +197,5 @@ def test_text_to_3d_tab(page):
     assert wait_for_drawing(page.locator("#model3d canvas")), "the 3D viewer drew nothing"  # ...and shows the mesh
     assert page.locator("#gif3d img").count() == 1
     downloads = page.locator("#files3d a[download]").evaluate_all("els => els.map(e => e.getAttribute('download'))")
-    assert {"mesh.glb", "mesh.obj", "mesh.ply", "turntable.gif"} <= set(downloads)
+    assert {"mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "mesh.ply", "turntable.gif"} <= set(downloads)
     assert screenshot(page, "3d").stat().st_size < 400_000
