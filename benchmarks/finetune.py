@@ -2,8 +2,10 @@
 
     python -m benchmarks.finetune --json outputs/bench/finetune.json [--iterations 600] [--quick]
 
-2D: the ring of 8 Gaussians (distill.zoo.toy.gmm_target) as the exact base model, the linear reward r(x) = x_1, and
-lambda in {1, 0.5}; the target p(x) exp(r(x) / lambda) is again a Gaussian mixture (distill.finetune.tilt). Every
+2D: the ring of 8 Gaussians (distill.zoo.toy.gmm_target) as the exact base model, the quadratic reward
+r(x) = -|x - (2, 0)|^2 / 2 (highest on the ring's right-hand component), and lambda in {1, 0.5}; the target
+p(x) exp(r(x) / lambda) is again a Gaussian mixture (distill.finetune.tilt). A bounded reward: DRaFT and DDPO, which
+maximise it without a KL term, collapse towards its maximum instead of running off to infinity. Every
 method fine-tunes the same score-residual network (distill.finetune.residual) for the same number of iterations
 and batch; samples come from the fine-tuned memoryless sampler (the same 40 steps it was trained with).
 
@@ -25,7 +27,7 @@ import torch
 from priorkit.distill.core.samplers import initial_noise
 from priorkit.distill.finetune.memoryless import memoryless_times, trajectory
 from priorkit.distill.finetune.residual import ResidualDenoiser, ScoreResidual
-from priorkit.distill.finetune.reward import LinearReward
+from priorkit.distill.finetune.reward import QuadraticReward
 from priorkit.distill.finetune.tilt import tilted_gmm
 from priorkit.distill.finetune.trainer import finetune, make_config
 from priorkit.distill.zoo.toy import gmm_target, sliced_w2
@@ -51,14 +53,14 @@ def samples(model, n: int = N_EVAL, seed: int = 5) -> torch.Tensor:  # noqa: ANN
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path) -> list[dict]:
     base = gmm_target()
-    reward = LinearReward(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
     g = torch.Generator().manual_seed(1)
     base_exact = base.sample(N_EVAL, g)
     base_floor = w2(samples(base), base_exact)
     pictures = {}
     for lam in lambdas:
-        name = f"ring8/linear/lambda={lam:g}"
+        name = f"ring8/quadratic/lambda={lam:g}"
         target = tilted_gmm(base, reward, lam)
         ref, ref2 = target.sample(N_EVAL, g), target.sample(N_EVAL, g)
         floor = w2(ref2, ref)
