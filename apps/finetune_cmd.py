@@ -7,12 +7,21 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
+from priorkit.apps.cli_checks import check_writable, os_error_line
+
 METHOD_NAMES = ("adjoint_matching", "draft", "ddpo")
 REWARD_NAMES = ("judge", "brightness")
+BAD_INPUT = 2  # exit codes as in priorkit.apps.cli
+
+
+def _fail(message: object, code: int = BAD_INPUT) -> NoReturn:
+    """``error: <message>`` as one line on stderr, then exit with ``code`` (the CLI's convention)."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code)
 
 
 def finetune_cmd(
@@ -35,7 +44,6 @@ def finetune_cmd(
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
 ) -> None:
     """Fine-tune a prior towards a reward (one LoRA; the merged weights are saved as a prior folder)."""
-    from priorkit.apps.cli import _check_writable, _fail
 
     if method not in METHOD_NAMES:
         _fail(f"unknown fine-tuning method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
@@ -49,7 +57,7 @@ def finetune_cmd(
     if has_run and not resume:
         _fail(f"{out} holds a fine-tuning run: add --resume to continue it, or choose another --out")
     try:
-        _check_writable(out, "--out")
+        check_writable(out, "--out")
     except ValueError as err:
         _fail(err)
     import torch
@@ -91,5 +99,5 @@ def finetune_cmd(
         (out / "training_log.json").write_text(json.dumps(log))
         (out / "command.txt").write_text("priorkit finetune " + shlex.join(sys.argv[2:]) + "\n")
     except OSError as err:
-        _fail(f"could not write {out}: {err.strerror or err}", code=1)
+        _fail(os_error_line(err), code=1)
     typer.echo(f"fine-tuned {prior} with {method} ({reward} reward) -> {out} (load it with --prior {out})")
