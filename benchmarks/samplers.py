@@ -1,7 +1,12 @@
 """Fast samplers on 2D targets: every distillation method against the teacher's ODE solvers, at equal NFE.
 
     python -m benchmarks.samplers --json outputs/bench/samplers.json [--quick] [--targets gmm,moons]
-                                  [--methods reflow,cd,ct,shortcut,progressive,guidance]
+                                  [--methods reflow,cd,ct,shortcut,progressive,guidance,dmd,dmd2,bespoke]
+
+``--targets family`` runs the held-out Gaussian mixtures of issue 20 (ring5, ring12, ring16, grid9; fixed in
+`priorkit.distill.zoo.toy.GMM_FAMILY` before any tuning), each with its exact mixture as teacher. DMD / DMD2 and
+the bespoke solvers (ODE error to DOP853 at 4/6/8 NFE vs DPM-Solver++, and the gmm solvers transferred) are in
+benchmarks/samplers_dmd.py; the shapes-prior scoring in benchmarks/samplers_shapes.py.
 
 Targets: "gmm" (a ring of 8 Gaussians; its exact denoiser is the teacher), "moons" and "checkerboard" (an
 MLP teacher trained by flow matching on exact samples). Students are MLPs trained by `distill`'s trainers.
@@ -37,10 +42,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmarks.samplers_common import METRIC, NFES, REFERENCE_NFE, SPACINGS, record, train_cfg  # noqa: F401
+from benchmarks.samplers_dmd import FAMILY, bespoke_ratios, plot_limit, run_bespoke, run_dmd
+from benchmarks.samplers_shapes import SHAPES_TEACHER_STEPS, run_shapes, shapes_goals  # noqa: F401
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.core.samplers.ddim import ddim_sample
-from priorkit.distill.core.training import TrainConfig
 from priorkit.distill.students import consistency as cm
 from priorkit.distill.students import guidance_distill as gd
 from priorkit.distill.students import progressive as pd
@@ -50,26 +57,16 @@ from priorkit.distill.students.format import load_student, read_meta
 from priorkit.distill.students.registry import METHODS, start_time
 from priorkit.distill.students.runner import make_student, student_sampler
 from priorkit.distill.zoo.toy import (
+    ALL_TARGETS,
     TARGETS,
     TeacherConfig,
     conditional_gmm_target,
-    gmm_target,
+    exact_target,
     sample_target,
     sliced_w2,
     target_data,
     train_teacher,
 )
-
-NFES = (1, 2, 4, 8)
-REFERENCE_NFE = 128
-SPACINGS = ("logsnr", "karras", "time")
-METRIC = "sw2"
-
-
-def record(target: str, method: str, nfe: int, value: float, train_seconds: float | None = None,
-           detail: str = "", metric: str = METRIC) -> dict[str, Any]:
-    return {"target": target, "method": method, "nfe": nfe, "metric": metric, "value": round(float(value), 5),
-            "train_seconds": None if train_seconds is None else round(train_seconds, 1), "detail": detail}
 
 
 # ---- settings ------------------------------------------------------------------------------------
@@ -80,11 +77,6 @@ def settings(quick: bool) -> dict[str, Any]:
                 "gd_start": 4, "batch": 256}
     return {"n_eval": 20000, "teacher": 4000, "steps": 3000, "pairs": 40000, "pd_start": 32, "pd_steps": 1200,
             "gd_start": 16, "batch": 512}
-
-
-def train_cfg(steps: int, lr: float = 5e-4) -> TrainConfig:
-    return TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), ema_decay=0.995,
-                       checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 20))
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -138,7 +130,8 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
     backbone = train_teacher(name, s["teacher"], config=TeacherConfig(), out=work / "teacher",
                              resume=(work / "teacher" / "checkpoint").is_dir())  # reused with --work
     teacher_seconds = time.time() - t0
-    teacher: Denoiser = gmm_target().float() if name == "gmm" else backbone
+    exact = exact_target(name)  # the mixtures (gmm and the held-out family) are their own exact teachers
+    teacher: Denoiser = exact.float() if exact is not None else backbone
     rec, sh = teacher_baselines(name, teacher, ref, n, seed + 5)
     for r in rec:
         r["train_seconds"] = None if name == "gmm" else round(teacher_seconds, 1)
@@ -148,6 +141,19 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
     steps, batch = s["steps"], s["batch"]
     for method in methods:
         if method == "guidance":
+            continue
+        if method in ("dmd", "dmd2"):
+            rec, sh = run_dmd(name, method, teacher, make_student(method, teacher, backbone), data, s, work / method,
+                              ref, seed)
+            records += rec
+            shown.update(sh)
+            continue
+        if method == "bespoke":  # on the exact teacher where there is one; the gmm solvers transferred to others
+            gmm_files = {k: p for k in (4, 6, 8) if (p := work.parent / "gmm" / "bespoke" / f"nfe_{k}"
+                                                     / "bespoke.json").is_file()}
+            rec, _, _ = run_bespoke(name, teacher, s, work / "bespoke", ref, seed,
+                                    transfer=gmm_files if name != "gmm" else None)
+            records += rec
             continue
         folder = work / method
         student = make_student(method, teacher, backbone)
@@ -231,101 +237,6 @@ def run_guidance(s: dict[str, Any], folder: Path, seed: int, w: float = 2.0, lab
     return records
 
 
-# ---- the shapes prior ---------------------------------------------------------------------------------
-SHAPES_TEACHER_STEPS = 25
-
-
-def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tuple[int, ...] = (1, 2, 4),
-               guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0,
-               teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[dict]:
-    """Score students of the shapes text-to-image prior: run folders of ``priorkit distill ... --teacher shapes``,
-    student folders, or bundled names ("shapes-cd").
-
-    For every shape x colour caption, ``n_per_prompt`` images per student and NFE (the same noise for all);
-    metric "judge_accuracy" (the judge names both shape and colour) and "seconds_per_sample" (wall time of the
-    whole batch / its size, this process's threads). Baselines: the teacher with DPM-Solver++(2M) and CFG
-    ``guidance`` at ``nfes`` steps and at ``teacher_steps`` (NFE counts both CFG branches). A
-    student's ``train_seconds`` comes from its run's distill.json.
-    """
-    from priorkit.distill.loading import load_denoiser
-    from priorkit.distill.students.runner import final_folder
-    from priorkit.distill.zoo import shapes
-    from priorkit.distill.zoo.judge import load_judge
-
-    judge = load_judge()
-    teacher = load_denoiser(teacher_path).eval()
-    colours = list(shapes.COLOURS)
-    pairs = [(si, ci) for si in range(len(shapes.SHAPES)) for ci in range(len(colours))]
-    prompts = [shapes.caption(shapes.SHAPES[si], colours[ci]) for si, ci in pairs for _ in range(n_per_prompt)]
-    shape_idx = torch.tensor([si for si, _ in pairs for _ in range(n_per_prompt)])
-    colour_idx = torch.tensor([ci for _, ci in pairs for _ in range(n_per_prompt)])
-    cond = teacher.encode(prompts)
-    n = len(prompts)
-
-    def score(images: Tensor) -> float:
-        return judge.accuracy(((images.clamp(-1, 1) + 1) / 2).float(), shape_idx, colour_idx)
-
-    def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Tensor, float]:
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            x = fn(*args, **kwargs)
-        return x, (time.perf_counter() - t0) / n
-
-    records = []
-    noise = initial_noise(teacher, (n, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
-    for nfe in (*nfes, teacher_steps):
-        x, sec = timed(sample, teacher, noise, steps=nfe, cond=cond, guidance=guidance)
-        detail = f"cfg {guidance:g}, {nfe} steps"
-        records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, detail, "judge_accuracy"))
-        records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, sec, None, detail, "seconds_per_sample"))
-    from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR
-    from priorkit.distill.students.format import is_student_folder
-
-    for source in runs:
-        run = BUNDLED_DIR / str(source) if str(source) in BUNDLED else Path(source)
-        info = json.loads((run / "distill.json").read_text()) if (run / "distill.json").is_file() else {}
-        if is_student_folder(run):  # a student folder itself (e.g. a bundled one): its meta has the facts
-            folder = Path(run)
-            info = {"seconds": read_meta(folder).get("train_seconds"), **info}
-        else:
-            folder = Path(info["student"]) if info.get("student") else final_folder("", run)
-        student, meta = load_student(folder), read_meta(folder)
-        method = info.get("method", meta.get("method", run.name))
-        sampler = student_sampler(meta)
-        c = {"text": cond, "w": guidance} if method == "guidance" else cond
-        for nfe in nfes:
-            if meta.get("start_steps") and meta.get("steps") and nfe != meta["steps"]:
-                continue  # a progressive student samples at its own step count only
-            z = initial_noise(student, (n, *student.sample_shape), t_max=start_time(student, meta),
-                              generator=torch.Generator().manual_seed(seed))
-            gg = torch.Generator().manual_seed(seed + 1)
-            x, sec = timed(sampler, student, z, nfe, c, gg)
-            train = info.get("seconds")
-            records.append(record("shapes", method, nfe, score(x), train, meta.get("sampler", ""), "judge_accuracy"))
-            records.append(record("shapes", method, nfe, sec, train, meta.get("sampler", ""), "seconds_per_sample"))
-    return records
-
-
-def shapes_goals(records: list[dict], teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[str]:
-    """A 2-step student keeps >= 0.85 judge accuracy at >= 10x fewer seconds per sample than the teacher at 25."""
-    rows = [r for r in records if r["target"] == "shapes"]
-    ref = [r for r in rows if r["method"] == "teacher-dpm++2m" and r["nfe"] == 2 * teacher_steps]
-    if not ref:
-        return []
-    acc_t = next(r["value"] for r in ref if r["metric"] == "judge_accuracy")
-    sec_t = next(r["value"] for r in ref if r["metric"] == "seconds_per_sample")
-    out = [f"shapes: teacher at {teacher_steps} steps: judge {acc_t:.3f}, {sec_t:.4f} s/sample"]
-    for r in rows:
-        if r["nfe"] == 2 and r["metric"] == "judge_accuracy" and not r["method"].startswith("teacher"):
-            sec = next(q["value"] for q in rows if q["method"] == r["method"] and q["nfe"] == 2
-                       and q["metric"] == "seconds_per_sample")
-            speed = sec_t / max(sec, 1e-12)
-            ok = r["value"] >= 0.85 and speed >= 10
-            out.append(f"shapes: 2-step {r['method']}: judge {r['value']:.3f}, {speed:.1f}x faster than the teacher "
-                       f"at {teacher_steps} steps  [{'met' if ok else 'NOT met'}]")
-    return out
-
-
 # ---- report --------------------------------------------------------------------------------------
 def table(records: list[dict]) -> str:
     lines = []
@@ -344,10 +255,11 @@ def table(records: list[dict]) -> str:
 
 
 def goals(records: list[dict]) -> list[str]:
-    """Best 1-step student < DPM-Solver++ at 4 NFE; best 2-step student < DPM-Solver++ at 8 NFE (per target)."""
+    """Best 1-step student < DPM-Solver++ at 4 NFE; best 2-step student < DPM-Solver++ at 8 NFE (per target);
+    a DMD student at 1 step below every other 1-step student and below DPM-Solver++ at 8 NFE."""
     out = []
-    for target in TARGETS:
-        rows = [r for r in records if r["target"] == target]
+    for target in ALL_TARGETS:
+        rows = [r for r in records if r["target"] == target and r["metric"] == METRIC]
         if not rows:
             continue
         dpm = {r["nfe"]: r["value"] for r in rows if r["method"] == "teacher-dpm++2m"}
@@ -361,6 +273,11 @@ def goals(records: list[dict]) -> list[str]:
             out.append(f"{target}: best {k}-step student {best['method']} {best['value']:.4f} "
                        f"{'<' if ok else '>='} DPM-Solver++ at {ref_nfe} NFE {dpm[ref_nfe]:.4f}  "
                        f"[{'met' if ok else 'NOT met'}]")
+        others = [r["value"] for r in students if r["nfe"] == 1 and not r["method"].startswith(("dmd", "bespoke"))]
+        for r in (r for r in students if r["nfe"] == 1 and r["method"] in ("dmd", "dmd2")):
+            bar = min(others + [dpm.get(8, float("inf"))])
+            out.append(f"{target}: 1-step {r['method']} {r['value']:.4f} vs best other 1-step student / DPM-Solver++ "
+                       f"at 8 NFE {bar:.4f}  [{'met' if r['value'] < bar else 'NOT met'}]")
     return out
 
 
@@ -373,7 +290,7 @@ def plot(shown: dict, target: str, path: Path, n_points: int = 2000) -> None:
     methods = list(dict.fromkeys(m for m, _ in shown if m != "data"))
     fig, axes = plt.subplots(len(methods) + 1, len(NFES), figsize=(2.2 * len(NFES), 2.2 * (len(methods) + 1)),
                              squeeze=False)
-    lim = 3.2
+    lim = plot_limit(shown[("data", 0)])
     for ax in axes.ravel():
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
@@ -402,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True, type=Path, help="where to write the records")
     parser.add_argument("--quick", action="store_true", help="short trainings and 4k samples (a smoke run)")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {TARGETS}")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help=f"comma-separated subset of {ALL_TARGETS}; 'family' = the held-out mixtures {FAMILY}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {tuple(METHODS)}")
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
     parser.add_argument("--shapes", default="", help="comma-separated run folders of shapes-prior students")
@@ -411,10 +329,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    targets = [t for t in args.targets.split(",") if t and t != "none"]
+    targets = [u for t in args.targets.split(",") if t and t != "none" for u in (FAMILY if t == "family" else (t,))]
     methods = [m for m in args.methods.split(",") if m]
     for t in targets:
-        if t not in TARGETS:
+        if t not in ALL_TARGETS:
             parser.error(f"unknown target {t!r}")
     for m in methods:
         if m not in METHODS:
@@ -436,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         records += run_shapes(runs, seed=args.seed)
     args.json.write_text(json.dumps(records, indent=1))
     print(table(records))
-    for line in goals(records) + shapes_goals(records):
+    for line in goals(records) + bespoke_ratios(records) + shapes_goals(records):
         print(line)
 
 

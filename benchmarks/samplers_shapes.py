@@ -1,0 +1,111 @@
+"""benchmarks.samplers, the shapes prior: students of the bundled text-to-image prior scored by the judge."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from benchmarks.samplers_common import record
+from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.students.format import load_student, read_meta
+from priorkit.distill.students.registry import start_time
+from priorkit.distill.students.runner import student_sampler
+
+# ---- the shapes prior ---------------------------------------------------------------------------------
+SHAPES_TEACHER_STEPS = 25
+
+
+def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tuple[int, ...] = (1, 2, 4),
+               guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0,
+               teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[dict]:
+    """Score students of the shapes text-to-image prior: run folders of ``priorkit distill ... --teacher shapes``,
+    student folders, or bundled names ("shapes-cd").
+
+    For every shape x colour caption, ``n_per_prompt`` images per student and NFE (the same noise for all);
+    metric "judge_accuracy" (the judge names both shape and colour) and "seconds_per_sample" (wall time of the
+    whole batch / its size, this process's threads). Baselines: the teacher with DPM-Solver++(2M) and CFG
+    ``guidance`` at ``nfes`` steps and at ``teacher_steps`` (NFE counts both CFG branches). A
+    student's ``train_seconds`` comes from its run's distill.json.
+    """
+    from priorkit.distill.loading import load_denoiser
+    from priorkit.distill.students.runner import final_folder
+    from priorkit.distill.zoo import shapes
+    from priorkit.distill.zoo.judge import load_judge
+
+    judge = load_judge()
+    teacher = load_denoiser(teacher_path).eval()
+    colours = list(shapes.COLOURS)
+    pairs = [(si, ci) for si in range(len(shapes.SHAPES)) for ci in range(len(colours))]
+    prompts = [shapes.caption(shapes.SHAPES[si], colours[ci]) for si, ci in pairs for _ in range(n_per_prompt)]
+    shape_idx = torch.tensor([si for si, _ in pairs for _ in range(n_per_prompt)])
+    colour_idx = torch.tensor([ci for _, ci in pairs for _ in range(n_per_prompt)])
+    cond = teacher.encode(prompts)
+    n = len(prompts)
+
+    def score(images: Tensor) -> float:
+        return judge.accuracy(((images.clamp(-1, 1) + 1) / 2).float(), shape_idx, colour_idx)
+
+    def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Tensor, float]:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x = fn(*args, **kwargs)
+        return x, (time.perf_counter() - t0) / n
+
+    records = []
+    noise = initial_noise(teacher, (n, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
+    for nfe in (*nfes, teacher_steps):
+        x, sec = timed(sample, teacher, noise, steps=nfe, cond=cond, guidance=guidance)
+        detail = f"cfg {guidance:g}, {nfe} steps"
+        records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, detail, "judge_accuracy"))
+        records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, sec, None, detail, "seconds_per_sample"))
+    from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR
+    from priorkit.distill.students.format import is_student_folder
+
+    for source in runs:
+        run = BUNDLED_DIR / str(source) if str(source) in BUNDLED else Path(source)
+        info = json.loads((run / "distill.json").read_text()) if (run / "distill.json").is_file() else {}
+        if is_student_folder(run):  # a student folder itself (e.g. a bundled one): its meta has the facts
+            folder = Path(run)
+            info = {"seconds": read_meta(folder).get("train_seconds"), **info}
+        else:
+            folder = Path(info["student"]) if info.get("student") else final_folder("", run)
+        student, meta = load_student(folder), read_meta(folder)
+        method = info.get("method", meta.get("method", run.name))
+        sampler = student_sampler(meta)
+        c = {"text": cond, "w": guidance} if method == "guidance" else cond
+        for nfe in nfes:
+            if meta.get("start_steps") and meta.get("steps") and nfe != meta["steps"]:
+                continue  # a progressive student samples at its own step count only
+            z = initial_noise(student, (n, *student.sample_shape), t_max=start_time(student, meta),
+                              generator=torch.Generator().manual_seed(seed))
+            gg = torch.Generator().manual_seed(seed + 1)
+            x, sec = timed(sampler, student, z, nfe, c, gg)
+            train = info.get("seconds")
+            records.append(record("shapes", method, nfe, score(x), train, meta.get("sampler", ""), "judge_accuracy"))
+            records.append(record("shapes", method, nfe, sec, train, meta.get("sampler", ""), "seconds_per_sample"))
+    return records
+
+
+def shapes_goals(records: list[dict], teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[str]:
+    """A 2-step student keeps >= 0.85 judge accuracy at >= 10x fewer seconds per sample than the teacher at 25."""
+    rows = [r for r in records if r["target"] == "shapes"]
+    ref = [r for r in rows if r["method"] == "teacher-dpm++2m" and r["nfe"] == 2 * teacher_steps]
+    if not ref:
+        return []
+    acc_t = next(r["value"] for r in ref if r["metric"] == "judge_accuracy")
+    sec_t = next(r["value"] for r in ref if r["metric"] == "seconds_per_sample")
+    out = [f"shapes: teacher at {teacher_steps} steps: judge {acc_t:.3f}, {sec_t:.4f} s/sample"]
+    for r in rows:
+        if r["nfe"] == 2 and r["metric"] == "judge_accuracy" and not r["method"].startswith("teacher"):
+            sec = next(q["value"] for q in rows if q["method"] == r["method"] and q["nfe"] == 2
+                       and q["metric"] == "seconds_per_sample")
+            speed = sec_t / max(sec, 1e-12)
+            ok = r["value"] >= 0.85 and speed >= 10
+            out.append(f"shapes: 2-step {r['method']}: judge {r['value']:.3f}, {speed:.1f}x faster than the teacher "
+                       f"at {teacher_steps} steps  [{'met' if ok else 'NOT met'}]")
+    return out
