@@ -619,7 +619,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--domains", default=",".join(DOMAINS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--images", type=int, default=None, help="images per domain (photos: at most 3)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images per domain (photos: at most 3 of set v1, 9 of set v2)")
+    ap.add_argument("--photo-set", choices=("v1", "v2"), default="v1",
+                    help="held-out photos: v1 (3, shipped in the wheels) or v2 (9 from the wheels and three Debian "
+                         "wallpaper packages, downloaded into the cache on first use)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--size", type=int, default=None, help="photo side (default 128 with --quick, else 256)")
     ap.add_argument("--sigma-y", type=float, default=DEFAULTS.sigma_y, help="measurement noise std in [0, 1]")
@@ -724,8 +728,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 print(f"shapes: judge unavailable ({e}); judge_accuracy is null")
         else:
             size = args.size or (DEFAULTS.quick_photo_size if args.quick else DEFAULTS.photo_size)
-            images, names = held_out_images(n_images, size)
-            print(f"photos: {', '.join(names)} at {size}x{size}")
+            images, names = held_out_images(n_images, size, photo_set=args.photo_set)
+            print(f"photos (set {args.photo_set}): {', '.join(names)} at {size}x{size}")
         student, domain_methods = None, methods
         if "dflow_student" in methods:
             student, reason = _load_student(domain, args.student.get(domain))
