@@ -10,7 +10,8 @@ Records {"prior", "metric", "value"}:
   shapes / paraphrase_accuracy_extra  two more paraphrases built only from held-out words
   photos / denoise_psnr, blur_psnr, psnr_gain_db   x0-prediction vs a Gaussian blur tuned on the training photos,
                                     at noise std 0.2 in the [0, 1] image range (0.4 in the model's [-1, 1] range),
-                                    on held-out photo patches; the same with suffix "_sigma0.1" at std 0.1
+                                    on held-out photo patches; the same with suffix "_sigma0.1" at std 0.1, and
+                                    with suffix "_v2" on the held-out photos of set v2 (--photo-set-v2)
   photos / seconds_per_sample
   shapes / fid_judge                Frechet distance of judge features (samples at 25 steps, CFG 3, one per basic
                                     prompt and seed vs held-out renders): a shapes-world FID a blurry mean cannot pass
@@ -77,14 +78,16 @@ def gaussian_blur_denoiser(x, sigma_blur: float):  # noqa: ANN001, ANN201
 
 
 @torch.no_grad()
-def photos_denoising(n: int = 256, noise: float = 0.2, seed: int = 0) -> dict[str, float]:
-    """Denoising PSNR of the photos prior's x0 at image-range noise std ``noise`` vs the best Gaussian blur."""
-    from priorkit.distill.zoo.photos import HELD_OUT, TRAIN, PatchSampler
+def photos_denoising(n: int = 256, noise: float = 0.2, seed: int = 0, photo_set: str = "v1") -> dict[str, float]:
+    """Denoising PSNR of the photos prior's x0 at image-range noise std ``noise`` vs the best Gaussian blur (tuned on
+    the training photos of ``photo_set``), on patches of its held-out photos."""
+    from priorkit.distill.zoo.photos import PHOTO_SETS, PatchSampler
 
+    train_names, held_names = PHOTO_SETS[photo_set]
     den = load_denoiser("photos")
     g = torch.Generator().manual_seed(seed)
-    train = PatchSampler(TRAIN)(n, g)
-    test = PatchSampler(HELD_OUT)(n, g)
+    train = PatchSampler(train_names)(n, g)
+    test = PatchSampler(held_names)(n, g)
 
     def psnr(a, b):  # noqa: ANN001, ANN202  images in [-1, 1]: peak-to-peak 2
         return float(10 * torch.log10(4.0 / ((a - b) ** 2).mean(dim=(1, 2, 3))).mean())
@@ -105,12 +108,12 @@ def photos_denoising(n: int = 256, noise: float = 0.2, seed: int = 0) -> dict[st
 
 
 def run(samples: int, out_dir: Path, skip_photos: bool = False, skip_shapes: bool = False,
-        shapes_prior: str = "shapes") -> list[dict]:
+        shapes_prior: str = "shapes", photo_set_v2: bool = False) -> list[dict]:
     records: list[dict] = []
     if not skip_shapes:
         records += shapes_records(samples, out_dir, shapes_prior)
     if not skip_photos:
-        records += photos_records(out_dir)
+        records += photos_records(out_dir, photo_set_v2)
     return records
 
 
@@ -235,11 +238,14 @@ def shapes_v2_records(den, samples: int, out_dir: Path) -> list[dict]:  # noqa: 
     return records
 
 
-def photos_records(out_dir: Path) -> list[dict]:
+def photos_records(out_dir: Path, photo_set_v2: bool = False) -> list[dict]:
     records = []
     for noise, suffix in ((0.2, ""), (0.1, "_sigma0.1")):
         for k, v in photos_denoising(noise=noise).items():
             records.append({"prior": "photos", "metric": k + suffix, "value": v})
+    if photo_set_v2:  # the 9 held-out photographs of set v2 (Debian's fetched into the cache)
+        for k, v in photos_denoising(noise=0.2, photo_set="v2").items():
+            records.append({"prior": "photos", "metric": k + "_v2", "value": v})
     pden = load_denoiser("photos")
     x = initial_noise(pden, (8, *pden.sample_shape), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
@@ -257,12 +263,15 @@ def main() -> None:
     ap.add_argument("--skip-photos", action="store_true")
     ap.add_argument("--skip-shapes", action="store_true")
     ap.add_argument("--shapes-prior", default="shapes", help="bundled name or folder of the shapes prior to measure")
+    ap.add_argument("--photo-set-v2", action="store_true",
+                    help="also the photos figures on the 9 held-out photographs of set v2 (suffix _v2)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    records = run(args.samples, args.json.parent, args.skip_photos, args.skip_shapes, args.shapes_prior)
+    records = run(args.samples, args.json.parent, args.skip_photos, args.skip_shapes, args.shapes_prior,
+                  args.photo_set_v2)
     args.json.write_text(json.dumps(records, indent=1))
     print("| prior | metric | value |\n|---|---|---|")
     for r in records:
