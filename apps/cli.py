@@ -210,7 +210,7 @@ def three_d(
     from priorkit.gen3d.generate import GenerateConfig, generate
 
     if prompts is not None or prompt is None:  # one asset per line of a file, a gallery page (apps/cli_3d.py)
-        return prompts_command(**locals())
+        return prompts_command(dist=(_distributed, _finish_distributed), **locals())
     out = out if out is not None else Path("outputs/3d") / _slug(prompt)
     cfg = GenerateConfig(faces=faces)
     if mesh_resolution is not None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
 DONE = "done.json"
+BAD_INPUT, FAILED = 2, 1  # exit codes, as in priorkit.apps.cli
 DOWNLOADS = ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "mesh.ply", "turntable.gif")
 
 
@@ -34,10 +37,16 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def prompt_folder(out: Path, index: int, prompt: str) -> Path:
-    from priorkit.apps.cli import _slug
+def _fail(message: object, code: int = BAD_INPUT) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``code`` (the CLI's convention)."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code)
 
-    return out / f"{index:03d}-{_slug(prompt, 40)}"
+
+def prompt_folder(out: Path, index: int, prompt: str) -> Path:
+    """``out/<index>-<slug of the prompt>``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "prompt"
+    return out / f"{index:03d}-{slug}"
 
 
 def report_result(result: Any, out: Path) -> None:
@@ -83,9 +92,12 @@ def write_gallery(out: Path, prompts: list[str]) -> Path:
 def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, method: str, particles: int | None,
                     steps: int | None, seed: int, prior: str, resolution: int | None, guidance: float | None,
                     lr: float | None, preview_every: int, checkpoint_every: int, overwrite: bool,
-                    mesh_resolution: int | None, faces: int, **_: Any) -> None:
-    """The ``priorkit 3d --prompts FILE`` run (see the module docstring); exit 1 if a prompt failed."""
-    from priorkit.apps.cli import FAILED, _distributed, _fail, _finish_distributed
+                    mesh_resolution: int | None, faces: int, dist: tuple[Callable[[], tuple[int, int]],
+                                                                         Callable[[], None]], **_: Any) -> None:
+    """The ``priorkit 3d --prompts FILE`` run (see the module docstring); exit 1 if a prompt failed.
+
+    ``dist``: the CLI's (join the process group -> (rank, world size), leave it after a barrier).
+    """
     from priorkit.distill.core.loading import ModelLoadError
 
     if prompt is not None and prompts is not None:
@@ -98,7 +110,7 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
         _fail(e)
     out = out if out is not None else Path("outputs/3d") / prompts.stem
     cfg = _config(mesh_resolution, faces)
-    rank, world = _distributed()
+    rank, world = dist[0]()
     try:
         from priorkit.distill.core.loading import load_denoiser
         from priorkit.gen3d.generate import validate
@@ -111,7 +123,7 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
     failed = [_make(i, p, out, den, method, particles, steps, seed, resolution, guidance, lr, preview_every,
                     checkpoint_every, overwrite, cfg) for i, p in enumerate(items) if i % world == rank]
     if world > 1:
-        _finish_distributed()
+        dist[1]()
     if rank == 0:
         done = sum((prompt_folder(out, i, p) / DONE).is_file() for i, p in enumerate(items))
         typer.echo(f"made {done} of {len(items)} prompts; gallery: {write_gallery(out, items)}")
@@ -120,7 +132,6 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
 
 
 def _config(mesh_resolution: int | None, faces: int) -> Any:
-    from priorkit.apps.cli import _fail
     from priorkit.gen3d.generate import GenerateConfig
 
     cfg = GenerateConfig(faces=faces)
