@@ -18,11 +18,22 @@ import math
 import pytest
 import torch
 
-from priorkit.distill.core.prediction import from_x0_eps, to_x0_eps
+from priorkit.distill.core.prediction import Prediction, from_x0_eps, to_x0_eps
 from priorkit.distill.core.samplers import sample, time_grid
 from priorkit.distill.core.samplers.base import DDPM_BETA, DDPM_FIRST_U, NOISE_END_LOG_SNR
 from priorkit.distill.core.samplers.ddim import ddim_sample
-from priorkit.distill.core.schedule import VE, FlowMatching, VPCosine, VPDiscrete, VPLinear, add_noise
+from priorkit.distill.core.schedule import (
+    VE,
+    FlowMatching,
+    Schedule,
+    VPCosine,
+    VPDiscrete,
+    VPLinear,
+    add_noise,
+    as_time,
+    broadcast_to,
+    schedule_from_config,
+)
 from priorkit.distill.loading import load_denoiser
 
 torch.set_num_threads(1)
@@ -299,3 +310,194 @@ def test_ddpm_grid_is_ddims_linspace_timesteps():
     expected = schedule.time(ddim.timesteps.double())
     assert float((grid[:-1] - expected).abs().max()) < 5e-3
     assert float(grid[-1]) == 0.0
+
+
+# ---- edges of the schedules and conversions (mutation testing: tests/MUTANTS.md) ---------------------------------
+# Each test below pins a behaviour that a surviving mutant of schedule.py / prediction.py changed unnoticed.
+
+#: a 4-step discrete schedule: its knots 0, 1/4, ..., 1 are exact in binary, so knot values can be compared exactly
+AC4 = [0.9, 0.6, 0.3, 0.1]
+
+
+def test_as_time_dtype_and_device():
+    i = torch.tensor([0, 3])
+    assert as_time(i).dtype == torch.float64 and as_time(i).tolist() == [0.0, 3.0]  # integers become float64
+    f32 = torch.tensor([0.3], dtype=torch.float32)
+    assert as_time(f32).dtype == torch.float32  # floating tensors keep their dtype without ``like``
+    like = torch.zeros(2, dtype=torch.float64)
+    assert as_time(f32, like).dtype == torch.float64
+    t = as_time(0.3, like)  # a Python float is made at like's dtype, not the default float32
+    assert t.dtype == torch.float64 and t.shape == () and float(t) == 0.3
+    assert as_time(0.3).dtype == torch.get_default_dtype()
+    meta = torch.empty(2, device="meta")
+    assert as_time(0.3, meta).device.type == "meta" and as_time(f32, meta).device.type == "meta"
+
+
+def test_broadcast_to_casts_only_floats_and_reshapes_per_sample():
+    x = torch.zeros(3, 2, 5, dtype=torch.float64)
+    a = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float32)
+    b = broadcast_to(a, x)
+    assert b.shape == (3, 1, 1) and b.dtype == torch.float64
+    assert broadcast_to(torch.tensor([1, 2, 3]), x).dtype == torch.int64  # an integer coefficient is not cast
+    half = broadcast_to(torch.tensor([0.5, 1.5]), torch.zeros(2, 4, dtype=torch.int64))  # nor truncated to x's ints
+    assert half.dtype == torch.float32 and half.flatten().tolist() == [0.5, 1.5]
+    assert broadcast_to(torch.tensor(0.25, dtype=torch.float32), x).shape == ()
+
+
+def test_t_from_log_snr_clamps_to_the_unit_interval_exactly():
+    big = torch.tensor([math.inf, 1e4, -1e4, -math.inf], dtype=torch.float64)
+    for schedule in (VE(), VPLinear(), VPCosine(), VPDiscrete(AC4)):
+        t = schedule.t_from_log_snr(big[1:3] if isinstance(schedule, VPLinear) else big)  # VPLinear: inf/inf
+        assert t.tolist() == ([0.0, 1.0] if isinstance(schedule, VPLinear) else [0.0, 0.0, 1.0, 1.0]), schedule
+    # without the clamp, float32 rounding lands VPCosine(s=0.31248...) at 1 + 1.2e-7 at log-SNR -inf (measured), and
+    # the default s lands 2.4e-15 below 0 at +inf
+    assert VPCosine(s=0.3124867379665375).t_from_log_snr(torch.tensor([-math.inf])).tolist() == [1.0]
+
+
+def test_schedule_defaults_and_repr():
+    assert (VE().sigma_min, VE().sigma_max) == (0.002, 80.0)  # EDM's range
+    assert (VPLinear().beta_min, VPLinear().beta_max) == (0.1, 20.0)
+    assert (VPCosine().s, VPCosine().t_max) == (0.008, 0.9946)
+    assert repr(VE(0.01, 50.0)) == "VE(sigma_min=0.01, sigma_max=50.0)"
+    assert repr(FlowMatching()) == "FlowMatching()"
+    assert repr(VPDiscrete(AC4)) == "VPDiscrete(num_train_timesteps=4)"
+
+
+def test_generic_schedule_log_snr():
+    """Schedule.log_snr / half_log_snr, used by a schedule that does not override them."""
+
+    class Trig(Schedule):  # alpha = cos(pi t / 2), sigma = sin(pi t / 2): log-SNR = -2 log tan(pi t / 2)
+        def alpha(self, t):
+            return torch.cos(math.pi / 2 * t)
+
+        def sigma(self, t):
+            return torch.sin(math.pi / 2 * t)
+
+        def d_alpha(self, t):
+            return -math.pi / 2 * torch.sin(math.pi / 2 * t)
+
+        def d_sigma(self, t):
+            return math.pi / 2 * torch.cos(math.pi / 2 * t)
+
+        def t_from_log_snr(self, log_snr):
+            return torch.arctan(torch.exp(-0.5 * log_snr)) * 2 / math.pi
+
+        def config(self):
+            return {"kind": "trig"}
+
+    t = torch.tensor([0.1, 0.5, 0.8], dtype=torch.float64)
+    expected = -2.0 * torch.log(torch.tan(math.pi / 2 * t))
+    torch.testing.assert_close(Trig().log_snr(t), expected, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(Trig().half_log_snr(t), 0.5 * expected, rtol=1e-14, atol=1e-14)
+    assert repr(Trig()) == "Trig()"
+
+
+def test_vp_discrete_validation():
+    with pytest.raises(ValueError, match="1-D sequence of at least two values"):
+        VPDiscrete([[0.9, 0.5], [0.4, 0.2]])
+    with pytest.raises(ValueError, match="1-D sequence of at least two values"):
+        VPDiscrete([0.9])
+    assert VPDiscrete([0.9, 0.5]).num_train_timesteps == 2  # two values are enough
+    for bad in ([0.9, 0.9, 0.5], [0.5, 0.9], [1.0, 0.5], [0.9, 0.5, 0.7]):
+        with pytest.raises(ValueError, match="alphas_cumprod must be strictly decreasing"):
+            VPDiscrete(bad)
+
+
+def test_vp_discrete_knots_and_segments():
+    """log alpha is linear on [t_k, t_k+1) (right-continuous), exact at the knots, extrapolated linearly outside."""
+    s = VPDiscrete(AC4)  # from a list: kept in float64
+    assert s.alphas_cumprod.dtype == torch.float64 and s.t_min == 0.25
+    la = [0.0] + [0.5 * math.log(v) for v in AC4]
+    knots = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    assert s.log_alpha(knots).tolist() == la
+    slopes = [(la[k + 1] - la[k]) / 0.25 for k in range(4)]
+    assert s.d_log_alpha(knots).tolist() == slopes + [slopes[-1]]  # the segment to the right of each knot
+    mid = knots[:-1] + 0.125
+    f64 = torch.float64
+    expected = torch.tensor(la[:-1], dtype=f64) + 0.125 * torch.tensor(slopes, dtype=f64)
+    torch.testing.assert_close(s.log_alpha(mid), expected, rtol=1e-15, atol=1e-15)
+    out = torch.tensor([-0.125, 1.125], dtype=torch.float64)
+    torch.testing.assert_close(s.log_alpha(out), torch.tensor([-0.125 * slopes[0], la[-1] + 0.125 * slopes[-1]],
+                                                                dtype=torch.float64), rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(s.d_log_alpha(out), torch.tensor([slopes[0], slopes[-1]], dtype=torch.float64))
+    # and back: t from log-SNR between the knots and at them
+    t = torch.tensor([0.0, 0.1, 0.25, 0.4, 0.6, 0.9, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(s.t_from_log_snr(s.log_snr(t)), t, rtol=1e-14, atol=1e-14)
+
+
+def test_vp_discrete_keeps_float32():
+    """A float32 time gives float32 coefficients (the float64 tables are cast to the time's dtype)."""
+    s = VPDiscrete(AC4)
+    t32 = torch.tensor([0.1, 0.3, 0.8], dtype=torch.float32)
+    for f in (s.log_alpha, s.d_log_alpha, s.alpha, s.sigma):
+        assert f(t32).dtype == torch.float32, f
+    torch.testing.assert_close(s.log_alpha(t32), s.log_alpha(t32.double()).float())
+    lam = s.log_snr(t32)
+    assert s.t_from_log_snr(lam).dtype == torch.float32
+    torch.testing.assert_close(s.t_from_log_snr(lam), t32, rtol=1e-5, atol=1e-6)
+
+
+def test_vp_discrete_from_diffusers_config_reads_every_key():
+    from diffusers import DDPMScheduler
+
+    configs = [
+        {"num_train_timesteps": 50, "beta_schedule": "linear", "beta_start": 0.001, "beta_end": 0.2},
+        {"num_train_timesteps": 4, "trained_betas": [0.1, 0.2, 0.3, 0.4]},
+        {**DDPM_CONFIGS["scaled_linear"], "rescale_betas_zero_snr": True},
+    ]
+    for config in configs:
+        s = VPDiscrete.from_diffusers_config(config)
+        expected = DDPMScheduler(**config).alphas_cumprod.double()
+        assert s.num_train_timesteps == len(expected) == config["num_train_timesteps"]
+        torch.testing.assert_close(s.alphas_cumprod, expected, rtol=0, atol=0)
+    torch.testing.assert_close(VPDiscrete.from_diffusers_config(configs[1]).alphas_cumprod,
+                               torch.tensor([0.9, 0.72, 0.504, 0.3024], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_schedule_from_config_without_a_kind():
+    with pytest.raises(ValueError, match="unknown schedule kind None"):
+        schedule_from_config({})
+
+
+def test_float_times_are_made_at_the_data_dtype():
+    """A Python-float t is taken at x's dtype (float64 here), not rounded to float32 first."""
+    x0, eps = rand(2, 3, seed=5), rand(2, 3, seed=6)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    for schedule in (VPCosine(), VPDiscrete.from_diffusers_config(DDPM_CONFIGS["linear"])):
+        x_t = add_noise(schedule, x0, t, eps)
+        for kind in ("eps", "v", "velocity", "score"):
+            value = from_x0_eps(kind, x0, eps, x_t, t, schedule)
+            assert from_x0_eps(kind, x0, eps, x_t, 0.3, schedule).equal(value), kind
+            assert all(a.equal(b) for a, b in zip(to_x0_eps(kind, value, x_t, 0.3, schedule),
+                                                   to_x0_eps(kind, value, x_t, t, schedule), strict=True)), kind
+        p = Prediction.from_output("eps", eps, x_t, 0.3, schedule)
+        assert p.t.dtype == torch.float64 and float(p.t) == 0.3
+        assert p.v.equal(Prediction.from_output("eps", eps, x_t, t, schedule).v)
+        t2, x2 = schedule.convert(0.3, x_t, to=VE())
+        t2_ref, x2_ref = schedule.convert(t, x_t, to=VE())
+        assert t2.dtype == torch.float64 and t2.equal(t2_ref) and x2.equal(x2_ref)
+
+
+def test_unknown_prediction_kind_is_named():
+    x = rand(2, 3)
+    with pytest.raises(ValueError, match="unknown prediction kind 'eps2'"):
+        to_x0_eps("eps2", x, x, 0.5, FlowMatching())
+    with pytest.raises(ValueError, match="unknown prediction kind 'eps2'"):
+        from_x0_eps("eps2", x, x, x, 0.5, FlowMatching())
+
+
+def test_guide_by_value_with_a_scalar_and_a_per_sample_scale():
+    schedule, t = VPCosine(), torch.tensor(0.4, dtype=torch.float64)
+    x_t = rand(3, 2, seed=7)
+    cond = Prediction(rand(3, 2, seed=8), rand(3, 2, seed=9), x_t, t, schedule)
+    uncond = Prediction(rand(3, 2, seed=10), rand(3, 2, seed=11), x_t, t, schedule)
+    for scale in (3, 2.5, torch.tensor([0.0, 1.0, 4.0], dtype=torch.float32)):
+        w = scale[:, None].double() if isinstance(scale, torch.Tensor) else float(scale)
+        g = cond.guide(uncond, scale)
+        torch.testing.assert_close(g.x0, uncond.x0 + w * (cond.x0 - uncond.x0), rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(g.eps, uncond.eps + w * (cond.eps - uncond.eps), rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(g.v, uncond.v + w * (cond.v - uncond.v), rtol=1e-13, atol=1e-13)
+        assert g.x0.dtype == torch.float64 and g.x_t is x_t and g.t is t and g.schedule is schedule
+    g = cond.guide(uncond, torch.tensor([0.0, 1.0, 4.0]))
+    assert g.x0[0].equal(uncond.x0[0])  # scale 0: the unconditional prediction
+    torch.testing.assert_close(g.x0[1], cond.x0[1], rtol=1e-15, atol=1e-15)  # scale 1: the conditional one
