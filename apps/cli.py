@@ -281,6 +281,8 @@ def restore(
     seed: Annotated[int, typer.Option()] = 0,
     samples: Annotated[int, typer.Option(min=1, max=64, help="posterior samples per image, averaged (the posterior "
                                          "mean: higher PSNR, softer detail; costs SAMPLES x the evaluations)")] = 1,
+    max_pixels: Annotated[int, typer.Option(min=1, help="skip (and list) images whose header declares more pixels "
+                                            "(width x height), before decoding them")] = 50_000_000,
 ) -> None:
     """Restore a folder of images, with a JSON report.
 
@@ -289,8 +291,9 @@ def restore(
     --simulate degrades clean inputs first and scores against them. Images larger than the
     prior are restored in overlapping tiles. OUTPUT_DIR/report.json lists per image the
     seconds, tiles, forward and backward passes, the measurement residual against the one
-    the noise sigma_y explains, and PSNR/SSIM when a reference exists; unreadable files are
-    listed and skipped. Under `accelerate launch --multi_gpu --num_processes N` (gloo on CPU)
+    the noise sigma_y explains, and PSNR/SSIM when a reference exists; a file that cannot be
+    restored (not an image, unreadable, over --max-pixels, out of memory) is listed with its
+    reason and skipped, and the batch goes on. Under `accelerate launch --multi_gpu --num_processes N` (gloo on CPU)
     or torchrun, each process restores its share of the files.
     """
     import json
@@ -311,7 +314,8 @@ def restore(
     try:
         report = restore_folder(input_dir, output_dir, task, method, prior=prior, mask_dir=mask_dir,
                                 reference_dir=reference_dir, resume=resume, sigma_y=sigma_y, nfe=nfe, seed=seed,
-                                simulate=simulate, uncertainty=uncertainty, progress=rank == 0, samples=samples)
+                                simulate=simulate, uncertainty=uncertainty, progress=rank == 0, samples=samples,
+                                max_pixels=max_pixels)
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
     except OSError as e:

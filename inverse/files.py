@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,46 @@ from torch import Tensor
 from priorkit.distill.core.atomic import atomic_open
 
 __all__ = ["IMAGE_SUFFIXES", "load_image", "save_image", "write_json", "rank_world", "find_by_stem", "quality",
-           "report_files", "merge_reports", "summary", "SkipFileError"]
+           "report_files", "merge_reports", "summary", "SkipFileError", "ImageTooLargeError", "MAX_PIXELS"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+#: the default pixel limit of an image read (width x height; ``priorkit restore --max-pixels``): 50 megapixels
+MAX_PIXELS = 50_000_000
+_PIL_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is PIL's global: set and restored under this lock
 
 
-def load_image(path: str | Path) -> Tensor:
-    """(C, H, W) float32 in [0, 1] from an image file; C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA). Raises ValueError."""
-    from PIL import Image, UnidentifiedImageError
+class ImageTooLargeError(ValueError):
+    """An image whose header declares more pixels than the limit (nothing decoded)."""
+
+
+def _open(path: str | Path, max_pixels: int | None):  # noqa: ANN202 (a PIL image)
+    """Image.open with our limit instead of PIL's (its DecompressionBombWarning / Error): header only, no decoding."""
+    from PIL import Image
+
+    with _PIL_LIMIT:
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        im.close()
+        raise ImageTooLargeError(f"image {str(path)!r} declares {im.width}x{im.height} = {im.width * im.height:,} "
+                                 f"pixels, more than the limit of {max_pixels:,} (--max-pixels)")
+    return im
+
+
+def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Tensor:
+    """(C, H, W) float32 in [0, 1] from an image file; C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA).
+
+    Raises ValueError for a file that cannot be decoded (or runs out of memory decoding), `ImageTooLargeError` (a
+    ValueError) before decoding when the header declares more than ``max_pixels`` pixels (None: no limit; PIL's own
+    decompression-bomb limit is replaced by this one).
+    """
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _open(path, max_pixels) as im:
             im.load()
             mode = im.mode
             if mode in ("1", "L", "I", "I;16", "F"):
@@ -39,6 +69,10 @@ def load_image(path: str | Path) -> Tensor:
             else:
                 has_alpha = mode in ("RGBA", "PA", "LA") or (mode == "P" and "transparency" in im.info)
                 arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float64) / 255.0
+    except ImageTooLargeError:
+        raise
+    except MemoryError as e:
+        raise ValueError(f"cannot read image {str(path)!r}: out of memory decoding it") from e
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
@@ -120,9 +154,8 @@ def summary(files: dict[str, dict]) -> dict[str, Any]:
     return counts
 
 
-
 class SkipFileError(Exception):
-    """A file that is skipped, with its report status ("unsupported", "unreadable", "failed") and reason."""
+    """A skipped file: its report status ("unsupported", "unreadable", "too_large", "failed") and reason."""
 
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)

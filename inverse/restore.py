@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.inverse.files import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageTooLargeError,
     SkipFileError,
     find_by_stem,
     load_image,
@@ -296,12 +298,16 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                    prior: str | Path | Denoiser = "photos", mask_dir: str | Path | None = None,
                    reference_dir: str | Path | None = None, resume: bool = False, sigma_y: float = DEFAULTS.sigma_y,
                    nfe: int | None = None, seed: int = 0, simulate: bool = False, observed: bool | None = None,
-                   uncertainty: bool = False, progress: bool = True, **options: Any) -> dict:
+                   uncertainty: bool = False, progress: bool = True, max_pixels: int | None = MAX_PIXELS,
+                   **options: Any) -> dict:
     """Restore every image of ``input_dir`` into ``output_dir`` (PNG, same stem), with a JSON report.
 
     * Inputs are the degraded images (observations); ``simulate=True`` degrades clean inputs first and scores against
       them. ``observed`` is the former switch (``observed=False`` = ``simulate=True``), deprecated.
-    * Unreadable or unsupported files are listed in the report with the reason and skipped.
+    * Every per-file failure is listed in the report with its status and reason, and the batch goes on: "unsupported"
+      (not an image suffix), "unreadable" (cannot be decoded: truncated, empty, not an image), "too_large" (the
+      header declares more than ``max_pixels`` pixels, checked before decoding; None: no limit), "failed" (the
+      restoration itself: out of memory, a solver error). Only an OSError writing an output ends the batch.
     * Outputs are <stem>.png (<stem>_<ext>.png when two inputs share a stem), written atomically (temp file +
       os.replace); ``output_dir`` may not be ``input_dir`` or inside it. ``uncertainty=True`` (with ``samples`` >= 2)
       also writes <stem>_std.png, the per-pixel standard deviation of the posterior samples scaled by its maximum
@@ -376,7 +382,9 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise SkipFileError("unsupported", f"unsupported file type {path.suffix or '(none)'!r}")
             try:
-                image = load_image(path)
+                image = load_image(path, max_pixels)
+            except ImageTooLargeError as e:
+                raise SkipFileError("too_large", str(e)) from e
             except ValueError as e:
                 raise SkipFileError("unreadable", str(e)) from e
             mask = None
@@ -408,7 +416,11 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                                               f"{tuple(result.restored.shape)}")
         except SkipFileError as s:
             entry.update(status=s.status, reason=s.reason)
-        except (ValueError, RuntimeError) as e:
+        except OSError:  # a write that fails (disk full, read-only): the batch ends with one line (the CLI)
+            raise
+        except MemoryError:
+            entry.update(status="failed", reason="out of memory restoring this image")
+        except Exception as e:  # noqa: BLE001 - any other per-file failure is this file's, never the batch's
             entry.update(status="failed", reason=f"{type(e).__name__}: {e}")
         entry["seconds"] = round(time.perf_counter() - t0, 4)
         report["files"][name] = entry

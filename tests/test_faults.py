@@ -160,3 +160,72 @@ def test_an_undecodable_upload_names_the_fault_not_the_server_path(tmp_path: Pat
     with pytest.raises(gr.Error) as err:
         editor.preprocess(EditorData(background=FileData(path=str(bad)), layers=[], composite=None))
     assert str(tmp_path) not in str(err.value.message) and "upload" in str(err.value.message)
+
+
+def _bomb_png(path: Path, side: int = 20000) -> None:
+    """A PNG whose header declares side x side pixels (PIL's DecompressionBombError), over a 1x1 image's data."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", side, side) + bytes(data[24:29])
+    data[16:24] = ihdr[4:12]
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+
+
+def test_restore_lists_every_bad_file_with_its_reason_and_restores_every_good_one(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for name in ("a.png", "c.png", "z.png"):
+        _png(inp / name)
+    (inp / "notes.txt").write_text("not an image")
+    _png(inp / "whole.png", 64)
+    (inp / "truncated.png").write_bytes((inp / "whole.png").read_bytes()[:200])
+    (inp / "whole.png").unlink()
+    _bomb_png(inp / "bomb.png")
+    (inp / "empty.png").write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning does not leak
+        result = run("restore", inp, out, "--task", "sr2", "--method", "pinv")
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 0, result.output  # skipped files are listed; the README: 1 only for a failed file
+    files = json.loads((out / "report.json").read_text())["files"]
+    for name in ("a.png", "c.png", "z.png"):
+        assert files[name]["status"] == "done" and (out / name).is_file()
+    expected = {"notes.txt": ("unsupported", "unsupported file type"), "truncated.png": ("unreadable", "truncated"),
+                "bomb.png": ("too_large", "20000x20000"), "empty.png": ("unreadable", "cannot identify")}
+    for name, (status, reason) in expected.items():
+        assert files[name]["status"] == status and reason in files[name]["reason"], files[name]
+        assert f"skipped {name}: {status}" in result.output
+    assert "restored 3 of 7 files" in result.output
+
+
+def test_restore_max_pixels_is_the_limit_and_an_out_of_memory_file_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    import priorkit.inverse.restore as restore_mod
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    _png(inp / "small.png", 8)
+    _png(inp / "big.png", 32)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(inp / "oom.png")
+    real = restore_mod.restore
+
+    def restore(image, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if float(image.sum()) == oom_sum:
+            raise MemoryError
+        return real(image, *a, **k)
+
+    from priorkit.inverse.files import load_image
+
+    oom_sum = float(load_image(inp / "oom.png").sum())
+    monkeypatch.setattr(restore_mod, "restore", restore)
+    result = run("restore", inp, out, "--task", "sr2", "--method", "pinv", "--max-pixels", "100")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output  # a failed file: exit 1
+    files = json.loads((out / "report.json").read_text())["files"]
+    assert files["small.png"]["status"] == "done"
+    assert files["big.png"]["status"] == "too_large" and "limit of 100" in files["big.png"]["reason"]
+    assert files["oom.png"]["status"] == "failed" and "out of memory" in files["oom.png"]["reason"]
