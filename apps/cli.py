@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -244,13 +244,14 @@ def three_d(
 # ---- restore -------------------------------------------------------------------------------------
 def _check_restore(input_dir: Path, output_dir: Path, task: str, method: str, prior: str, mask_dir: Path | None,
                    reference_dir: Path | None, sigma_y: float, nfe: int | None, uncertainty: bool = False,
-                   samples: int = 1) -> None:
-    """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing."""
+                   samples: int = 1, **more: Any) -> None:
+    """Raise ValueError (or ModelLoadError) for inputs restore_folder cannot run with; writes nothing. ``more``: seed,
+    simulate, resume, overwrite (a --resume into a run made with other settings is refused)."""
     from priorkit.inverse.restore import check_folder_run
 
     check_folder_run(input_dir, output_dir, task, method, prior, mask_dir=mask_dir, reference_dir=reference_dir,
                      sigma_y=sigma_y, nfe=nfe, uncertainty=uncertainty, samples=samples,
-                     writable=lambda: check_writable(output_dir, "output folder"))
+                     writable=lambda: check_writable(output_dir, "output folder"), **more)
 
 
 @app.command()
@@ -277,7 +278,9 @@ def restore(
                                                        "--no-observed = --simulate)", hidden=True)] = None,
     uncertainty: Annotated[bool, typer.Option(help="also write <name>_std.png: the per-pixel standard deviation "
                                                    "of the posterior samples (needs --samples 2 or more)")] = False,
-    resume: Annotated[bool, typer.Option(help="skip files the report marks done")] = False,
+    resume: Annotated[bool, typer.Option(help="skip files the report marks done (refused if it has other settings)")]
+    = False,
+    overwrite: Annotated[bool, typer.Option(help="start over: remove the report and the outputs it lists")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     samples: Annotated[int, typer.Option(min=1, max=64, help="posterior samples per image, averaged (the posterior "
                                          "mean: higher PSNR, softer detail; costs SAMPLES x the evaluations)")] = 1,
@@ -307,7 +310,7 @@ def restore(
         simulate = simulate or not observed
     try:
         _check_restore(input_dir, output_dir, task, method, prior, mask_dir, reference_dir, sigma_y, nfe,
-                       uncertainty, samples)
+                       uncertainty, samples, seed=seed, simulate=simulate, resume=resume, overwrite=overwrite)
     except (ValueError, ModelLoadError) as e:
         _fail(e)
     rank, world = _distributed()
@@ -315,7 +318,7 @@ def restore(
         report = restore_folder(input_dir, output_dir, task, method, prior=prior, mask_dir=mask_dir,
                                 reference_dir=reference_dir, resume=resume, sigma_y=sigma_y, nfe=nfe, seed=seed,
                                 simulate=simulate, uncertainty=uncertainty, progress=rank == 0, samples=samples,
-                                max_pixels=max_pixels)
+                                max_pixels=max_pixels, overwrite=overwrite)
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
     except OSError as e:

@@ -16,7 +16,8 @@ from torch import Tensor
 from priorkit.distill.core.atomic import atomic_open
 
 __all__ = ["IMAGE_SUFFIXES", "load_image", "save_image", "write_json", "rank_world", "find_by_stem", "quality",
-           "report_files", "merge_reports", "summary", "SkipFileError", "ImageTooLargeError", "MAX_PIXELS"]
+           "report_files", "merge_reports", "summary", "SkipFileError", "ImageTooLargeError", "MAX_PIXELS",
+           "OUTPUT_SETTINGS", "check_resume", "clear_run", "run_settings"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 #: the default pixel limit of an image read (width x height; ``priorkit restore --max-pixels``): 50 megapixels
@@ -160,3 +161,60 @@ class SkipFileError(Exception):
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+#: the report's header fields that shape the outputs: a --resume must match them (old reports may lack some)
+OUTPUT_SETTINGS = ("task", "method", "prior", "sigma_y", "nfe", "seed", "simulate", "samples", "uncertainty")
+
+
+def run_settings(task: str, method: str, prior: Any, sigma_y: float, nfe: int | None, seed: int, simulate: bool,
+                 samples: int, uncertainty: bool) -> dict[str, Any]:
+    """The report's header: the settings that shape the outputs (:data:`OUTPUT_SETTINGS`)."""
+    return {"task": task, "method": method, "prior": str(prior) if isinstance(prior, (str, Path)) else
+            type(prior).__name__, "sigma_y": sigma_y, "nfe": nfe, "seed": seed, "simulate": simulate,
+            "samples": samples, "uncertainty": uncertainty}
+
+
+def check_resume(output_dir: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Raise ValueError when ``resume`` would mix runs: the report(s) in ``output_dir`` were written with other
+    ``settings`` (:data:`OUTPUT_SETTINGS`; the message names each difference), or both flags are given."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the output folder and --overwrite starts it over: give one")
+    if not resume or not Path(output_dir).is_dir():
+        return
+    for path in report_files(Path(output_dir)):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        diff = [f"{k} {old[k]!r} there, {settings[k]!r} now" for k in OUTPUT_SETTINGS
+                if k in old and k in settings and old[k] != settings[k]]
+        if diff:
+            raise ValueError(f"--resume: {output_dir} holds a run with other settings ({'; '.join(diff)}): resume "
+                             "with the same settings, pass --overwrite to start over, or choose another output folder")
+
+
+def clear_run(output_dir: Path) -> None:
+    """Start over: remove the report(s) of ``output_dir`` and the outputs they list (nothing else); under
+    torch.distributed, rank 0 does it and every process waits for it."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if rank == 0:
+        _clear(output_dir)
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _clear(output_dir: Path) -> None:
+    for path in report_files(Path(output_dir)):
+        try:
+            files = json.loads(path.read_text()).get("files", {})
+        except (OSError, json.JSONDecodeError):
+            files = {}
+        for entry in files.values():
+            for key in ("output", "uncertainty"):
+                name = entry.get(key)
+                if isinstance(name, str) and Path(name).name == name:
+                    (Path(output_dir) / name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)

@@ -35,12 +35,15 @@ from priorkit.inverse.files import (
     MAX_PIXELS,
     ImageTooLargeError,
     SkipFileError,
+    check_resume,
+    clear_run,
     find_by_stem,
     load_image,
     merge_reports,
     quality,
     rank_world,
     report_files,
+    run_settings,
     save_image,
     summary,
     write_json,
@@ -258,9 +261,11 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
 def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, prior: str | Path | Denoiser, *,
                      mask_dir: Path | None = None, reference_dir: Path | None = None,
                      sigma_y: float = DEFAULTS.sigma_y, nfe: int | None = None, uncertainty: bool = False,
-                     samples: int = 1, writable: Callable[[], None] | None = None) -> None:
+                     samples: int = 1, writable: Callable[[], None] | None = None, seed: int = 0,
+                     simulate: bool = False, resume: bool = False, overwrite: bool = False) -> None:
     """Raise ValueError (or `ModelLoadError`) for a folder run that cannot work, before any file is touched (the
-    messages name the CLI's flags). ``writable``: the caller's check that the output folder can be written."""
+    messages name the CLI's flags). ``writable``: the caller's check that the output folder can be written. A
+    ``resume`` into a run made with other settings is refused (`check_resume`)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     spec = check_method(method, task)
@@ -285,6 +290,8 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         raise ValueError("--uncertainty needs 2 or more posterior samples: add --samples 4 (for example)")
     if uncertainty and not spec.needs_prior:
         raise ValueError(f"--uncertainty needs a method that samples a posterior; {method} has no prior")
+    check_resume(output_dir, run_settings(task, method, prior, sigma_y, nfe, seed, simulate, samples, uncertainty),
+                 resume, overwrite)
     if writable is not None:
         writable()
     if spec.needs_prior:  # load (and cache) the prior now: a missing or wrong prior fails before any file
@@ -299,7 +306,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                    reference_dir: str | Path | None = None, resume: bool = False, sigma_y: float = DEFAULTS.sigma_y,
                    nfe: int | None = None, seed: int = 0, simulate: bool = False, observed: bool | None = None,
                    uncertainty: bool = False, progress: bool = True, max_pixels: int | None = MAX_PIXELS,
-                   **options: Any) -> dict:
+                   overwrite: bool = False, **options: Any) -> dict:
     """Restore every image of ``input_dir`` into ``output_dir`` (PNG, same stem), with a JSON report.
 
     * Inputs are the degraded images (observations); ``simulate=True`` degrades clean inputs first and scores against
@@ -316,7 +323,9 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
       user set), the measurement residual ``||A x - y||`` and the ``expected_residual`` sigma_y sqrt(M) the noise
       alone explains (``residual_ratio`` ~1 = consistent), PSNR/SSIM against ``reference_dir``/<stem>.* when given,
       else, when simulating, against the input itself (the ground truth).
-    * ``resume=True`` skips files the report(s) mark done whose output exists.
+    * ``resume=True`` skips files the report(s) mark done whose output exists; a run made with other settings (task,
+      method, prior, sigma_y, nfe, seed, simulate, samples, uncertainty) is refused with the differences named.
+      ``overwrite=True`` starts over: the old report(s) and the outputs they list are removed first.
     * Under torch.distributed / ``accelerate launch`` with N processes, process r takes files i with i % N == r and
       writes report.rank{r}.json (merged into report.json by rank 0 when torch.distributed is initialised; else call
       :func:`merge_reports`).
@@ -342,8 +351,12 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
         raise ValueError("an uncertainty map needs 2 or more posterior samples (e.g. samples=4)")
     mask_dir = Path(mask_dir) if mask_dir is not None else None
     reference_dir = Path(reference_dir) if reference_dir is not None else None
-    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(task, method, prior, sigma_y, nfe, seed, simulate, options.get("samples", 1), uncertainty)
+    check_resume(output_dir, settings, resume, overwrite)
+    if overwrite:
+        clear_run(output_dir)
     rank, world = rank_world()
+    output_dir.mkdir(parents=True, exist_ok=True)
     report_path = output_dir / ("report.json" if world == 1 else f"report.rank{rank}.json")
 
     previous: dict[str, dict] = {}
@@ -353,9 +366,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                 previous.update(json.loads(p.read_text()).get("files", {}))
             except (OSError, json.JSONDecodeError):
                 continue
-    report: dict[str, Any] = {"task": task, "method": method, "prior": prior if isinstance(prior, str) else
-                              type(prior).__name__, "sigma_y": sigma_y, "nfe": nfe, "seed": seed,
-                              "simulate": simulate, "world_size": world, "rank": rank, "files": {}}
+    report: dict[str, Any] = {**settings, "world_size": world, "rank": rank, "files": {}}
 
     candidates = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     mine = [p for i, p in enumerate(candidates) if i % world == rank]

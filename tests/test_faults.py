@@ -229,3 +229,26 @@ def test_restore_max_pixels_is_the_limit_and_an_out_of_memory_file_is_skipped(tm
     assert files["small.png"]["status"] == "done"
     assert files["big.png"]["status"] == "too_large" and "limit of 100" in files["big.png"]["reason"]
     assert files["oom.png"]["status"] == "failed" and "out of memory" in files["oom.png"]["reason"]
+
+
+def test_restore_resume_with_other_settings_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    _png(inp / "a.png", 8)
+    assert run("restore", inp, out, "--task", "sr2", "--method", "pinv").exit_code == 0
+    before = (out / "report.json").read_text()
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--seed", "3", "--resume")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "task 'sr2' there, 'sr4' now" in line and "seed 0 there, 3 now" in line
+    assert "--overwrite" in line and "method" not in line.split("(")[1].split(")")[0]
+    assert (out / "report.json").read_text() == before  # nothing touched
+    assert run("restore", inp, out, "--task", "sr2", "--method", "pinv", "--resume").exit_code == 0  # same: fine
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--resume", "--overwrite")
+    assert result.exit_code == 2 and "give one" in one_error_line(result)
+    (out / "stray.png").write_bytes(b"the user's")
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--seed", "3", "--overwrite")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "sr4" and report["seed"] == 3 and report["files"]["a.png"]["status"] == "done"
+    assert Image.open(out / "a.png").size == (32, 32) and (out / "stray.png").read_bytes() == b"the user's"
+    assert run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--seed", "3", "--resume").exit_code == 0
