@@ -283,3 +283,31 @@ def test_a_prompt_past_the_limit_is_one_line_in_sample_and_3d(tmp_path: Path) ->
     result = run("3d", huge, "--steps", "1", "--out", tmp_path / "3d")
     assert result.exit_code == 2 and "at most 512" in one_error_line(result) and "prompt too long" in result.output
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "3d").exists()
+
+
+# ---- priorkit distill: toy teachers announced and cached ----------------------------------------------------------
+def test_distill_announces_a_toy_teacher_and_caches_it(tmp_path: Path, monkeypatch, single_thread) -> None:
+    import priorkit.distill.zoo.toy_cache as toy_cache
+    from priorkit.distill.zoo.toy import TeacherConfig
+
+    monkeypatch.setenv("PRIORKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(toy_cache, "DEFAULT_CONFIG", TeacherConfig(steps=4, batch=32, hidden=16, depth=1))
+    args = ("distill", "shortcut", "--teacher", "toy:moons", "--steps", "2", "--batch", "16")
+    first = run(*args, "--out", tmp_path / "a")
+    assert first.exit_code == 0, (first.output, first.exception)
+    assert "teacher toy:moons must be trained first: 4 steps, about" in first.output  # said before starting
+    assert first.output.index("trained first") < first.output.index("student:")
+    cached = list((tmp_path / "cache" / "toy-teachers").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".safetensors"
+
+    def no_training(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the cached teacher was trained again")
+
+    monkeypatch.setattr(toy_cache, "train_teacher", no_training)
+    second = run(*args, "--out", tmp_path / "b")
+    assert second.exit_code == 0, (second.output, second.exception)
+    assert "the trained one in the cache" in second.output and "trained first" not in second.output
+    from priorkit.distill.students.format import load_student
+
+    a, b = (load_student(tmp_path / r / "student") for r in "ab")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

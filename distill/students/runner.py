@@ -42,7 +42,6 @@ from priorkit.distill.zoo.toy import (
     conditional_gmm_target,
     exact_target,
     target_data,
-    train_teacher,
 )
 
 METHODS: tuple[str, ...] = tuple(registry.METHODS)  # the registered method names
@@ -216,7 +215,10 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         if exact is not None and not (learns_guidance and toy != "gmm"):
             den: Denoiser = conditional_gmm_target().float() if learns_guidance else exact.float()
         else:
-            den = train_teacher(toy, conditional=learns_guidance, out=out / "teacher", resume=resume)
+            from priorkit.distill.zoo.toy_cache import cached_teacher
+
+            den = cached_teacher(toy, learns_guidance, out=out / "teacher", resume=resume)
+            torch.manual_seed(seed)  # the same random numbers after a trained or a cached teacher
             backbone = den
         data = target_data(toy, conditional=learns_guidance)
         student = make_student(method, den, backbone)
