@@ -117,12 +117,12 @@ class Operator(nn.Module):
         self.cg_max_iter = cg_max_iter
 
     def A(self, x: Tensor) -> Tensor:
-        """Forward map: x (B, C, H, W) -> y."""
-        raise NotImplementedError
+        """Forward map: x (B, C, H, W) -> y. Abstract: every operator family defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define A (the forward map)")
 
     def At(self, y: Tensor) -> Tensor:
-        """Adjoint map: y -> A^T y (B, C, H, W)."""
-        raise NotImplementedError
+        """Adjoint map: y -> A^T y (B, C, H, W). Abstract: every operator family defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define At (the adjoint map)")
 
     def forward(self, x: Tensor) -> Tensor:
         """Same as ``A(x)``."""
