@@ -138,19 +138,24 @@ LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
 
 def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, *, resume: bool = False,
           desc: str = "train", on_checkpoint: Callable[[nn.Module, int], None] | None = None,
-          params: list[nn.Parameter] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
+          params: list[nn.Parameter] | list[dict[str, Any]] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
     """Minimise ``loss_fn(model, step, generator)`` for ``cfg.steps`` steps; returns (EMA model, log).
 
     ``out/checkpoint`` is written every ``cfg.checkpoint_every`` steps and at the end; ``resume`` restores
     model, EMA, optimizer, step and log from it (and the data generator is re-seeded from the step, so a
-    resumed run sees fresh, reproducible batches).
+    resumed run sees fresh, reproducible batches). ``params``: the parameters to train (default: all that require a
+    gradient), or torch parameter groups whose optional ``lr_scale`` multiplies the scheduled learning rate (a new
+    input layer learning faster than the pretrained body it joins).
     """
     from accelerate import Accelerator
 
     out = Path(out)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{"lr_scale": 1.0, **grp} for grp in groups]
+    params = [p for grp in groups for p in grp["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start, log = 0, []
     if resume:
@@ -163,7 +168,7 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
                disable=not accelerator.is_local_main_process)
     for step in bar:
         for g in opt.param_groups:  # the schedule is a pure function of the step, so resuming needs no state
-            g["lr"] = cfg.lr * schedule(step)
+            g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * schedule(step)
         generator.manual_seed(cfg.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
         model.train()
         loss = loss_fn(model, step, generator)

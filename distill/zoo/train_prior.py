@@ -39,6 +39,7 @@ SHAPES_SCHEDULER: dict[str, Any] = {
     "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "v_prediction", "clip_sample": False,
 }
+CAMERA_LR_SCALE = 10.0  # the camera embedding's learning rate over the body's (measured: at 1x it stayed near zero)
 # v2: the camera (sin/cos azimuth and elevation, a given-flag) enters through a projection class embedding added to
 # the time embedding; its last layer starts at zero, so a v2 prior initialised from v1 starts as v1 exactly.
 SHAPES_V2_UNET: dict[str, Any] = {**SHAPES_UNET, "class_embed_type": "projection",
@@ -259,7 +260,13 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     cfg = TrainConfig(steps=steps, lr=lr, warmup=min(200, steps // 10), ema_decay=0.999,
                       checkpoint_every=max(50, min(250, steps // 8)), seed=seed)
     t0 = time.time()
+    params = None
+    if world == "v2":  # the camera's embedding starts at zero and its signal is weak (only the cube shows the yaw)
+        new = [p for n, p in den.unet.named_parameters() if n.startswith("class_embedding.")]
+        body = [p for n, p in den.unet.named_parameters() if not n.startswith("class_embedding.")]
+        params = [{"params": body}, {"params": new, "lr_scale": CAMERA_LR_SCALE}]
     ema_unet, log = train(den.unet, loss_fn, cfg, out / "run", resume=resume, desc=f"train-prior {name}",
+                          params=params,
                           on_checkpoint=lambda m, s: save_prior(den, m, out, name, log_ref(out), command, world))
     save_prior(den, ema_unet, out, name, log, command, world)
     print(f"trained {name} for {steps} steps in {time.time() - t0:.0f}s -> {out}")
