@@ -241,6 +241,8 @@ def test_micro_run_writes_valid_json(tmp_path: Path) -> None:
             assert r["nfe"] == 0 and r["backward"] == 0
         elif r["method"] == "pigdm_mean":                                 # 4 samples x max(1, 2 // 4) steps
             assert r["nfe"] == r["backward"] == bench.DEFAULTS.mean_samples
+        elif r["method"] == "diffpir_mean":                     # 4 samples, each at the budget, no backward pass
+            assert r["nfe"] == 2 * bench.DEFAULTS.mean_samples and r["backward"] == 0
         elif r["method"] in ("pigdm", "pigdm_flow", "dps", "diffpir", "pnp_flow", "dinv_pigdm", "dinv_dps",
                              "dinv_diffpir"):
             assert r["nfe"] == 2                                                 # the budget, counted
