@@ -14,14 +14,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from priorkit.apps.cli_checks import (
+    BAD_INPUT,
+    FAILED,
     check_png_out,
     check_run_folder,
     check_writable,
+    fail,
     os_error_line,
     remove_if_left_empty,
     version_line,
@@ -33,8 +36,6 @@ _check_writable = check_writable  # the name apps/finetune_cmd.py imports
 app = typer.Typer(help="priorkit: pretrained diffusion and flow models put to work. Exit codes: 0 done; 1 the work "
                   "failed (restore: a file failed or none was restored); 2 bad input, nothing done.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
-
-BAD_INPUT, FAILED = 2, 1  # exit codes
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -50,10 +51,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """priorkit: pretrained diffusion and flow models put to work."""
 
 
-def _fail(message: object, code: int = BAD_INPUT) -> NoReturn:
-    """Print ``error: <message>`` as one line on stderr and exit with ``code``."""
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    raise typer.Exit(code)
+_fail = fail  # the name the command modules use
 
 
 def _slug(text: str, limit: int = 60) -> str:
@@ -347,12 +345,12 @@ def restore(
 def _check_teacher(teacher: str) -> None:
     """Raise ValueError / ModelLoadError for a teacher that cannot exist (without loading it)."""
     from priorkit.distill.core.loading import BUNDLED, bundled_path
-    from priorkit.distill.zoo.toy import TARGETS
+    from priorkit.distill.zoo.toy import ALL_TARGETS
 
     if teacher.startswith("toy:"):
-        if teacher[4:] not in TARGETS:
+        if teacher[4:] not in ALL_TARGETS:
             raise ValueError(f"unknown toy teacher {teacher!r}; expected one of "
-                             f"{', '.join('toy:' + t for t in TARGETS)}")
+                             f"{', '.join('toy:' + t for t in ALL_TARGETS)}")
         return
     if teacher in BUNDLED:
         bundled_path(teacher)  # raises when the weights are missing
@@ -370,9 +368,11 @@ def _check_teacher(teacher: str) -> None:
 @app.command("distill")
 def distill_cmd(
     method: Annotated[str, typer.Argument(help="reflow, cd (consistency distillation), ct (consistency training), "
-                                               "shortcut, progressive or guidance")],
-    teacher: Annotated[str, typer.Option(help="toy:gmm, toy:moons, toy:checkerboard, a bundled prior (shapes, "
-                                              "photos), a diffusers folder or hub id")],
+                                               "shortcut, progressive, guidance, dmd, dmd2 (distribution matching) "
+                                               "or bespoke (a solver fitted to the teacher)")],
+    teacher: Annotated[str, typer.Option(help="toy:gmm, toy:moons, toy:checkerboard, toy:ring5, toy:ring12, "
+                                              "toy:ring16, toy:grid9, a bundled prior (shapes, photos), a diffusers "
+                                              "folder or hub id")],
     out: Annotated[Path | None, typer.Option(help="run folder (default: outputs/distill/<method>-<teacher>)")] = None,
     steps: Annotated[int | None, typer.Option(help="training steps (per round / stage) (default: the "
                                                    "method's)")] = None,
@@ -383,14 +383,18 @@ def distill_cmd(
     n_data: Annotated[int, typer.Option(help="image teachers: renders / teacher samples to train on")] = 12000,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in OUT")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    nfe: Annotated[int | None, typer.Option(help="bespoke: the solver's model evaluations; dmd, dmd2: the "
+                                                 "generator's steps (default: the method's)")] = None,
 ) -> None:
     """Distil a teacher into a fast few-step student.
 
     Methods: reflow, cd / ct (consistency distillation / training), shortcut, progressive,
-    guidance (a student conditioned on the guidance weight w).
+    guidance (a student conditioned on the guidance weight w), dmd / dmd2 (a one- or few-step generator by
+    distribution matching), bespoke (a solver for the frozen teacher at --nfe evaluations).
     The student folder it prints loads wherever a model is accepted.
     """
     from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.distill.core.training import ResumeMismatchError
     from priorkit.distill.students.format import is_main_process
     from priorkit.distill.students.registry import METHODS
     from priorkit.distill.students.runner import distill
@@ -405,6 +409,8 @@ def distill_cmd(
                 raise ValueError(f"{flag} must be >= 1; got {value}")
         if lr is not None and not lr > 0:
             raise ValueError(f"--lr must be > 0; got {lr}")
+        if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
+            raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
         if not 0 < guidance <= 100:
             raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
         if out.exists() and not out.is_dir():
@@ -418,7 +424,9 @@ def distill_cmd(
     try:
         with remove_if_left_empty(out):
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
-                             resume=resume, seed=seed, n_data=n_data)
+                             resume=resume, seed=seed, n_data=n_data, nfe=nfe)
+    except ResumeMismatchError as e:
+        _fail(e)
     except (ValueError, ModelLoadError) as e:
         _fail(e, FAILED)
     if is_main_process():

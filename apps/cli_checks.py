@@ -7,6 +7,17 @@ import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+BAD_INPUT, FAILED = 2, 1  # exit codes: 2 bad input, nothing done; 1 the work failed
+
+
+def fail(message: object, code: int = BAD_INPUT) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``code``."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code)
 
 
 def missing_parents(path: Path) -> list[Path]:

@@ -7,21 +7,15 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from priorkit.apps.cli_checks import check_writable, os_error_line
+from priorkit.apps.cli_checks import fail as _fail
 
 METHOD_NAMES = ("adjoint_matching", "draft", "ddpo")
 REWARD_NAMES = ("judge", "brightness")
-BAD_INPUT = 2  # exit codes as in priorkit.apps.cli
-
-
-def _fail(message: object, code: int = BAD_INPUT) -> NoReturn:
-    """``error: <message>`` as one line on stderr, then exit with ``code`` (the CLI's convention)."""
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    raise typer.Exit(code)
 
 
 def finetune_cmd(
@@ -61,6 +55,15 @@ def finetune_cmd(
     except ValueError as err:
         _fail(err)
     import torch
+
+    from priorkit.distill.core.training import run_settings
+
+    try:
+        run_settings(out / "run", {"method": method, "prior": prior, "reward": reward, "iterations": iterations,
+                                   "lam": lam, "batch": batch, "steps": steps, "lr": lr, "rank": rank, "k": k,
+                                   "seed": seed}, resume)
+    except ValueError as err:
+        _fail(err)
 
     from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
     from priorkit.distill.finetune.reward import REWARDS

@@ -373,6 +373,10 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     stems: dict[str, int] = {}
     for p in candidates:
         stems[p.stem] = stems.get(p.stem, 0) + 1
+    # the report exists (its settings, what earlier runs finished) before the first image: a run killed at any
+    # moment leaves the settings a --resume is checked against
+    report["files"] = {p.name: previous[p.name] for p in mine if previous.get(p.name, {}).get("status") == "done"}
+    write_json(report, report_path)
     if progress and get_method(method).needs_prior:
         todo = [p for p in mine if p.suffix.lower() in IMAGE_SUFFIXES and not (
             resume and previous.get(p.name, {}).get("status") == "done")]

@@ -67,7 +67,7 @@ def test_help_lists_every_command_with_a_one_line_summary():
             "--preview-every", "--checkpoint-every", "--resume"]),
     ("restore", ["--task", "--method", "--mask-dir", "--reference-dir", "--prior", "--sigma-y", "--resume",
                  "--seed", "--simulate", "--uncertainty", "--samples", "input_dir", "output_dir"]),
-    ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed"]),
+    ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed", "--nfe"]),
     ("sample", ["--model", "--steps", "--prompt", "--n", "--guidance", "--out"]),
     ("train-prior", ["--steps", "--resume"]),
     ("app", ["--host", "--port", "--share", "--threads"]),
@@ -145,6 +145,8 @@ def test_distill_bad_input(tmp_path):
         (["shortcut", "--teacher", "toy:gmm", "--batch", "0"], ["--batch"]),
         (["shortcut", "--teacher", "toy:gmm", "--lr", "-1e-3"], ["--lr"]),
         (["shortcut", "--teacher", "toy:gmm", "--guidance", "0"], ["--guidance"]),
+        (["shortcut", "--teacher", "toy:gmm", "--nfe", "2"], ["--nfe", "bespoke"]),   # fixed at training only there
+        (["bespoke", "--teacher", "toy:ring12", "--nfe", "0"], ["--nfe"]),           # the held-out family is offered
     ]
     for args, words in cases:
         assert_bad_input(run("distill", *args, "--out", out), *words)

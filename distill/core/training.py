@@ -136,6 +136,33 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
 
 
+class ResumeMismatchError(ValueError):
+    """A ``--resume`` into a run made with other settings (bad input: nothing was done)."""
+
+
+def run_settings(folder: str | Path, settings: dict[str, Any], resume: bool) -> None:
+    """Record a new run's settings in ``folder/settings.json``; on ``resume``, refuse settings that differ.
+
+    A resumed run continues the recorded one (its schedule, data and checkpoints), so resuming with other settings
+    would make a mix that claims to be one run: ValueError naming each differing setting (old -> new).
+    """
+    path = Path(folder) / "settings.json"
+    settings = json.loads(json.dumps(settings, default=str))  # the JSON form, compared like for like
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        changed = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                   if old.get(k) != settings.get(k)]
+        if changed:
+            raise ResumeMismatchError(f"--resume: the run in {folder} was made with other settings "
+                                      f"({'; '.join(changed)}); resume with the same settings, or start a new run in "
+                                      "another folder")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, *, resume: bool = False,
           desc: str = "train", on_checkpoint: Callable[[nn.Module, int], None] | None = None,
           params: list[nn.Parameter] | list[dict[str, Any]] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:

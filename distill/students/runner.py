@@ -24,6 +24,7 @@ from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.core.training import run_settings
 from priorkit.distill.students import registry
 from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.students.format import (
@@ -151,8 +152,11 @@ def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = Non
 
 
 def method_config(method: str, *, steps: int | None = None, batch: int | None = None, lr: float | None = None,
-                  image: bool = False) -> Any:
-    """The defaults dataclass of ``method`` with the common overrides (image teachers: smaller lr / batch)."""
+                  image: bool = False, nfe: int | None = None) -> Any:
+    """The defaults dataclass of ``method`` with the common overrides (image teachers: smaller lr / batch).
+
+    ``nfe``: the model evaluations the result is made for, where a method fixes them at training time (bespoke: the
+    solver's NFE; dmd / dmd2: the generator's steps); a ValueError for the others (they sample at any NFE)."""
     m = registry.method(method)
     cfg: Any = m.config()
     tcfg = m.train_config(cfg)
@@ -163,11 +167,20 @@ def method_config(method: str, *, steps: int | None = None, batch: int | None = 
         m.toy_defaults(cfg)
     if steps is not None:
         tcfg.steps = steps
+        tcfg.checkpoint_every = min(tcfg.checkpoint_every, max(1, steps // 4))  # a short run still resumes
         m.set_steps(cfg, steps)
     if batch is not None:
         cfg.batch = batch
     if lr is not None:
         tcfg.lr = lr
+    if nfe is not None:
+        field = {"bespoke": "nfe", "dmd": "steps", "dmd2": "steps"}.get(method)
+        if field is None:
+            raise ValueError(f"--nfe applies to bespoke, dmd and dmd2 (fixed at training); {method} students sample "
+                             "at any number of steps")
+        if nfe < 1:
+            raise ValueError(f"--nfe must be >= 1; got {nfe}")
+        setattr(cfg, field, nfe)
     return cfg
 
 
@@ -192,18 +205,22 @@ def final_folder(method: str, out: str | Path) -> Path:
 
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
-            n_data: int = 12000) -> Path:
+            n_data: int = 12000, nfe: int | None = None) -> Path:
     """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
 
     Args:
-        method: one of "reflow", "cd", "ct", "shortcut", "progressive", "guidance".
+        method: a name of `priorkit.distill.students.registry.METHODS` (reflow, cd, ct, shortcut, progressive,
+            guidance, dmd, dmd2, bespoke).
         teacher: "toy:<target>" or a `load_denoiser` source (bundled name, diffusers folder).
         steps, batch, lr: overrides of the method's defaults (per round / stage for multi-stage methods).
         guidance: the CFG scale of the teacher the student copies (all methods but "guidance", which learns w).
         resume: continue an interrupted run in ``out`` from its last checkpoints.
         n_data: renders / teacher samples drawn for image teachers.
+        nfe: bespoke / dmd / dmd2: the evaluations the solver or generator is trained for (see `method_config`).
     """
     out = Path(out)
+    run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
+                       "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
@@ -222,7 +239,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             backbone = den
         data = target_data(toy, conditional=learns_guidance)
         student = make_student(method, den, backbone)
-        cfg = method_config(method, steps=steps, batch=batch, lr=lr)
+        cfg = method_config(method, steps=steps, batch=batch, lr=lr, nfe=nfe)
     else:
         from priorkit.distill.core.loading import load_denoiser
 
@@ -234,7 +251,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             meta["vae_from"] = str(teacher)
         data = image_data(den, teacher, n=n_data, seed=seed)
         student = make_student(method, den)
-        cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True)
+        cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True, nfe=nfe)
     target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
     result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
     attach_codecs(result, den)

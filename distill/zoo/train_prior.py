@@ -228,6 +228,11 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
+    from priorkit.distill.core.training import run_settings
+
+    run_settings(out / "run", {"name": name, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                               "n_renders": n_renders if name == "shapes" else None, "init": init, "data": data,
+                               "photo_set": photo_set, "world": world}, resume)
     command = "priorkit train-prior " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if Path(sys.argv[0]).name == "priorkit" else " ".join(shlex.quote(a) for a in sys.argv)
     torch.manual_seed(seed)

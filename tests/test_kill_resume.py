@@ -1,0 +1,121 @@
+"""Runs killed half-way (SIGKILL: no handler runs, nothing is flushed) resume with nothing lost, and refuse to resume
+with other settings (issue 24). Each test starts the real command in a subprocess, kills it once it has written
+part of its work, and resumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from priorkit.distill.core.training import ResumeMismatchError, run_settings
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def cli(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "priorkit.apps.cli", *map(str, args)]
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 240.0) -> bool:
+    """Start ``cmd``; SIGKILL it as soon as ``ready()``. True when it was killed (False: it finished first)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None:
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            if time.monotonic() - t0 > timeout:
+                pytest.fail(f"{cmd[3]} wrote nothing to resume from within {timeout:.0f} s")
+            time.sleep(0.05)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def finish(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_run_settings_are_recorded_and_a_different_resume_is_refused(tmp_path: Path) -> None:
+    run_settings(tmp_path / "run", {"steps": 10, "lr": 1e-3, "init": tmp_path}, resume=False)
+    run_settings(tmp_path / "run", {"steps": 10, "lr": 1e-3, "init": tmp_path}, resume=True)  # same: fine
+    with pytest.raises(ResumeMismatchError, match=r"steps 10 -> 20.*resume with the same settings"):
+        run_settings(tmp_path / "run", {"steps": 20, "lr": 1e-3, "init": tmp_path}, resume=True)
+    with pytest.raises(ResumeMismatchError, match="seed None -> 3"):  # a setting the run did not have
+        run_settings(tmp_path / "run", {"steps": 10, "lr": 1e-3, "init": tmp_path, "seed": 3}, resume=True)
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["steps"] == 10  # the record is kept
+
+
+def test_distill_killed_half_way_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["distill", "shortcut", "--teacher", "toy:gmm", "--steps", "300", "--batch", "16", "--out", out]
+    checkpoint = out / "checkpoint" / "state.json"
+    killed = kill_when(cli(*args), checkpoint.is_file)
+    if killed:
+        step = json.loads(checkpoint.read_text())["step"]
+        assert 0 < step < 300, "the kill came after the run had ended"
+        assert not (out / "student").exists()
+    other = finish(cli(*args[:-2], "--lr", "1e-3", "--out", out, "--resume"))
+    assert other.returncode == 2, other.stderr
+    assert "other settings" in other.stderr and "lr None -> 0.001" in other.stderr
+    assert "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    done = finish(cli(*args, "--resume"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(checkpoint.read_text())["step"] == 300
+    assert (out / "student" / "priorkit.json").is_file()
+
+
+def _photos(folder: Path, n: int, size: int = 64) -> list[Path]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        x = np.linspace(0, 1, size)
+        img = np.stack([np.outer(x, x), np.outer(x[::-1], x), np.full((size, size), 0.5)], -1)
+        img = np.clip(img + 0.05 * rng.standard_normal(img.shape), 0, 1)
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray((img * 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_restore_killed_half_way_keeps_what_it_wrote_and_finishes_the_rest(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    inputs = _photos(src, 6)
+    args = ["restore", src, out, "--task", "deblur_gaussian", "--simulate", "--nfe", "6", "--prior", "photos"]
+
+    def two_done() -> bool:
+        try:
+            files = json.loads((out / "report.json").read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return sum(e["status"] == "done" for e in files.values()) >= 2
+
+    killed = kill_when(cli(*args), two_done)
+    report = json.loads((out / "report.json").read_text())  # written before the first image
+    written = {name: (out / e["output"]).stat().st_mtime_ns for name, e in report["files"].items()
+               if e["status"] == "done"}
+    if killed:
+        assert 2 <= len(written) < len(inputs), "the kill came after the batch had ended"
+    other = finish(cli(*args[:-4], "--nfe", "7", "--prior", "photos", "--resume"))
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+    done = finish(cli(*args, "--resume"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("img*.png")) == sorted(p.name for p in inputs)
+    for name, mtime in written.items():  # what the report marked done before the kill is kept, not redone
+        assert (out / Path(name).with_suffix(".png").name).stat().st_mtime_ns == mtime, name
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["files"]) == sorted(p.name for p in inputs)  # each image once, after the resume too
+    assert all(entry["status"] == "done" for entry in report["files"].values())
