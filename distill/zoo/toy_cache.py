@@ -42,7 +42,8 @@ def cache_path(name: str, conditional: bool, config: TeacherConfig) -> Path:
 
 def _model(conditional: bool, config: TeacherConfig) -> MLPDenoiser:
     return MLPDenoiser(FlowMatching(), kind=config.kind, hidden=config.hidden, depth=config.depth,
-                       num_classes=2 if conditional else 0, sigma_data=1.0)
+                       num_classes=2 if conditional else 0, sigma_data=1.0,
+                       input_frequencies=config.input_frequencies)
 
 
 def estimate_seconds(name: str, conditional: bool, config: TeacherConfig, probe: int = 5) -> float:
