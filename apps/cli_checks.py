@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -12,6 +13,11 @@ from typing import NoReturn
 import typer
 
 BAD_INPUT, FAILED = 2, 1  # exit codes: 2 bad input, nothing done; 1 the work failed
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A folder name from free text: lower-case words joined by '-' (at most ``limit`` characters; "run" if empty)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "run"
 
 
 def fail(message: object, code: int = BAD_INPUT) -> NoReturn:

@@ -27,7 +27,9 @@ class GuidanceConfig:
     guidance_scale: CFG scale of the pretrained prior. t_min, t_max: the range of t; with ``anneal`` != "none"
     t_max moves to ``t_max_end`` over the run. weighting: w(t) (:func:`priorkit.distill.score.guidance.weight`).
     view_dependent: append "front/side/back/overhead view" to the prompt per camera. grad_clip: clamp each element
-    of the model-space gradient to [-grad_clip, grad_clip] (None: no clamp).
+    of the model-space gradient to [-grad_clip, grad_clip] (None: no clamp). camera_input: give a camera-aware prior
+    each render's camera (as Zero123 / MVDream are given theirs; None: whenever the prior accepts one,
+    :func:`priorkit.distill.core.cameras.accepts_camera`; True with a prior that does not is an error).
 
     The loop's defaults for this method: steps (optimisation steps), particles (fields optimised together),
     lambda_color_tv (weight of the representation's colour TV regulariser).
@@ -41,6 +43,7 @@ class GuidanceConfig:
     weighting: str = "sigma2"
     view_dependent: bool = True
     grad_clip: float | None = None
+    camera_input: bool | None = None
     steps: int = 500
     particles: int = 1
     lambda_color_tv: float = 0.0
@@ -102,3 +105,15 @@ def finite_gradient(grad: Tensor, name: str) -> tuple[Tensor, int]:
 
 
 __all__ = ["Guidance", "GuidanceConfig", "NonFiniteGradientError", "finite_gradient"]
+
+
+def uses_camera(den: object, config: GuidanceConfig) -> bool:
+    """Whether the guidance gives ``den`` the render's camera (``config.camera_input``, resolved)."""
+    from priorkit.distill.core.cameras import accepts_camera
+
+    accepts = accepts_camera(den)
+    if config.camera_input and not accepts:
+        raise ValueError("camera_input=True needs a camera-aware prior (such as the shapes prior v2); this prior "
+                         "takes no camera")
+    return accepts if config.camera_input is None else bool(config.camera_input)
+

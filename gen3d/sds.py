@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.cameras import Camera
+from priorkit.distill.core.cameras import Camera, camera_input
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.score.guidance import (
     GuidedPredictor,
@@ -32,7 +32,7 @@ from priorkit.distill.score.guidance import (
     to_model_space,
     view_prompts,
 )
-from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient
+from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, uses_camera
 
 
 @dataclass
@@ -74,6 +74,7 @@ class SDS:
         if not 0.0 <= c.guidance_warmup <= 1.0:
             raise ValueError(f"guidance_warmup must be in [0, 1]; got {c.guidance_warmup}")
         annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
+        self.camera = uses_camera(denoiser, c)
 
     @property
     def views(self) -> int:
@@ -92,8 +93,12 @@ class SDS:
         return c.guidance_scale
 
     def condition(self, cameras: Sequence[Camera]) -> Condition:
-        """Encoded, view-dependent text condition for these cameras, (B, L, D)."""
-        return self.den.encode(view_prompts(self.prompt, cameras, self.config.view_dependent))
+        """Encoded, view-dependent text condition for these cameras, (B, L, D); with a camera-aware prior
+        (``self.camera``) also the cameras as its class input."""
+        text = self.den.encode(view_prompts(self.prompt, cameras, self.config.view_dependent))
+        if not self.camera:
+            return text
+        return {"text": text, "class_labels": camera_input(list(cameras)).to(text.device, text.dtype)}
 
     def loss(self, images: Tensor, cameras: Sequence[Camera], progress: float = 0.0,
              generator: torch.Generator | None = None, particles: int = 1) -> tuple[Tensor, dict[str, float]]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.cameras import Camera
+from priorkit.distill.core.cameras import Camera, camera_input
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.score.guidance import (
@@ -43,12 +43,13 @@ from priorkit.distill.score.lora import (
     attach_lora,
     camera_features,
     detach_lora,
+    has_own_camera_embedding,
     load_lora_state_dict,
     lora_state_dict,
     pretrained_branch,
 )
 from priorkit.gen3d.checkpoint import load_optimizer, optimizer_tensors
-from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient
+from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, uses_camera
 
 
 @dataclass
@@ -105,6 +106,7 @@ class VSD:
         if unet is None:
             raise ValueError("VSD needs a diffusers prior (DiffusersDenoiser) to attach its LoRA to")
         self.unet = unet
+        self.camera = uses_camera(denoiser, c)  # a camera-aware prior: both branches see its own camera input
         self.parameters = attach_lora(unet, c.lora)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lora_lr)
 
@@ -118,7 +120,13 @@ class VSD:
         return annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, progress)
 
     def _conditions(self, cameras: Sequence[Camera]) -> tuple[Condition, Condition]:
+        """(the pretrained branch's condition, the LoRA branch's): text, and the camera where each takes one."""
         text = self.den.encode(view_prompts(self.prompt, cameras, self.config.view_dependent))
+        if self.camera:  # the prior's own camera input serves both branches
+            cam = {"text": text, "class_labels": camera_input(list(cameras)).to(text.device, text.dtype)}
+            return cam, cam
+        if not has_own_camera_embedding(self.unet):  # a class input of the prior's own that is not a camera
+            return text, text
         feats = camera_features(cameras).to(text.device, text.dtype)
         return text, {"text": text, "class_labels": feats}
 
@@ -137,7 +145,7 @@ class VSD:
             raise ValueError(f"{images.shape[0]} images but {len(cameras)} cameras")
         c = self.config
         x = to_model_space(self.den, images)
-        text, cam_cond = self._conditions(cameras)
+        text, cam_cond = self._conditions(cameras)  # text: the pretrained branch's condition
         lo, hi = self.time_range(progress)
         t, eps = draw_noise(x, lo, hi, generator)
         pre = GuidedPredictor(self.den, text, c.guidance_scale)

@@ -105,11 +105,6 @@ class Restoration:
     std: Tensor | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# restore
-# ----------------------------------------------------------------------------------------------------------------------
-
-
 def _model_dtype(den: Denoiser) -> torch.dtype:
     """float64 for float64 analytic priors, else float32 (the solver's working precision)."""
     for t in (*den.parameters(), *den.buffers()):
@@ -373,8 +368,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     stems: dict[str, int] = {}
     for p in candidates:
         stems[p.stem] = stems.get(p.stem, 0) + 1
-    # the report exists (its settings, what earlier runs finished) before the first image: a run killed at any
-    # moment leaves the settings a --resume is checked against
+    # the report (settings, earlier runs' done files) exists before the first image: what a --resume is checked against
     report["files"] = {p.name: previous[p.name] for p in mine if previous.get(p.name, {}).get("status") == "done"}
     write_json(report, report_path)
     if progress and get_method(method).needs_prior:

@@ -252,7 +252,7 @@ def test_lora_attaches_only_to_attention_projections_and_camera_embedding(tiny_p
                and ".base_layer" not in n and ".lora_" not in n}
     assert wrapped == targets and len(targets) > 0
     assert any(n.startswith("class_embedding.") for n in trainable)
-    with pytest.raises(ValueError, match="class embedding"):
+    with pytest.raises(ValueError, match="already has a VSD LoRA"):
         attach_lora(unet)
 
 

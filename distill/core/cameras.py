@@ -95,3 +95,33 @@ def random_cameras(n: int, generator: torch.Generator | None = None,
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
     lo, hi = elevation_range
     return [Camera(azimuth=float(azimuth_span * (a - 0.5)), elevation=float(lo + (hi - lo) * e)) for a, e in u]
+
+
+# ---- the camera as a prior's input (camera-aware priors: the shapes prior v2, as Zero123 / MVDream take theirs) --
+#: width of the camera input: sin / cos azimuth, sin / cos elevation, and a flag (1: camera given, all 0: not given)
+DIRECTION_FEATURES = 5
+
+
+def direction_features(azimuth: Tensor, elevation: Tensor, given: Tensor | None = None) -> Tensor:
+    """(B,) degrees -> (B, 5): sin/cos of azimuth and elevation and a 1 (rows where ``given`` is False: zeros)."""
+    az, el = torch.deg2rad(azimuth.float()), torch.deg2rad(elevation.float())
+    feats = torch.stack([az.sin(), az.cos(), el.sin(), el.cos(), torch.ones_like(az)], dim=-1)
+    if given is not None:
+        feats = feats * given.reshape(-1, 1).to(feats)
+    return feats
+
+
+def accepts_camera(den: object) -> bool:
+    """Whether a prior takes the camera as its class input: a diffusers UNet with a projection class embedding
+    of :data:`DIRECTION_FEATURES` inputs (how ``priorkit train-prior shapes --world v2`` builds it)."""
+    config = getattr(getattr(den, "unet", None), "config", None)
+    return config is not None and config.get("class_embed_type") == "projection" \
+        and config.get("projection_class_embeddings_input_dim") == DIRECTION_FEATURES
+
+
+def camera_input(cameras: list[Camera] | tuple[Camera, ...]) -> Tensor:
+    """The camera input (B, 5) of a camera-aware prior for these cameras."""
+    az = torch.tensor([c.azimuth for c in cameras], dtype=torch.float32)
+    el = torch.tensor([c.elevation for c in cameras], dtype=torch.float32)
+    return direction_features(az, el)
+

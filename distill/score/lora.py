@@ -69,19 +69,23 @@ def time_embedding_dim(unet: nn.Module) -> int:
 def attach_lora(unet: nn.Module, config: LoRAConfig | None = None) -> list[nn.Parameter]:
     """Freeze ``unet``, add a peft LoRA on ``config.target_modules`` and a zero-initialised camera embedding.
 
+    A UNet that already has a class embedding (a camera-aware prior such as the shapes prior v2, or a
+    class-conditional one) keeps it, frozen, and gets no camera embedding of ours: the LoRA branch then sees the
+    prior's own class input (for a camera-aware prior, its camera).
+
     Returns the trainable parameters (LoRA A/B matrices and the camera MLP); everything else is frozen.
     The LoRA A matrices are drawn from torch's global RNG (seed it for reproducible runs).
 
     Raises:
-        ValueError: if the UNet already has a class embedding or a LoRA of this name, or no target module exists.
+        ValueError: if a VSD LoRA is attached already, or no target module exists.
     """
     from peft import LoraConfig
 
     config = config or LoRAConfig()
     if not hasattr(unet, "add_adapter"):
         raise ValueError("VSD needs a diffusers UNet (with peft adapter support)")
-    if getattr(unet, "class_embedding", None) is not None:
-        raise ValueError("this UNet already has a class embedding; camera conditioning cannot be added to it")
+    if isinstance(getattr(unet, "class_embedding", None), CameraEmbedding):
+        raise ValueError("this UNet already has a VSD LoRA and camera embedding attached")
     names = [n for n, _ in unet.named_modules()]
     if not any(n == t or n.endswith("." + t) for n in names for t in config.target_modules):
         raise ValueError(f"none of the target modules {config.target_modules} exists in the UNet")
@@ -90,11 +94,19 @@ def attach_lora(unet: nn.Module, config: LoRAConfig | None = None) -> list[nn.Pa
                       target_modules=list(config.target_modules), lora_dropout=0.0, init_lora_weights=True)
     unet.add_adapter(lora, adapter_name=config.adapter_name)
     param = next(unet.parameters())
-    unet.class_embedding = CameraEmbedding(time_embedding_dim(unet), hidden=config.camera_hidden).to(
-        param.device, param.dtype)
+    if getattr(unet, "class_embedding", None) is None:
+        unet.class_embedding = CameraEmbedding(time_embedding_dim(unet), hidden=config.camera_hidden).to(
+            param.device, param.dtype)
+    trainable = lora_named_parameters(unet)
+    names = {n for n, _ in trainable}
     for name, p in unet.named_parameters():
-        p.requires_grad_(is_lora_parameter(name))
-    return [p for _, p in lora_named_parameters(unet)]
+        p.requires_grad_(name in names)
+    return [p for _, p in trainable]
+
+
+def has_own_camera_embedding(unet: nn.Module) -> bool:
+    """True when the UNet's class embedding is the VSD camera embedding :func:`attach_lora` added."""
+    return isinstance(getattr(unet, "class_embedding", None), CameraEmbedding)
 
 
 def is_lora_parameter(name: str) -> bool:
@@ -103,8 +115,11 @@ def is_lora_parameter(name: str) -> bool:
 
 
 def lora_named_parameters(unet: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of every LoRA / camera-embedding parameter, in a fixed order."""
-    return [(n, p) for n, p in unet.named_parameters() if is_lora_parameter(n)]
+    """(name, parameter) of every LoRA / camera-embedding parameter, in a fixed order (a prior's own class
+    embedding is not one: it stays frozen)."""
+    own = has_own_camera_embedding(unet)
+    return [(n, p) for n, p in unet.named_parameters()
+            if is_lora_parameter(n) and (own or not n.startswith("class_embedding."))]
 
 
 def lora_state_dict(unet: nn.Module) -> dict[str, Tensor]:
@@ -125,10 +140,12 @@ def load_lora_state_dict(unet: nn.Module, state: dict[str, Tensor]) -> None:
 
 @contextmanager
 def pretrained_branch(unet: nn.Module) -> Iterator[nn.Module]:
-    """Within the block the UNet is the pretrained model: adapters disabled, camera embedding hidden."""
+    """Within the block the UNet is the pretrained model: adapters disabled, our camera embedding hidden (a prior's
+    own class embedding stays: it is part of the pretrained model)."""
     embedding = unet.class_embedding
     unet.disable_adapters()
-    unet.class_embedding = None
+    if has_own_camera_embedding(unet):
+        unet.class_embedding = None
     try:
         yield unet
     finally:
@@ -140,9 +157,11 @@ def detach_lora(unet: nn.Module, config: LoRAConfig | None = None) -> None:
     """Remove the LoRA adapter and the camera embedding: the UNet is the pretrained model again."""
     config = config or LoRAConfig()
     unet.delete_adapters(config.adapter_name)
-    unet.class_embedding = None
+    if has_own_camera_embedding(unet):
+        unet.class_embedding = None
 
 
-__all__ = ["CameraEmbedding", "LoRAConfig", "attach_lora", "camera_features", "detach_lora", "is_lora_parameter",
+__all__ = ["CameraEmbedding", "LoRAConfig", "attach_lora", "camera_features", "detach_lora", "has_own_camera_embedding",
+           "is_lora_parameter",
            "load_lora_state_dict", "lora_named_parameters", "lora_state_dict", "pretrained_branch",
            "time_embedding_dim"]

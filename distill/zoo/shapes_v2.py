@@ -15,7 +15,7 @@ import re
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.cameras import ELEVATION_RANGE, view_phrase
+from priorkit.distill.core.cameras import DIRECTION_FEATURES, ELEVATION_RANGE, direction_features, view_phrase
 from priorkit.distill.zoo import colours
 from priorkit.distill.zoo.shapes import SHAPE_SYNONYMS, SHAPES, random_cameras, random_lights, render
 
@@ -35,7 +35,7 @@ TRAIN_SHAPE_WORDS: dict[str, tuple[str, ...]] = {
 }
 # colour names a training caption may use (none holds a held-out colour name or shape word)
 TRAIN_COLOURS: tuple[str, ...] = colours.training_colours(tuple(sorted(_HELD_OUT_SHAPE_SET)))
-CAMERA_FEATURES = 5  # sin az, cos az, sin el, cos el, camera-given flag
+CAMERA_FEATURES = DIRECTION_FEATURES  # sin az, cos az, sin el, cos el, camera-given flag
 CFG_DROPOUT = 0.1  # share of empty prompts
 CAMERA_DROPOUT = 0.2  # share of training batches' rows without the camera input
 
@@ -55,13 +55,7 @@ def mentions_held_out(text: str) -> bool:
         or colours.mentions_held_out_colour(low)
 
 
-def camera_features(azimuth: Tensor, elevation: Tensor, given: Tensor | None = None) -> Tensor:
-    """(B,) degrees -> (B, 5): sin/cos of azimuth and elevation and a 1 (rows where ``given`` is False: zeros)."""
-    az, el = torch.deg2rad(azimuth.float()), torch.deg2rad(elevation.float())
-    feats = torch.stack([az.sin(), az.cos(), el.sin(), el.cos(), torch.ones_like(az)], dim=-1)
-    if given is not None:
-        feats = feats * given.reshape(-1, 1).to(feats)
-    return feats
+camera_features = direction_features  # the prior's camera input (priorkit.distill.core.cameras)
 
 
 def training_caption(shape: str, colour_name: str, view: str | None, generator: torch.Generator) -> str:

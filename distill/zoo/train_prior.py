@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from priorkit.distill.core.cameras import DIRECTION_FEATURES
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import from_x0_eps
@@ -43,7 +44,7 @@ CAMERA_LR_SCALE = 10.0  # the camera embedding's learning rate over the body's (
 # v2: the camera (sin/cos azimuth and elevation, a given-flag) enters through a projection class embedding added to
 # the time embedding; its last layer starts at zero, so a v2 prior initialised from v1 starts as v1 exactly.
 SHAPES_V2_UNET: dict[str, Any] = {**SHAPES_UNET, "class_embed_type": "projection",
-                                  "projection_class_embeddings_input_dim": 5}
+                                  "projection_class_embeddings_input_dim": DIRECTION_FEATURES}
 PHOTOS_UNET: dict[str, Any] = dict(
     sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128, 128),
     down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),

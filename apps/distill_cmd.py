@@ -1,0 +1,102 @@
+"""``priorkit distill METHOD --teacher T --out DIR``: distil a teacher into a fast few-step student (or fit a
+bespoke solver); the student folder loads wherever a model is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from priorkit.apps.cli_checks import FAILED, check_writable, fail, remove_if_left_empty, slug
+
+
+def _check_teacher(teacher: str) -> None:
+    """Raise ValueError / ModelLoadError for a teacher that cannot exist (without loading it)."""
+    from priorkit.distill.core.loading import BUNDLED, bundled_path
+    from priorkit.distill.zoo.toy import ALL_TARGETS
+
+    if teacher.startswith("toy:"):
+        if teacher[4:] not in ALL_TARGETS:
+            raise ValueError(f"unknown toy teacher {teacher!r}; expected one of "
+                             f"{', '.join('toy:' + t for t in ALL_TARGETS)}")
+        return
+    if teacher in BUNDLED:
+        bundled_path(teacher)  # raises when the weights are missing
+        return
+    path = Path(teacher).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"teacher {teacher!r} is a file; give the model's folder")
+    if path.is_absolute() or teacher.startswith((".", "~")) or teacher.count("/") != 1 or not all(teacher.split("/")):
+        raise ValueError(f"unknown teacher {teacher!r}: use toy:gmm|moons|checkerboard, a bundled prior "
+                         f"({', '.join(sorted(BUNDLED))}), a diffusers folder or a hub id")
+
+
+def distill_cmd(
+    method: Annotated[str, typer.Argument(help="reflow, cd (consistency distillation), ct (consistency training), "
+                                               "shortcut, progressive, guidance, dmd, dmd2 (distribution matching) "
+                                               "or bespoke (a solver fitted to the teacher)")],
+    teacher: Annotated[str, typer.Option(help="toy:gmm, toy:moons, toy:checkerboard, toy:ring5, toy:ring12, "
+                                              "toy:ring16, toy:grid9, a bundled prior (shapes, photos), a diffusers "
+                                              "folder or hub id")],
+    out: Annotated[Path | None, typer.Option(help="run folder (default: outputs/distill/<method>-<teacher>)")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (per round / stage) (default: the "
+                                                   "method's)")] = None,
+    batch: Annotated[int | None, typer.Option(help="batch size (default: the method's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (default: the method's)")] = None,
+    guidance: Annotated[float, typer.Option(help="CFG scale of the teacher the student copies (not for "
+                                                 "guidance, which learns w)")] = 1.0,
+    n_data: Annotated[int, typer.Option(help="image teachers: renders / teacher samples to train on")] = 12000,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run in OUT")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    nfe: Annotated[int | None, typer.Option(help="bespoke: the solver's model evaluations; dmd, dmd2: the "
+                                                 "generator's steps (default: the method's)")] = None,
+) -> None:
+    """Distil a teacher into a fast few-step student.
+
+    Methods: reflow, cd / ct (consistency distillation / training), shortcut, progressive,
+    guidance (a student conditioned on the guidance weight w), dmd / dmd2 (a one- or few-step generator by
+    distribution matching), bespoke (a solver for the frozen teacher at --nfe evaluations).
+    The student folder it prints loads wherever a model is accepted.
+    """
+    from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.distill.core.training import ResumeMismatchError
+    from priorkit.distill.students.format import is_main_process
+    from priorkit.distill.students.registry import METHODS
+    from priorkit.distill.students.runner import distill
+
+    out = out if out is not None else Path("outputs/distill") / f"{method}-{slug(teacher, 40)}"
+    try:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        _check_teacher(teacher)
+        for flag, value in (("--steps", steps), ("--batch", batch), ("--n-data", n_data)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1; got {value}")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"--lr must be > 0; got {lr}")
+        if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
+            raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
+        if not 0 < guidance <= 100:
+            raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output folder {out} is a file")
+        if out.is_dir() and any(out.iterdir()) and not resume:
+            raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or "
+                             "choose another --out")
+        check_writable(out, "output folder")
+    except (ValueError, ModelLoadError) as e:
+        fail(e)
+    try:
+        with remove_if_left_empty(out):
+            folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
+                             resume=resume, seed=seed, n_data=n_data, nfe=nfe)
+    except ResumeMismatchError as e:
+        fail(e)
+    except (ValueError, ModelLoadError) as e:
+        fail(e, FAILED)
+    if is_main_process():
+        typer.echo(f"student: {folder}")
+        typer.echo(f"sample it: priorkit sample --model {folder}")
