@@ -69,6 +69,7 @@ from priorkit.apps.web_models import (  # noqa: F401
     MODEL_DIRS_ENV,
     TOYS,
     bundled_status,
+    find_finetuned,
     find_students,
     load_model,
     model_dirs,
@@ -188,8 +189,10 @@ def build_app(config: AppConfig | None = None) -> Any:
             with gr.Tab("Fast sampling", id="sampling"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        teacher = gr.Dropdown(list(TEACHERS), value="gmm", label="Teacher",
-                                              info="2D toy targets, or the bundled text-to-image 'shapes' prior")
+                        teacher = gr.Dropdown([*TEACHERS, *find_finetuned()], value="gmm", label="Teacher",
+                                              allow_custom_value=True,
+                                              info="2D toy targets, the bundled text-to-image 'shapes' prior (v1, "
+                                              "v2), or a prior folder made by `priorkit finetune`")
                         student = gr.Dropdown(["none", *find_students()], value="none", allow_custom_value=True,
                                               label="Student", info="'none' samples the teacher itself; "
                                               "a bundled student (shapes-cd) or a student folder")
@@ -209,8 +212,8 @@ def build_app(config: AppConfig | None = None) -> Any:
                         grid = gr.Image(label="Samples", type="numpy", interactive=False, format="png", elem_id="grid")
                         scatter = gr.Image(label="Samples vs exact samples", type="numpy", interactive=False,
                                            format="png", elem_id="scatter")
-                teacher.change(lambda t: gr.update(value=16 if t == "shapes" else cfg.toy_points,
-                                                   maximum=cfg.max_images if t == "shapes" else cfg.max_points),
+                teacher.change(lambda t: gr.update(value=cfg.toy_points if t in TOYS else 16,
+                                                   maximum=cfg.max_points if t in TOYS else cfg.max_images),
                                teacher, n, api_visibility="private", queue=False)
                 ev_s = run_s.click(h.sample, [teacher, student, sprompt, ssteps, solver, n, guidance, sseed],
                                    [grid, scatter, status_s], api_name="sample", **heavy)

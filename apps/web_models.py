@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -86,6 +87,27 @@ def find_students(limit: int = 50, depth: int = 5) -> list[str]:
             if len(rel) > depth + 1 or any(p.startswith(".") for p in rel):
                 continue
             if is_student_folder(meta.parent):
+                found.append(str(meta.parent))
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def find_finetuned(limit: int = 20, depth: int = 5) -> list[str]:
+    """Prior folders made by ``priorkit finetune`` (``priorkit.json`` with a "finetune" record) in the model dirs."""
+    found: list[str] = []
+    for root in model_dirs():
+        if not root.is_dir():
+            continue
+        for meta in sorted(root.rglob("priorkit.json")):
+            rel = meta.relative_to(root).parts
+            if len(rel) > depth + 1 or any(p.startswith(".") for p in rel):
+                continue
+            try:
+                spec = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(spec, dict) and "finetune" in spec:
                 found.append(str(meta.parent))
             if len(found) >= limit:
                 return found

@@ -25,7 +25,7 @@ from priorkit.apps.web_common import (
 from priorkit.apps.web_images import scatter_plot
 from priorkit.apps.web_models import TOYS, load_model, resolve_model, toy_teacher
 
-TEACHERS = (*TOYS, "shapes")
+TEACHERS = (*TOYS, "shapes", "shapes-v2")  # and prior folders made by `priorkit finetune` (find_finetuned)
 SOLVERS = ("dpm++2m", "euler", "heun")
 
 
@@ -36,7 +36,8 @@ class SamplingHandlers(HandlerBase):
     def sample(self, teacher: str, student: str, prompt: str, steps: float, solver: str, n: float, guidance: float,
                seed: float, progress: gr.Progress = PROGRESS) -> Iterator[Any]:
         """Stream (grid, scatter, status): samples of a teacher in few solver steps, or of a student folder."""
-        _choice(teacher, "teacher", TEACHERS)
+        teacher = (teacher or "").strip()
+        source = teacher if teacher in TEACHERS else resolve_model(teacher, allow_hub=False)  # a fine-tuned prior
         _choice(solver, "solver", SOLVERS)
         steps = _number(steps, "steps", 1, self.cfg.max_sample_steps, integer=True)
         toy = teacher in TOYS
@@ -83,8 +84,11 @@ class SamplingHandlers(HandlerBase):
                 den = toy_teacher(teacher, self.cfg.kde_points, self.cfg.kde_bandwidth)
                 cond, scale = None, 1.0
             else:
-                emit(status="loading the shapes prior")
-                den = load_model("shapes")
+                emit(status=f"loading the prior {Path(source).name}")
+                den = load_model(source)
+                if not getattr(den, "conditional", False):
+                    raise UserInputError(f"{teacher!r} is not a text-conditional prior; the sampling tab draws "
+                                         "2D toys or text-to-image priors")
                 cond, scale = [prompt.strip()] * n, guidance
             g = torch.Generator().manual_seed(seed)
             t0 = time.perf_counter()

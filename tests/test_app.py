@@ -232,6 +232,27 @@ def test_sample_bundled_student(client):
     assert w == 3 * (3 * 33 + 1) and h == 3 * 34
 
 
+def test_sample_a_finetuned_prior_folder(client, model_dir):
+    """A prior folder made by `priorkit finetune` (priorkit.json with a "finetune" record) is offered and sampled."""
+    import json
+    import shutil
+
+    from priorkit.distill.core.loading import bundled_path
+
+    folder = model_dir / "finetuned-judge"
+    if not folder.exists():
+        shutil.copytree(bundled_path("shapes"), folder)
+        spec = json.loads((folder / "priorkit.json").read_text())
+        (folder / "priorkit.json").write_text(json.dumps({**spec, "finetune": {"method": "draft", "reward": "judge"}}))
+    assert str(folder.resolve()) in web.find_finetuned()
+    grid, scatter, status = client.predict(str(folder), "none", "a blue cone", 2, "euler", 2, 2.0, 0,
+                                           api_name="/sample")
+    assert scatter is None and "ms per sample" in status and Image.open(grid).size == (3 * (2 * 33 + 1), 3 * 34)
+    with pytest.raises(Exception) as e:  # a folder outside the allowed model dirs is refused
+        client.predict("/etc", "none", "a blue cone", 2, "euler", 2, 2.0, 0, api_name="/sample")
+    assert "unknown model" in _error_text(e)
+
+
 def test_student_of_another_teacher_is_refused(client):
     with pytest.raises(Exception) as e:
         client.predict("moons", "shapes-cd", "", 2, "euler", 10, 1.0, 0, api_name="/sample")
