@@ -72,8 +72,9 @@ from priorkit.distill.core.atomic import atomic_open
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.zoo.photos import held_out_images
 from priorkit.distill.zoo.shapes import held_out_renders
+from priorkit.inverse.classical import bicubic_upsample, biharmonic_inpaint, classical_image, wiener_deblur  # noqa: F401
 from priorkit.inverse.dflow import CountingDenoiser
-from priorkit.inverse.operators import Blur, Downsampling, Inpainting, Operator, half_mask, random_mask
+from priorkit.inverse.operators import Blur, Operator, half_mask, random_mask
 from priorkit.inverse.registry import DEFAULT_METHOD, get_method, method_names
 from priorkit.inverse.restore import RestoreDefaults, degrade, restore
 from priorkit.inverse.tiling import TiledDenoiser
@@ -101,7 +102,6 @@ class BenchDefaults:
     quick_images: int = 2
     photo_size: int = 256
     quick_photo_size: int = 128
-    wiener_balance_per_var: float = 50.0          # Wiener balance = 50 sigma_y^2 (0.005 at sigma_y = 0.01)
     nfe: dict[str, int] = field(default_factory=lambda: {"pigdm": 100, "pigdm_mean": 100, "pigdm_flow": 100,
                                                          "dps": 1000, "dflow": 300, "dflow_student": 300,
                                                          "dinv_diffpir": 100})
@@ -159,52 +159,9 @@ def ssim(image: Tensor, reference: Tensor, data_range: float = 1.0) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def bicubic_upsample(y: Tensor, factor: int) -> Tensor:
-    """(B, C, h, w) -> (B, C, h f, w f) by bicubic interpolation (torch, align_corners=False), clamped to [0, 1]."""
-    return F.interpolate(y, scale_factor=factor, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
-
-
-def wiener_deblur(y: Tensor, kernel: Tensor, balance: float) -> Tensor:
-    """Wiener deconvolution (skimage.restoration.wiener: Laplacian regulariser, circular boundary) per channel.
-
-    y (B, C, H, W) blurred by the true convolution with ``kernel`` ((kh, kw) or (1 or B, kh, kw)) centred at
-    (kh // 2, kw // 2) — the convention of priorkit.inverse.operators.Blur and skimage's. Returns (B, C, H, W) in [0,
-    1].
-    """
-    from skimage.restoration import wiener
-
-    psf = kernel.detach().double().cpu().numpy().reshape(-1, *kernel.shape[-2:])      # (1 or B, kh, kw)
-    arr = y.detach().double().cpu().numpy()
-    out = np.stack([np.stack([wiener(im[c], psf[i % len(psf)], balance, clip=False) for c in range(im.shape[0])])
-                    for i, im in enumerate(arr)])
-    return torch.from_numpy(out).to(y.dtype).clamp(0.0, 1.0)
-
-
-def biharmonic_inpaint(y: Tensor, mask: Tensor) -> Tensor:
-    """Biharmonic inpainting (skimage.restoration.inpaint_biharmonic) of y (B, C, H, W) where ``mask`` is 0.
-
-    mask: (1 or B, 1 or C, H, W) of 0 (missing) / 1 (observed), as priorkit.inverse.operators.Inpainting holds it; a
-    pixel is
-    filled when any channel is missing. Returns (B, C, H, W) in [0, 1].
-    """
-    from skimage.restoration import inpaint_biharmonic
-
-    arr = y.detach().double().cpu().numpy()
-    missing = (mask.detach().expand(y.shape) == 0).any(dim=1).cpu().numpy()   # (B, H, W)
-    out = np.stack([inpaint_biharmonic(im.transpose(1, 2, 0), missing[i], channel_axis=-1).transpose(2, 0, 1)
-                    for i, im in enumerate(arr)])
-    return torch.from_numpy(np.ascontiguousarray(out)).to(y.dtype).clamp(0.0, 1.0)
-
-
 def classical(op: Operator, y: Tensor, sigma_y: float, defaults: BenchDefaults = DEFAULTS) -> Tensor:
-    """The classical restoration for ``op``: bicubic (Downsampling), Wiener (Blur), biharmonic (Inpainting)."""
-    if isinstance(op, Downsampling):
-        return bicubic_upsample(y, op.factor)
-    if isinstance(op, Blur):
-        return wiener_deblur(y, op.kernel, max(1e-4, defaults.wiener_balance_per_var * sigma_y**2))
-    if isinstance(op, Inpainting):
-        return biharmonic_inpaint(y, op.mask)
-    raise ValueError(f"no classical baseline for {type(op).__name__}")
+    """The classical restoration for ``op`` in image range (priorkit.inverse.classical.classical_image)."""
+    return classical_image(op, y, sigma_y)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers.base import predict_fn, steps_bar
 from priorkit.distill.core.schedule import Schedule
 from priorkit.inverse.operators import Operator
-from priorkit.inverse.solver_common import check_measurement, initial_state
+from priorkit.inverse.solver_common import check_measurement, initial_state, warm_state
 
 __all__ = ["DiffPIRDefaults", "diffpir", "diffpir_data_step", "MIN_SIGMA_Y"]
 
@@ -72,12 +72,14 @@ class DiffPIRDefaults:
     zeta: float = 1.0
     spacing: str = "ddpm"
     data_var: float | None = None
+    warm_start: float | None = None
 
 
 def diffpir(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, cond: Condition = None,
             guidance: float = 1.0, steps: int = DiffPIRDefaults.steps, lam: float = DiffPIRDefaults.lam,
             zeta: float = DiffPIRDefaults.zeta, spacing: str = DiffPIRDefaults.spacing,
-            data_var: float | None = DiffPIRDefaults.data_var, times: Tensor | None = None,
+            data_var: float | None = DiffPIRDefaults.data_var, warm_start: float | None = DiffPIRDefaults.warm_start,
+            times: Tensor | None = None,
             noise: Tensor | None = None, shape: tuple[int, ...] | None = None,
             generator: torch.Generator | None = None, progress: bool | None = None) -> Tensor:
     """Restore ``x`` from ``y = A x + sigma_y n`` by DiffPIR (module docstring); model range [-1, 1].
@@ -91,6 +93,8 @@ def diffpir(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *
         lam: lambda of rho_t = lambda s^2 / sigma_bar^2.  zeta: fresh-noise share of each step (0 = deterministic).
         spacing, times, noise, shape: as in :func:`priorkit.inverse.pigdm.pigdm`.
         data_var: see :func:`diffpir_data_step`.
+        warm_start: None = start from noise at the grid's noise end; a time t0 = start the ``steps`` steps at t0
+            from the forward-noised classical restoration (`priorkit.inverse.solver_common.warm_state`).
     Returns:
         restored images (B, C, H, W) in model range (not clamped).
     """
@@ -100,7 +104,10 @@ def diffpir(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *
     if not lam > 0:
         raise ValueError(f"lam must be > 0; got {lam}")
     schedule = denoiser.schedule
-    times, x = initial_state(denoiser, y, steps, spacing, times, shape, noise, generator)
+    if warm_start is not None and times is None:
+        times, x = warm_state(denoiser, operator, y, sigma_y, steps, spacing, warm_start, shape, noise, generator)
+    else:
+        times, x = initial_state(denoiser, y, steps, spacing, times, shape, noise, generator)
     fn = predict_fn(denoiser, cond, guidance)
     keep, fresh = math.sqrt(1.0 - zeta), math.sqrt(zeta)
     for i in steps_bar(len(times) - 1, "DiffPIR", progress):

@@ -201,6 +201,10 @@ register(RestorationMethod(
     "pinv", pseudo_inverse, default_nfe=None, needs_grad=False, operators=ANY, priors=(),
     description="the pseudo-inverse A^+ y, no prior", label="A^+ y"))
 register(RestorationMethod(
+    "classical", "priorkit.inverse.classical:classical", default_nfe=None, needs_grad=False, operators=ANY,
+    priors=(), description="classical, no prior: bicubic (SR), Wiener (deblurring), biharmonic (inpainting)",
+    label="bicubic / Wiener / biharmonic"))
+register(RestorationMethod(
     "pigdm", "priorkit.inverse.pigdm:pigdm", default_nfe=100, needs_grad=True, operators=ANY, priors=("diffusion",),
     description="pseudoinverse-guided diffusion (Song et al. 2023), DDIM(eta) steps", label="PiGDM"))
 register(RestorationMethod(

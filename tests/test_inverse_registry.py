@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_the_table_holds_the_methods_with_their_defaults() -> None:
-    assert METHODS == method_names() == ("pinv", "pigdm", "pigdm_flow", "dps", "dflow", "diffpir", "pnp_flow")
+    assert METHODS == method_names() == ("pinv", "classical", "pigdm", "pigdm_flow", "dps", "dflow", "diffpir",
+                                         "pnp_flow")
     assert RestoreDefaults().nfe == {"pigdm": 100, "pigdm_flow": 80, "dps": 1000, "dflow": None, "diffpir": 20,
                                      "pnp_flow": 20}
     # the front door's budgets are the solvers' paper defaults
@@ -36,14 +37,15 @@ def test_the_table_holds_the_methods_with_their_defaults() -> None:
     assert get_method("dps").default_nfe == DPSDefaults.steps
     assert get_method("diffpir").default_nfe == DiffPIRDefaults.steps
     assert get_method("pnp_flow").default_nfe == PnPFlowDefaults.steps
-    no_backward = {"pinv", "diffpir", "pnp_flow"}  # the closed-form prox_l2 methods and A^+ y
+    no_backward = {"pinv", "classical", "diffpir", "pnp_flow"}  # closed-form prox_l2 methods, A^+ y, classical
     for m in registry.METHODS.values():
         assert callable(m.function) and m.description and m.label
         assert m.needs_grad == (m.name not in no_backward)
         assert m.supports(Blur) and m.supports(Downsampling(2)) and m.supports(ComposedOperator)
     assert registry.labels() == ("PiGDM", "DPS", "D-Flow", "DiffPIR", "PnP-Flow")
     assert registry.DEFAULT_METHOD in method_names(needs_prior=True)
-    assert registry.help_line().startswith("pinv (A^+ y, no prior), pigdm (PiGDM, diffusion priors), ")
+    assert registry.help_line().startswith("pinv (A^+ y, no prior), classical (bicubic / Wiener / biharmonic, no "
+                                           "prior), pigdm (PiGDM, diffusion priors), ")
 
 
 def test_budgets_translate_model_passes() -> None:
@@ -59,7 +61,7 @@ def test_budgets_translate_model_passes() -> None:
 
 
 def test_lookup_errors_name_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown method 'magic'; expected one of pinv, pigdm"):
+    with pytest.raises(ValueError, match="unknown method 'magic'; expected one of pinv, classical, pigdm"):
         get_method("magic")
     with pytest.raises(ValueError, match="already registered"):
         register(get_method("pigdm"))
