@@ -16,9 +16,10 @@ scored:
   (``priorkit.gen3d.export.extent_error``; minimum over rotations about z for the cube; null without a mesh);
 * seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included.
 
-Records: {"prompt", "method", "particle", "judge_accuracy", "chamfer", "extent_error", "seconds", "shape", "colour",
-"shape_accuracy", "colour_accuracy"}; plus for VSD one {"prompt", "method": "vsd", "diversity"} record per prompt
-(mean pairwise Chamfer distance between the particles' meshes) and a PNG of the particles side by side.
+Records: {"prompt", "method", "seed", "particle", "judge_accuracy", "chamfer", "extent_error", "seconds", "shape",
+"colour", "shape_accuracy", "colour_accuracy"}; plus for VSD one {"prompt", "method": "vsd", "seed", "diversity"}
+record per prompt (mean pairwise Chamfer distance between the particles' meshes) and a PNG of the particles side by
+side. ``--seeds 0,1,2`` runs every prompt once per seed and ends with how many seeds each prompt passed on.
 Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/``.
 Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
 same, in <= 900 s per set.
@@ -97,8 +98,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int,
+def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
         only: list[int] | None = None) -> list[dict]:
+    """Every (prompt, method, seed): generate, export, score; records written after each asset."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
@@ -110,21 +112,22 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
     items = prompts(quick)
     if only is not None:
         items = [items[i] for i in only]
-    for (prompt, shape, colour), method in itertools.product(items, methods):
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    for seed, (prompt, shape, colour), method in itertools.product(seeds, items, methods):
         cfg = GenerateConfig()
         n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
-        out = assets / f"{method}-{slug(prompt)}"
+        out = assets / (f"{method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
         t0 = time.time()
         result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
         seconds = time.time() - t0
         for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
-            rec = {"prompt": prompt, "method": method, "particle": i, "shape": shape, "colour": colour,
+            rec = {"prompt": prompt, "method": method, "seed": seed, "particle": i, "shape": shape, "colour": colour,
                    **score_particle(field, mesh, shape, colour, judge), "seconds": seconds}
             records.append(rec)
             print(json.dumps(rec))
         if method == "vsd":
             div = diversity(result.meshes)
-            records.append({"prompt": prompt, "method": "vsd", "diversity": div, "seconds": seconds})
+            records.append({"prompt": prompt, "method": "vsd", "seed": seed, "diversity": div, "seconds": seconds})
             from PIL import Image
 
             Image.fromarray(preview_image(result.fields, cfg, [1.0] * len(result.fields))).save(
@@ -133,20 +136,40 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
     return records
 
 
+def passes(r: dict) -> bool:
+    """Whether a particle record meets every goal (judge, Chamfer, extent, time)."""
+    ch, ext = r["chamfer"], r.get("extent_error")
+    limit = GOALS["sds_seconds"] if r["method"] == "sds" else GOALS["vsd_seconds"]
+    return (r["judge_accuracy"] >= GOALS["judge_accuracy"] and ch is not None and ch <= GOALS["chamfer"]
+            and r["seconds"] <= limit and ext is not None and ext <= GOALS["extent_error"])
+
+
+def seed_summary(records: list[dict]) -> str:
+    """Per (method, prompt): on how many seeds every particle met every goal (issue 22: all of 3 seeds)."""
+    by: dict[tuple[str, str], dict[int, bool]] = {}
+    for r in records:
+        if "particle" in r:
+            seeds = by.setdefault((r["method"], r["prompt"]), {})
+            seeds[r.get("seed", 0)] = seeds.get(r.get("seed", 0), True) and passes(r)
+    return "\n".join(f"{m:6} {p:22} passed on {sum(v.values())} of {len(v)} seeds "
+                     f"({', '.join(str(k) for k, ok in sorted(v.items()) if not ok) or 'none'} failed)"
+                     for (m, p), v in by.items())
+
+
 def table(records: list[dict]) -> str:
     """A plain-text table of the particle records and the pass/fail of each goal."""
-    rows = [f"{'method':6} {'prompt':22} {'p':>2} {'judge':>6} {'chamfer':>8} {'extent':>7} {'seconds':>8}  goal"]
+    rows = [f"{'method':6} {'prompt':22} {'seed':>4} {'p':>2} {'judge':>6} {'chamfer':>8} {'extent':>7} "
+            f"{'seconds':>8}  goal"]
     for r in records:
         if "particle" not in r:
             div = r["diversity"]
-            rows.append(f"{r['method']:6} {r['prompt']:22} {'':>2} diversity (mean pairwise Chamfer) = "
+            rows.append(f"{r['method']:6} {r['prompt']:22} {r.get('seed', 0):>4} {'':>2} diversity (mean pairwise "
+                        "Chamfer) = "
                         f"{'n/a' if div is None else f'{div:.4f}'}")
             continue
-        ch, ext = r["chamfer"], r.get("extent_error")
-        limit = GOALS["sds_seconds"] if r["method"] == "sds" else GOALS["vsd_seconds"]
-        ok = (r["judge_accuracy"] >= GOALS["judge_accuracy"] and ch is not None and ch <= GOALS["chamfer"]
-              and r["seconds"] <= limit and ext is not None and ext <= GOALS["extent_error"])
-        rows.append(f"{r['method']:6} {r['prompt']:22} {r['particle']:>2} {r['judge_accuracy']:6.2f} "
+        ch, ext, ok = r["chamfer"], r.get("extent_error"), passes(r)
+        rows.append(f"{r['method']:6} {r['prompt']:22} {r.get('seed', 0):>4} {r['particle']:>2} "
+                    f"{r['judge_accuracy']:6.2f} "
                     f"{'-' if ch is None else f'{ch:.4f}':>8} {'-' if ext is None else f'{ext:.3f}':>7} "
                     f"{r['seconds']:8.1f}  {'PASS' if ok else 'fail'}")
     return "\n".join(rows)
@@ -160,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior", default="shapes", help="bundled name or folder of the text-to-image prior")
     parser.add_argument("--steps", type=int, default=None, help="override the optimisation steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 0,1,2), each a run of every prompt; "
+                                                       "the summary counts the seeds each prompt passed on")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--prompts", default=None,
                         help="comma-separated indices into the prompt list (0-4: shapes, 5-6: paraphrases)")
@@ -177,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         only = [int(i) for i in args.prompts.split(",")]
         if any(not 0 <= i < n for i in only):
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
-    records = run(methods, args.quick, args.json, args.prior, args.steps, args.seed, only)
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
+    records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only)
     print(table(records))
+    print(seed_summary(records))
     print(f"records -> {args.json}")
 
 

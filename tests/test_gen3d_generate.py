@@ -259,3 +259,14 @@ def test_azimuth_curriculum_widens_to_the_full_circle() -> None:
     same = random_cameras(5, torch.Generator().manual_seed(1), azimuth_span=360.0)
     assert [c.azimuth for c in full] == [c.azimuth for c in same]
 
+
+
+def test_gen3d_benchmark_counts_the_seeds_each_prompt_passed_on() -> None:
+    from benchmarks.gen3d import passes, seed_summary
+
+    base = {"prompt": "a blue cube", "method": "sds", "particle": 0, "chamfer": 0.04, "extent_error": 0.03,
+            "seconds": 90.0}
+    recs = [{**base, "seed": s, "judge_accuracy": j} for s, j in ((0, 1.0), (1, 0.75), (2, 0.9))]
+    assert [passes(r) for r in recs] == [True, False, True]
+    assert not passes({**recs[0], "extent_error": 0.2}) and not passes({**recs[0], "chamfer": None})
+    assert "passed on 2 of 3 seeds (1 failed)" in seed_summary(recs)
