@@ -44,14 +44,20 @@ from priorkit.distill.zoo import shapes
 
 SHAPE_COLOURS = {"sphere": "red", "cube": "blue", "cylinder": "green", "cone": "yellow", "torus": "purple"}
 N_PARAPHRASES = 2
+N_HELD_OUT_COLOURS = 2  # "a dust sphere", "a fresh green cube": judged by judge v2's albedo (CIEDE2000 < 15)
 JUDGE_VIEWS = 8
 GOALS = {"judge_accuracy": 0.8, "chamfer": 0.06, "extent_error": 0.05, "sds_seconds": 180.0, "vsd_seconds": 900.0}
 
 
-def prompts(quick: bool) -> list[tuple[str, str, str]]:
-    """(prompt, shape, colour) triples: one colour per shape, then the paraphrases."""
+def prompts(quick: bool, held_out_colours: bool = False) -> list[tuple[str, str, str]]:
+    """(prompt, shape, colour) triples: one colour per shape, then the paraphrases; with ``held_out_colours`` two
+    more with colour names held out of the shapes prior v2's training (``shapes_v2.held_out_prompts``, fixed)."""
     items = [(shapes.caption(s, c), s, c) for s, c in SHAPE_COLOURS.items()]
     items += list(shapes.PARAPHRASE_PROMPTS[:N_PARAPHRASES])
+    if held_out_colours:
+        from priorkit.distill.zoo.shapes_v2 import held_out_prompts
+
+        items += held_out_prompts()[:N_HELD_OUT_COLOURS]
     return items[:2] if quick else items
 
 
@@ -68,14 +74,23 @@ def judge_views(field: torch.nn.Module, n: int = JUDGE_VIEWS, size: int = 32, se
     return F.avg_pool2d(img, 2).clamp(0, 1)
 
 
-def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, judge: Any) -> dict[str, float | None]:
-    """Judge accuracies over :data:`JUDGE_VIEWS` views and the Chamfer distance of ``mesh`` to the true shape."""
+def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, judge: Any,
+                   judge2: Any = None) -> dict[str, float | None]:
+    """Judge accuracies over :data:`JUDGE_VIEWS` views and the Chamfer distance of ``mesh`` to the true shape.
+    A colour outside the 8 basic ones is judged by ``judge2`` (judge v2): its albedo within the colour threshold."""
     from priorkit.gen3d.export import chamfer_distance, chamfer_min_over_z_rotations, extent_error
 
     imgs = judge_views(field)
     s_idx, c_idx = judge.predict(imgs)
     s_ok = s_idx == shapes.SHAPES.index(shape)
-    c_ok = c_idx == shapes.COLOUR_NAMES.index(colour)
+    if colour in shapes.COLOUR_NAMES:
+        c_ok = c_idx == shapes.COLOUR_NAMES.index(colour)
+    else:
+        from priorkit.distill.zoo import colours
+
+        target = np.tile(np.asarray(colours.all_colours()[colour], dtype=np.float64), (len(imgs), 1))
+        error = colours.delta_e(judge2.albedo(imgs).detach().numpy(), target)
+        c_ok = torch.from_numpy(error < colours.DELTA_E_THRESHOLD)
     chamfer = extent = None
     if mesh is not None:
         truth = shapes.true_mesh(shape)
@@ -99,17 +114,18 @@ def slug(text: str) -> str:
 
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
-        only: list[int] | None = None) -> list[dict]:
+        only: list[int] | None = None, held_out_colours: bool = False) -> list[dict]:
     """Every (prompt, method, seed): generate, export, score; records written after each asset."""
     from priorkit.distill.loading import load_denoiser
-    from priorkit.distill.zoo.judge import load_judge
+    from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
 
     den = load_denoiser(prior)
     judge = load_judge()
+    judge2 = load_judge(DEFAULT_DIR.parent / "judge-v2") if held_out_colours else None
     assets = json_path.parent / f"{json_path.stem}_assets"
     records: list[dict] = []
-    items = prompts(quick)
+    items = prompts(quick, held_out_colours)
     if only is not None:
         items = [items[i] for i in only]
     seeds = [seed] if isinstance(seed, int) else list(seed)
@@ -122,7 +138,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         seconds = time.time() - t0
         for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
             rec = {"prompt": prompt, "method": method, "seed": seed, "particle": i, "shape": shape, "colour": colour,
-                   **score_particle(field, mesh, shape, colour, judge), "seconds": seconds}
+                   **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds}
             records.append(rec)
             print(json.dumps(rec))
         if method == "vsd":
@@ -187,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
                                                        "the summary counts the seeds each prompt passed on")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--prompts", default=None,
-                        help="comma-separated indices into the prompt list (0-4: shapes, 5-6: paraphrases)")
+                        help="comma-separated indices into the prompt list (0-4: shapes, 5-6: paraphrases, 7-8: "
+                             "held-out colour names with --held-out-colours)")
+    parser.add_argument("--held-out-colours", action="store_true",
+                        help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in ("sds", "vsd")]
@@ -198,12 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     only = None
     if args.prompts:
-        n = len(prompts(args.quick))
+        n = len(prompts(args.quick, args.held_out_colours))
         only = [int(i) for i in args.prompts.split(",")]
         if any(not 0 <= i < n for i in only):
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
-    records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only)
+    records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours)
     print(table(records))
     print(seed_summary(records))
     print(f"records -> {args.json}")

@@ -29,7 +29,9 @@ PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"}
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 BUNDLED = {"shapes": "text-to-image prior on the shapes world (32x32, MiniLM text conditioning)",
            "photos": "unconditional prior on 64x64 natural-photo patches",
-           "shapes-cd": "consistency-distilled student of 'shapes' with CFG 3 built in (1-4 steps)"}
+           "shapes-cd": "consistency-distilled student of 'shapes' with CFG 3 built in (1-4 steps)",
+           "shapes-v2": "the shapes prior on the shapes world v2: named colours, the camera as an input (not yet the "
+                        "default: BENCHMARKS.md)"}
 
 
 #: loaders of priorkit's own folder kinds: priorkit.json's "kind" -> load(folder, dtype=, device=) -> Denoiser
