@@ -40,10 +40,11 @@ TASKS: tuple[tuple[str, str], ...] = (("sr4", "super-resolution x4"), ("deblur_g
 STUDENT = "shapes-cd"
 STUDENT_PROMPTS = ["a red cube", "a blue sphere", "a green torus", "a yellow cone", "a purple cylinder"]
 #: restoration solver per prior: (method, posterior samples averaged, label). On the shapes prior PiGDM averaging
-#: 2 samples of 25 steps restores 1.5-7 dB better than flow PiGDM at the same 50 evaluations; on the tiled
-#: photos prior flow PiGDM's warm start from A^+ y fills a half-image hole where PiGDM leaves it dark.
+#: 2 samples of 25 steps restores 1.5-7 dB better than flow PiGDM at the same 50 evaluations; on photos the default
+#: method (DiffPIR, 20 steps, warm-started from the classical restoration) beats flow PiGDM and needs no backward
+#: pass (BENCHMARKS.md, round 3).
 SOLVERS: dict[str, tuple[str, int, str]] = {"shapes": ("pigdm", 2, "PiGDM, mean of 2 samples"),
-                                            "photos": ("pigdm_flow", 1, "flow PiGDM")}
+                                            "photos": ("diffpir", 1, "DiffPIR (the default), 20 steps")}
 
 
 @dataclass
@@ -146,10 +147,11 @@ def asset_3d(page: Page, prompt: str, budget: Budget) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _restore_one(image: Tensor, task: str, prior: Any, nfe: int, seed: int, method: str = "pigdm_flow",
-                 samples: int = 1) -> tuple[Tensor, Tensor, float, float]:
-    """(degraded for display, restored, PSNR of the degraded display, PSNR of the restoration) for one image;
-    ``nfe`` model evaluations in all (``samples`` posterior samples of ``nfe // samples`` steps, averaged)."""
+def _restore_one(image: Tensor, task: str, prior: Any, nfe: int | None, seed: int, method: str = "pigdm_flow",
+                 samples: int = 1) -> tuple[Tensor, Tensor, float, float, Tensor, float]:
+    """(degraded for display, restored, PSNR of the degraded display, PSNR of the restoration, the classical
+    restoration, its PSNR) for one image; ``nfe`` model evaluations in all (``samples`` posterior samples of
+    ``nfe // samples`` steps, averaged; None: the method's default)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 
     from priorkit.inverse.operators import half_mask, random_mask
@@ -161,10 +163,11 @@ def _restore_one(image: Tensor, task: str, prior: Any, nfe: int, seed: int, meth
         kind, mask = "inpaint_mask", half_mask(H, W, "right")
     if task == "inpaint_random":
         kind, mask = "inpaint_mask", random_mask(H, W, 0.8, torch.Generator().manual_seed(seed))
-    r = restore(image, kind, method, prior=prior, nfe=max(1, nfe // samples), seed=seed, mask=mask, samples=samples,
-                simulate=True, progress=False)
-    return (r.degraded, r.restored, float(psnr(r.degraded[None], image[None], data_range=1.0)),
-            float(psnr(r.restored[None], image[None], data_range=1.0)))
+    r = restore(image, kind, method, prior=prior, nfe=None if nfe is None else max(1, nfe // samples), seed=seed,
+                mask=mask, samples=samples, simulate=True, progress=False)
+    base = restore(image, kind, "classical", seed=seed, mask=mask, simulate=True, progress=False).restored
+    score = lambda x: float(psnr(x[None], image[None], data_range=1.0))  # noqa: E731
+    return r.degraded, r.restored, score(r.degraded), score(r.restored), base, score(base)
 
 
 def restorations(page: Page, budget: Budget) -> None:
@@ -184,20 +187,22 @@ def restorations(page: Page, budget: Budget) -> None:
     for i, (prior, image, task, label) in enumerate(tqdm(jobs, desc="restoring")):
         t0 = time.time()
         method, samples, _ = SOLVERS[prior]
-        degraded, restored, p_in, p_out = _restore_one(image, task, priors[prior], budget.nfe, seed=i, method=method,
-                                                       samples=samples)
+        nfe = None if method == "diffpir" else budget.nfe  # the default method at its default budget
+        degraded, restored, p_in, p_out, base, p_base = _restore_one(image, task, priors[prior], nfe, seed=i,
+                                                                     method=method, samples=samples)
         scale = max(1, 128 // image.shape[-1])
-        strip = torch.cat([degraded, restored, image], dim=-1)
+        strip = torch.cat([degraded, base, restored, image], dim=-1)
         png = _save(strip, page.out / "restore" / f"{prior}_{task}.png", scale)
         rows.append(f"<tr><td>{prior}</td><td>{html.escape(label)}</td><td>{SOLVERS[prior][2]}</td>"
-                    f"<td>{p_in:.1f}</td><td><b>{p_out:.1f}</b>"
+                    f"<td>{p_in:.1f}</td><td>{p_base:.1f}</td><td><b>{p_out:.1f}</b>"
                     f"</td><td>{time.time() - t0:.1f}</td><td><img src=\"{page.rel(png)}\" height=\"128\"></td></tr>")
-    page.add("Restoration with PiGDM (no retraining)",
+    page.add("Restoration (no retraining), beside the classical baseline",
              f"<p>Held-out shapes-world renders (the &ldquo;shapes&rdquo; prior, no prompt) and the held-out photo "
              f"&ldquo;{html.escape(names[0])}&rdquo; at {budget.photo_size}px (the &ldquo;photos&rdquo; prior, tiled), "
-             f"measurement noise &sigma;<sub>y</sub> = 0.01, {budget.nfe} model evaluations each. Pictures: degraded "
-             "| restored | clean.</p><table><tr><th>prior</th><th>task</th><th>solver</th><th>PSNR degraded</th>"
-             "<th>PSNR restored"
+             f"measurement noise &sigma;<sub>y</sub> = 0.01; shapes: {budget.nfe} model evaluations, photos: the "
+             "default method's 20. Classical: bicubic (SR), Wiener (deblurring), biharmonic (inpainting). Pictures: "
+             "degraded | classical | restored | clean.</p><table><tr><th>prior</th><th>task</th><th>solver</th>"
+             "<th>PSNR degraded</th><th>PSNR classical</th><th>PSNR restored"
              "</th><th>seconds</th><th></th></tr>" + "".join(rows) + "</table><p>Same on a folder of your degraded "
              "photos: <code>priorkit restore --task sr4 LOW_RES_DIR OUTPUT_DIR</code> (report.json: seconds, tiles, "
              "passes, measurement residual); on clean photos, degraded first and scored: <code>priorkit restore "
