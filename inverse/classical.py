@@ -18,7 +18,7 @@ from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.inverse.operators import Blur, Downsampling, Inpainting, Operator
 
 __all__ = ["WIENER_BALANCE_PER_VAR", "bicubic_upsample", "wiener_deblur", "biharmonic_inpaint", "classical_image",
-           "classical"]
+           "classical", "regularised_pinv"]
 
 #: Wiener balance = 50 sigma_y^2 in image range (0.005 at sigma_y = 0.01), tuned on a training photo
 WIENER_BALANCE_PER_VAR = 50.0
@@ -72,13 +72,18 @@ def classical_image(op: Operator, y: Tensor, sigma_y: float) -> Tensor:
     raise ValueError(f"no classical baseline for {type(op).__name__}")
 
 
+def regularised_pinv(operator: Operator, y: Tensor, s: float = 0.0) -> Tensor:
+    """``A^T (A A^T + s^2 I)^{-1} y``: A^+ y for s = 0, the Wiener/Tikhonov estimate for s > 0 (no noise blow-up)."""
+    if s <= 0:
+        return operator.pinv(y)
+    return operator.At(operator.solve(y, 1.0, s))
+
+
 def classical(denoiser: Denoiser | None, operator: Operator, y: Tensor, sigma_y: float, *, cond: Condition = None,
               guidance: float = 1.0, shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None,
               progress: bool | None = None) -> Tensor:
     """The registry's "classical" method: :func:`classical_image` in model range ([-1, 1]; no prior, no steps).
     Operators without a classical method get the regularised pseudo-inverse ``A^T (A A^T + s^2 I)^-1 y``."""
-    from priorkit.inverse.solver_common import regularised_pinv
-
     if isinstance(operator, (Downsampling, Blur, Inpainting)):
         return classical_image(operator, (y + 1.0) / 2.0, sigma_y / 2.0) * 2.0 - 1.0
     return regularised_pinv(operator, y, sigma_y)

@@ -16,6 +16,7 @@ from priorkit.distill.core.denoiser import ConvertedDenoiser, Denoiser
 from priorkit.distill.core.samplers.base import NOISE_END_LOG_SNR, time_grid
 from priorkit.distill.core.samplers.ddim import ddim_step  # the DDIM(eta) step, written once in distill's core
 from priorkit.distill.core.schedule import FlowMatching, Schedule
+from priorkit.inverse.classical import classical, regularised_pinv  # noqa: F401 - regularised_pinv re-exported
 from priorkit.inverse.operators import Operator
 
 __all__ = ["check_measurement", "solution_shape", "sampling_times", "initial_state", "ddim_step", "as_flow",
@@ -82,11 +83,6 @@ def as_flow(denoiser: Denoiser) -> tuple[Denoiser, float]:
     return ConvertedDenoiser(denoiser, flow), start
 
 
-def regularised_pinv(operator: Operator, y: Tensor, s: float = 0.0) -> Tensor:
-    """``A^T (A A^T + s^2 I)^{-1} y``: A^+ y for s = 0, the Wiener/Tikhonov estimate for s > 0 (no noise blow-up)."""
-    if s <= 0:
-        return operator.pinv(y)
-    return operator.At(operator.solve(y, 1.0, s))
 
 
 def warm_state(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, steps: int, spacing: str,
@@ -95,8 +91,6 @@ def warm_state(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float
     """(times, x): a warm start (Chung, Sim & Ye 2022, "Come-Closer-Diffuse-Faster"): ``steps`` steps from
     ``t_start`` down, from x = alpha(t_start) x_init + sigma(t_start) z, x_init the classical restoration of ``y``
     (:func:`priorkit.inverse.classical.classical`: bicubic, Wiener, biharmonic; else the regularised pseudo-inverse)."""
-    from priorkit.inverse.classical import classical
-
     schedule = denoiser.schedule
     if not schedule.t_min < t_start <= schedule.t_max:
         raise ValueError(f"warm_start must lie in ({schedule.t_min}, {schedule.t_max}]; got {t_start}")
