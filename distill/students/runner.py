@@ -38,6 +38,7 @@ from priorkit.distill.students.format import (
 )
 from priorkit.distill.zoo.toy import (
     ALL_TARGETS,
+    INPUT_FREQUENCIES,
     DataFn,
     MLPDenoiser,
     conditional_gmm_target,
@@ -143,11 +144,12 @@ def make_student(method: str, teacher: Denoiser, backbone: Denoiser | None = Non
     schedule = teacher.schedule
     if m.extras:
         labels = dict(num_classes=2, extra_defaults={"w": 1.0}) if m.learns_guidance else {}
-        return MLPDenoiser(schedule, hidden=128, depth=4, extras=m.extras, **labels)
+        return MLPDenoiser(schedule, hidden=128, depth=4, extras=m.extras, input_frequencies=INPUT_FREQUENCIES,
+                           **labels)
     if backbone is not None and m.copies_toy_teacher:
         net = copy.deepcopy(backbone).train().requires_grad_(True)
     else:
-        net = MLPDenoiser(schedule, hidden=128, depth=4, kind="velocity")
+        net = MLPDenoiser(schedule, hidden=128, depth=4, kind="velocity", input_frequencies=INPUT_FREQUENCIES)
     return net
 
 
