@@ -107,14 +107,23 @@ def test_both_pigdm_forms_suit_both_bundled_priors(method: str, prior: str) -> N
     assert restored > baseline, (restored, baseline)
 
 
+#: the pairings that lose to the degraded input at budgets capped to 100 evaluations (full run 2026-12-05, after
+#: DiffPIR's warm start): SR and deblurring on the photos prior by the gradient methods at that budget. Every other
+#: pairing of the matrix is a guard; a listed one that starts passing is reported (XPASS) to be moved out.
+KNOWN_LOSING: set[tuple[str, str, str]] = {
+    ("pigdm", "photos", "sr4"), ("pigdm", "photos", "sr8"), ("pigdm_flow", "photos", "sr4"),
+    ("pigdm_flow", "photos", "sr8"),
+    *(("dps", "photos", t) for t in ("deblur_gaussian", "deblur_motion", "sr2", "sr4", "sr8")),
+    *(("dflow", "photos", t) for t in ("deblur_gaussian", "deblur_motion", "sr2", "sr4", "sr8")),
+}
+CASES = [pytest.param(m, p, t, marks=pytest.mark.xfail(strict=False, reason="loses to the degraded input at a "
+                                                        "100-evaluation cap (KNOWN_LOSING; issue 24 note)"))
+         if (m, p, t) in KNOWN_LOSING else (m, p, t)
+         for m in (m for m in METHODS if METHODS[m].needs_prior) for p in PRIORS for t in TASKS]
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="a survey, not yet a guard: at budgets capped to 100 evaluations DPS, "
-                   "PnP-Flow, D-Flow and some PiGDM pairings (flow form on shapes SR / motion blur, both forms on the "
-                   "photos box with the stage-3 photos prior) lose to the degraded input (full run 2026-12-05); the "
-                   "listed pairings become guards as each is fixed (issue 24 note)")
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("prior", PRIORS)
-@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].needs_prior])
+@pytest.mark.parametrize(("method", "prior", "task"), CASES)
 def test_every_method_prior_and_task_beats_the_degraded_input(method: str, prior: str, task: str) -> None:
     spec = get_method(method)
     nfe = None if spec.default_nfe is None else min(spec.default_nfe, MAX_NFE)
