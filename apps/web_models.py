@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,44 +75,41 @@ def bundled_students() -> list[str]:
     return names
 
 
+def _model_folders(keep: Callable[[Path], bool], limit: int, depth: int, found: list[str]) -> list[str]:
+    """``found`` plus the folders in the model dirs (at most ``depth`` deep, no hidden parts) whose
+    ``priorkit.json`` passes ``keep``, up to ``limit`` entries in all."""
+    for root in model_dirs():
+        if not root.is_dir():
+            continue
+        for meta in sorted(root.rglob("priorkit.json")):
+            rel = meta.relative_to(root).parts
+            if len(rel) > depth + 1 or any(p.startswith(".") for p in rel):
+                continue
+            if keep(meta):
+                found.append(str(meta.parent))
+            if len(found) >= limit:
+                return found
+    return found
+
+
 def find_students(limit: int = 50, depth: int = 5) -> list[str]:
     """Bundled students by name, then student folders (``priorkit.json`` with kind "student") in the model dirs."""
     from priorkit.distill.students.format import is_student_folder
 
-    found: list[str] = bundled_students()
-    for root in model_dirs():
-        if not root.is_dir():
-            continue
-        for meta in sorted(root.rglob("priorkit.json")):
-            rel = meta.relative_to(root).parts
-            if len(rel) > depth + 1 or any(p.startswith(".") for p in rel):
-                continue
-            if is_student_folder(meta.parent):
-                found.append(str(meta.parent))
-            if len(found) >= limit:
-                return found
-    return found
+    return _model_folders(lambda meta: is_student_folder(meta.parent), limit, depth, bundled_students())
+
+
+def _is_finetuned(meta: Path) -> bool:
+    try:
+        spec = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and "finetune" in spec
 
 
 def find_finetuned(limit: int = 20, depth: int = 5) -> list[str]:
     """Prior folders made by ``priorkit finetune`` (``priorkit.json`` with a "finetune" record) in the model dirs."""
-    found: list[str] = []
-    for root in model_dirs():
-        if not root.is_dir():
-            continue
-        for meta in sorted(root.rglob("priorkit.json")):
-            rel = meta.relative_to(root).parts
-            if len(rel) > depth + 1 or any(p.startswith(".") for p in rel):
-                continue
-            try:
-                spec = json.loads(meta.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(spec, dict) and "finetune" in spec:
-                found.append(str(meta.parent))
-            if len(found) >= limit:
-                return found
-    return found
+    return _model_folders(_is_finetuned, limit, depth, [])
 
 
 @functools.lru_cache(maxsize=3)
