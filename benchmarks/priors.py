@@ -194,15 +194,14 @@ def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: i
 @torch.no_grad()
 def camera_agreement(den, n: int = 64, seed: int = 9, with_camera: bool = True) -> float:  # noqa: ANN001
     """Share of cube samples whose silhouette matches the true cube at the asked azimuth better than at +45 deg."""
-    from priorkit.distill.core.cameras import Camera
-    from priorkit.distill.zoo.shapes_v2 import camera_features
+    from priorkit.distill.core.cameras import Camera, camera_width, direction_features
 
     g = torch.Generator().manual_seed(seed)
     az = torch.rand(n, generator=g) * 360 - 180
     el = torch.rand(n, generator=g) * 40
     cond = {"text": den.encode(["a red cube"] * n)}
     if with_camera:
-        cond["class_labels"] = camera_features(az, el)
+        cond["class_labels"] = direction_features(az, el, width=camera_width(den))
     x = initial_noise(den, (n, *den.sample_shape), generator=g)
     y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=GUIDANCE, progress=False)
     img = ((y.clamp(-1, 1) + 1) / 2).float()

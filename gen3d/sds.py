@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.cameras import Camera, camera_input
+from priorkit.distill.core.cameras import Camera, camera_input, camera_width
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.score.guidance import (
     GuidedPredictor,
@@ -98,7 +98,7 @@ class SDS:
         text = self.den.encode(view_prompts(self.prompt, cameras, self.config.view_dependent))
         if not self.camera:
             return text
-        return {"text": text, "class_labels": camera_input(list(cameras)).to(text.device, text.dtype)}
+        return {"text": text, "class_labels": camera_input(list(cameras), camera_width(self.den)).to(text)}
 
     def loss(self, images: Tensor, cameras: Sequence[Camera], progress: float = 0.0,
              generator: torch.Generator | None = None, particles: int = 1) -> tuple[Tensor, dict[str, float]]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from priorkit.distill.core.cameras import Camera, camera_input
+from priorkit.distill.core.cameras import Camera, camera_input, camera_width
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.score.guidance import (
@@ -123,7 +123,7 @@ class VSD:
         """(the pretrained branch's condition, the LoRA branch's): text, and the camera where each takes one."""
         text = self.den.encode(view_prompts(self.prompt, cameras, self.config.view_dependent))
         if self.camera:  # the prior's own camera input serves both branches
-            cam = {"text": text, "class_labels": camera_input(list(cameras)).to(text.device, text.dtype)}
+            cam = {"text": text, "class_labels": camera_input(list(cameras), camera_width(self.den)).to(text)}
             return cam, cam
         if not has_own_camera_embedding(self.unet):  # a class input of the prior's own that is not a camera
             return text, text

@@ -3,11 +3,21 @@ from SDS and VSD (issue 22), by default; VSD's LoRA then uses the prior's own ca
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 from torch import nn
 
-from priorkit.distill.core.cameras import DIRECTION_FEATURES, Camera, accepts_camera, camera_input, random_cameras
+from priorkit.distill.core.cameras import (
+    DIRECTION_FEATURES,
+    Camera,
+    accepts_camera,
+    camera_input,
+    camera_width,
+    direction_features,
+    random_cameras,
+)
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.score.lora import has_own_camera_embedding, lora_named_parameters
 from priorkit.distill.zoo.shapes_v2 import camera_features
@@ -26,11 +36,11 @@ class HashText(nn.Module):
                             for p in prompts])
 
 
-def prior(camera: bool) -> DiffusersDenoiser:
+def prior(camera: bool, width: int = DIRECTION_FEATURES) -> DiffusersDenoiser:
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    extra = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": DIRECTION_FEATURES} \
+    extra = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": width} \
         if camera else {}
     unet = UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -43,7 +53,45 @@ def test_camera_input_is_the_shapes_world_v2_feature() -> None:
     cams = [Camera(30.0, 10.0), Camera(-120.0, 45.0)]
     az, el = torch.tensor([30.0, -120.0]), torch.tensor([10.0, 45.0])
     assert torch.equal(camera_input(cams), camera_features(az, el))  # what the prior was trained with
-    assert torch.allclose(camera_input(cams)[0], torch.tensor([0.5, 3**0.5 / 2, 0.17364818, 0.98480775, 1.0]))
+    h = 3**0.5 / 2  # az 30: sin / cos of 30, 60 and 120 degrees; el 10
+    assert torch.allclose(camera_input(cams)[0], torch.tensor([0.5, h, h, 0.5, h, -0.5, 0.17364818, 0.98480775, 1.0]))
+    assert torch.allclose(camera_input(cams, width=5)[0], torch.tensor([0.5, h, 0.17364818, 0.98480775, 1.0]))
+    with pytest.raises(ValueError, match="width 7"):
+        camera_input(cams, width=7)
+
+
+def test_a_cube_yaw_modulo_90_degrees_is_linear_in_the_camera_input() -> None:
+    # the cube looks the same at az and az + 90: its face-on / corner-on reading cos(4 az) must be a column
+    az = torch.tensor([0.0, 45.0, 90.0, 135.0, 20.0, 110.0])
+    feats = direction_features(az, torch.zeros(6))
+    torch.testing.assert_close(feats[:, 5], torch.cos(torch.deg2rad(4 * az)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(feats[4, 4:6], feats[5, 4:6], atol=1e-6, rtol=0)  # 20 and 110 degrees: one reading
+
+
+def test_a_legacy_five_input_prior_still_gets_its_own_camera_input() -> None:
+    den = prior(camera=True, width=5)
+    assert camera_width(den) == 5 and accepts_camera(den)
+    cams = random_cameras(2, torch.Generator().manual_seed(1))
+    assert torch.equal(SDS(den, "a red cube").condition(cams)["class_labels"], camera_input(cams, width=5))
+
+
+def test_widening_a_legacy_camera_embedding_keeps_the_prior_exact() -> None:
+    from priorkit.distill.zoo.train_prior import load_initial_weights
+
+    old, new = prior(camera=True, width=5), prior(camera=True)
+    torch.nn.init.normal_(old.unet.class_embedding.linear_2.weight)  # a trained (non-zero) camera embedding
+    with tempfile.TemporaryDirectory() as d:
+        old.unet.save_pretrained(d, safe_serialization=True)
+        load_initial_weights(new.unet, d)
+    cams = random_cameras(3, torch.Generator().manual_seed(2))
+    x, t = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(3)), torch.full((3,), 0.6)
+    text = old.encode(["a red cube"] * 3)
+    with torch.no_grad():
+        a = old(x, t, {"text": text, "class_labels": camera_input(cams, width=5)}).x0
+        b = new(x, t, {"text": text, "class_labels": camera_input(cams)}).x0
+        c = new(x, t, {"text": text, "class_labels": camera_input(cams[::-1])}).x0
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (b - c).abs().max() > 1e-3  # the camera still matters after widening
 
 
 def test_sds_gives_a_camera_aware_prior_the_cameras_by_default() -> None:

@@ -66,7 +66,7 @@ def test_render_with_an_albedo_equals_the_named_colour():
 def test_camera_features_round_trip_and_dropout():
     az, el = torch.tensor([-170.0, -30.0, 0.0, 95.0]), torch.tensor([0.0, 10.0, 45.0, 60.0])
     f = shapes_v2.camera_features(az, el)
-    assert f.shape == (4, 5)
+    assert f.shape == (4, shapes_v2.CAMERA_FEATURES) == (4, 9)
     torch.testing.assert_close(shapes_v2.azimuth_of(f), az, atol=1e-4, rtol=0)
     dropped = shapes_v2.camera_features(az, el, given=torch.tensor([True, False, True, False]))
     assert torch.all(dropped[1] == 0) and torch.all(dropped[3] == 0) and torch.equal(dropped[0], f[0])
@@ -75,9 +75,9 @@ def test_camera_features_round_trip_and_dropout():
 def test_v2_batches_mirror_the_camera_with_the_image():
     data = shapes_v2.ShapesDataV2(20, seed=0, size=16)
     x, prompts, cams = data.batch(12, torch.Generator().manual_seed(3))
-    assert x.shape == (12, 3, 16, 16) and len(prompts) == 12 and cams.shape == (12, 5)
+    assert x.shape == (12, 3, 16, 16) and len(prompts) == 12 and cams.shape == (12, shapes_v2.CAMERA_FEATURES)
     assert not any(shapes_v2.mentions_held_out(p) for p in prompts)
-    given = cams[:, 4] == 1
+    given = cams[:, -1] == 1
     assert torch.all(cams[~given] == 0)
 
 

@@ -98,30 +98,51 @@ def random_cameras(n: int, generator: torch.Generator | None = None,
 
 
 # ---- the camera as a prior's input (camera-aware priors: the shapes prior v2, as Zero123 / MVDream take theirs) --
-#: width of the camera input: sin / cos azimuth, sin / cos elevation, and a flag (1: camera given, all 0: not given)
-DIRECTION_FEATURES = 5
+#: harmonics of the azimuth in the camera input. A cube shows its yaw only modulo 90 degrees (and the shapes world's
+#: other shapes not at all), so the image depends on cos(4 az), which an MLP cannot build from sin/cos az alone
+#: (measured: the first prior v2 shrank its sin/cos az weights 7x and ignored the camera); the 4th harmonic makes it
+#: a linear read-out, as Fourier input features do for the 2D students (distill/zoo/toy.py, MLPConfig).
+AZIMUTH_HARMONICS: tuple[int, ...] = (1, 2, 4)
+#: width of the camera input: sin / cos of each azimuth harmonic, sin / cos elevation, and a flag (1: camera given,
+#: all 0: not given)
+DIRECTION_FEATURES = 2 * len(AZIMUTH_HARMONICS) + 3
+#: the first prior v2's input (sin / cos az, sin / cos el, flag): still read by :func:`camera_width`
+LEGACY_DIRECTION_FEATURES = 5
+_HARMONICS_OF_WIDTH = {DIRECTION_FEATURES: AZIMUTH_HARMONICS, LEGACY_DIRECTION_FEATURES: (1,)}
 
 
-def direction_features(azimuth: Tensor, elevation: Tensor, given: Tensor | None = None) -> Tensor:
-    """(B,) degrees -> (B, 5): sin/cos of azimuth and elevation and a 1 (rows where ``given`` is False: zeros)."""
+def direction_features(azimuth: Tensor, elevation: Tensor, given: Tensor | None = None,
+                       width: int = DIRECTION_FEATURES) -> Tensor:
+    """(B,) degrees -> (B, width): sin / cos of k * azimuth for each harmonic k, sin / cos elevation, and a 1 (rows
+    where ``given`` is False: zeros). ``width`` 5 gives the first prior v2's input (k = 1 only)."""
+    if width not in _HARMONICS_OF_WIDTH:
+        raise ValueError(f"camera input width {width}: expected one of {sorted(_HARMONICS_OF_WIDTH)}")
     az, el = torch.deg2rad(azimuth.float()), torch.deg2rad(elevation.float())
-    feats = torch.stack([az.sin(), az.cos(), el.sin(), el.cos(), torch.ones_like(az)], dim=-1)
+    cols = [f for k in _HARMONICS_OF_WIDTH[width] for f in ((k * az).sin(), (k * az).cos())]
+    feats = torch.stack([*cols, el.sin(), el.cos(), torch.ones_like(az)], dim=-1)
     if given is not None:
         feats = feats * given.reshape(-1, 1).to(feats)
     return feats
 
 
-def accepts_camera(den: object) -> bool:
-    """Whether a prior takes the camera as its class input: a diffusers UNet with a projection class embedding
-    of :data:`DIRECTION_FEATURES` inputs (how ``priorkit train-prior shapes --world v2`` builds it)."""
+def camera_width(den: object) -> int | None:
+    """The width of a prior's camera input, or None when it takes no camera: a diffusers UNet with a projection
+    class embedding of :data:`DIRECTION_FEATURES` (or the legacy 5) inputs, as ``priorkit train-prior shapes
+    --world v2`` builds it."""
     config = getattr(getattr(den, "unet", None), "config", None)
-    return config is not None and config.get("class_embed_type") == "projection" \
-        and config.get("projection_class_embeddings_input_dim") == DIRECTION_FEATURES
+    if config is None or config.get("class_embed_type") != "projection":
+        return None
+    width = config.get("projection_class_embeddings_input_dim")
+    return width if width in _HARMONICS_OF_WIDTH else None
 
 
-def camera_input(cameras: list[Camera] | tuple[Camera, ...]) -> Tensor:
-    """The camera input (B, 5) of a camera-aware prior for these cameras."""
+def accepts_camera(den: object) -> bool:
+    """Whether a prior takes the camera as its class input (:func:`camera_width` is not None)."""
+    return camera_width(den) is not None
+
+
+def camera_input(cameras: list[Camera] | tuple[Camera, ...], width: int = DIRECTION_FEATURES) -> Tensor:
+    """The camera input (B, width) of a camera-aware prior for these cameras."""
     az = torch.tensor([c.azimuth for c in cameras], dtype=torch.float32)
     el = torch.tensor([c.elevation for c in cameras], dtype=torch.float32)
-    return direction_features(az, el)
-
+    return direction_features(az, el, width=width)

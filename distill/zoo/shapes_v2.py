@@ -4,8 +4,9 @@
   survey's names plus v1's eight) and captioned with the nearest training name ("a dusty rose cone").
 * Shape words: v1's synonyms, minus the held-out shape words below (fixed before training; a test asserts that
   neither they nor a held-out colour name ever reach a training caption).
-* Camera: (sin az, cos az, sin el, cos el, 1) as a class input of the prior (zeros when the camera is not given,
-  as the empty prompt stands for "no text"), so a prior can tell a cube seen face-on from one seen corner-on.
+* Camera: sin / cos of azimuth harmonics (1, 2, 4), sin / cos elevation and a 1 as a class input of the prior
+  (zeros when the camera is not given, as the empty prompt stands for "no text"), so a prior can tell a cube seen
+  face-on from one seen corner-on (:func:`priorkit.distill.core.cameras.direction_features`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ TRAIN_SHAPE_WORDS: dict[str, tuple[str, ...]] = {
 }
 # colour names a training caption may use (none holds a held-out colour name or shape word)
 TRAIN_COLOURS: tuple[str, ...] = colours.training_colours(tuple(sorted(_HELD_OUT_SHAPE_SET)))
-CAMERA_FEATURES = DIRECTION_FEATURES  # sin az, cos az, sin el, cos el, camera-given flag
+CAMERA_FEATURES = DIRECTION_FEATURES  # azimuth harmonics, elevation, camera-given flag
 CFG_DROPOUT = 0.1  # share of empty prompts
 CAMERA_DROPOUT = 0.2  # share of training batches' rows without the camera input
 

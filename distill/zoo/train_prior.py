@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from priorkit.distill.core.cameras import DIRECTION_FEATURES
+from priorkit.distill.core.cameras import AZIMUTH_HARMONICS, DIRECTION_FEATURES, LEGACY_DIRECTION_FEATURES
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import from_x0_eps
@@ -41,8 +41,9 @@ SHAPES_SCHEDULER: dict[str, Any] = {
     "prediction_type": "v_prediction", "clip_sample": False,
 }
 CAMERA_LR_SCALE = 10.0  # the camera embedding's learning rate over the body's (measured: at 1x it stayed near zero)
-# v2: the camera (sin/cos azimuth and elevation, a given-flag) enters through a projection class embedding added to
-# the time embedding; its last layer starts at zero, so a v2 prior initialised from v1 starts as v1 exactly.
+# v2: the camera (sin/cos of azimuth harmonics and of the elevation, a given-flag: cameras.direction_features) enters
+# through a projection class embedding added to the time embedding; its last layer starts at zero, so a v2 prior
+# initialised from v1 starts as v1 exactly.
 SHAPES_V2_UNET: dict[str, Any] = {**SHAPES_UNET, "class_embed_type": "projection",
                                   "projection_class_embeddings_input_dim": DIRECTION_FEATURES}
 PHOTOS_UNET: dict[str, Any] = dict(
@@ -142,7 +143,8 @@ def save_prior(den: DiffusersDenoiser, unet: torch.nn.Module, out: Path, name: s
         spec["text_encoder"] = TEXT_ENCODER
         spec["world"] = world
         if world == "v2":
-            spec["camera_input"] = "sin az, cos az, sin el, cos el, 1 (priorkit.distill.zoo.shapes_v2.camera_features)"
+            spec["camera_input"] = (f"{DIRECTION_FEATURES} features: sin / cos of k az for k in {AZIMUTH_HARMONICS}, "
+                                    "sin el, cos el, 1 (priorkit.distill.core.cameras.direction_features)")
     (out / "priorkit.json").write_text(json.dumps(spec, indent=2))
     (out / "training_log.json").write_text(json.dumps(log))
     (out / "command.txt").write_text(command + "\n")
@@ -179,7 +181,7 @@ def load_initial_weights(unet: torch.nn.Module, folder: str | Path, new_prefixes
     path = Path(folder) / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors in {folder}")
-    state = load_file(str(path))
+    state = widen_camera_input(load_file(str(path)), unet.state_dict())
     own = unet.state_dict()
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(new_prefixes))  # new layers keep init
     extra = sorted(set(state) - set(own))
@@ -188,6 +190,22 @@ def load_initial_weights(unet: torch.nn.Module, folder: str | Path, new_prefixes
         raise ValueError(f"{folder} holds another architecture: missing {missing[:3]}, unexpected {extra[:3]}, "
                          f"shape mismatch {wrong[:3]}")
     unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=not new_prefixes)
+
+
+def widen_camera_input(state: dict[str, Tensor], own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A first prior v2's camera embedding (5 inputs: sin / cos az, sin / cos el, flag) widened to the harmonic
+    input of ``own``: its columns go to the same features, the new harmonics' columns start at zero (the widened
+    prior computes exactly what the old one did)."""
+    key = "class_embedding.linear_1.weight"
+    if key not in state or key not in own or state[key].shape[1] != LEGACY_DIRECTION_FEATURES \
+            or own[key].shape[1] != DIRECTION_FEATURES:
+        return state
+    old = state[key]
+    new = torch.zeros(old.shape[0], DIRECTION_FEATURES, dtype=old.dtype)
+    first = 2 * AZIMUTH_HARMONICS.index(1)
+    new[:, first:first + 2] = old[:, 0:2]  # sin az, cos az
+    new[:, -3:] = old[:, 2:5]  # sin el, cos el, flag
+    return {**state, key: new}
 
 
 def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
