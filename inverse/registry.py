@@ -31,8 +31,7 @@ if TYPE_CHECKING:
     from priorkit.inverse.operators import Operator
 
 __all__ = ["PRIOR_KINDS", "DEFAULT_METHOD", "RestorationMethod", "Solver", "METHODS", "register", "get_method",
-           "method_names",
-           "prior_kind", "method_for_prior", "labels", "help_line", "steps_budget"]
+           "pairing_note", "method_names", "prior_kind", "method_for_prior", "labels", "help_line", "steps_budget"]
 
 PRIOR_KINDS: tuple[str, ...] = ("diffusion", "flow")
 #: the method `restore`, ``priorkit restore`` and the web app use when none is named, chosen by measurement
@@ -70,6 +69,9 @@ class RestorationMethod:
         description: one line for help texts.
         label: display name; methods sharing a label are forms of one algorithm, chosen by the prior's kind.
         budget: ``(nfe, options) -> solver keywords`` spending ``nfe`` model passes (``options`` are the user's).
+        loses_on: (bundled prior, task) pairs on which it restores worse than the degraded input itself at up to
+            100 model passes (measured by tests/test_restore_pairings.py, which runs them as expected failures);
+            `restore_folder` prints a note naming the default method before such a run.
     """
 
     name: str
@@ -81,6 +83,7 @@ class RestorationMethod:
     description: str
     label: str = ""
     budget: Callable[[int, dict[str, Any]], dict[str, Any]] = steps_budget
+    loses_on: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -134,6 +137,17 @@ def register(method: RestorationMethod) -> RestorationMethod:
         raise ValueError(f"a method named {method.name!r} is already registered")
     METHODS[method.name] = method
     return method
+
+
+def pairing_note(method: str, prior: object, task: str) -> str | None:
+    """A one-line note when ``method`` is measured to lose to the degraded input on this bundled prior and task
+    (`RestorationMethod.loses_on`), naming the default method; None otherwise (and for priors given as models or
+    folders, which were not measured)."""
+    if not isinstance(prior, str) or (prior, task) not in get_method(method).loses_on:
+        return None
+    return (f"note: {method} on the bundled {prior} prior restores {task} worse than the degraded input in our tests "
+            f"(tests/test_restore_pairings.py, up to 100 model passes); --method {DEFAULT_METHOD} is the default for "
+            "this prior")
 
 
 def get_method(name: str) -> RestorationMethod:
@@ -197,6 +211,8 @@ def dflow_budget(nfe: int, options: dict[str, Any]) -> dict[str, Any]:
 
 
 ANY = ("Operator",)
+#: deblurring and super-resolution on the photos prior: where the gradient-guided samplers lose at 100 passes
+PHOTOS_SHARPENING = tuple(("photos", t) for t in ("deblur_gaussian", "deblur_motion", "sr2", "sr4", "sr8"))
 register(RestorationMethod(
     "pinv", pseudo_inverse, default_nfe=None, needs_grad=False, operators=ANY, priors=(),
     description="the pseudo-inverse A^+ y, no prior", label="A^+ y"))
@@ -206,17 +222,20 @@ register(RestorationMethod(
     label="bicubic / Wiener / biharmonic"))
 register(RestorationMethod(
     "pigdm", "priorkit.inverse.pigdm:pigdm", default_nfe=100, needs_grad=True, operators=ANY, priors=("diffusion",),
-    description="pseudoinverse-guided diffusion (Song et al. 2023), DDIM(eta) steps", label="PiGDM"))
+    description="pseudoinverse-guided diffusion (Song et al. 2023), DDIM(eta) steps", label="PiGDM",
+    loses_on=(("photos", "sr4"), ("photos", "sr8"))))
 register(RestorationMethod(
     "pigdm_flow", "priorkit.inverse.pigdm:pigdm_flow", default_nfe=80, needs_grad=True, operators=ANY,
-    priors=("flow",), description="PiGDM on a flow's velocity from A^+ y (Pokle et al. 2024)", label="PiGDM"))
+    priors=("flow",), description="PiGDM on a flow's velocity from A^+ y (Pokle et al. 2024)", label="PiGDM",
+    loses_on=(("photos", "sr4"), ("photos", "sr8"))))
 register(RestorationMethod(
     "dps", "priorkit.inverse.dps:dps", default_nfe=1000, needs_grad=True, operators=ANY,
-    priors=("diffusion", "flow"), description="diffusion posterior sampling (Chung et al. 2023)", label="DPS"))
+    priors=("diffusion", "flow"), description="diffusion posterior sampling (Chung et al. 2023)", label="DPS",
+    loses_on=PHOTOS_SHARPENING))
 register(RestorationMethod(
     "dflow", "priorkit.inverse.dflow:dflow", default_nfe=None, needs_grad=True, operators=ANY, priors=("flow",),
     description="D-Flow: optimise the flow's source noise by L-BFGS (Ben-Hamu et al. 2024)", label="D-Flow",
-    budget=dflow_budget))
+    budget=dflow_budget, loses_on=PHOTOS_SHARPENING))
 register(RestorationMethod(
     "diffpir", "priorkit.inverse.diffpir:diffpir", default_nfe=20, needs_grad=False, operators=ANY,
     priors=("diffusion", "flow"), description="DiffPIR: denoiser + closed-form data prox per step, no backward pass "

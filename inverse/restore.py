@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 import warnings
 import zlib
@@ -50,7 +51,7 @@ from priorkit.inverse.files import (
 )
 from priorkit.inverse.operators import Inpainting, Measurement, Operator, to_image_range
 from priorkit.inverse.progress import TileCounter, estimate_seconds, warn_if_long  # noqa: F401 - re-exported
-from priorkit.inverse.registry import DEFAULT_METHOD, get_method, method_names
+from priorkit.inverse.registry import DEFAULT_METHOD, get_method, method_names, pairing_note
 from priorkit.inverse.tasks import (  # noqa: F401 - re-exported: the tasks used to live here
     DEFAULTS,
     TASK_OPERATORS,
@@ -371,6 +372,9 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     # the report (settings, earlier runs' done files) exists before the first image: what a --resume is checked against
     report["files"] = {p.name: previous[p.name] for p in mine if previous.get(p.name, {}).get("status") == "done"}
     write_json(report, report_path)
+    note = pairing_note(method, prior, task)
+    if note:
+        tqdm.write(note, file=sys.stderr)
     if progress and get_method(method).needs_prior:
         todo = [p for p in mine if p.suffix.lower() in IMAGE_SUFFIXES and not (
             resume and previous.get(p.name, {}).get("status") == "done")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,18 @@ def test_the_toy_prox_step_is_exact_on_observed_pixels(toy_method) -> None:
     with torch.no_grad():
         x = toy_method(prior, op, y, 0.0, gamma=1e9, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(op.A(x), y, atol=1e-6)
+
+
+def test_a_pairing_measured_to_lose_gets_a_note_naming_the_default() -> None:
+    from priorkit.inverse.registry import DEFAULT_METHOD, pairing_note
+    from priorkit.inverse.tasks import TASKS
+
+    note = pairing_note("dps", "photos", "sr4")
+    assert note is not None and "worse than the degraded input" in note and f"--method {DEFAULT_METHOD}" in note
+    assert "\n" not in note
+    assert pairing_note("dps", "shapes", "sr4") is None and pairing_note("dps", "photos", "inpaint_box") is None
+    assert pairing_note(DEFAULT_METHOD, "photos", "sr4") is None  # the default itself is never flagged
+    assert pairing_note("dps", Path("my-prior"), "sr4") is None  # a folder or model: not measured
+    for spec in registry.METHODS.values():
+        for prior, task in spec.loses_on:
+            assert prior in ("photos", "shapes") and task in TASKS, (spec.name, prior, task)

@@ -119,3 +119,39 @@ def test_restore_killed_half_way_keeps_what_it_wrote_and_finishes_the_rest(tmp_p
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["files"]) == sorted(p.name for p in inputs)  # each image once, after the resume too
     assert all(entry["status"] == "done" for entry in report["files"].values())
+
+
+def _field_tensors(out: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k: v for k, v in load_file(str(out / "checkpoint" / "state.safetensors")).items()
+            if k.startswith("field")}
+
+
+def test_3d_killed_half_way_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL ``priorkit 3d`` after its first checkpoint; ``--resume`` ends where an uninterrupted run with the same
+    seed ends, bit for bit (step k's draws depend on (seed, k) only); other settings and a missing --resume are
+    refused with one line and exit code 2, the killed run's checkpoint intact."""
+    args = ["3d", "a red sphere", "--steps", "24", "--checkpoint-every", "6", "--resolution", "16",
+            "--mesh-resolution", "24", "--seed", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = finish(cli(*args, "--out", whole))
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = cut / "checkpoint" / "state.json"
+    killed = kill_when(cli(*args, "--out", cut), checkpoint.is_file)
+    if killed:
+        step = json.loads(checkpoint.read_text())["step"]
+        assert 0 < step < 24, "the kill came after the run had ended"
+        assert not (cut / "asset" / "mesh.glb").exists()
+    for extra in ((), ("--seed", "2", "--resume")):  # no --resume; another seed
+        refused = finish(cli(*args[:-2], *(extra or args[-2:]), "--out", cut))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    resumed = finish(cli(*args, "--out", cut, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(checkpoint.read_text())["step"] == 24
+    a, b = _field_tensors(whole), _field_tensors(cut)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (cut / "asset" / "mesh.glb").is_file() and not list(cut.glob(".checkpoint.tmp*"))

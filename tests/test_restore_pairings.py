@@ -108,14 +108,10 @@ def test_both_pigdm_forms_suit_both_bundled_priors(method: str, prior: str) -> N
 
 
 #: the pairings that lose to the degraded input at budgets capped to 100 evaluations (full run 2026-12-05, after
-#: DiffPIR's warm start): SR and deblurring on the photos prior by the gradient methods at that budget. Every other
-#: pairing of the matrix is a guard; a listed one that starts passing is reported (XPASS) to be moved out.
-KNOWN_LOSING: set[tuple[str, str, str]] = {
-    ("pigdm", "photos", "sr4"), ("pigdm", "photos", "sr8"), ("pigdm_flow", "photos", "sr4"),
-    ("pigdm_flow", "photos", "sr8"),
-    *(("dps", "photos", t) for t in ("deblur_gaussian", "deblur_motion", "sr2", "sr4", "sr8")),
-    *(("dflow", "photos", t) for t in ("deblur_gaussian", "deblur_motion", "sr2", "sr4", "sr8")),
-}
+#: DiffPIR's warm start): SR and deblurring on the photos prior by the gradient methods at that budget. They are
+#: declared in the registry (`RestorationMethod.loses_on`), which makes `restore` print a note naming the default
+#: method; every other pairing of the matrix is a guard, and a listed one that starts passing is reported (XPASS).
+KNOWN_LOSING: set[tuple[str, str, str]] = {(m, p, t) for m in METHODS for p, t in METHODS[m].loses_on}
 CASES = [pytest.param(m, p, t, marks=pytest.mark.xfail(strict=False, reason="loses to the degraded input at a "
                                                         "100-evaluation cap (KNOWN_LOSING; issue 24 note)"))
          if (m, p, t) in KNOWN_LOSING else (m, p, t)
