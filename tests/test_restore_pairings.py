@@ -9,6 +9,8 @@ enlarged by pixel repetition) and, for inpainting, the grey fill of A^+ y when i
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -110,10 +112,14 @@ def test_both_pigdm_forms_suit_both_bundled_priors(method: str, prior: str) -> N
 #: the pairings that lose to the degraded input at budgets capped to 100 evaluations (full run 2026-12-05, after
 #: DiffPIR's warm start): SR and deblurring on the photos prior by the gradient methods at that budget. They are
 #: declared in the registry (`RestorationMethod.loses_on`), which makes `restore` print a note naming the default
-#: method; every other pairing of the matrix is a guard, and a listed one that starts passing is reported (XPASS).
+#: method; every other pairing of the matrix is a guard, and a listed one that starts passing is reported (XPASS)
+#: when they are run.
 KNOWN_LOSING: set[tuple[str, str, str]] = {(m, p, t) for m in METHODS for p, t in METHODS[m].loses_on}
-CASES = [pytest.param(m, p, t, marks=pytest.mark.xfail(strict=False, reason="loses to the degraded input at a "
-                                                        "100-evaluation cap (KNOWN_LOSING; issue 24 note)"))
+#: the known losers cost minutes (D-Flow's L-BFGS on photos, DPS's 100 backward passes) and assert nothing while they
+#: lose: they run when PRIORKIT_ALL_PAIRINGS=1 (to see one start passing), not in `make test`
+RUN_LOSING = os.environ.get("PRIORKIT_ALL_PAIRINGS") == "1"
+CASES = [pytest.param(m, p, t, marks=pytest.mark.xfail(strict=False, run=RUN_LOSING, reason="loses to the degraded "
+                                                        "input at a 100-evaluation cap (RestorationMethod.loses_on)"))
          if (m, p, t) in KNOWN_LOSING else (m, p, t)
          for m in (m for m in METHODS if METHODS[m].needs_prior) for p in PRIORS for t in TASKS]
 
