@@ -76,6 +76,14 @@ def test_distill_killed_half_way_resumes_and_refuses_other_settings(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(checkpoint.read_text())["step"] == 300
     assert (out / "student" / "priorkit.json").is_file()
+    # the resumed student equals an uninterrupted run's: batches are drawn from (seed, step), the optimiser and EMA
+    # come back from the checkpoint
+    whole = tmp_path / "whole"
+    assert finish(cli(*args[:-2], "--out", whole)).returncode == 0
+    a, b = _tensors(whole / "student"), _tensors(out / "student")
+    assert sorted(a) == sorted(b) and a
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
 
 
 def _photos(folder: Path, n: int, size: int = 64) -> list[Path]:
@@ -119,6 +127,19 @@ def test_restore_killed_half_way_keeps_what_it_wrote_and_finishes_the_rest(tmp_p
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["files"]) == sorted(p.name for p in inputs)  # each image once, after the resume too
     assert all(entry["status"] == "done" for entry in report["files"].values())
+    # every image equals the uninterrupted batch's (each file's seed is seed + crc32(name))
+    whole = tmp_path / "whole"
+    assert finish(cli("restore", src, whole, *args[3:])).returncode == 0
+    for p in inputs:
+        name = p.with_suffix(".png").name
+        assert np.array_equal(np.asarray(Image.open(whole / name)), np.asarray(Image.open(out / name))), name
+
+
+def _tensors(folder: Path) -> dict[str, np.ndarray]:
+    """Every safetensors tensor of a saved model folder, by file and name."""
+    from safetensors.numpy import load_file
+
+    return {f"{f.name}:{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
 def _field_tensors(out: Path) -> dict[str, np.ndarray]:

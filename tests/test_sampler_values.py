@@ -39,13 +39,25 @@ class GaussianPrior(Denoiser):
         return "x0", self.posterior_mean(x, t, cond)
 
     def posterior_mean(self, x, t, cond):  # noqa: ANN001, ANN201
-        mu = torch.zeros_like(x) if cond is None else cond[:, 0, :].expand_as(x).to(x)
+        if cond is not None and cond.shape[0] != x.shape[0]:
+            raise ValueError(f"{cond.shape[0]} conditions for {x.shape[0]} samples")
+        mu = torch.zeros_like(x) if cond is None else cond[:, 0, :].to(x)
         a = self.schedule.alpha(t).to(x).reshape(-1, 1)
         sig = self.schedule.sigma(t).to(x).reshape(-1, 1)
         return mu + a * self.s2 / (a * a * self.s2 + sig * sig) * (x - a * mu)
 
     def null_condition(self, cond):  # noqa: ANN001, ANN201
         return torch.zeros_like(cond)
+
+
+class Counting(GaussianPrior):
+    """Counts its model calls (a checkpointed call runs again in backward)."""
+
+    calls = 0
+
+    def predict_native(self, x, t, cond=None):  # noqa: ANN001, ANN201
+        type(self).calls += 1
+        return super().predict_native(x, t, cond)
 
 
 # ---- DDIM(eta) ---------------------------------------------------------------------------------------------------
@@ -86,6 +98,7 @@ def test_ddim_coefficients_interpolate_with_eta_and_accept_per_sample_times() ->
     a0, k0, c0 = ddim_coefficients(0.9, 0.5, sch, eta=0.0)
     assert float(c0) == 0.0 and k0.dtype == F64 and math.isclose(float(k0), float(sch.sigma(torch.tensor(0.5))),
                                                                    rel_tol=1e-6)
+    torch.testing.assert_close(ddim_coefficients(0.9, 0.5, sch), ddim_coefficients(0.9, 0.5, sch, eta=1.0))  # DDPM
     assert _time(0.3).dtype == F64 and float(_time(0.3)) == 0.3
     assert _time(torch.tensor(0.3)).dtype == torch.float32
 
@@ -113,6 +126,12 @@ def test_predict_fn_binds_a_broadcast_condition_guidance_and_checkpointing() -> 
     g = torch.Generator().manual_seed(4)
     x, t = torch.randn(5, 3, generator=g, dtype=F64), torch.tensor(0.6, dtype=F64)
     cond = torch.randn(1, 2, 3, generator=g, dtype=F64)  # one prompt's states for the whole batch
+    for b in (1, 2):  # one condition row for a batch of one, of two
+        torch.testing.assert_close(predict_fn(den, cond)(x[:b], t).x0,
+                                   den.posterior_mean(x[:b], t.reshape(1), cond.expand(b, 2, 3)))
+    narrow = torch.randn(4, 1, generator=g, dtype=F64)  # one feature per sample: the batch is dim 0, not dim 1
+    torch.testing.assert_close(predict_fn(den, cond[:, :, :1])(narrow, t).x0,
+                               den.posterior_mean(narrow, t.reshape(1), cond[:, :, :1].expand(4, 2, 1)))
     exact_c = den.posterior_mean(x, t.reshape(1), cond.expand(5, 2, 3))
     exact_u = den.posterior_mean(x, t.reshape(1), None)
     torch.testing.assert_close(predict_fn(den, cond)(x, t).x0, exact_c)
@@ -128,6 +147,19 @@ def test_predict_fn_binds_a_broadcast_condition_guidance_and_checkpointing() -> 
     (pa.x0.square().sum() + pa.eps.sum()).backward()
     (pb.x0.square().sum() + pb.eps.sum()).backward()
     torch.testing.assert_close(xa.grad, xb.grad)
+    assert pb.t.dtype == pa.t.dtype and torch.equal(pb.t, pa.t)
+    # float32 samples on a float64 time: the prediction's time is the sample's dtype, with or without checkpointing
+    x32 = x.float().requires_grad_(True)
+    assert predict_fn(den, cond, 2.0, checkpoint=True)(x32, t).t.dtype == torch.float32
+    # checkpointing is off by default; on, the model runs again in the backward pass (and only then)
+    counting = Counting(sch)
+    for fn, backward_calls in ((predict_fn(counting, cond), 0), (predict_fn(counting, cond, checkpoint=True), 1)):
+        xc = x.clone().requires_grad_(True)
+        Counting.calls = 0
+        out = fn(xc, t).x0.sum()
+        assert Counting.calls == 1
+        out.backward()
+        assert Counting.calls == 1 + backward_calls
 
 
 # ---- the solvers ----------------------------------------------------------------------------------------------------
@@ -178,7 +210,7 @@ def test_dpm_solver_lower_order_final_below_15_steps_only(steps: int) -> None:
 def test_nfe_of_each_solver() -> None:
     assert nfe("euler", 7) == 7 and nfe("dpm++2m", 7) == 7 and nfe("dpm++2m", 7, clean_end=False) == 7
     assert nfe("heun", 7) == 13 and nfe("heun", 7, clean_end=False) == 14
-    assert euler.nfe(3, clean_end=False) == 3
+    assert euler.nfe(3, clean_end=False) == 3 and heun.nfe(7) == 13  # by default the grid ends clean
 
 
 @pytest.mark.parametrize(("solver", "name"), [(euler.euler, "euler"), (heun.heun, "heun"),
@@ -212,6 +244,7 @@ def test_time_grid_edges() -> None:
     # end=None stops at t_min; a grid with a finite end is spaced all the way to it
     g = time_grid(sch, 4, "logsnr", t_min=0.05, end=None)
     assert len(g) == 5 and float(g[-1]) == 0.05
+    assert float(time_grid(sch, 4, "logsnr", t_min=0.05, end=0.01)[-1]) == 0.01  # a noisy end below t_min: kept
     lam = sch.log_snr(time_grid(sch, 4, "logsnr", end=0.2))
     torch.testing.assert_close(lam.diff(), lam.diff()[:1].expand(4), rtol=1e-9, atol=1e-9)
     # with a clean end, the spaced part stops at t_min and one step goes to 0; two steps still end there
@@ -226,10 +259,20 @@ def test_ddpm_grid_edges() -> None:
     assert torch.equal(ddpm_grid(sch, 1), torch.tensor([sch.t_max, 0.0], dtype=F64))
     assert torch.equal(ddpm_grid(sch, 4), ddpm_grid(sch, 4, t_max=sch.t_max))
     # a start cleaner than DDPM's first timestep: nothing to stride over, uniform in t
+    # an end noisier than DDPM's first timestep: the strided part ends at the end's own noise level
+    late = ddpm_grid(sch, 3, end=0.3)
+    assert math.isclose(float(late[-2]), 0.3, rel_tol=1e-6) and float(late[-1]) == 0.3
+    b0, b1 = DDPM_BETA
+
+    def u_of(lam: float) -> float:  # B(u) = b0 u + (b1 - b0) u^2 / 2 = log(1 + e^-lam), solved for u
+        return (-b0 + math.sqrt(b0 * b0 + 2 * (b1 - b0) * math.log1p(math.exp(-lam)))) / (b1 - b0)
+
+    u_mid = 0.5 * (u_of(float(sch.log_snr(torch.tensor(sch.t_max, dtype=F64)))) + u_of(float(sch.log_snr(late[-2]))))
+    lam_mid = -math.log(math.expm1(b0 * u_mid + 0.5 * (b1 - b0) * u_mid**2))
+    assert math.isclose(float(sch.log_snr(late[1])), lam_mid, rel_tol=1e-6)
     tiny = ddpm_grid(sch, 3, t_max=1e-4)
     torch.testing.assert_close(tiny, torch.linspace(1e-4, 0.0, 4, dtype=F64))
     # two steps: t_max, DDPM's first timestep's noise level, the end
-    b0, b1 = DDPM_BETA
     lam_first = -math.log(math.expm1(b0 * 1e-3 + 0.5 * (b1 - b0) * 1e-6))
     two = ddpm_grid(sch, 2)
     assert len(two) == 3 and math.isclose(float(sch.log_snr(two[1])), lam_first, rel_tol=1e-6)
