@@ -105,6 +105,9 @@ def train_prior_cmd(
     = "v1",
     world: Annotated[str, typer.Option(help="shapes: v1 (8 colours) or v2 (named colours and the camera as an input; "
                                             "--init may name a v1 folder)")] = "v1",
+    cube_share: Annotated[float | None, typer.Option(help="shapes v2: share of cubes in the batches, in (0, 1) "
+                                                          "(default: the renders' 1 in 5); the cube is the shape "
+                                                          "whose image shows the camera's yaw")] = None,
 ) -> None:
     """Train a bundled prior from scratch (or --resume a killed run, or --init from saved weights)."""
     from priorkit.distill.zoo.train_prior import train_prior
@@ -116,7 +119,7 @@ def train_prior_cmd(
     try:
         train_prior(name, out, steps=steps, batch_size=batch_size, lr=lr, resume=resume, seed=seed,
                     threads=threads or None, n_renders=n_renders, init=init, data=data,
-                    photo_set=photo_set, world=world)
+                    photo_set=photo_set, world=world, cube_share=cube_share)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
 

@@ -102,3 +102,17 @@ def test_a_projection_class_unet_without_camera_gets_the_zero_vector():
         camera = den(x, t, {"text": text, "class_labels": torch.ones(2, 5)}).x0
     torch.testing.assert_close(implicit, zeros)
     assert (implicit - camera).abs().max() > 1e-4
+
+
+def test_cube_share_sets_the_share_of_cubes_in_the_batches():
+    data = shapes_v2.ShapesDataV2(40, seed=0, size=8, cube_share=0.6)
+    cube_words = shapes_v2.TRAIN_SHAPE_WORDS["cube"]
+    _, prompts, _ = data.batch(400, torch.Generator().manual_seed(0))
+    named = [p for p in prompts if p]
+    share = sum(any(w in p for w in cube_words) for p in named) / len(named)
+    assert abs(share - 0.6) < 0.08, share  # 1 in 5 without it
+    _, prompts, _ = shapes_v2.ShapesDataV2(40, seed=0, size=8).batch(400, torch.Generator().manual_seed(0))
+    named = [p for p in prompts if p]
+    assert abs(sum(any(w in p for w in cube_words) for p in named) / len(named) - 0.2) < 0.08
+    with pytest.raises(ValueError, match="cube_share"):
+        shapes_v2.ShapesDataV2(10, size=8, cube_share=1.0)

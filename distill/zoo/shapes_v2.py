@@ -98,14 +98,25 @@ class ShapesDataV2:
     ``batch`` returns images (n, 3, S, S) in [-1, 1], prompts, and camera features (n, 5).
     """
 
-    def __init__(self, n: int, seed: int = 0, size: int = 32) -> None:
+    def __init__(self, n: int, seed: int = 0, size: int = 32, cube_share: float | None = None) -> None:
+        if cube_share is not None and not 0.0 < cube_share < 1.0:
+            raise ValueError(f"cube_share must be in (0, 1); got {cube_share}")
         data = make_dataset(n, size=size, seed=seed)
         self.images = data["images"].float() / 127.5 - 1.0
         self.shape, self.names = data["shape"], data["colour_name"]
         self.azimuth, self.elevation = data["azimuth"], data["elevation"]
+        # only the cube shows the yaw (the other shapes turn about the vertical axis): a larger share of cubes in
+        # the batches strengthens the camera's training signal; None keeps the renders' balance (one in five)
+        self.cube_share = cube_share
+        is_cube = self.shape == SHAPES.index("cube")
+        self.cubes, self.others = is_cube.nonzero().flatten(), (~is_cube).nonzero().flatten()
 
     def batch(self, n: int, g: torch.Generator) -> tuple[Tensor, list[str], Tensor]:
         idx = torch.randint(len(self.images), (n,), generator=g)
+        if self.cube_share is not None:
+            cube = torch.rand(n, generator=g) < self.cube_share
+            pick = lambda pool: pool[torch.randint(len(pool), (n,), generator=g)]  # noqa: E731
+            idx = torch.where(cube, pick(self.cubes), pick(self.others))
         x = self.images[idx]
         flip = torch.rand(n, generator=g) < 0.5  # a mirror image is the view from the mirrored azimuth
         x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(-1), x)

@@ -211,7 +211,7 @@ def widen_camera_input(state: dict[str, Tensor], own: dict[str, Tensor]) -> dict
 def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: float = 3e-4,
                 resume: bool = False, n_renders: int = 20000, seed: int = 0, threads: int | None = None,
                 init: str | Path | None = None, data: str | Path | None = None, photo_set: str = "v1",
-                world: str = "v1") -> Path:
+                world: str = "v1", cube_share: float | None = None) -> Path:
     """Train a bundled prior from scratch (or resume), saving the EMA weights to ``out``.
 
     ``init``: a saved prior folder to start from instead of random weights (fine-tuning, e.g. the bundled
@@ -220,9 +220,13 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     ``photo_set``: "photos" only, the training photographs when no ``data`` is given: "v1" (the 9 shipped in the
     wheels) or "v2" (those plus Debian's wallpaper photographs, downloaded into the cache before any work).
     ``world``: "shapes" only, "v1" (8 colours) or "v2" (named colours, camera input; ``init`` may be a v1 folder).
+    ``cube_share``: world v2 only, the share of cubes in the batches (None: the renders' one in five); the cube is
+    the one shape whose image shows the camera's yaw.
     """
     if world not in ("v1", "v2") or (world == "v2" and name != "shapes"):
         raise ValueError(f"world {world!r}: expected v1, or v2 for the shapes prior")
+    if cube_share is not None and world != "v2":
+        raise ValueError("cube_share applies to the shapes world v2 only")
     if data is not None and name != "photos":
         raise ValueError("data= (a folder of photographs) applies to the photos prior only")
     from priorkit.distill.zoo.photos import PHOTO_SETS
@@ -251,7 +255,8 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
 
     run_settings(out / "run", {"name": name, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                                "n_renders": n_renders if name == "shapes" else None, "init": init, "data": data,
-                               "photo_set": photo_set, "world": world}, resume)
+                               "photo_set": photo_set, "world": world,
+                               **({"cube_share": cube_share} if cube_share is not None else {})}, resume)
     command = "priorkit train-prior " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if Path(sys.argv[0]).name == "priorkit" else " ".join(shlex.quote(a) for a in sys.argv)
     torch.manual_seed(seed)
@@ -261,7 +266,7 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
     if name == "shapes" and world == "v2":
         from priorkit.distill.zoo.shapes_v2 import ShapesDataV2
 
-        data_v2 = ShapesDataV2(n_renders, seed=seed)
+        data_v2 = ShapesDataV2(n_renders, seed=seed, cube_share=cube_share)
 
         def loss_fn(model: torch.nn.Module, step: int, g: torch.Generator) -> Tensor:
             x, prompts, cams = data_v2.batch(batch_size, g)
