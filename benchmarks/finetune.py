@@ -7,7 +7,9 @@ r(x) = -|x - (2, 0)|^2 / 2 (highest on the ring's right-hand component), and lam
 p(x) exp(r(x) / lambda) is again a Gaussian mixture (distill.finetune.tilt). A bounded reward: DRaFT and DDPO, which
 maximise it without a KL term, collapse towards its maximum instead of running off to infinity. Every
 method fine-tunes the same score-residual network (distill.finetune.residual) for the same number of iterations
-and batch; samples come from the fine-tuned memoryless sampler (the same 40 steps it was trained with).
+and batch; samples come from the fine-tuned memoryless sampler (the same 40 steps it was trained with, or
+``--eval-steps N``: the learned control is a function of continuous t, so a finer grid removes the sampler's own
+discretisation error from the figure; records then carry ``eval_steps``).
 
 Records {"target", "method", "reward", "kl_or_w2", "seconds"}: ``kl_or_w2`` is the sliced W2 between 4000 samples
 and 4000 exact tilted samples; ``reward`` the mean reward of the samples. Reference rows per target:
@@ -44,27 +46,28 @@ def w2(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def samples(model, n: int = N_EVAL, seed: int = 5) -> torch.Tensor:  # noqa: ANN001
-    times = memoryless_times(model, STEPS)
+def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.Tensor:  # noqa: ANN001
+    times = memoryless_times(model, steps)
     x = initial_noise(model, (n, 2), t_max=float(times[0]), generator=torch.Generator().manual_seed(seed),
                       dtype=torch.float64)
     return trajectory(model, x, times, generator=torch.Generator().manual_seed(seed + 1))[-1]
 
 
-def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path) -> list[dict]:
+def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
+        eval_steps: int = STEPS) -> list[dict]:
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
     g = torch.Generator().manual_seed(1)
     base_exact = base.sample(N_EVAL, g)
-    base_floor = w2(samples(base), base_exact)
+    base_floor = w2(samples(base, steps=eval_steps), base_exact)
     pictures = {}
     for lam in lambdas:
         name = f"ring8/quadratic/lambda={lam:g}"
         target = tilted_gmm(base, reward, lam)
         ref, ref2 = target.sample(N_EVAL, g), target.sample(N_EVAL, g)
         floor = w2(ref2, ref)
-        xb = samples(base)
+        xb = samples(base, steps=eval_steps)
         records += [
             {"target": name, "method": "exact_resample", "reward": float(reward(ref2).mean()),
              "kl_or_w2": floor, "seconds": 0.0},
@@ -81,7 +84,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
             model, _ = finetune(method, model, base, reward, cfg, iterations=iterations, lr=LR[method],
                                 dtype=torch.float64, desc=f"{method} lambda={lam:g}")
             seconds = time.perf_counter() - t0
-            x = samples(model)
+            x = samples(model, steps=eval_steps)
             pictures[(lam, method)] = x
             rec = {"target": name, "method": method, "reward": float(reward(x).mean()), "kl_or_w2": w2(x, ref),
                    "seconds": seconds}
@@ -89,7 +92,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
             print(f"{name} {method}: W2 {rec['kl_or_w2']:.4f} (floor {floor:.4f}), reward {rec['reward']:.3f}, "
                   f"{seconds:.0f}s", flush=True)
     scatter(pictures, lambdas, methods, out_dir / "finetune_2d.png")
-    return records
+    return [{**r, "eval_steps": eval_steps} for r in records]
 
 
 def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...], path: Path) -> None:
@@ -124,6 +127,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS))
+    ap.add_argument("--eval-steps", type=int, default=STEPS, help="memoryless steps of the evaluation samples "
+                    f"(default {STEPS}, the training grid)")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -131,7 +136,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     iterations = 5 if args.quick else args.iterations
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    records = run(iterations, tuple(args.methods), tuple(args.lambdas), args.json.parent)
+    records = run(iterations, tuple(args.methods), tuple(args.lambdas), args.json.parent, args.eval_steps)
     args.json.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:

@@ -183,6 +183,25 @@ def stroke_mask(
     return _mask_tensor(~missing)
 
 
+def _unit_grey(arr: np.ndarray) -> np.ndarray:
+    """Mask values on a [0, 1] scale (float64): bool -> {0, 1}, uint8 / 255, other integers in [0, 1] as they are
+    or up to 255 / 255, floats in [0, 1] as they are."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float64)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float64) / 255.0
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError("integer mask values must lie in [0, 255]")
+        return arr.astype(np.float64) / (1.0 if arr.max() <= 1 else 255.0)
+    if np.issubdtype(arr.dtype, np.floating):
+        grey = arr.astype(np.float64)
+        if not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > 1:
+            raise ValueError("float mask values must be finite and lie in [0, 1]")
+        return grey
+    raise ValueError(f"unsupported mask dtype {arr.dtype}")
+
+
 def mask_from_image(
     source: str | Path | np.ndarray | Tensor,
     H: int,
@@ -233,25 +252,11 @@ def mask_from_image(
             arr = np.moveaxis(arr[:3], 0, -1)
         else:
             raise ValueError(f"cannot interpret mask of shape {arr.shape} as an image")
-        # ITU-R 601 luma for RGB, identity for one channel
-        arr = arr[..., 0] if arr.shape[-1] == 1 else arr @ np.array([0.299, 0.587, 0.114])
-    if arr.ndim != 2:
+    if arr.ndim not in (2, 3):
         raise ValueError(f"mask must be 2-D (H, W) or an image with channels, got shape {arr.shape}")
-
-    if arr.dtype == np.bool_:
-        grey = arr.astype(np.float64)
-    elif arr.dtype == np.uint8:
-        grey = arr.astype(np.float64) / 255.0
-    elif np.issubdtype(arr.dtype, np.integer):
-        if arr.min() < 0 or arr.max() > 255:
-            raise ValueError("integer mask values must lie in [0, 255]")
-        grey = arr.astype(np.float64) / (1.0 if arr.max() <= 1 else 255.0)
-    elif np.issubdtype(arr.dtype, np.floating):
-        grey = arr.astype(np.float64)
-        if not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > 1:
-            raise ValueError("float mask values must be finite and lie in [0, 1]")
-    else:
-        raise ValueError(f"unsupported mask dtype {arr.dtype}")
+    grey = _unit_grey(arr)
+    if grey.ndim == 3:  # ITU-R 601 luma of RGB (on the [0, 1] scale), identity for one channel
+        grey = grey[..., 0] if grey.shape[-1] == 1 else grey @ np.array([0.299, 0.587, 0.114])
 
     if grey.shape != (H, W):
         raise ValueError(f"mask is {grey.shape[0]}x{grey.shape[1]} but the image is {H}x{W}; resize it first")
