@@ -372,8 +372,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     # the report (settings, earlier runs' done files) exists before the first image: what a --resume is checked against
     report["files"] = {p.name: previous[p.name] for p in mine if previous.get(p.name, {}).get("status") == "done"}
     write_json(report, report_path)
-    note = pairing_note(method, prior, task)
-    if note:
+    if note := pairing_note(method, prior, task):  # a pairing measured to lose: name the default method
         tqdm.write(note, file=sys.stderr)
     if progress and get_method(method).needs_prior:
         todo = [p for p in mine if p.suffix.lower() in IMAGE_SUFFIXES and not (
