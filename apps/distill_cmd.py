@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from priorkit.apps.cli_checks import FAILED, check_writable, fail, remove_if_left_empty, slug
+from priorkit.apps.cli_checks import FAILED, check_writable, fail, os_error_line, remove_if_left_empty, slug
 
 
 def _check_teacher(teacher: str) -> None:
@@ -97,6 +97,8 @@ def distill_cmd(
         fail(e)
     except (ValueError, ModelLoadError) as e:
         fail(e, FAILED)
+    except OSError as e:  # a full or read-only disk: the last complete checkpoint stays, --resume continues from it
+        fail(os_error_line(e), FAILED)
     if is_main_process():
         typer.echo(f"student: {folder}")
         typer.echo(f"sample it: priorkit sample --model {folder}")

@@ -311,3 +311,40 @@ def test_distill_announces_a_toy_teacher_and_caches_it(tmp_path: Path, monkeypat
 
     a, b = (load_student(tmp_path / r / "student") for r in "ab")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+# ---- a full or read-only disk under restore and distill ---------------------------------------------------------
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_restore_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch, code: int
+                                                                             ) -> None:
+    import priorkit.distill.core.atomic as atomic
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(inp / "a.png")
+    (out / "kept.png").write_bytes(b"previous")
+
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        raise OSError(code, __import__("os").strerror(code), str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    result = run("restore", inp, out, "--task", "sr2", "--method", "pinv")
+    line = one_error_line(result)
+    assert result.exit_code == 1 and str(out) in line, result.output
+    assert (out / "kept.png").read_bytes() == b"previous"
+    assert sorted(p.name for p in out.iterdir()) == ["kept.png"]  # no temporary file, no half-written report
+
+
+def test_distill_on_a_full_disk_is_one_line_and_keeps_no_temporary_files(tmp_path: Path, monkeypatch) -> None:
+    import safetensors.torch
+
+    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "run"
+    result = run("distill", "reflow", "--teacher", "toy:gmm", "--steps", "4", "--batch", "8", "--out", out)
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "No space left on device" in line, result.output
+    assert not [p for p in out.rglob("*") if "tmp" in p.name], sorted(out.rglob("*"))
