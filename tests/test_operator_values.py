@@ -212,3 +212,61 @@ def test_adjointness_test_measures_the_relative_gap() -> None:
     au = u * d
     assert math.isclose(gap, float((au * v).sum().abs() / (au.norm() * v.norm())), rel_tol=1e-12)
     assert gap == TwiceTheAdjoint(d).adjointness_test(x, torch.Generator().manual_seed(5))  # the generator's draws
+
+
+# ---- session 11, second pass: what the re-run left --------------------------------------------------------------
+def test_mask_scales_at_their_ends() -> None:
+    # uint8 and 0-255 integers: 255 is exactly 1 (white at threshold 1); {0, 1} integers: 1 is 1; 2 is on 0-255
+    assert mask_from_image(np.array([[255, 0]], np.uint8), 1, 2, threshold=1.0).flatten().tolist() == [1, 0]
+    assert mask_from_image(np.array([[255, 0]], np.int32), 1, 2, threshold=1.0).flatten().tolist() == [1, 0]
+    assert mask_from_image(np.array([[1, 0]], np.int64), 1, 2, threshold=0.75).flatten().tolist() == [1, 0]
+    with pytest.raises(ValueError, match="observes no pixel"):
+        mask_from_image(np.array([[0, 2]], np.int64), 1, 2)  # 2 / 255: dark
+    # half-green is dark (0.587 x 128 / 255 = 0.29); RGBA in (C, H, W)
+    rgba = np.array([[[0, 128, 0, 255], [255, 255, 255, 0], [0, 255, 0, 9], [0, 0, 0, 0], [9, 9, 9, 9]]], np.uint8)
+    assert mask_from_image(rgba, 1, 5).flatten().tolist() == [0, 1, 1, 0, 0]
+    assert mask_from_image(np.moveaxis(rgba, -1, 0), 1, 5).flatten().tolist() == [0, 1, 1, 0, 0]
+
+
+def test_mask_warning_points_at_the_callers_line() -> None:
+    with pytest.warns(UserWarning, match="observes every pixel") as got:
+        mask_from_image(np.ones((2, 2)), 2, 2)
+    assert got[0].filename == __file__
+
+
+def test_conjugate_gradient_tolerance_is_relative_to_each_sample() -> None:
+    a = _spd(40, 6, cond=1e4)
+    mats = torch.stack([a, a])
+    b = torch.randn(2, 40, generator=torch.Generator().manual_seed(7), dtype=F64)
+    b = b * torch.tensor([[1e6], [1e-6]], dtype=F64)  # two systems of very different scales
+    apply = lambda x: torch.einsum("bij,bj->bi", mats, x)  # noqa: E731
+    x = conjugate_gradient(apply, b, tol=1e-2, max_iter=500)
+    rel = (apply(x) - b).norm(dim=1) / b.norm(dim=1)
+    assert bool((rel <= 1e-2).all()), rel  # each sample meets the tolerance on its own scale
+    assert bool((rel >= 1e-5).all()), rel  # and stops there: the tolerance is relative, not absolute
+
+
+def test_conjugate_gradient_default_limit_and_the_reported_residual() -> None:
+    d = torch.logspace(0, 8, 300, dtype=F64)  # 300 distinct eigenvalues: more than 200 iterations to converge
+    b = torch.ones(1, 300, dtype=F64)
+    with pytest.warns(RuntimeWarning, match=r"iteration limit \(200\) with relative residual") as got:
+        x = conjugate_gradient(lambda v: v * d, b, tol=1e-14)
+    assert got[0].filename == __file__
+    rel = float((x * d - b).norm() / b.norm())
+    reported = float(str(got[0].message).split("relative residual ")[1].split(" ")[0])
+    assert 0.3 < reported / rel < 3, (reported, rel)  # printed to one digit
+
+
+def test_measurement_noise_is_the_generators_draw_in_the_samples_dtype() -> None:
+    from priorkit.inverse.operators import Measurement
+    from priorkit.inverse.operators.measurement import measurement_to_image_range
+
+    op = Inpainting(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=F64)
+    y = Measurement(op, 0.1)(x, generator=torch.Generator().manual_seed(3))
+    n = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    torch.testing.assert_close(y, op.A(x) + 0.1 * op.measured(n))
+    assert y.dtype == F64
+    y_m = torch.randn(1, 1, 2, 2, dtype=F64)
+    torch.testing.assert_close(Measurement(op, 0.1).to_image(y_m, (1, 1, 2, 2)),
+                               measurement_to_image_range(op, y_m, (1, 1, 2, 2)))
