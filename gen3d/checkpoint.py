@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from priorkit.distill.core.training import ResumeMismatchError
+from priorkit.distill.core.training import ResumeMismatchError, settings_changes
 from priorkit.gen3d.guidance import Guidance
 
 
@@ -104,9 +104,7 @@ def load_checkpoint(ck: Path, fields: list[nn.Module], backgrounds: list[Any], o
     from safetensors.torch import load_file
 
     info = json.loads((ck / "state.json").read_text())
-    old = info["meta"]
-    changed = [f"{k} {old.get(k)!r} -> {meta.get(k)!r}" for k in sorted(set(old) | set(meta))
-               if old.get(k) != meta.get(k)]
+    changed = settings_changes(info["meta"], meta)
     if changed:
         raise ResumeMismatchError(f"--resume: the run in {ck.parent} was made with other settings "
                                   f"({'; '.join(changed)}); resume with the same settings, or start over with "

@@ -140,6 +140,11 @@ class ResumeMismatchError(ValueError):
     """A ``--resume`` into a run made with other settings (bad input: nothing was done)."""
 
 
+def settings_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each setting that differs between a recorded run and a new one, as "name old -> new" (sorted by name)."""
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def run_settings(folder: str | Path, settings: dict[str, Any], resume: bool) -> None:
     """Record a new run's settings in ``folder/settings.json``; on ``resume``, refuse settings that differ.
 
@@ -149,9 +154,7 @@ def run_settings(folder: str | Path, settings: dict[str, Any], resume: bool) -> 
     path = Path(folder) / "settings.json"
     settings = json.loads(json.dumps(settings, default=str))  # the JSON form, compared like for like
     if resume and path.is_file():
-        old = json.loads(path.read_text())
-        changed = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
-                   if old.get(k) != settings.get(k)]
+        changed = settings_changes(json.loads(path.read_text()), settings)
         if changed:
             raise ResumeMismatchError(f"--resume: the run in {folder} was made with other settings "
                                       f"({'; '.join(changed)}); resume with the same settings, or start a new run in "
