@@ -227,6 +227,8 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
         raise ValueError(f"world {world!r}: expected v1, or v2 for the shapes prior")
     if cube_share is not None and world != "v2":
         raise ValueError("cube_share applies to the shapes world v2 only")
+    if cube_share is not None and not 0.0 < cube_share < 1.0:
+        raise ValueError(f"cube_share must be in (0, 1); got {cube_share}")
     if data is not None and name != "photos":
         raise ValueError("data= (a folder of photographs) applies to the photos prior only")
     from priorkit.distill.zoo.photos import PHOTO_SETS
