@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -228,7 +229,13 @@ def test_mask_scales_at_their_ends() -> None:
     assert mask_from_image(np.moveaxis(rgba, -1, 0), 1, 5).flatten().tolist() == [0, 1, 1, 0, 0]
 
 
+def _skip_under_mutmut() -> None:
+    if "mutmut" in sys.modules:  # its trampolines add a frame between the caller and the library
+        pytest.skip("stack levels are not the user's under mutmut")
+
+
 def test_mask_warning_points_at_the_callers_line() -> None:
+    _skip_under_mutmut()
     with pytest.warns(UserWarning, match="observes every pixel") as got:
         mask_from_image(np.ones((2, 2)), 2, 2)
     assert got[0].filename == __file__
@@ -251,7 +258,8 @@ def test_conjugate_gradient_default_limit_and_the_reported_residual() -> None:
     b = torch.ones(1, 300, dtype=F64)
     with pytest.warns(RuntimeWarning, match=r"iteration limit \(200\) with relative residual") as got:
         x = conjugate_gradient(lambda v: v * d, b, tol=1e-14)
-    assert got[0].filename == __file__
+    if "mutmut" not in sys.modules:  # its trampolines add a frame between the caller and the library
+        assert got[0].filename == __file__
     rel = float((x * d - b).norm() / b.norm())
     reported = float(str(got[0].message).split("relative residual ")[1].split(" ")[0])
     assert 0.3 < reported / rel < 3, (reported, rel)  # printed to one digit
