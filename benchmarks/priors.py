@@ -21,6 +21,11 @@ With a v2 shapes prior (--shapes-prior, world v2 in its priorkit.json) and the v
   shapes / camera_agreement         cube samples given the camera: the silhouette is closer (IoU) to the true cube
                                     at the asked azimuth than at azimuth + 45 degrees (face-on vs corner-on)
   shapes / camera_agreement_without_camera   the same without the camera input (chance level expected)
+  shapes / training_colour_accuracy the held-out colour figure's rule on 172 training colour names (in-vocabulary)
+  shapes / text_probe_colour_ridge, text_probe_colour_mlp   the ceiling the text encoder sets: held-out colour
+                                    accuracy of a ridge / MLP probe from its sentence embedding to CIELAB fitted on
+                                    the training names (priorkit.distill.zoo.text_probe; no image involved)
+  shapes / text_probe_shape_words   held-out shape words whose embedding is nearest a training word of their shape
 Also writes sample grids next to the JSON.
 """
 
@@ -217,7 +222,8 @@ def camera_agreement(den, n: int = 64, seed: int = 9, with_camera: bool = True) 
 
 def shapes_v2_records(den, samples: int, out_dir: Path) -> list[dict]:  # noqa: ANN001
     from priorkit.distill.zoo.judge import DEFAULT_DIR
-    from priorkit.distill.zoo.shapes_v2 import held_out_prompts
+    from priorkit.distill.zoo.shapes_v2 import held_out_prompts, training_colour_prompts
+    from priorkit.distill.zoo.text_probe import shapes_v2_ceiling
 
     judge2 = load_judge(DEFAULT_DIR.parent / "judge-v2")
     prompts = held_out_prompts()
@@ -225,7 +231,8 @@ def shapes_v2_records(den, samples: int, out_dir: Path) -> list[dict]:  # noqa: 
     both = [p for p in prompts if p not in colour_only]
     records = []
     for name, chosen, seed in (("heldout_colour_accuracy", colour_only, 11),
-                               ("heldout_shape_colour_accuracy", both, 12)):
+                               ("heldout_shape_colour_accuracy", both, 12),
+                               ("training_colour_accuracy", training_colour_prompts(len(colour_only)), 13)):
         acc, imgs = v2_accuracy(den, judge2, chosen, max(2, samples // 2), seed)
         grid_image(imgs[:64] * 2 - 1, ncol=8, scale=3).save(out_dir / f"shapes_v2_{name}.png")
         records.append({"prior": "shapes", "metric": name, "value": acc})
@@ -234,6 +241,14 @@ def shapes_v2_records(den, samples: int, out_dir: Path) -> list[dict]:  # noqa: 
         value = camera_agreement(den, with_camera=flag)
         records.append({"prior": "shapes", "metric": name, "value": value})
         print(f"shapes v2 {name}: {value:.4f}")
+    inner = den
+    while getattr(inner, "text_encoder", None) is None and hasattr(inner, "inner"):
+        inner = inner.inner  # wrappers (fp16 casts, ...) around the DiffusersDenoiser that holds the encoder
+    probe = shapes_v2_ceiling(inner.text_encoder)
+    for name, key in (("text_probe_colour_ridge", "ridge"), ("text_probe_colour_mlp", "mlp"),
+                      ("text_probe_shape_words", "shape_words")):
+        records.append({"prior": "shapes", "metric": name, "value": probe[key]})
+        print(f"shapes v2 {name}: {probe[key]:.4f}")
     return records
 
 

@@ -34,6 +34,15 @@ def test_no_held_out_word_reaches_a_training_caption():
             assert shapes_v2.mentions_held_out(f"a red {w}")
 
 
+def test_the_in_vocabulary_reference_prompts_use_training_names_only():
+    prompts = shapes_v2.training_colour_prompts()
+    assert len(prompts) == len({c for _, _, c in prompts}) == 172
+    assert prompts == shapes_v2.training_colour_prompts()  # fixed by its seed
+    assert not [p for p, _, _ in prompts if shapes_v2.mentions_held_out(p)]
+    assert all(p.endswith(f"{c} {s}") and c in shapes_v2.TRAIN_COLOURS for p, s, c in prompts)
+    assert {s for _, s, _ in prompts} == set(shapes.SHAPES)
+
+
 def test_sampled_albedos_are_captioned_with_a_near_training_name():
     rgb, names = colours.sample_albedos(300, torch.Generator().manual_seed(1))
     assert rgb.shape == (300, 3) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1

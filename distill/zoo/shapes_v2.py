@@ -144,6 +144,15 @@ def held_out_prompts() -> list[tuple[str, str, str]]:
     return colour_only + both
 
 
+def training_colour_prompts(n: int = 172, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(prompt, shape, colour name) triples built like :func:`held_out_prompts` from ``n`` training colour names
+    (drawn by ``seed``): the in-vocabulary reference for the held-out colour figure."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(TRAIN_COLOURS), generator=g)[:n].tolist()
+    return [(article(f"{TRAIN_COLOURS[j]} {SHAPES[i % len(SHAPES)]}"), SHAPES[i % len(SHAPES)], TRAIN_COLOURS[j])
+            for i, j in enumerate(pick)]
+
+
 def azimuth_of(features: Tensor) -> Tensor:
     """Inverse of :func:`camera_features` for the azimuth, in degrees (B,)."""
     return torch.rad2deg(torch.atan2(features[:, 0], features[:, 1]))
