@@ -53,6 +53,8 @@ def distill_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     nfe: Annotated[int | None, typer.Option(help="bespoke: the solver's model evaluations; dmd, dmd2: the "
                                                  "generator's steps (default: the method's)")] = None,
+    photo_set: Annotated[str, typer.Option(help="photos teacher: the training photographs to distil on: v1 (the 9 "
+                                                "in the wheels) or v2 (plus Debian's, fetched into the cache)")] = "v1",
 ) -> None:
     """Distil a teacher into a fast few-step student.
 
@@ -79,6 +81,12 @@ def distill_cmd(
             raise ValueError(f"--lr must be > 0; got {lr}")
         if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
             raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
+        from priorkit.distill.zoo.photos import PHOTO_SETS
+
+        if photo_set not in PHOTO_SETS:
+            raise ValueError(f"--photo-set must be one of {', '.join(PHOTO_SETS)}; got {photo_set!r}")
+        if photo_set != "v1" and teacher != "photos":
+            raise ValueError("--photo-set applies to the photos teacher only")
         if not 0 < guidance <= 100:
             raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
         if out.exists() and not out.is_dir():
@@ -92,7 +100,7 @@ def distill_cmd(
     try:
         with remove_if_left_empty(out):
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
-                             resume=resume, seed=seed, n_data=n_data, nfe=nfe)
+                             resume=resume, seed=seed, n_data=n_data, nfe=nfe, photo_set=photo_set)
     except ResumeMismatchError as e:
         fail(e)
     except (ValueError, ModelLoadError) as e:

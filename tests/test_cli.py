@@ -67,7 +67,8 @@ def test_help_lists_every_command_with_a_one_line_summary():
             "--preview-every", "--checkpoint-every", "--resume"]),
     ("restore", ["--task", "--method", "--mask-dir", "--reference-dir", "--prior", "--sigma-y", "--resume",
                  "--seed", "--simulate", "--uncertainty", "--samples", "input_dir", "output_dir"]),
-    ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed", "--nfe"]),
+    ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed", "--nfe",
+                 "--photo-set"]),
     ("sample", ["--model", "--steps", "--prompt", "--n", "--guidance", "--out"]),
     ("train-prior", ["--steps", "--resume"]),
     ("app", ["--host", "--port", "--share", "--threads"]),
@@ -147,6 +148,8 @@ def test_distill_bad_input(tmp_path):
         (["shortcut", "--teacher", "toy:gmm", "--guidance", "0"], ["--guidance"]),
         (["shortcut", "--teacher", "toy:gmm", "--nfe", "2"], ["--nfe", "bespoke"]),   # fixed at training only there
         (["bespoke", "--teacher", "toy:ring12", "--nfe", "0"], ["--nfe"]),           # the held-out family is offered
+        (["cd", "--teacher", "photos", "--photo-set", "v9"], ["--photo-set", "v1", "v2"]),
+        (["cd", "--teacher", "toy:gmm", "--photo-set", "v2"], ["--photo-set", "photos teacher"]),
     ]
     for args, words in cases:
         assert_bad_input(run("distill", *args, "--out", out), *words)

@@ -85,9 +85,10 @@ def _source_spec(teacher: str) -> dict[str, Any]:
 
 
 def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0, guidance: float = 1.0,
-               prompts: list[str] | None = None) -> DataFn:
-    """Training data for an image teacher: the shapes world's renders ("shapes"), photo patches ("photos"),
-    or otherwise the teacher's own samples (DPM-Solver++, 32 steps; conditioned on ``prompts`` if given)."""
+               prompts: list[str] | None = None, photo_set: str = "v1") -> DataFn:
+    """Training data for an image teacher: the shapes world's renders ("shapes"), patches of the training
+    photographs of ``photo_set`` ("photos"; v2 fetches Debian's into the cache), or otherwise the teacher's own
+    samples (DPM-Solver++, 32 steps; conditioned on ``prompts`` if given)."""
     name = _source_spec(source).get("name", source)
     if name == "shapes":
         from priorkit.distill.zoo.train_prior import ShapesData
@@ -100,9 +101,15 @@ def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0,
 
         return renders
     if name == "photos":
-        from priorkit.distill.zoo.photos import PatchSampler
+        from priorkit.distill.zoo.photos import PHOTO_SETS, PatchSampler, load_photo
 
-        patches = PatchSampler()
+        if photo_set not in PHOTO_SETS:
+            raise ValueError(f"unknown photo set {photo_set!r}; expected one of {', '.join(PHOTO_SETS)}")
+        if photo_set != "v1":
+            from priorkit.distill.zoo.debian_photos import fetch_debian_photos
+
+            fetch_debian_photos()
+        patches = PatchSampler(photos=[load_photo(name) for name in PHOTO_SETS[photo_set][0]])
         return lambda m, g: (patches(m, g), None)
     g0 = torch.Generator().manual_seed(seed)
     conds = None
@@ -207,7 +214,7 @@ def final_folder(method: str, out: str | Path) -> Path:
 
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
-            n_data: int = 12000, nfe: int | None = None) -> Path:
+            n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1") -> Path:
     """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
 
     Args:
@@ -219,10 +226,12 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         resume: continue an interrupted run in ``out`` from its last checkpoints.
         n_data: renders / teacher samples drawn for image teachers.
         nfe: bespoke / dmd / dmd2: the evaluations the solver or generator is trained for (see `method_config`).
+        photo_set: the photos teacher's training photographs to distil on ("v1" shipped, "v2" with Debian's).
     """
     out = Path(out)
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
-                       "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe}, resume)
+                       "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe,
+                       **({"photo_set": photo_set} if photo_set != "v1" else {})}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
@@ -251,7 +260,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             meta["text_encoder"] = spec["text_encoder"]
         if getattr(den, "vae", None) is not None:
             meta["vae_from"] = str(teacher)
-        data = image_data(den, teacher, n=n_data, seed=seed)
+        data = image_data(den, teacher, n=n_data, seed=seed, photo_set=photo_set)
         student = make_student(method, den)
         cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True, nfe=nfe)
     target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
