@@ -14,9 +14,13 @@ scored:
   (minimum over rotations about z for the cube; null when no mesh could be extracted);
 * extent_error: the largest relative error of the mesh's axis-aligned extents against the true mesh's
   (``priorkit.gen3d.export.extent_error``; minimum over rotations about z for the cube; null without a mesh);
+* volume_iou: intersection over union of the field's solid (the export's density level) and the true solid on
+  32768 uniform points (``priorkit.gen3d.export.volume_iou``; best rotation about z for the cube): Chamfer and
+  the extents miss a torus grown as a puck with its hole filled, the IoU does not;
 * seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included.
 
-Records: {"prompt", "method", "seed", "particle", "judge_accuracy", "chamfer", "extent_error", "seconds", "shape",
+Records: {"prompt", "method", "seed", "particle", "judge_accuracy", "chamfer", "extent_error", "volume_iou",
+"seconds", "shape",
 "colour", "shape_accuracy", "colour_accuracy"}; plus for VSD one {"prompt", "method": "vsd", "seed", "diversity"}
 record per prompt (mean pairwise Chamfer distance between the particles' meshes) and a PNG of the particles side by
 side. ``--seeds 0,1,2`` runs every prompt once per seed and ends with how many seeds each prompt passed on.
@@ -78,7 +82,8 @@ def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, j
                    judge2: Any = None) -> dict[str, float | None]:
     """Judge accuracies over :data:`JUDGE_VIEWS` views and the Chamfer distance of ``mesh`` to the true shape.
     A colour outside the 8 basic ones is judged by ``judge2`` (judge v2): its albedo within the colour threshold."""
-    from priorkit.gen3d.export import chamfer_distance, chamfer_min_over_z_rotations, extent_error
+    from priorkit.distill.zoo.shape_geometry import sdf
+    from priorkit.gen3d.export import chamfer_distance, chamfer_min_over_z_rotations, extent_error, volume_iou
 
     imgs = judge_views(field)
     s_idx, c_idx = judge.predict(imgs)
@@ -92,12 +97,14 @@ def score_particle(field: torch.nn.Module, mesh: Any, shape: str, colour: str, j
         error = colours.delta_e(judge2.albedo(imgs).detach().numpy(), target)
         c_ok = torch.from_numpy(error < colours.DELTA_E_THRESHOLD)
     chamfer = extent = None
+    iou = volume_iou(field, lambda p: sdf(shape, p) < 0, z_rotations=shape == "cube")
     if mesh is not None:
         truth = shapes.true_mesh(shape)
         chamfer = chamfer_min_over_z_rotations(mesh, truth) if shape == "cube" else chamfer_distance(mesh, truth)
         extent = extent_error(mesh, truth, z_rotations=shape == "cube")
     return {"judge_accuracy": float((s_ok & c_ok).float().mean()), "shape_accuracy": float(s_ok.float().mean()),
-            "colour_accuracy": float(c_ok.float().mean()), "chamfer": chamfer, "extent_error": extent}
+            "colour_accuracy": float(c_ok.float().mean()), "chamfer": chamfer, "extent_error": extent,
+            "volume_iou": iou}
 
 
 def diversity(meshes: list[Any]) -> float | None:
@@ -175,7 +182,7 @@ def seed_summary(records: list[dict]) -> str:
 def table(records: list[dict]) -> str:
     """A plain-text table of the particle records and the pass/fail of each goal."""
     rows = [f"{'method':6} {'prompt':22} {'seed':>4} {'p':>2} {'judge':>6} {'chamfer':>8} {'extent':>7} "
-            f"{'seconds':>8}  goal"]
+            f"{'IoU':>5} {'seconds':>8}  goal"]
     for r in records:
         if "particle" not in r:
             div = r["diversity"]
@@ -183,10 +190,11 @@ def table(records: list[dict]) -> str:
                         "Chamfer) = "
                         f"{'n/a' if div is None else f'{div:.4f}'}")
             continue
-        ch, ext, ok = r["chamfer"], r.get("extent_error"), passes(r)
+        ch, ext, iou, ok = r["chamfer"], r.get("extent_error"), r.get("volume_iou"), passes(r)
         rows.append(f"{r['method']:6} {r['prompt']:22} {r.get('seed', 0):>4} {r['particle']:>2} "
                     f"{r['judge_accuracy']:6.2f} "
                     f"{'-' if ch is None else f'{ch:.4f}':>8} {'-' if ext is None else f'{ext:.3f}':>7} "
+                    f"{'-' if iou is None else f'{iou:.2f}':>5} "
                     f"{r['seconds']:8.1f}  {'PASS' if ok else 'fail'}")
     return "\n".join(rows)
 

@@ -254,3 +254,30 @@ def test_extent_error_is_relative_per_axis_and_optionally_free_of_z_rotation():
     turned = truth.copy().apply_transform(trimesh.transformations.rotation_matrix(math.radians(30), [0, 0, 1]))
     assert extent_error(turned, truth) > 0.3
     assert extent_error(turned, truth, z_rotations=True) < 1e-3
+
+
+def test_volume_iou_sees_a_filled_hole_and_is_free_of_z_rotation_for_the_cube():
+    from priorkit.distill.zoo.shape_geometry import sdf, sdf_cylinder
+    from priorkit.gen3d.export import default_threshold, volume_iou
+    from priorkit.gen3d.field import VoxelField
+
+    def solid(distance) -> VoxelField:  # noqa: ANN001
+        """A field whose export level set is the zero set of ``distance`` (log-density linear in it: trilinear
+        interpolation keeps the level set in place)."""
+        f = VoxelField(64, activation="exp")
+        tau = default_threshold(f)
+        return f.fill_(lambda p: tau * torch.exp(-distance(p) / 0.05))
+
+    torus = lambda p: sdf("torus", p) < 0  # noqa: E731
+    assert volume_iou(solid(lambda p: sdf("torus", p)), torus) > 0.9
+    puck = solid(lambda p: sdf_cylinder(p, radius=0.5, height=0.3))    # the torus with its hole filled
+    assert volume_iou(puck, torus) < 0.7                                   # Chamfer would barely see the hole
+    # exact on a known overlap: the field's solid x < 0.2 against the truth x > -0.2 in [-1, 1]^3: 0.4 / 2
+    half = solid(lambda p: p[:, 0] - 0.2)
+    assert volume_iou(half, lambda p: p[:, 0] > -0.2, n=200_000) == pytest.approx(0.4 / 2.0, abs=0.01)
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    turned = solid(lambda p: sdf("cube", p @ turn))
+    cube = lambda p: sdf("cube", p) < 0  # noqa: E731
+    assert volume_iou(turned, cube) < 0.8
+    assert volume_iou(turned, cube, z_rotations=True) > 0.95
