@@ -146,8 +146,9 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         task: one of TASKS. method: a registered method (`priorkit.inverse.registry`) supporting the task.
         prior: bundled name, diffusers folder / hub id, or a `Denoiser` (its sample_shape is the tile).
         sigma_y: measurement noise std in image range (the noise assumed for an observed image, added when simulating).
-        nfe: the solver's budget (steps = model evaluations; dflow: total model passes); default: the method's
-            ``default_nfe`` in the registry.
+        nfe: the solver's budget (steps = model evaluations; dflow: total model passes); default: the prior's
+            ``restore_nfe`` for step-budgeted methods where it has one (a few-step student such as "photos-fast"),
+            else the method's ``default_nfe`` in the registry.
         seed: seeds the mask (inpaint_random), the simulated noise and the solver.
         simulate: degrade the clean ``image`` first and restore that (default False: ``image`` is the observation).
         observed: the former switch, ``observed = not simulate`` (kept for one release; ``observed=False`` is
@@ -205,6 +206,7 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
     else:
         y_model = y_model.repeat_interleave(samples, dim=0)
         den = resolve_prior(prior)
+        nfe = default_nfe(spec, den, nfe)
         dtype = _model_dtype(den)
         if den.sample_shape is not None and den.sample_shape[0] != 3:
             raise ValueError(f"the prior makes {den.sample_shape[0]}-channel images; restore needs an RGB prior")
@@ -295,6 +297,15 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
             raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
                              "an RGB image prior")
+
+
+def default_nfe(spec: Any, den: Denoiser, nfe: int | None) -> int | None:
+    """``nfe``, or the prior's own ``restore_nfe`` (a few-step student says how many steps it was made for) when
+    the user gave none and the method's budget is its step count."""
+    from priorkit.inverse.registry import steps_budget
+
+    hint = getattr(den, "restore_nfe", None)
+    return int(hint) if nfe is None and hint and spec.budget is steps_budget else nfe
 
 
 def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, method: str = DEFAULT_METHOD, *,

@@ -143,6 +143,17 @@ def test_a_registered_method_reaches_restore_the_cli_and_the_apps(toy_method, tm
         cli._check_restore(inp, tmp_path / "out", "deblur_gaussian", "toy_prox", prior, None, None, 0.01, None)
 
 
+def test_a_few_step_prior_sets_the_default_budget_of_step_methods(toy_method) -> None:
+    """A student that says how many steps it was made for ("restore_nfe", as the bundled photos-fast does) gets them
+    when the user gives no --nfe; a given nfe wins."""
+    prior = GaussianMixture.random(3 * 8 * 8, 1, scale=1.0, spread=0.5, generator=torch.Generator().manual_seed(0),
+                                   sample_shape=(3, 8, 8))
+    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    prior.restore_nfe = 2
+    assert restore(img, "inpaint_box", "toy_prox", prior=prior, seed=0).nfe == 2
+    assert restore(img, "inpaint_box", "toy_prox", prior=prior, seed=0, nfe=5).nfe == 5
+
+
 def test_the_toy_prox_step_is_exact_on_observed_pixels(toy_method) -> None:
     # with a huge gamma the prox keeps the measurement where observed (inpainting: A = A^+ = mask)
     op = Inpainting(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))

@@ -363,7 +363,10 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
     if missing or unexpected:
         raise ModelLoadError(f"{weights} does not match {folder / 'config.json'}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
-    return student.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    student = student.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if meta.get("restore_nfe"):  # the steps restoration methods take with this student by default
+        student.restore_nfe = int(meta["restore_nfe"])
+    return student
 
 
 register_folder_loader(STUDENT_KIND, load_student)  # load_denoiser reads student folders through this
