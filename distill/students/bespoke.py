@@ -102,7 +102,7 @@ def bespoke_train(teacher: Denoiser, out: str | Path, cfg: BespokeConfig | None 
         loss.backward()
         opt.step()
         if is_main_process() and ((it + 1) % cfg.save_every == 0 or it + 1 == cfg.train.steps):
-            solver.save(path, iteration=it + 1, train_rmse=float(loss), seconds=time.time() - t0, **info)
+            solver.save(path, iteration=it + 1, train_rmse=float(loss.detach()), seconds=time.time() - t0, **info)
     if is_main_process() and start >= cfg.train.steps and not path.is_file():
         solver.save(path, iteration=start, **info)
     return solver.requires_grad_(False)
