@@ -62,9 +62,11 @@ from priorkit.inverse.tasks import (  # noqa: F401 - re-exported: the tasks used
     check_method,
     check_range,
     check_task,
+    default_nfe,
     degrade,
     forward_budget,
     methods_for_task,
+    model_dtype,
     resolve_prior,
     sr_factor,
     tile_overlap,
@@ -104,14 +106,6 @@ class Restoration:
     residual: Tensor | None = None
     expected_residual: Tensor | None = None
     std: Tensor | None = None
-
-
-def _model_dtype(den: Denoiser) -> torch.dtype:
-    """float64 for float64 analytic priors, else float32 (the solver's working precision)."""
-    for t in (*den.parameters(), *den.buffers()):
-        if t.is_floating_point():
-            return torch.float64 if t.dtype == torch.float64 else torch.float32
-    return torch.float32
 
 
 def _repeat(cond: Condition, k: int) -> Condition:
@@ -207,7 +201,7 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         y_model = y_model.repeat_interleave(samples, dim=0)
         den = resolve_prior(prior)
         nfe = default_nfe(spec, den, nfe)
-        dtype = _model_dtype(den)
+        dtype = model_dtype(den)
         if den.sample_shape is not None and den.sample_shape[0] != 3:
             raise ValueError(f"the prior makes {den.sample_shape[0]}-channel images; restore needs an RGB prior")
         h, w = (den.sample_shape[-2:] if den.sample_shape is not None else (H, W))
@@ -297,15 +291,6 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
             raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
                              "an RGB image prior")
-
-
-def default_nfe(spec: Any, den: Denoiser, nfe: int | None) -> int | None:
-    """``nfe``, or the prior's own ``restore_nfe`` (a few-step student says how many steps it was made for) when
-    the user gave none and the method's budget is its step count."""
-    from priorkit.inverse.registry import steps_budget
-
-    hint = getattr(den, "restore_nfe", None)
-    return int(hint) if nfe is None and hint and spec.budget is steps_budget else nfe
 
 
 def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, method: str = DEFAULT_METHOD, *,

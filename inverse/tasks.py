@@ -29,7 +29,7 @@ from priorkit.inverse.operators import (
     motion_kernel,
     random_mask,
 )
-from priorkit.inverse.registry import RestorationMethod, get_method
+from priorkit.inverse.registry import RestorationMethod, get_method, steps_budget
 
 __all__ = ["TASKS", "TASK_OPERATORS", "RestoreDefaults", "DEFAULTS", "sr_factor", "build_operator", "degrade",
            "check_task", "as_batch", "check_range",
@@ -179,6 +179,21 @@ def check_method(method: str, task: str) -> RestorationMethod:
         raise ValueError(f"method {method!r} does not support task {task!r}; choose one of "
                          f"{', '.join(methods_for_task(task))}")
     return spec
+
+
+def model_dtype(den: Denoiser) -> torch.dtype:
+    """float64 for float64 analytic priors, else float32 (the solver's working precision)."""
+    for t in (*den.parameters(), *den.buffers()):
+        if t.is_floating_point():
+            return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float32
+
+
+def default_nfe(spec: RestorationMethod, den: Denoiser, nfe: int | None) -> int | None:
+    """``nfe``, or the prior's own ``restore_nfe`` (a few-step student says how many steps it was made for) when
+    the user gave none and the method's budget is its step count."""
+    hint = getattr(den, "restore_nfe", None)
+    return int(hint) if nfe is None and hint and spec.budget is steps_budget else nfe
 
 
 def forward_budget(spec: RestorationMethod, nfe: int | None, options: dict[str, Any]) -> int | None:
