@@ -429,3 +429,17 @@ def test_sample_an_image_student_writes_a_grid(tmp_path):
     assert "1 step, reflow student" in result.stdout
     # 3 images of 8x8 in a row, 1-pixel white padding, scaled x4
     assert Image.open(png).size == ((3 * 9 + 1) * 4, (1 * 9 + 1) * 4)
+
+
+def test_a_student_folder_carries_its_restore_budget(toy_run, tmp_path):
+    """``restore_nfe`` in a student's priorkit.json reaches the loaded denoiser (restore's default step budget)."""
+    import shutil
+
+    from priorkit.distill.loading import load_denoiser
+
+    folder = tmp_path / "student"
+    shutil.copytree(toy_run / "student", folder)
+    assert getattr(load_denoiser(folder), "restore_nfe", None) is None
+    meta = json.loads((folder / "priorkit.json").read_text())
+    (folder / "priorkit.json").write_text(json.dumps({**meta, "restore_nfe": 3}))
+    assert load_denoiser(folder).restore_nfe == 3
