@@ -241,10 +241,7 @@ def shapes_v2_records(den, samples: int, out_dir: Path) -> list[dict]:  # noqa: 
         value = camera_agreement(den, with_camera=flag)
         records.append({"prior": "shapes", "metric": name, "value": value})
         print(f"shapes v2 {name}: {value:.4f}")
-    inner = den
-    while getattr(inner, "text_encoder", None) is None and hasattr(inner, "inner"):
-        inner = inner.inner  # wrappers (fp16 casts, ...) around the DiffusersDenoiser that holds the encoder
-    probe = shapes_v2_ceiling(inner.text_encoder)
+    probe = shapes_v2_ceiling(den.text_encoder)
     for name, key in (("text_probe_colour_ridge", "ridge"), ("text_probe_colour_mlp", "mlp"),
                       ("text_probe_shape_words", "shape_words")):
         records.append({"prior": "shapes", "metric": name, "value": probe[key]})

@@ -141,7 +141,7 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         prior: bundled name, diffusers folder / hub id, or a `Denoiser` (its sample_shape is the tile).
         sigma_y: measurement noise std in image range (the noise assumed for an observed image, added when simulating).
         nfe: the solver's budget (steps = model evaluations; dflow: total model passes); default: the prior's
-            ``restore_nfe`` for step-budgeted methods where it has one (a few-step student such as "photos-fast"),
+            ``restore_nfe`` for step-budgeted methods where it has one (a few-step student's priorkit.json),
             else the method's ``default_nfe`` in the registry.
         seed: seeds the mask (inpaint_random), the simulated noise and the solver.
         simulate: degrade the clean ``image`` first and restore that (default False: ``image`` is the observation).

@@ -101,15 +101,9 @@ def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0,
 
         return renders
     if name == "photos":
-        from priorkit.distill.zoo.photos import PHOTO_SETS, PatchSampler, load_photo
+        from priorkit.distill.zoo.photos import PatchSampler, training_photos
 
-        if photo_set not in PHOTO_SETS:
-            raise ValueError(f"unknown photo set {photo_set!r}; expected one of {', '.join(PHOTO_SETS)}")
-        if photo_set != "v1":
-            from priorkit.distill.zoo.debian_photos import fetch_debian_photos
-
-            fetch_debian_photos()
-        patches = PatchSampler(photos=[load_photo(name) for name in PHOTO_SETS[photo_set][0]])
+        patches = PatchSampler(photos=training_photos(photo_set))
         return lambda m, g: (patches(m, g), None)
     g0 = torch.Generator().manual_seed(seed)
     conds = None

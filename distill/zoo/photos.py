@@ -101,6 +101,18 @@ def load_photo(name: str) -> Tensor:
     return load_image(photo_path(name))
 
 
+def training_photos(photo_set: str = "v1") -> list[Tensor]:
+    """The training photographs of ``photo_set`` (3, H, W) in [0, 1]; "v2" fetches Debian's into the cache first.
+    Raises ValueError for an unknown set."""
+    if photo_set not in PHOTO_SETS:
+        raise ValueError(f"unknown photo set {photo_set!r}; expected one of {', '.join(PHOTO_SETS)}")
+    if photo_set != "v1":
+        from priorkit.distill.zoo.debian_photos import fetch_debian_photos
+
+        fetch_debian_photos()
+    return [load_photo(n) for n in PHOTO_SETS[photo_set][0]]
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 

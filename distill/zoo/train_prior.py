@@ -237,11 +237,9 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
         raise ValueError(f"unknown photo set {photo_set!r}; expected one of {', '.join(PHOTO_SETS)}")
     photos = None
     if data is None and name == "photos" and photo_set != "v1":
-        from priorkit.distill.zoo.debian_photos import fetch_debian_photos
-        from priorkit.distill.zoo.photos import load_photo
+        from priorkit.distill.zoo.photos import training_photos
 
-        fetch_debian_photos()
-        photos = [load_photo(n) for n in PHOTO_SETS[photo_set][0]]
+        photos = training_photos(photo_set)
         print(f"training on the {len(photos)} photographs of photo set {photo_set}")
     if data is not None:  # read (and refuse) the folder before any work
         from priorkit.distill.zoo.photos import folder_photos
