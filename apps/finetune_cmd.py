@@ -66,7 +66,7 @@ def finetune_cmd(
         _fail(err)
 
     from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
-    from priorkit.distill.finetune.reward import REWARDS
+    from priorkit.distill.finetune.reward import REWARDS, judge_prompts
     from priorkit.distill.finetune.trainer import finetune, make_config
     from priorkit.distill.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
 
@@ -80,14 +80,9 @@ def finetune_cmd(
         _fail(f"--prior {prior}: fine-tuning needs a diffusers UNet prior (a bundled prior or a diffusers folder)")
     cond_fn = None
     if reward == "judge":
-        from priorkit.distill.zoo import shapes
-
         if not getattr(base, "conditional", False):
             _fail("the judge reward needs a text-conditional shapes prior (--prior shapes)")
-        prompts = [shapes.caption(s, c) for s in shapes.SHAPES for c in shapes.COLOUR_NAMES]
-
-        def cond_fn(n: int, g: torch.Generator) -> list[str]:
-            return [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]
+        cond_fn = judge_prompts()
 
     torch.manual_seed(seed)
     model, params = with_lora(base, rank=rank)

@@ -1,6 +1,7 @@
 """Reward fine-tuning, measured against the exact tilted distribution.
 
     python -m benchmarks.finetune --json outputs/bench/finetune.json [--iterations 600] [--quick]
+    python -m benchmarks.finetune --target shapes --json outputs/bench/finetune_shapes.json  (finetune_shapes)
 
 2D: the ring of 8 Gaussians (distill.zoo.toy.gmm_target) as the exact base model, the quadratic reward
 r(x) = -|x - (2, 0)|^2 / 2 (highest on the ring's right-hand component), and lambda in {1, 0.5}; the target
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.finetune_shapes import METHODS as SHAPES_METHODS
 from priorkit.distill.core.samplers import initial_noise
 from priorkit.distill.finetune.memoryless import memoryless_times, trajectory
 from priorkit.distill.finetune.residual import ResidualDenoiser, ScoreResidual
@@ -123,28 +125,56 @@ def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=Path("outputs/bench/finetune.json"))
-    ap.add_argument("--iterations", type=int, default=600)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS))
+    ap.add_argument("--target", choices=("2d", "shapes"), default="2d",
+                    help="2d: the exact tilted Gaussian mixture; shapes: the shapes prior with the judge reward")
+    ap.add_argument("--json", type=Path, default=None, help="default outputs/bench/finetune[_shapes].json")
+    ap.add_argument("--iterations", type=int, default=None, help="default 600 (2d), 200 (shapes)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help=f"2d: {', '.join(METHODS)}; shapes: {', '.join(SHAPES_METHODS)} (default: all)")
+    ap.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS),
+                    help="reward temperatures (shapes: the first only; default there 0.5)")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"memoryless steps of the fine-tuned sampler (default "
                     f"{STEPS}; DRaFT keeps its 20)")
     ap.add_argument("--eval-steps", type=int, default=None, help="memoryless steps of the evaluation samples "
                     "(default: --steps, the training grid)")
+    ap.add_argument("--evals", type=int, default=4, help="shapes: evaluations along each run (the curve's points)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="shapes: the LoRA's learning rate")
+    ap.add_argument("--batch", type=int, default=8, help="shapes: samples per iteration")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    iterations = 5 if args.quick else args.iterations
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    records = run(iterations, tuple(args.methods), tuple(args.lambdas), args.json.parent,
-                  args.eval_steps or args.steps, args.steps)
-    args.json.write_text(json.dumps(records, indent=1))
+    known = SHAPES_METHODS if args.target == "shapes" else METHODS
+    methods = tuple(args.methods or known)
+    if unknown := [m for m in methods if m not in known]:
+        ap.error(f"unknown method(s) {', '.join(unknown)} for --target {args.target}; expected {', '.join(known)}")
+    suffix = "_shapes" if args.target == "shapes" else ""
+    json_path = args.json or Path(f"outputs/bench/finetune{suffix}.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.target == "shapes":
+        from benchmarks.finetune_shapes import run as run_shapes
+
+        iterations = 2 if args.quick else (args.iterations or 200)
+        lam = args.lambdas[0] if args.lambdas != list(LAMBDAS) else 0.5
+        records = run_shapes(methods, iterations, min(args.evals, iterations), json_path.parent, json_path,
+                             lr=args.lr, lam=lam, batch=2 if args.quick else args.batch,
+                             per_prompt=1 if args.quick else None)
+        print("| method | iteration | CFG | judge accuracy | mean reward | judge FID | seconds |")
+        print("|---|---|---|---|---|---|---|")
+        for r in records:
+            print(f"| {r['method']} | {r['iteration']} | {r['guidance']:g} | {r['accuracy']:.4f} | {r['reward']:.3f} "
+                  f"| {r['kl_or_w2']:.3f} | {r['seconds']:.0f} |")
+        print(f"wrote {json_path}")
+        return
+    iterations = 5 if args.quick else (args.iterations or 600)
+    records = run(iterations, methods, tuple(args.lambdas), json_path.parent, args.eval_steps or args.steps,
+                  args.steps)
+    json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:
         print(f"| {r['target']} | {r['method']} | {r['reward']:.3f} | {r['kl_or_w2']:.4f} | {r['seconds']:.0f} |")
-    print(f"wrote {args.json}")
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

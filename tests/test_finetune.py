@@ -11,9 +11,10 @@ from priorkit.distill.core.schedule import FlowMatching, VPCosine
 from priorkit.distill.finetune.adjoint_matching import AdjointMatchingConfig, adjoint_targets, regression_loss
 from priorkit.distill.finetune.memoryless import lean_adjoint, memoryless_times, reward_gradient, trajectory
 from priorkit.distill.finetune.residual import ResidualDenoiser, ScoreResidual
-from priorkit.distill.finetune.reward import CallableReward, JudgeReward, LinearReward, QuadraticReward
+from priorkit.distill.finetune.reward import CallableReward, JudgeReward, LinearReward, QuadraticReward, judge_prompts
 from priorkit.distill.finetune.tilt import tilted_gmm
 from priorkit.distill.finetune.trainer import finetune, make_config
+from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES
 from priorkit.distill.zoo.toy import gmm_target, sliced_w2
 
 F64 = torch.float64
@@ -112,6 +113,33 @@ def test_reward_maximisers_raise_the_reward(method, overrides):
     cfg = make_config(method, steps=10, batch=128, **overrides)
     model, _ = finetune(method, model, base, reward, cfg, iterations=25, lr=3e-3, dtype=F64)
     assert float(reward(_samples(model)).mean()) > float(reward(_samples(base)).mean()) + 0.2
+
+
+def test_finetune_calls_back_at_every_checkpoint_with_the_current_model():
+    base = gmm_target()
+    reward = LinearReward(torch.tensor([1.0, 0.0], dtype=F64))
+    torch.manual_seed(0)
+    model = ResidualDenoiser(base, ScoreResidual(2, hidden=16).double())
+    seen = []
+
+    def on_checkpoint(m, step):
+        seen.append((step, m.residual.out.weight.detach().clone()))
+
+    cfg = make_config("draft", steps=4, batch=16, k=1)
+    model, _ = finetune("draft", model, base, reward, cfg, iterations=6, lr=1e-2, dtype=F64, checkpoint_every=2,
+                        on_checkpoint=on_checkpoint)
+    assert [s for s, _ in seen] == [2, 4, 6]
+    assert not torch.equal(seen[0][1], seen[-1][1])  # the model as trained so far, not a frozen copy
+    assert torch.equal(seen[-1][1], model.residual.out.weight)
+
+
+def test_judge_prompts_draw_every_shape_and_colour_reproducibly():
+    draw = judge_prompts()
+    a, b = draw(400, torch.Generator().manual_seed(1)), draw(400, torch.Generator().manual_seed(1))
+    assert a == b and len(a) == 400
+    shape_idx, colour_idx = JudgeReward.labels(a)
+    assert set(shape_idx.tolist()) == set(range(len(SHAPES)))
+    assert set(colour_idx.tolist()) == set(range(len(COLOUR_NAMES)))
 
 
 def test_rewards_check_their_inputs():

@@ -102,6 +102,19 @@ class JudgeReward:
         return ls + lc
 
 
+def judge_prompts() -> Callable[[int, torch.Generator], list[str]]:
+    """A draw of ``n`` prompts of the shapes world (every shape x colour, uniformly): the conditions the judge
+    reward fine-tunes on."""
+    from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES, caption
+
+    prompts = [caption(s, c) for s in SHAPES for c in COLOUR_NAMES]
+
+    def draw(n: int, g: torch.Generator) -> list[str]:
+        return [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]
+
+    return draw
+
+
 @dataclass
 class CallableReward:
     """Any user function ``fn(x, cond) -> (B,)``."""
