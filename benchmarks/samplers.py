@@ -25,7 +25,9 @@ DPM-Solver++ at 8 NFE), and a PNG of samples per target is saved next to the JSO
 With ``--shapes RUN[,RUN]`` it also scores students of the bundled "shapes" text-to-image prior trained by
 ``priorkit distill METHOD --teacher shapes --guidance 3 --out RUN`` (judge accuracy and seconds per sample
 against the teacher; goal: a 2-step student keeps >= 0.85 judge accuracy >= 10x faster than the teacher at 25
-steps). ``--targets none`` skips the 2D targets.
+steps). ``--shapes-bespoke 4,6,8`` fits bespoke solvers of the shapes prior at CFG 3 and scores their error to the
+guided ODE's solution against DPM-Solver++ at the same NFE, at CFG 3 and moved to CFG 2
+(benchmarks.samplers_shapes.run_shapes_bespoke). ``--targets none`` skips the 2D targets.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from torch import Tensor
 
 from benchmarks.samplers_common import METRIC, NFES, REFERENCE_NFE, SPACINGS, record, train_cfg  # noqa: F401
 from benchmarks.samplers_dmd import FAMILY, bespoke_ratios, plot_limit, run_bespoke, run_dmd
-from benchmarks.samplers_shapes import SHAPES_TEACHER_STEPS, run_shapes, shapes_goals  # noqa: F401
+from benchmarks.samplers_shapes import SHAPES_TEACHER_STEPS, run_shapes, run_shapes_bespoke, shapes_goals  # noqa: F401
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.core.samplers.ddim import ddim_sample
@@ -324,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {tuple(METHODS)}")
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
     parser.add_argument("--shapes", default="", help="comma-separated run folders of shapes-prior students")
+    parser.add_argument("--shapes-bespoke", default="", help="comma-separated NFEs: fit bespoke solvers of the "
+                        "shapes prior at CFG 3 and score their ODE error against DPM-Solver++ (and at CFG 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
@@ -352,6 +356,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = [Path(r) for r in args.shapes.split(",") if r]
     if runs:
         records += run_shapes(runs, seed=args.seed)
+    if args.shapes_bespoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            records += run_shapes_bespoke(args.work or Path(tmp) / "shapes-bespoke",
+                                          tuple(int(k) for k in args.shapes_bespoke.split(",")), seed=args.seed)
     args.json.write_text(json.dumps(records, indent=1))
     print(table(records))
     for line in goals(records) + bespoke_ratios(records) + shapes_goals(records):
