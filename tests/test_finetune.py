@@ -126,9 +126,10 @@ def test_finetune_calls_back_at_every_checkpoint_with_the_current_model():
         seen.append((step, m.residual.out.weight.detach().clone()))
 
     cfg = make_config("draft", steps=4, batch=16, k=1)
-    model, _ = finetune("draft", model, base, reward, cfg, iterations=6, lr=1e-2, dtype=F64, checkpoint_every=2,
-                        on_checkpoint=on_checkpoint)
+    model, log = finetune("draft", model, base, reward, cfg, iterations=6, lr=1e-2, dtype=F64, checkpoint_every=2,
+                          on_checkpoint=on_checkpoint)
     assert [s for s, _ in seen] == [2, 4, 6]
+    assert all(isinstance(e["reward"], float) for e in log) and len(log) == 6   # the mean reward joins the log
     assert not torch.equal(seen[0][1], seen[-1][1])  # the model as trained so far, not a frozen copy
     assert torch.equal(seen[-1][1], model.residual.out.weight)
 

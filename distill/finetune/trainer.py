@@ -61,12 +61,12 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
     model (final weights) and the log (loss and mean reward every few steps). ``on_checkpoint(model, step)`` runs
     after each checkpoint (every ``checkpoint_every`` steps; default a quarter of the run)."""
     m = METHODS[method]
-    rewards: list[float] = []
+    rewards: dict[int, float] = {}  # step -> mean reward of its batch
 
     def loss_fn(model: nn.Module, step: int, g: torch.Generator) -> Tensor:
         cond = cond_fn(config.batch, g) if cond_fn is not None else None
         loss, r = m.loss(model, base, reward, config, g, cond, dtype)
-        rewards.append(float(r.float().mean()))
+        rewards[step] = float(r.float().mean())
         return loss
 
     every = checkpoint_every or max(10, iterations // 4)
@@ -75,4 +75,10 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
     with tempfile.TemporaryDirectory() as tmp:
         model, log = train(finetuned, loss_fn, cfg, out or tmp, resume=resume, desc=desc or f"finetune {method}",
                            params=params, on_checkpoint=on_checkpoint)
+    previous = 0
+    for entry in log:  # each entry's mean reward over the steps since the previous entry (this process's steps)
+        seen = [rewards[k] for k in range(previous, entry["step"]) if k in rewards]
+        if seen and "reward" not in entry:
+            entry["reward"] = sum(seen) / len(seen)
+        previous = entry["step"]
     return model, log
