@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers import initial_noise, predict_fn, sample
@@ -57,7 +58,8 @@ def reference_pairs(teacher: Denoiser, n: int, ref_steps: int, conditions: DataF
         m = min(chunk, n - start)
         cond = conditions(m, g)[1] if conditions is not None else None
         z = initial_noise(teacher, (m, *teacher.sample_shape), generator=g)
-        xs.append(sample(teacher, z, steps=ref_steps, solver="heun", spacing="karras", cond=cond, progress=False))
+        xs.append(sample(teacher, z, steps=ref_steps, solver="heun", spacing="karras", cond=cond,
+                          progress=None if is_main_process() else False))  # a bar from 50 steps
         zs.append(z)
         if isinstance(cond, Tensor):
             cs.append(cond)
@@ -93,7 +95,9 @@ def bespoke_train(teacher: Denoiser, out: str | Path, cfg: BespokeConfig | None 
     g = torch.Generator().manual_seed(cfg.seed + 1 + start)
     t0, loss = time.time(), torch.tensor(float("nan"))
     info = {**(meta or {}), "config": asdict(cfg), "schedule": teacher.schedule.config()}
-    for it in range(start, cfg.train.steps):
+    bar = tqdm(range(start, cfg.train.steps), desc=f"bespoke solver, {cfg.nfe} NFE", initial=start,
+               total=cfg.train.steps, disable=not is_main_process(), leave=False)
+    for it in bar:
         idx = torch.randint(z.shape[0], (min(cfg.batch, z.shape[0]),), generator=g)
         cond = select_rows(conds, idx) if conds is not None else None
         fn = predict_fn(teacher, cond)
@@ -101,6 +105,7 @@ def bespoke_train(teacher: Denoiser, out: str | Path, cfg: BespokeConfig | None 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        bar.set_postfix(rmse=f"{float(loss.detach()):.4f}")
         if is_main_process() and ((it + 1) % cfg.save_every == 0 or it + 1 == cfg.train.steps):
             solver.save(path, iteration=it + 1, train_rmse=float(loss.detach()), seconds=time.time() - t0, **info)
     if is_main_process() and start >= cfg.train.steps and not path.is_file():
