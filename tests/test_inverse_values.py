@@ -281,6 +281,15 @@ def test_dflow_start_loss_and_optimiser_by_hand(monkeypatch):
     monkeypatch.undo()
     x_r, info_r = dflow(prior, op, y, SY, steps=4, noise=noise, max_iter=1, reg=0.0, return_info=True)
     assert info_r["loss"] == pytest.approx(float((m * x_r - y).pow(2).sum()), rel=1e-10)   # reg = 0: data term only
+    monkeypatch.setattr(torch.optim, "LBFGS", _OneClosureLBFGS)
+    dflow(prior, op, y, SY, steps=4, blend=0.0, noise=noise, max_evals=9)   # b = 0: z0 is the fresh noise
+    torch.testing.assert_close(_OneClosureLBFGS.seen["z0"], noise, rtol=0, atol=0)
+    assert _OneClosureLBFGS.seen["kwargs"]["max_eval"] == 9
+    dflow(prior, op, y, SY, steps=4, blend=1.0, noise=noise)                # b = 1: z0 is the pseudo-inverse's
+    z_y = _OneClosureLBFGS.seen["z0"]
+    dflow(prior, op, y, SY, steps=4, blend=1.0, noise=-noise)
+    torch.testing.assert_close(_OneClosureLBFGS.seen["z0"], z_y, rtol=0, atol=0)
+    monkeypatch.undo()
     for bad in (-0.1, 1.1):
         with pytest.raises(ValueError, match=r"blend must lie in \[0, 1\]"):
             dflow(prior, op, y, SY, blend=bad)
@@ -313,6 +322,9 @@ SOLVERS = {
     "dps": (dps, {"steps": 3}, "DPS"),
     "dflow": (dflow, {"steps": 2, "max_iter": 1}, "D-Flow"),
 }
+PROGRESS_KW = {  # D-Flow's inner ODE solves must stay silent even at 50 steps (where a bar would show by default)
+    "dflow": {"steps": 50, "max_iter": 1},
+}
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
@@ -335,8 +347,10 @@ def test_randomness_comes_from_the_generator_and_shape_sets_the_batch(name):
     prior = _prior(FlowMatching())
     op, m, y, _ = _problem(batch=1)
 
+    calls = iter(range(100))
+
     def run(seed, **extra):
-        torch.manual_seed(1234 + seed)        # the global RNG differs between runs: only the generator may matter
+        torch.manual_seed(next(calls))        # the global RNG differs between runs: only the generator may matter
         return fn(prior, op, y, SY, generator=torch.Generator().manual_seed(seed), **kw, **extra)
 
     a, b, c = run(0), run(0), run(1)
@@ -344,11 +358,21 @@ def test_randomness_comes_from_the_generator_and_shape_sets_the_batch(name):
     assert a.dtype == F64
     many = run(0, shape=(3, *SHAPE))
     assert many.shape == (3, *SHAPE) and many.dtype == F64
+    if name in ("pigdm_flow", "dflow"):  # their only randomness is the starting noise: N(0, I) in y's dtype
+        z = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(0), dtype=F64)
+        assert torch.equal(a, fn(prior, op, y, SY, noise=z, **kw))
+        # noise of another dtype is cast to y's before use
+        z32 = z.float()
+        assert torch.equal(fn(prior, op, y, SY, noise=z32, **kw), fn(prior, op, y, SY, noise=z32.double(), **kw))
+        # the noise sets the batch, whatever shape says
+        z3 = torch.randn((3, *SHAPE), generator=torch.Generator().manual_seed(5), dtype=F64)
+        assert fn(prior, op, y, SY, noise=z3, shape=(2, *SHAPE), **kw).shape == (3, *SHAPE)
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_progress_bar_is_named_and_silent_when_off(name, capfd):
     fn, kw, label = SOLVERS[name]
+    kw = PROGRESS_KW.get(name, kw)
     prior = _prior(FlowMatching())
     op, m, y, noise = _problem()
     fn(prior, op, y, SY, noise=noise, progress=False, **kw)
