@@ -14,6 +14,7 @@ condition and the guidance scale.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -390,3 +391,23 @@ def test_explicit_times_are_the_models_times(name):
     fn(rec, op, y, SY, times=times, noise=noise)
     assert [t for _, t, _ in rec.calls] == pytest.approx(times[:-1].tolist())
     torch.testing.assert_close(rec.calls[0][0], float(rec.schedule.sigma(times[0])) * noise)
+
+
+def test_dflow_bar_counts_loss_evaluations_against_its_budget(capfd):
+    """The bar's total is max_evals, or torch's default 1.25 max_iter; it advances once per loss evaluation."""
+    prior = _prior(FlowMatching())
+    op, m, y, noise = _problem()
+    capfd.readouterr()
+    _, info = dflow(prior, op, y, SY, steps=2, max_iter=4, noise=noise, progress=True, return_info=True)
+    err = capfd.readouterr().err.replace("\r", "\n")
+    shown = [int(k) for k in re.findall(r"(\d+)/5 ", err)]
+    assert shown and max(shown) == info["evaluations"], err[-300:]
+    assert "loss=" in err and "loss=None" not in err
+
+
+def test_counting_denoiser_checks_inputs_by_default_and_not_when_told():
+    counter = CountingDenoiser(_prior(FlowMatching()))
+    bad = torch.full((1, *SHAPE), float("nan"), dtype=F64)
+    with pytest.raises(ValueError):
+        counter(bad, 0.5)
+    counter(bad, 0.5, check=False)                             # the samplers' calls skip the check
