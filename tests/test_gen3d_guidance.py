@@ -333,3 +333,73 @@ def test_toy2d_vsd_covers_more_modes_and_matches_the_mixture_better_than_sds():
     assert vsd["coverage"] == 1.0
     assert vsd["energy_distance"] < 0.5 * sds["energy_distance"]
     assert ring_mixture().num_components == 8
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# SDS.loss and VSD.loss put together from their parts (the mutation run of gen3d: clipping, weighting, the condition,
+# the generator, the sign of the LoRA loss and the diagnostics were not checked by value)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _grad_in_images(loss_fn, images):
+    img = images.clone().requires_grad_(True)
+    loss, info = loss_fn(img)
+    (g,) = torch.autograd.grad(loss, img)
+    return g, info
+
+
+def test_sds_loss_is_its_formula_with_clipping_weighting_condition_and_generator(tiny_prior):
+    from priorkit.distill.score.guidance import draw_noise, surrogate_loss, to_model_space
+
+    cfg = SDSConfig(guidance_scale=5.0, warmup_guidance_scale=None, weighting="uniform", grad_clip=0.05)
+    sds = SDS(tiny_prior, "a red cube", cfg)
+    cams = random_cameras(3, torch.Generator().manual_seed(1))
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    got, info = _grad_in_images(lambda im: sds.loss(im, cams, 0.4, torch.Generator().manual_seed(7)), images)
+
+    def by_hand(im):
+        x = to_model_space(tiny_prior, im)
+        lo, hi = sds.time_range(0.4)
+        t, eps = draw_noise(x, lo, hi, torch.Generator().manual_seed(7))
+        predict = GuidedPredictor(tiny_prior, sds.condition(cams), 5.0)
+        grad = sds_gradient(predict, tiny_prior.schedule, x, t, eps, "uniform").clamp(-0.05, 0.05)
+        return surrogate_loss(x, grad), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()), "t_max": hi}
+
+    want, info_want = _grad_in_images(by_hand, images)
+    torch.testing.assert_close(got, want)
+    assert info["grad_norm"] == pytest.approx(info_want["grad_norm"]) and info["t_max"] == info_want["t_max"]
+    assert info["guidance_scale"] == 5.0 and info["nonfinite"] == 0
+    unclipped = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=5.0, warmup_guidance_scale=None,
+                                                       weighting="uniform"))
+    free, _ = _grad_in_images(lambda im: unclipped.loss(im, cams, 0.4, torch.Generator().manual_seed(7)), images)
+    assert not torch.allclose(free, got)  # the clip binds here: both bounds matter
+
+
+def test_vsd_loss_adds_the_lora_diffusion_loss_and_trains_it_downhill(tiny_prior):
+    from priorkit.distill.score.guidance import diffusion_loss, sample_times, to_model_space
+
+    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, grad_clip=0.05))
+    cams = random_cameras(2, torch.Generator().manual_seed(1))
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    loss, info = vsd.loss(images.clone().requires_grad_(True), cams, 0.5, g)
+    # the LoRA term: fresh t and eps from the same generator after the particle term's draws
+    g2 = torch.Generator().manual_seed(3)
+    x = to_model_space(tiny_prior, images)
+    lo, hi = vsd.time_range(0.5)
+    from priorkit.distill.score.guidance import draw_noise
+
+    draw_noise(x, lo, hi, g2)
+    c = vsd.config
+    t_l = sample_times(x.shape[0], max(c.lora_t_min, tiny_prior.schedule.t_min), c.lora_t_max, g2)
+    eps_l = torch.randn(x.shape, generator=g2, dtype=x.dtype)
+    _, cam_cond = vsd._conditions(cams)
+    lora_loss = diffusion_loss(tiny_prior, x, t_l.to(x.dtype), eps_l, cam_cond)
+    assert info["lora_loss"] == pytest.approx(float(lora_loss.detach()), rel=1e-5)
+    assert info["t_max"] == hi and info["nonfinite"] == 0 and info["grad_norm"] > 0
+    # the LoRA's gradient from the total loss is the diffusion loss's: the total adds it (a minus would ascend)
+    params = [p for p in tiny_prior.unet.parameters() if p.requires_grad]
+    total = torch.autograd.grad(loss, params, allow_unused=True)
+    alone = torch.autograd.grad(lora_loss, params, allow_unused=True)
+    pairs = [(a, b) for a, b in zip(total, alone, strict=True) if b is not None]
+    assert pairs and all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in pairs)
