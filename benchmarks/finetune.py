@@ -131,8 +131,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None, help="default 600 (2d), 200 (shapes)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help=f"2d: {', '.join(METHODS)}; shapes: {', '.join(SHAPES_METHODS)} (default: all)")
-    ap.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS),
-                    help="reward temperatures (shapes: the first only; default there 0.5)")
+    ap.add_argument("--lambdas", nargs="+", type=float, default=None,
+                    help=f"reward temperatures (default {', '.join(map(str, LAMBDAS))}; shapes: the first only, "
+                         "default 0.5)")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"memoryless steps of the fine-tuned sampler (default "
                     f"{STEPS}; DRaFT keeps its 20)")
     ap.add_argument("--eval-steps", type=int, default=None, help="memoryless steps of the evaluation samples "
@@ -156,7 +157,7 @@ def main() -> None:
         from benchmarks.finetune_shapes import run as run_shapes
 
         iterations = 2 if args.quick else (args.iterations or 200)
-        lam = args.lambdas[0] if args.lambdas != list(LAMBDAS) else 0.5
+        lam = args.lambdas[0] if args.lambdas else 0.5
         records = run_shapes(methods, iterations, min(args.evals, iterations), json_path.parent, json_path,
                              lr=args.lr, lam=lam, batch=2 if args.quick else args.batch,
                              per_prompt=1 if args.quick else None)
@@ -168,7 +169,7 @@ def main() -> None:
         print(f"wrote {json_path}")
         return
     iterations = 5 if args.quick else (args.iterations or 600)
-    records = run(iterations, methods, tuple(args.lambdas), json_path.parent, args.eval_steps or args.steps,
+    records = run(iterations, methods, tuple(args.lambdas or LAMBDAS), json_path.parent, args.eval_steps or args.steps,
                   args.steps)
     json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")

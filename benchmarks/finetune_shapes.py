@@ -73,17 +73,19 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
     records: list[dict] = []
     pictures: dict[str, torch.Tensor] = {}
 
-    def add(rec: dict) -> None:
+    def add(rec: dict, img: torch.Tensor) -> None:
         records.append({"target": "shapes", "reward_name": "judge", "lam": lam, **rec})
         json_path.write_text(json.dumps(records, indent=1))
+        pictures[rec["method"] if rec["method"] != "base" else f"base_cfg{rec['guidance']:g}"] = img
+        rows = [pictures[k][::per_prompt][:40] for k in pictures]  # one sample of each prompt per row, latest state
+        grid_image(torch.cat(rows) * 2 - 1, ncol=40, scale=2).save(out_dir / "finetune_shapes.png")  # kept if stopped
         print(f"shapes {rec['method']:>16} it {rec['iteration']:>4} CFG {rec['guidance']:g}: accuracy "
               f"{rec['accuracy']:.4f}  reward {rec['reward']:.3f}  FID {rec['kl_or_w2']:.3f}  "
               f"({rec['seconds']:.0f} s)", flush=True)
 
     for guidance in (1.0, 3.0):
         m, img = evaluate(base, judge, guidance, per_prompt)
-        pictures[f"base_cfg{guidance:g}"] = img
-        add({"method": "base", "iteration": 0, "guidance": guidance, "seconds": 0.0, **m})
+        add({"method": "base", "iteration": 0, "guidance": guidance, "seconds": 0.0, **m}, img)
     for label in methods:
         name, overrides = METHODS[label]
         torch.manual_seed(0)
@@ -95,14 +97,11 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
             clock["train"] += time.perf_counter() - clock["since"]
             m_.eval()
             metrics, img = evaluate(m_, judge, 1.0, per_prompt)
-            pictures[label] = img
-            add({"method": label, "iteration": step, "guidance": 1.0, "seconds": clock["train"], **metrics})
+            add({"method": label, "iteration": step, "guidance": 1.0, "seconds": clock["train"], **metrics}, img)
             clock["since"] = time.perf_counter()
 
         finetune(name, model, base, JudgeReward(judge), config, iterations=iterations, lr=lr,
                  cond_fn=judge_prompts(), seed=0, params=params, checkpoint_every=max(1, iterations // evals),
                  on_checkpoint=on_checkpoint, desc=f"{label} (shapes, judge)")
-    rows = [pictures[k][::per_prompt][:40] for k in pictures]  # one sample of each prompt per row
-    grid_image(torch.cat(rows) * 2 - 1, ncol=40, scale=2).save(out_dir / "finetune_shapes.png")
     print(f"rows of {out_dir / 'finetune_shapes.png'}: {', '.join(pictures)}")
     return records

@@ -66,11 +66,12 @@ def run_dmd(name: str, method: str, teacher: Denoiser, student: Denoiser, data: 
     return records, shown
 
 
-def _best_dpm(teacher: Denoiser, noise: Tensor, nfe: int, target: Tensor) -> tuple[Tensor, str]:
-    """DPM-Solver++(2M) at ``nfe`` on the grid closest to ``target`` (per-sample RMSE)."""
+def _best_dpm(teacher: Denoiser, noise: Tensor, nfe: int, target: Tensor, **kwargs: Any) -> tuple[Tensor, str]:
+    """DPM-Solver++(2M) at ``nfe`` on the grid closest to ``target`` (per-sample RMSE); ``kwargs`` go to ``sample``
+    (cond, guidance)."""
     best: tuple[float, str, Tensor | None] = (float("inf"), "", None)
     for spacing in SPACINGS:
-        x = sample(teacher, noise, steps=nfe, spacing=spacing).double()
+        x = sample(teacher, noise, steps=nfe, spacing=spacing, **kwargs).double()
         err = float(bs.rmse(x, target))
         if err < best[0]:
             best = (err, spacing, x)

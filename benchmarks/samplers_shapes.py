@@ -126,7 +126,7 @@ def run_shapes_bespoke(work: Path, nfes: tuple[int, ...] = (4, 6, 8), *, guidanc
     where the same solvers run as "bespoke-from-cfg{G}" (a solver moved to another scale).
     DPM-Solver++ takes the best of the benchmark's time grids (SPACINGS) per NFE, as on the 2D targets.
     """
-    from benchmarks.samplers_common import SPACINGS
+    from benchmarks.samplers_dmd import _best_dpm
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.students.bespoke import rmse
     from priorkit.distill.students.runner import distill
@@ -158,13 +158,11 @@ def run_shapes_bespoke(work: Path, nfes: tuple[int, ...] = (4, 6, 8), *, guidanc
         solver = next((work / f"nfe_{nfe}").rglob("bespoke.json"))
         for g in (guidance, transfer_guidance):
             target = f"shapes-cfg{g:g}"
-            best = (float("inf"), "", None)
             with torch.no_grad():
-                for spacing in SPACINGS:
-                    x = sample(teacher, noise, steps=nfe, cond=cond, guidance=g, spacing=spacing, progress=False)
-                    if (err := float(rmse(x.float(), exact[g]))) < best[0]:
-                        best = (err, spacing, x)
+                dpm, spacing = _best_dpm(teacher, noise, nfe, exact[g].double(), cond=cond, guidance=g,
+                                         progress=False)
                 xb = sample(teacher, noise, solver=f"bespoke:{solver}", cond=cond, guidance=g, progress=False)
+            best = (float(rmse(dpm.float(), exact[g])), spacing, dpm)
             label = "bespoke" if g == guidance else f"bespoke-from-cfg{guidance:g}"
             records += [record(target, "teacher-dpm++2m", nfe, best[0], None, best[1], "ode_rmse"),
                         record(target, "teacher-dpm++2m", nfe, score(best[2]), None, best[1], "judge_accuracy"),
