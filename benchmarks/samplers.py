@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default="", help="comma-separated run folders of shapes-prior students")
     parser.add_argument("--shapes-bespoke", default="", help="comma-separated NFEs: fit bespoke solvers of the "
                         "shapes prior at CFG 3 and score their ODE error against DPM-Solver++ (and at CFG 2)")
+    parser.add_argument("--shapes-per-prompt", type=int, default=4,
+                        help="--shapes: images per shape x colour caption (8 for a 320-image Frechet distance)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
@@ -355,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{target}: done; samples in {png}", flush=True)
     runs = [Path(r) for r in args.shapes.split(",") if r]
     if runs:
-        records += run_shapes(runs, seed=args.seed)
+        records += run_shapes(runs, seed=args.seed, n_per_prompt=args.shapes_per_prompt)
     if args.shapes_bespoke:
         with tempfile.TemporaryDirectory() as tmp:
             records += run_shapes_bespoke(args.work or Path(tmp) / "shapes-bespoke",

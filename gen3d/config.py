@@ -35,7 +35,8 @@ class GenerateConfig:
     field_resolution, blob_density, blob_radius, density_activation: the VoxelField, its initial density blob and
     its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus").
     n_samples: samples per ray, at depths within ``scene_radius`` of the camera distance (None: the whole box
-    [-1, 1]^3; every shape of the shapes world lies within 0.75 of the origin).
+    [-1, 1]^3; every shape of the shapes world lies within 0.75 of the origin). skip_empty: on CPU, query the field
+    only at samples in occupied cells of its own voxels (``priorkit.gen3d.occupancy``: a bound, < 1e-3 opacity).
     azimuth_start, azimuth_warmup: camera azimuths start within ``azimuth_start`` degrees around the front and
     widen to the full circle over the first ``azimuth_warmup`` of the steps (see ``priorkit.gen3d.loop.azimuth_span``).
     albedo_fraction: share of the run with albedo-only shading (warm-up); shading_probs: probabilities of
@@ -66,6 +67,7 @@ class GenerateConfig:
     density_activation: str = "exp"
     n_samples: int = 64
     scene_radius: float | None = 1.0
+    skip_empty: bool = True
     elevation_range: tuple[float, float] = ELEVATION_RANGE
     azimuth_start: float = 30.0
     azimuth_warmup: float = 0.6

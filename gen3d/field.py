@@ -193,6 +193,10 @@ class VoxelField(RadianceField):
         """Outward unit normal -grad(sigma)/|grad(sigma)| at x (N, 3) -> (N, 3)."""
         return -F.normalize(self._sample(x, self._logit_gradient()), dim=-1, eps=1e-12)
 
+    def vertex_density(self) -> Tensor:
+        """Density at the grid's own vertices (R, R, R): what the CPU renderer's occupancy grid bounds cells with."""
+        return density_activation(self.density_logits, self.activation)
+
     def density_grid(self, resolution: int | None = None, bbox: BBox = UNIT_BOX) -> Tensor:
         """Density on an R^3 lattice over ``bbox`` (R, R, R), ``[i, j, k]`` = (x_i, y_j, z_k)."""
         return sample_density_grid(self, resolution or self.resolution, bbox)

@@ -9,6 +9,7 @@ did to the prior. The gradients themselves are functions of tensors in ``priorki
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -44,9 +45,27 @@ class GuidanceConfig:
     view_dependent: bool = True
     grad_clip: float | None = None
     camera_input: bool | None = None
+    prior_precision: str = "auto"
     steps: int = 500
     particles: int = 1
     lambda_color_tv: float = 0.0
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def prior_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of a prior's forward at ``precision`` (see ``GuidanceConfig.prior_precision``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown prior_precision {precision!r}; use one of {PRECISIONS}")
+    device_type = torch.device(device).type
+    if precision == "auto":
+        native = device_type == "cpu" and torch.backends.mkldnn.is_available() \
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        precision = "bfloat16" if native else "float32"
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 @runtime_checkable

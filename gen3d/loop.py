@@ -140,8 +140,8 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
     opt = torch.optim.Adam([{"params": other, "lr_scale": 1.0}, {"params": colour, "lr_scale": cfg.color_lr_scale}],
                            lr=lr, betas=(0.9, 0.99), eps=1e-15)
     guidance = guidance_factory()
-    renderers = [Renderer(f, n_samples=cfg.n_samples, scene_radius=cfg.scene_radius, ambient=cfg.ambient)
-                 for f in fields]
+    renderers = [Renderer(f, n_samples=cfg.n_samples, scene_radius=cfg.scene_radius, ambient=cfg.ambient,
+                          skip_empty=cfg.skip_empty) for f in fields]
     meta = {"prompt": prompt, "method": method, "seed": seed, "particles": particles,
             "field_resolution": cfg.field_resolution, "background": cfg.background}
     paths: dict[str, list[Path]] = {"previews": [], "checkpoint": []}

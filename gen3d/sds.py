@@ -32,7 +32,7 @@ from priorkit.distill.score.guidance import (
     to_model_space,
     view_prompts,
 )
-from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, uses_camera
+from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, prior_autocast, uses_camera
 
 
 @dataclass
@@ -114,8 +114,9 @@ class SDS:
         t, eps = draw_noise(x, lo, hi, generator)
         scale = self.guidance_scale(progress)
         predict = GuidedPredictor(self.den, self.condition(cameras), scale)
-        grad, nonfinite = finite_gradient(sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting),
-                                          "SDS")
+        with prior_autocast(self.config.prior_precision, x.device):
+            raw = sds_gradient(predict, self.den.schedule, x, t, eps, self.config.weighting)
+        grad, nonfinite = finite_gradient(raw.to(x.dtype), "SDS")
         if self.config.grad_clip is not None:
             grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         return surrogate_loss(x, grad, particles), {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),

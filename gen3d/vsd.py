@@ -49,7 +49,7 @@ from priorkit.distill.score.lora import (
     pretrained_branch,
 )
 from priorkit.gen3d.checkpoint import load_optimizer, optimizer_tensors
-from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, uses_camera
+from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, prior_autocast, uses_camera
 
 
 @dataclass
@@ -154,15 +154,18 @@ class VSD:
             with pretrained_branch(self.unet):
                 return pre(x_t, tt)
 
-        grad, nonfinite = finite_gradient(vsd_gradient(pretrained, self.particle_predictor(cam_cond),
-                                                       self.den.schedule, x, t, eps, c.weighting), "VSD")
+        with prior_autocast(c.prior_precision, x.device):
+            raw = vsd_gradient(pretrained, self.particle_predictor(cam_cond), self.den.schedule, x, t, eps,
+                               c.weighting)
+        grad, nonfinite = finite_gradient(raw.to(x.dtype), "VSD")
         if c.grad_clip is not None:
             grad = grad.clamp(-c.grad_clip, c.grad_clip)
         particle_loss = c.particle_weight * surrogate_loss(x, grad, particles)
         # LoRA update on the detached renders: fresh t and eps over the full range (Algorithm 1, line 6)
         t_l = sample_times(x.shape[0], max(c.lora_t_min, self.den.schedule.t_min), c.lora_t_max, generator)
         eps_l = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        lora_loss = diffusion_loss(self.den, x.detach(), t_l.to(x.device, x.dtype), eps_l, cam_cond)
+        with prior_autocast(c.prior_precision, x.device):
+            lora_loss = diffusion_loss(self.den, x.detach(), t_l.to(x.device, x.dtype), eps_l, cam_cond).float()
         return particle_loss + lora_loss, {"grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
                                            "lora_loss": float(lora_loss.detach()), "t_max": hi,
                                            "nonfinite": nonfinite}

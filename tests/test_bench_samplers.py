@@ -31,6 +31,18 @@ def test_shapes_goals_need_accuracy_and_speed() -> None:
     assert "judge_accuracy, higher is better" in bench.table(rows)
 
 
+def test_shapes_dmd_goal_needs_the_teachers_frechet_distance_and_accuracy() -> None:
+    rows = [_rec("shapes", "teacher-dpm++2m", 50, 1.0, "judge_accuracy"),
+            _rec("shapes", "teacher-dpm++2m", 50, 1.0, "seconds_per_sample"),
+            _rec("shapes", "teacher-dpm++2m", 50, 2.0, "fid_judge")]
+    for method, fid, acc in (("dmd2", 1.9, 0.995), ("dmd", 1.9, 0.98)):
+        rows += [_rec("shapes", method, 1, acc, "judge_accuracy"), _rec("shapes", method, 1, fid, "fid_judge")]
+    lines = [line for line in bench.shapes_goals(rows) if "1-step" in line]
+    assert len(lines) == 2 and "dmd2" in lines[0] and "[met]" in lines[0] and "[NOT met]" in lines[1]
+    rows[-3] = _rec("shapes", "dmd2", 1, 2.1, "fid_judge")  # above the teacher's distance
+    assert "[NOT met]" in [line for line in bench.shapes_goals(rows) if "dmd2" in line][0]
+
+
 def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, single_thread) -> None:
     tiny = {"n_eval": 500, "teacher": 20, "steps": 20, "pairs": 256, "pd_start": 4, "pd_steps": 10,
             "gd_start": 4, "batch": 64}
@@ -57,5 +69,6 @@ def test_shapes_students_are_scored_by_the_judge(tmp_path: Path, single_thread) 
     got = {(r["method"], r["nfe"], r["metric"]) for r in records}
     assert ("cd", 2, "judge_accuracy") in got and ("cd", 2, "seconds_per_sample") in got
     assert ("teacher-dpm++2m", 4, "judge_accuracy") in got
+    assert ("cd", 2, "fid_judge") in got and ("teacher-dpm++2m", 4, "fid_judge") in got
     assert all(0 <= r["value"] <= 1 for r in records if r["metric"] == "judge_accuracy")
     assert all(r["train_seconds"] > 0 for r in records if r["method"] == "cd")

@@ -137,7 +137,7 @@ def test_sds_loss_gradient_on_renders_equals_the_exact_cfg_weighted_value(weight
     sched = FlowMatching()
     prior, means, cov, pis = _mixture_prior(sched)
     cfg = SDSConfig(guidance_scale=scale, warmup_guidance_scale=None, t_min=0.05, t_max=0.95, anneal="none",
-                    weighting=weighting, view_dependent=False, grad_clip=None)
+                    weighting=weighting, view_dependent=False, grad_clip=None, prior_precision="float32")
     sds = SDS(prior, "a blue sphere", cfg)
     b = 6
     g = torch.Generator().manual_seed(3)
@@ -341,7 +341,7 @@ def test_vsd_loss_gradient_at_init_is_the_cfg_difference(weighting):
                             text_encoder=_HashText())
     scale, b = 7.5, 3
     cfg = VSDConfig(guidance_scale=scale, t_min=0.1, t_max=0.9, anneal="none", weighting=weighting,
-                    view_dependent=False, particle_weight=0.5)
+                    view_dependent=False, particle_weight=0.5, prior_precision="float32")
     vsd = VSD(den, "a red cube", cfg)
     try:
         g = torch.Generator().manual_seed(1)

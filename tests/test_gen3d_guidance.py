@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -351,7 +352,8 @@ def _grad_in_images(loss_fn, images):
 def test_sds_loss_is_its_formula_with_clipping_weighting_condition_and_generator(tiny_prior):
     from priorkit.distill.score.guidance import draw_noise, surrogate_loss, to_model_space
 
-    cfg = SDSConfig(guidance_scale=5.0, warmup_guidance_scale=None, weighting="uniform", grad_clip=0.05)
+    cfg = SDSConfig(guidance_scale=5.0, warmup_guidance_scale=None, weighting="uniform", grad_clip=0.05,
+                    prior_precision="float32")
     sds = SDS(tiny_prior, "a red cube", cfg)
     cams = random_cameras(3, torch.Generator().manual_seed(1))
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -370,7 +372,7 @@ def test_sds_loss_is_its_formula_with_clipping_weighting_condition_and_generator
     assert info["grad_norm"] == pytest.approx(info_want["grad_norm"]) and info["t_max"] == info_want["t_max"]
     assert info["guidance_scale"] == 5.0 and info["nonfinite"] == 0
     unclipped = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=5.0, warmup_guidance_scale=None,
-                                                       weighting="uniform"))
+                                                       weighting="uniform", prior_precision="float32"))
     free, _ = _grad_in_images(lambda im: unclipped.loss(im, cams, 0.4, torch.Generator().manual_seed(7)), images)
     assert not torch.allclose(free, got)  # the clip binds here: both bounds matter
 
@@ -378,7 +380,7 @@ def test_sds_loss_is_its_formula_with_clipping_weighting_condition_and_generator
 def test_vsd_loss_adds_the_lora_diffusion_loss_and_trains_it_downhill(tiny_prior):
     from priorkit.distill.score.guidance import diffusion_loss, sample_times, to_model_space
 
-    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, grad_clip=0.05))
+    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, grad_clip=0.05, prior_precision="float32"))
     cams = random_cameras(2, torch.Generator().manual_seed(1))
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(3)
@@ -403,3 +405,27 @@ def test_vsd_loss_adds_the_lora_diffusion_loss_and_trains_it_downhill(tiny_prior
     alone = torch.autograd.grad(lora_loss, params, allow_unused=True)
     pairs = [(a, b) for a, b in zip(total, alone, strict=True) if b is not None]
     assert pairs and all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in pairs)
+
+
+def test_prior_precision_bfloat16_is_close_to_float32_and_auto_follows_the_cpu(tiny_prior, monkeypatch):
+    from priorkit.gen3d import guidance as guidance_mod
+
+    cams = random_cameras(3, torch.Generator().manual_seed(1))
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        sds = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=5.0, warmup_guidance_scale=None,
+                                                      weighting="uniform", prior_precision=precision))
+        grads[precision], _ = _grad_in_images(lambda im, s=sds: s.loss(im, cams, 0.4, torch.Generator().manual_seed(7)),
+                                              images)
+        assert grads[precision].dtype == torch.float32
+    diff = (grads["bfloat16"] - grads["float32"]).norm() / grads["float32"].norm()
+    assert 0 < diff < 0.05  # bf16 rounding: different, but a small share of the gradient
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert isinstance(guidance_mod.prior_autocast("auto", "cpu"), contextlib.nullcontext)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    ctx = guidance_mod.prior_autocast("auto", "cpu")
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert isinstance(guidance_mod.prior_autocast("float32", "cpu"), contextlib.nullcontext)
+    with pytest.raises(ValueError, match="prior_precision"):
+        guidance_mod.prior_autocast("half", "cpu")

@@ -281,3 +281,51 @@ def test_volume_iou_sees_a_filled_hole_and_is_free_of_z_rotation_for_the_cube():
     cube = lambda p: sdf("cube", p) < 0  # noqa: E731
     assert volume_iou(turned, cube) < 0.8
     assert volume_iou(turned, cube, z_rotations=True) > 0.95
+
+
+# ---- empty-space skipping on the CPU path (gen3d/occupancy.py) --------------------------------------------
+def _lopsided_field(activation: str) -> VoxelField:
+    """An off-centre, anisotropic blob (so a swapped axis in the lookup shows) over empty space, values near the
+    threshold included."""
+    f = VoxelField(20, activation=activation)
+    centre, scale = torch.tensor([0.35, -0.2, 0.1]), torch.tensor([0.5, 0.3, 0.2])
+    f.fill_(lambda x: 40.0 * torch.exp(-(((x - centre) / scale) ** 2).sum(-1) * 3.0) + 1e-9,
+            lambda x: (x + 1) / 2)
+    return f
+
+
+@pytest.mark.parametrize("activation", ["exp", "softplus"])
+def test_occupancy_grid_bounds_the_density_of_every_skipped_point(activation):
+    from priorkit.gen3d.occupancy import OccupancyGrid
+
+    f = _lopsided_field(activation)
+    grid = OccupancyGrid.of(f, threshold=1e-2)
+    assert 0.05 < grid.fraction < 0.6  # something is skipped, something is kept
+    x = torch.rand(200_000, 3, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1
+    with torch.no_grad():
+        dens = f.density(x)
+    occ = grid.occupied(x)
+    outside = (x.abs() > 1).any(-1)
+    assert not occ[outside].any()
+    assert dens[~occ & ~outside].max() <= 1e-2  # the bound: an empty cell has density below the threshold
+    assert (dens[occ] > 1e-2).float().mean() > 0.3  # and the kept cells are mostly where the density is
+    assert OccupancyGrid.of(MLPField()) is None  # no corner bound for an MLP: rendered everywhere
+
+
+def test_skipping_empty_space_changes_renders_and_gradients_by_less_than_its_bound():
+    from priorkit.gen3d.occupancy import OccupancyGrid
+
+    f = _lopsided_field("exp")
+    cam = Camera(azimuth=30.0, elevation=20.0)
+    o, d = cam.rays(24, 24)
+    outs = {}
+    for skip in (False, True):
+        f.zero_grad()
+        grid = OccupancyGrid.of(f) if skip else None
+        out = render(f, o, d, n_samples=48, background=1.0, stratified=False, occupancy=grid)
+        out.rgb.sum().backward()
+        outs[skip] = (out.rgb.detach(), out.opacity.detach(), f.density_logits.grad.clone(), grid)
+    (rgb0, op0, g0, _), (rgb1, op1, g1, grid) = outs[False], outs[True]
+    assert grid.fraction < 0.7
+    assert (rgb1 - rgb0).abs().max() < 1e-3 and (op1 - op0).abs().max() < 1e-3
+    assert (g1 - g0).norm() / g0.norm() < 1e-2
