@@ -17,13 +17,14 @@ scored:
 * volume_iou: intersection over union of the field's solid (the export's density level) and the true solid on
   32768 uniform points (``priorkit.gen3d.export.volume_iou``; best rotation about z for the cube): Chamfer and
   the extents miss a torus grown as a puck with its hole filled, the IoU does not;
-* seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included.
+* seconds: wall time of the asset (SDS) or of the whole particle set (VSD), export included; export_seconds: the
+  export alone; threads: torch's threads in the run (issue 23's speed goals are for both idle cores).
 
 Records: {"prompt", "method", "seed", "particle", "judge_accuracy", "chamfer", "extent_error", "volume_iou",
-"seconds", "shape",
-"colour", "shape_accuracy", "colour_accuracy"}; plus for VSD one {"prompt", "method": "vsd", "seed", "diversity"}
-record per prompt (mean pairwise Chamfer distance between the particles' meshes) and a PNG of the particles side by
-side. ``--seeds 0,1,2`` runs every prompt once per seed and ends with how many seeds each prompt passed on.
+"seconds", "export_seconds", "threads", "shape", "colour", "shape_accuracy", "colour_accuracy"}; plus for VSD one
+{"prompt", "method": "vsd", "seed", "diversity"} record per prompt (mean pairwise Chamfer distance between the
+particles' meshes) and a PNG of the particles side by side. ``--seeds 0,1,2`` runs every prompt once per seed and
+ends with how many seeds each prompt passed on.
 Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/``.
 Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
 same, in <= 900 s per set.
@@ -51,6 +52,7 @@ N_PARAPHRASES = 2
 N_HELD_OUT_COLOURS = 2  # "a dust sphere", "a fresh green cube": judged by judge v2's albedo (CIEDE2000 < 15)
 JUDGE_VIEWS = 8
 GOALS = {"judge_accuracy": 0.8, "chamfer": 0.06, "extent_error": 0.05, "sds_seconds": 180.0, "vsd_seconds": 900.0}
+SPEED_GOALS = {"sds_seconds": 45.0, "vsd_seconds": 360.0, "export_seconds": 15.0}  # issue 23, both idle cores
 
 
 def prompts(quick: bool, held_out_colours: bool = False) -> list[tuple[str, str, str]]:
@@ -145,7 +147,8 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         seconds = time.time() - t0
         for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
             rec = {"prompt": prompt, "method": method, "seed": seed, "particle": i, "shape": shape, "colour": colour,
-                   **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds}
+                   **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds,
+                   "export_seconds": result.export_seconds, "threads": torch.get_num_threads()}
             records.append(rec)
             print(json.dumps(rec))
         if method == "vsd":
@@ -177,6 +180,28 @@ def seed_summary(records: list[dict]) -> str:
     return "\n".join(f"{m:6} {p:22} passed on {sum(v.values())} of {len(v)} seeds "
                      f"({', '.join(str(k) for k, ok in sorted(v.items()) if not ok) or 'none'} failed)"
                      for (m, p), v in by.items())
+
+
+def speed_summary(records: list[dict]) -> str:
+    """Median seconds per asset (SDS) or particle set (VSD) and per export against issue 23's goals (SDS <= 45 s,
+    VSD <= 6 min, export <= 15 s, on both idle cores: a run beside other jobs or on one thread reads high)."""
+    lines = []
+    for method, goal in (("sds", SPEED_GOALS["sds_seconds"]), ("vsd", SPEED_GOALS["vsd_seconds"])):
+        rows = [r for r in records if r.get("method") == method and r.get("particle", 0) == 0 and "seconds" in r
+                and "particle" in r]
+        if not rows:
+            continue
+        sec = float(np.median([r["seconds"] for r in rows]))
+        exp = [r["export_seconds"] for r in rows if r.get("export_seconds") is not None]
+        threads = sorted({r.get("threads") for r in rows if r.get("threads")})
+        line = (f"{method}: median {sec:.1f} s per {'asset' if method == 'sds' else 'set'} (goal <= {goal:.0f} s: "
+                f"{'met' if sec <= goal else 'NOT met'})")
+        if exp:
+            ex = float(np.median(exp))
+            line += f", export {ex:.1f} s (goal <= {SPEED_GOALS['export_seconds']:.0f} s: " \
+                    f"{'met' if ex <= SPEED_GOALS['export_seconds'] else 'NOT met'})"
+        lines.append(line + f"; {len(rows)} runs on {threads or '?'} thread(s)")
+    return "\n".join(lines)
 
 
 def table(records: list[dict]) -> str:
@@ -233,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours)
     print(table(records))
     print(seed_summary(records))
+    print(speed_summary(records))
     print(f"records -> {args.json}")
 
 

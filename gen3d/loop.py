@@ -51,7 +51,8 @@ class Result:
 
     fields: the optimised particle representations; meshes: their exported meshes (None where there was no surface);
     turntables: uint8 frames (T, H, W, 3) per particle; paths: written files by kind ("glb", "obj", "ply", "gif":
-    one per particle; "previews"; "checkpoint"); history: per-step losses.
+    one per particle; "previews"; "checkpoint"); history: per-step losses; seconds: wall time of the run,
+    export_seconds: of its export (meshes, textures, turntables) alone.
     """
 
     fields: list[nn.Module]
@@ -60,6 +61,7 @@ class Result:
     paths: dict[str, list[Path]]
     history: list[dict[str, float]]
     seconds: float
+    export_seconds: float = 0.0
 
 
 def lr_factor(step: int, steps: int, final: float) -> float:
@@ -181,6 +183,7 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
         meshes, turntables = [], []
         for key in ("glb", "obj", "ply", "gif", "mtl", "texture"):
             paths[key] = []
+        t_export = time.time()
         for i, f in enumerate(fields):
             folder = None if out is None else out / (f"particle{i}" if particles > 1 else "asset")
             mesh, frames, written = export_particle(f, cfg, folder)
@@ -192,9 +195,10 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
             raise EmptyFieldError(f"the field stayed empty after {len(history)} steps, so there is no surface to mesh: "
                                   "try more steps (--resume --steps N continues this run), another seed, or a "
                                   "higher learning rate")
+        export_seconds = time.time() - t_export
     finally:
         guidance.close()
-    return Result(fields, meshes, turntables, paths, history, time.time() - t0)
+    return Result(fields, meshes, turntables, paths, history, time.time() - t0, export_seconds)
 
 
 def train_step(step: int, steps: int, fields: list[Representation], backgrounds: list[Any],
