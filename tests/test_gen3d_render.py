@@ -329,3 +329,96 @@ def test_skipping_empty_space_changes_renders_and_gradients_by_less_than_its_bou
     assert grid.fraction < 0.7
     assert (rgb1 - rgb0).abs().max() < 1e-3 and (op1 - op0).abs().max() < 1e-3
     assert (g1 - g0).norm() / g0.norm() < 1e-2
+
+
+# ---- the stratified renderer by value: one hand quadrature (NeRF eq. 3) ----------------------------------
+class _LinearField(torch.nn.Module):
+    """Density, colour and normal as simple functions of position (so every sample differs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def density(self, x):
+        return self.scale * (1.5 + x[:, 0] + 0.5 * x[:, 1] ** 2)
+
+    def forward(self, x):
+        return torch.sigmoid(torch.stack([x[:, 0], x[:, 1] * 2, -x[:, 2]], -1)), self.density(x)
+
+    def normal(self, x):
+        return torch.nn.functional.normalize(x + torch.tensor([0.1, 0.2, 0.3]), dim=-1)
+
+
+def _by_hand(field, o, d, light, bg, near, far, n, shading, ambient):
+    """Midpoint quadrature of one ray at a time, written out from the formulas."""
+    rgbs, ops, depths, normals = [], [], [], []
+    for i in range(o.shape[0]):
+        ts = []
+        for axis in range(3):
+            a, b = (-1 - o[i, axis]) / d[i, axis], (1 - o[i, axis]) / d[i, axis]
+            ts.append((min(a, b), max(a, b)))
+        t0, t1 = max(max(t[0] for t in ts), near), min(min(t[1] for t in ts), far)
+        if t1 <= t0:
+            rgbs.append(bg[i]), ops.append(torch.zeros(1)), depths.append(torch.zeros(1))
+            normals.append(torch.zeros(3))
+            continue
+        delta = (t1 - t0) / n
+        mids = t0 + delta * (torch.arange(n) + 0.5)
+        x = o[i] + d[i] * mids[:, None]
+        albedo, sigma = field(x)
+        nrm = field.normal(x)
+        if shading == "albedo":
+            colour = albedo
+        else:
+            base = torch.ones_like(albedo) if shading == "textureless" else albedo
+            colour = base * (ambient + (1 - ambient) * (nrm @ light[i]).clamp_min(0)[:, None])
+        alpha = 1 - torch.exp(-sigma * delta)
+        trans = torch.cumprod(torch.cat([torch.ones(1), 1 - alpha[:-1]]), 0)
+        w = trans * alpha
+        op = w.sum()
+        rgbs.append((w[:, None] * colour).sum(0) + (1 - op) * bg[i])
+        ops.append(op[None])
+        depths.append(((w * mids).sum() / op)[None])
+        normals.append((w[:, None] * nrm).sum(0))
+    return torch.stack(rgbs), torch.stack(ops), torch.stack(depths), torch.stack(normals)
+
+
+@pytest.mark.parametrize("shading", ["albedo", "lambertian", "textureless"])
+def test_stratified_render_is_the_midpoint_quadrature_by_hand(shading):
+    field = _LinearField()
+    cam = Camera(azimuth=35.0, elevation=25.0)
+    o, d = cam.rays(5, 5)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    o = torch.cat([o, torch.tensor([[3.0, 3.0, 3.0]])])  # one ray that misses the box
+    d = torch.cat([d, torch.tensor([[1.0, 0.0, 0.0]])])
+    light = torch.nn.functional.normalize(torch.randn(o.shape[0], 3, generator=torch.Generator().manual_seed(0)),
+                                          dim=-1)
+    bg = torch.rand(o.shape[0], 3, generator=torch.Generator().manual_seed(1))
+    near, far, n, ambient = 1.8, 3.1, 24, 0.25
+    with torch.no_grad():
+        out = render(field, o, d, near=near, far=far, n_samples=n, background=bg, shading=shading, light_dir=light,
+                     ambient=ambient, stratified=False, compute_normals=True)
+        rgb, op, depth, nrm = _by_hand(field, o, d, light, bg, near, far, n, shading, ambient)
+    torch.testing.assert_close(out.rgb, rgb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.opacity, op, atol=1e-5, rtol=1e-5)
+    hit = op[:, 0] > 1e-3
+    assert 0.05 < float(op.max()) < 0.999 and not hit[-1]  # partial opacities, and a miss
+    torch.testing.assert_close(out.depth[hit], depth[hit], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.normal, nrm, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.rgb[-1], bg[-1])
+
+
+def test_background_forms_and_headlight():
+    from priorkit.gen3d.renderer import _background_colour, _light_directions
+
+    d = torch.nn.functional.normalize(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.equal(_background_colour(None, d), torch.zeros(4, 3))
+    assert torch.equal(_background_colour(0.25, d), torch.full((4, 3), 0.25))
+    assert torch.equal(_background_colour((0.1, 0.2, 0.3), d), torch.tensor([[0.1, 0.2, 0.3]] * 4))
+    per_ray = torch.rand(4, 3)
+    assert torch.equal(_background_colour(per_ray, d), per_ray)
+    assert torch.equal(_background_colour(lambda dirs: dirs.abs(), d), d.abs())
+    assert torch.equal(_light_directions(None, d), -d)  # a headlight points back along each ray
+    torch.testing.assert_close(_light_directions([0.0, 0.0, 2.0], d), torch.tensor([[0.0, 0.0, 1.0]] * 4))
+    many = torch.randn(4, 3)
+    torch.testing.assert_close(_light_directions(many, d), torch.nn.functional.normalize(many, dim=-1))
