@@ -33,6 +33,7 @@ same, in <= 900 s per set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import re
@@ -123,8 +124,10 @@ def slug(text: str) -> str:
 
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
-        only: list[int] | None = None, held_out_colours: bool = False) -> list[dict]:
-    """Every (prompt, method, seed): generate, export, score; records written after each asset."""
+        only: list[int] | None = None, held_out_colours: bool = False, final_guidance: float | None = None
+        ) -> list[dict]:
+    """Every (prompt, method, seed): generate, export, score; records written after each asset. ``final_guidance``:
+    SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default)."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
@@ -140,6 +143,8 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
     seeds = [seed] if isinstance(seed, int) else list(seed)
     for seed, (prompt, shape, colour), method in itertools.product(seeds, items, methods):
         cfg = GenerateConfig()
+        if final_guidance is not None:
+            cfg.sds = dataclasses.replace(cfg.sds, final_guidance_scale=final_guidance)
         n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
         out = assets / (f"{method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
         t0 = time.time()
@@ -238,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", default=None,
                         help="comma-separated indices into the prompt list (0-4: shapes, 5-6: paraphrases, 7-8: "
                              "held-out colour names with --held-out-colours)")
+    parser.add_argument("--final-guidance", type=float, default=None,
+                        help="SDS: cool the CFG scale down to this over the last 40%% of the run (SDSConfig)")
     parser.add_argument("--held-out-colours", action="store_true",
                         help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
     args = parser.parse_args(argv)
@@ -255,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         if any(not 0 <= i < n for i in only):
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
-    records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours)
+    records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours,
+                  args.final_guidance)
     print(table(records))
     print(seed_summary(records))
     print(speed_summary(records))

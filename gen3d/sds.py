@@ -44,6 +44,11 @@ class SDSConfig(GuidanceConfig):
     ``guidance_scale``; None: no warm-up). It spans the loop's albedo-only warm-up
     (``GenerateConfig.albedo_fraction``): a flat-shaded render is far from the prior's shaded images, and under a
     high CFG the field fakes the missing shading with geometry (the bundled prior grows a foot under a cube).
+    final_guidance_scale, guidance_cooldown: the CFG scale goes linearly from ``guidance_scale`` to
+    ``final_guidance_scale`` over the last ``guidance_cooldown`` of the run (None: no cool-down). SDS's fixed point
+    under a high scale is an exaggerated object (the bundled v2 prior sampled at CFG 60 fills 1.6-5x the true
+    silhouette, at CFG 3 1.00x: BENCHMARKS.md, issue 23); a lower scale at the end lets the geometry settle nearer
+    the true size once the colour and shape are set.
     steps: optimisation steps; particles: independent fields (1); views: renders of each particle per step;
     lambda_color_tv: weight of the colour TV (0: SDS does not need it).
     """
@@ -54,6 +59,8 @@ class SDSConfig(GuidanceConfig):
     lambda_color_tv: float = 0.0
     warmup_guidance_scale: float | None = 20.0
     guidance_warmup: float = 0.2
+    final_guidance_scale: float | None = None
+    guidance_cooldown: float = 0.4
     views: int = 4
 
 
@@ -73,6 +80,10 @@ class SDS:
             raise ValueError(f"warmup_guidance_scale must be > 0 or None; got {c.warmup_guidance_scale}")
         if not 0.0 <= c.guidance_warmup <= 1.0:
             raise ValueError(f"guidance_warmup must be in [0, 1]; got {c.guidance_warmup}")
+        if c.final_guidance_scale is not None and c.final_guidance_scale <= 0:
+            raise ValueError(f"final_guidance_scale must be > 0 or None; got {c.final_guidance_scale}")
+        if c.final_guidance_scale is not None and not 0.0 < c.guidance_cooldown <= 1.0 - c.guidance_warmup:
+            raise ValueError(f"guidance_cooldown must be in (0, 1 - guidance_warmup]; got {c.guidance_cooldown}")
         annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
         self.camera = uses_camera(denoiser, c)
 
@@ -86,10 +97,15 @@ class SDS:
         return annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, progress)
 
     def guidance_scale(self, progress: float) -> float:
-        """The CFG scale at ``progress`` in [0, 1]: the warm-up scale (capped at the main one) early, then the main."""
+        """The CFG scale at ``progress`` in [0, 1]: the warm-up scale (capped at the main one) early, then the main,
+        then (with ``final_guidance_scale``) linearly to the final scale over the last ``guidance_cooldown``."""
         c = self.config
         if c.warmup_guidance_scale is not None and progress < c.guidance_warmup:
             return min(c.warmup_guidance_scale, c.guidance_scale)
+        start = 1.0 - c.guidance_cooldown
+        if c.final_guidance_scale is not None and progress > start:
+            frac = min(1.0, (progress - start) / c.guidance_cooldown)
+            return c.guidance_scale + frac * (c.final_guidance_scale - c.guidance_scale)
         return c.guidance_scale
 
     def condition(self, cameras: Sequence[Camera]) -> Condition:

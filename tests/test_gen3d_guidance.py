@@ -232,6 +232,19 @@ def test_sds_guidance_warms_up_at_a_lower_scale(tiny_prior):
             SDS(tiny_prior, "a red cube", SDSConfig(**bad))
 
 
+def test_sds_guidance_cools_down_linearly_to_the_final_scale(tiny_prior):
+    sds = SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=60.0, warmup_guidance_scale=20.0,
+                                                  guidance_warmup=0.2, final_guidance_scale=10.0,
+                                                  guidance_cooldown=0.4))
+    got = [sds.guidance_scale(p) for p in (0.1, 0.3, 0.6, 0.7, 0.8, 1.0)]
+    assert got == pytest.approx([20.0, 60.0, 60.0, 47.5, 35.0, 10.0])
+    assert SDS(tiny_prior, "a red cube", SDSConfig(guidance_warmup=1.0)).guidance_scale(0.99) == 20.0  # no cool-down
+    for bad in (dict(final_guidance_scale=0.0), dict(final_guidance_scale=10.0, guidance_cooldown=0.0),
+                dict(final_guidance_scale=10.0, guidance_warmup=0.7, guidance_cooldown=0.4)):
+        with pytest.raises(ValueError):
+            SDS(tiny_prior, "a red cube", SDSConfig(**bad))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the VSD LoRA
 # ---------------------------------------------------------------------------------------------------------------------
