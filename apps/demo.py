@@ -38,6 +38,7 @@ TASKS: tuple[tuple[str, str], ...] = (("sr4", "super-resolution x4"), ("deblur_g
                                       ("inpaint_half", "inpainting: half the image"),
                                       ("inpaint_random", "inpainting: 80% of pixels missing"))
 STUDENT = "shapes-cd"
+DMD_STUDENT = "shapes-dmd2"  # the one-step distribution-matching student, shown when bundled
 STUDENT_PROMPTS = ["a red cube", "a blue sphere", "a green torus", "a yellow cone", "a purple cylinder"]
 #: restoration solver per prior: (method, posterior samples averaged, label). On the shapes prior PiGDM averaging
 #: 2 samples of 25 steps restores 1.5-7 dB better than flow PiGDM at the same 50 evaluations; on photos the default
@@ -216,7 +217,8 @@ def restorations(page: Page, budget: Budget) -> None:
 
 
 def student_samples(page: Page, budget: Budget) -> None:
-    """The bundled 2-step student next to its teacher at ``teacher_steps`` (skipped when it is not bundled)."""
+    """The bundled students (consistency at 2 steps, DMD2 at 1) next to their teacher at ``teacher_steps`` (a
+    student that is not bundled is named and skipped)."""
     from priorkit.apps.sampling import sample_grid, sample_student_grid
     from priorkit.distill.core.loading import BUNDLED_DIR
 
@@ -228,15 +230,17 @@ def student_samples(page: Page, budget: Budget) -> None:
     per_teacher = (time.time() - t0) / (n * len(STUDENT_PROMPTS))
     figs = (f'<figure><img src="{page.rel(teacher)}"><figcaption>teacher, DPM-Solver++ {budget.teacher_steps} '
             f"steps, CFG 3: {per_teacher:.3f} s/sample</figcaption></figure>")
-    if (folder / "priorkit.json").is_file():
+    students = ((folder, 2, "student_2steps.png", "consistency-distilled student, 2 steps"),
+                (BUNDLED_DIR / DMD_STUDENT, 1, "dmd2_1step.png", "DMD2 student (distribution matching), 1 step"))
+    for path, steps, name, label in reversed(students):
+        if not (path / "priorkit.json").is_file():
+            figs += f"<p>No bundled student in {html.escape(str(path))}: not shown.</p>"
+            continue
         t0 = time.time()
-        student = sample_student_grid(folder, STUDENT_PROMPTS, n=n, steps=2, seed=0,
-                                      out=page.out / "samples" / "student_2steps.png")
+        grid = sample_student_grid(path, STUDENT_PROMPTS, n=n, steps=steps, seed=0, out=page.out / "samples" / name)
         per_student = (time.time() - t0) / (n * len(STUDENT_PROMPTS))
-        figs = (f'<figure><img src="{page.rel(student)}"><figcaption>consistency-distilled student, 2 steps: '
-                f"{per_student:.3f} s/sample</figcaption></figure>") + figs
-    else:
-        figs += f"<p>No bundled student in {html.escape(str(folder))}: only the teacher is shown.</p>"
+        figs = (f'<figure><img src="{page.rel(grid)}"><figcaption>{label}: {per_student:.3f} s/sample'
+                "</figcaption></figure>") + figs
     gmm = gmm_demo(page.out / "samples")
     page.add("Fast sampling",
              f"<p>Rows: {', '.join(html.escape(p) for p in STUDENT_PROMPTS)}.</p>{figs}"

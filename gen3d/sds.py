@@ -39,7 +39,8 @@ from priorkit.gen3d.guidance import GuidanceConfig, finite_gradient, prior_autoc
 class SDSConfig(GuidanceConfig):
     """Defaults of SDS (the fields of :class:`~priorkit.gen3d.guidance.GuidanceConfig`, and:)
 
-    guidance_scale: CFG scale s (DreamFusion: 100 with Imagen/SD; the bundled 32x32 prior: 60, see BENCHMARKS.md).
+    guidance_scale: CFG scale s (DreamFusion: 100 with Imagen/SD; the bundled 32x32 camera-aware prior: 20, where
+    the v1 prior needed 60 for the cube; lower scales give truer geometry, see BENCHMARKS.md, issue 23).
     warmup_guidance_scale, guidance_warmup: the CFG scale of the first ``guidance_warmup`` of the run (capped at
     ``guidance_scale``; None: no warm-up). It spans the loop's albedo-only warm-up
     (``GenerateConfig.albedo_fraction``): a flat-shaded render is far from the prior's shaded images, and under a
@@ -53,8 +54,8 @@ class SDSConfig(GuidanceConfig):
     lambda_color_tv: weight of the colour TV (0: SDS does not need it).
     """
 
-    guidance_scale: float = 60.0
-    steps: int = 500
+    guidance_scale: float = 20.0
+    steps: int = 400
     particles: int = 1
     lambda_color_tv: float = 0.0
     warmup_guidance_scale: float | None = 20.0

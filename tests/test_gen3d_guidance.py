@@ -215,7 +215,8 @@ def test_sds_guidance_warms_up_at_a_lower_scale(tiny_prior):
                                                   guidance_warmup=0.2))
     assert [sds.guidance_scale(p) for p in (0.0, 0.19, 0.2, 1.0)] == [20.0, 20.0, 60.0, 60.0]
     assert SDS(tiny_prior, "a red cube", SDSConfig(guidance_scale=5.0)).guidance_scale(0.0) == 5.0  # capped
-    assert SDS(tiny_prior, "a red cube", SDSConfig(warmup_guidance_scale=None)).guidance_scale(0.0) == 60.0
+    no_warmup = SDSConfig(guidance_scale=60.0, warmup_guidance_scale=None)
+    assert SDS(tiny_prior, "a red cube", no_warmup).guidance_scale(0.0) == 60.0
     # in the warm-up, the gradient is exactly that of a constant CFG of the warm-up scale (same draws)
     img = torch.rand(2, 3, 8, 8, requires_grad=True)
     cams = random_cameras(2, torch.Generator().manual_seed(0))
