@@ -2,14 +2,14 @@
 
     python -m priorkit.apps.demo [--out outputs] [--prompt "a purple torus"] [--steps N] [--quick]
 
-1. text to 3D: SDS on the bundled "shapes" prior (``priorkit.gen3d.generate``): mesh (GLB / OBJ / PLY), turntable GIF
-and
-   the preview images of the run;
+1. text to 3D: SDS on the bundled camera-aware "shapes-v2" prior (``priorkit.gen3d.generate``): mesh (GLB / OBJ /
+   PLY), turntable GIF and the preview images of the run;
 2. restoration: held-out images (shapes-world renders with the "shapes" prior; a held-out photo, tiled, with the
    "photos" prior), for SR x4, Gaussian deblurring, half-image inpainting and 80%-random inpainting, each prior
    with the solver that restores it best in BENCHMARKS.md (``SOLVERS``): before / after pictures with PSNR;
-3. fast sampling: the bundled few-step student of the "shapes" prior (``shapes-cd``) at 2 steps next to its
-   teacher at 25 steps (time per sample); and ODE sampling of an analytic Gaussian mixture (Euler vs DPM-Solver++);
+3. fast sampling: the bundled few-step students of the "shapes" prior (``shapes-cd`` at 2 steps, ``shapes-dmd2`` at
+   1 step when bundled) next to their teacher at 25 steps (time per sample); and ODE sampling of an analytic
+   Gaussian mixture (Euler vs DPM-Solver++);
 4. ``index.html`` that shows all of it (open it in any browser; no network needed).
 
 ``--quick`` runs every section with tiny budgets (a smoke test of the whole job, about a minute).
@@ -119,13 +119,13 @@ def _save(image: Tensor | np.ndarray, path: Path, scale: int = 1) -> Path:
 
 def asset_3d(page: Page, prompt: str, budget: Budget) -> None:
     """SDS on the bundled prior; the page shows the turntable, the previews and the mesh files."""
-    from priorkit.gen3d.generate import GenerateConfig, generate
+    from priorkit.gen3d.generate import DEFAULT_PRIOR, GenerateConfig, generate
 
     cfg = GenerateConfig()
     cfg.export_resolution = budget.export_resolution or cfg.export_resolution
     cfg.turntable_frames = budget.turntable_frames or cfg.turntable_frames
     folder = page.out / "3d"
-    result = generate(prompt, "sds", "shapes", steps=budget.steps_3d, seed=0, out=folder,
+    result = generate(prompt, "sds", DEFAULT_PRIOR, steps=budget.steps_3d, seed=0, out=folder,
                       preview_every=max(1, (budget.steps_3d or cfg.sds.steps) // 5), progress=True, config=cfg)
     paths = result.paths
     gif = paths["gif"][0]

@@ -127,7 +127,8 @@ def build_app(config: AppConfig | None = None) -> Any:
                         steps = gr.Slider(1, cfg.max_steps_3d, value=cfg.steps_3d, step=1, label="Steps")
                         resolution = gr.Slider(16, 64, value=cfg.resolution_3d, step=8, label="Render resolution")
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                        prior = gr.Dropdown(["shapes"], value="shapes", allow_custom_value=True, label="Prior",
+                        prior = gr.Dropdown(["shapes-v2", "shapes"], value="shapes-v2", allow_custom_value=True,
+                                            label="Prior",
                                             info="a bundled name, a hub id, or a folder inside the model directories")
                         with gr.Row():
                             run3d = gr.Button("Generate", variant="primary")

@@ -1,4 +1,4 @@
-"""Text-to-3D on the bundled "shapes" prior: SDS and VSD, scored by the judge and by Chamfer distance to the truth.
+"""Text-to-3D on the bundled "shapes-v2" prior: SDS and VSD, scored by the judge and by Chamfer distance to the truth.
 
     python -m benchmarks.gen3d --json outputs/bench/gen3d.json [--quick] [--methods sds,vsd] [--threads 2]
                                [--prompts 0,3] [--steps N] [--prior shapes]
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", required=True, type=Path, help="where to write the records")
     parser.add_argument("--quick", action="store_true", help="two prompts, 1/6 of the steps (a smoke run)")
     parser.add_argument("--methods", default="sds,vsd", help="comma-separated subset of sds,vsd")
-    parser.add_argument("--prior", default="shapes", help="bundled name or folder of the text-to-image prior")
+    parser.add_argument("--prior", default="shapes-v2", help="bundled name or folder of the text-to-image prior "
+                        "(round 1's figures used 'shapes', the v1 prior, at CFG 60)")
     parser.add_argument("--steps", type=int, default=None, help="override the optimisation steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 0,1,2), each a run of every prompt; "
