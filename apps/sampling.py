@@ -52,10 +52,14 @@ def save_atomic(image: Image.Image, path: Path) -> Path:
 
 
 def student_folder(model: str | Path) -> Path | None:
-    """The student folder ``model`` names: a student folder itself, or a ``priorkit distill`` output folder
-    (its ``distill.json`` names the final student); None for anything else (bundled names, diffusers folders)."""
+    """The student folder ``model`` names: a bundled student ("shapes-cd", "shapes-dmd2"), a student folder itself,
+    or a ``priorkit distill`` output folder (its ``distill.json`` names the final student); None for anything else
+    (bundled priors, diffusers folders)."""
+    from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR
     from priorkit.distill.students.format import is_student_folder
 
+    if str(model) in BUNDLED and is_student_folder(BUNDLED_DIR / str(model)):
+        return BUNDLED_DIR / str(model)  # sampled with its own sampler, not as a prior
     path = Path(model).expanduser()
     if not path.is_dir():
         return None

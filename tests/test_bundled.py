@@ -26,7 +26,7 @@ def test_bundled_priors_load_offline_and_sample(offline, name):
     with torch.no_grad():
         y = sample(den, x, steps=3, cond=cond, guidance=3.0 if cond else 1.0)
     assert y.shape == x.shape and torch.isfinite(y).all()
-    student = name.endswith("-cd")
+    student = name.endswith(("-cd", "-dmd2"))
     files = ("command.txt", "config.json", "priorkit.json") if student else (
         "command.txt", "training_log.json", "loss.png", "scheduler_config.json", "priorkit.json")
     for f in files:

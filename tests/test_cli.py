@@ -398,6 +398,21 @@ def test_run_folder_is_found_from_another_working_directory(toy_run, tmp_path, m
     assert student_folder(tmp_path) is None
 
 
+def test_bundled_students_sample_with_their_own_sampler(tmp_path):
+    from priorkit.apps.sampling import student_folder
+    from priorkit.apps.web_models import bundled_students
+    from priorkit.distill.core.loading import BUNDLED_DIR
+
+    for name in bundled_students():  # each bundled student is a student, not a prior for DPM-Solver++
+        assert student_folder(name) == BUNDLED_DIR / name
+    assert student_folder("shapes") is None and student_folder("photos") is None
+    if "shapes-dmd2" in bundled_students():
+        out = tmp_path / "s.png"
+        res = run("sample", "--model", "shapes-dmd2", "--prompt", "a red cube", "--n", "2", "--out", out)
+        assert res.exit_code == 0, res.output
+        assert "1 step, dmd2 student" in res.output and out.is_file()
+
+
 def test_load_denoiser_on_a_student_folder_returns_the_student(toy_run):
     from priorkit.distill.core.denoiser import Denoiser
     from priorkit.distill.loading import load_denoiser

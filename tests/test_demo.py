@@ -21,6 +21,7 @@ def test_quick_main_job_writes_a_complete_page(tmp_path: Path, single_thread) ->
     assert any(link.endswith(".gif") for link in links) and any(link.endswith(".glb") for link in links)
     assert sum(link.startswith("restore/") for link in links) == 2 * len(demo.TASKS)
     assert "samples/teacher.png" in links and "samples/gmm_ode_sampling.png" in links
+    assert "samples/student_2steps.png" in links and "samples/dmd2_1step.png" in links  # both bundled students
     assert "Text to 3D" in text and "Restoration" in text and "Fast sampling" in text
 
 
