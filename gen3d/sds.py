@@ -55,7 +55,7 @@ class SDSConfig(GuidanceConfig):
     """
 
     guidance_scale: float = 20.0
-    steps: int = 400
+    steps: int = 360
     particles: int = 1
     lambda_color_tv: float = 0.0
     warmup_guidance_scale: float | None = 20.0
