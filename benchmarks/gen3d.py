@@ -192,8 +192,7 @@ def speed_summary(records: list[dict]) -> str:
     VSD <= 6 min, export <= 15 s, on both idle cores: a run beside other jobs or on one thread reads high)."""
     lines = []
     for method, goal in (("sds", SPEED_GOALS["sds_seconds"]), ("vsd", SPEED_GOALS["vsd_seconds"])):
-        rows = [r for r in records if r.get("method") == method and r.get("particle", 0) == 0 and "seconds" in r
-                and "particle" in r]
+        rows = [r for r in records if r.get("method") == method and r.get("particle") == 0 and "seconds" in r]
         if not rows:
             continue
         sec = float(np.median([r["seconds"] for r in rows]))

@@ -54,15 +54,22 @@ class GuidanceConfig:
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AVX512-BF16 / AMX), as oneDNN reports it; False when torch
+    cannot tell (another architecture, a build without oneDNN)."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def prior_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """The autocast context of a prior's forward at ``precision`` (see ``GuidanceConfig.prior_precision``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown prior_precision {precision!r}; use one of {PRECISIONS}")
     device_type = torch.device(device).type
     if precision == "auto":
-        native = device_type == "cpu" and torch.backends.mkldnn.is_available() \
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        precision = "bfloat16" if native else "float32"
+        precision = "bfloat16" if device_type == "cpu" and native_cpu_bf16() else "float32"
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)

@@ -53,10 +53,10 @@ class OccupancyGrid:
 
     def occupied(self, x: Tensor) -> Tensor:
         """(N,) bool: the point lies in the box and in an occupied cell."""
-        lo, hi = self.bbox_min.to(x), self.bbox_max.to(x)
+        x, lo, hi = x.detach(), self.bbox_min.to(x), self.bbox_max.to(x)
         n_cells = torch.tensor(self.cells.shape, device=x.device)
-        u = (x.detach() - lo) / (hi - lo) * n_cells.to(x.dtype)  # cell coordinates, [0, R - 1] inside the box
-        inside = ((x.detach() >= lo) & (x.detach() <= hi)).all(dim=-1)
+        u = (x - lo) / (hi - lo) * n_cells.to(x.dtype)  # cell coordinates, [0, R - 1] inside the box
+        inside = ((x >= lo) & (x <= hi)).all(dim=-1)
         ijk = torch.minimum(u.floor().long().clamp_min(0), n_cells - 1)
         return inside & self.cells.to(x.device)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
 
