@@ -55,6 +55,10 @@ def distill_cmd(
                                                  "generator's steps (default: the method's)")] = None,
     photo_set: Annotated[str, typer.Option(help="photos teacher: the training photographs to distil on: v1 (the 9 "
                                                 "in the wheels) or v2 (plus Debian's, fetched into the cache)")] = "v1",
+    init: Annotated[Path | None, typer.Option(help="dmd, dmd2: start the generator and fake score from an earlier "
+                                                   "run folder (or a student folder), e.g. to add --gan")] = None,
+    gan: Annotated[float | None, typer.Option(help="dmd, dmd2: weight of DMD2's GAN head in the generator loss "
+                                                   "(default: no GAN head; DMD2 used 3e-3)")] = None,
 ) -> None:
     """Distil a teacher into a fast few-step student.
 
@@ -79,6 +83,12 @@ def distill_cmd(
                 raise ValueError(f"{flag} must be >= 1; got {value}")
         if lr is not None and not lr > 0:
             raise ValueError(f"--lr must be > 0; got {lr}")
+        if (init is not None or gan is not None) and method not in ("dmd", "dmd2"):
+            raise ValueError(f"--init and --gan apply to dmd and dmd2 (got {method})")
+        if gan is not None and not gan >= 0:
+            raise ValueError(f"--gan must be >= 0; got {gan}")
+        if init is not None and not init.is_dir():
+            raise ValueError(f"--init {init}: no such run or student folder")
         if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
             raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
         from priorkit.distill.zoo.photos import PHOTO_SETS
@@ -100,7 +110,8 @@ def distill_cmd(
     try:
         with remove_if_left_empty(out):
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
-                             resume=resume, seed=seed, n_data=n_data, nfe=nfe, photo_set=photo_set)
+                             resume=resume, seed=seed, n_data=n_data, nfe=nfe, photo_set=photo_set,
+                             init=None if init is None else str(init), gan=gan)
     except ResumeMismatchError as e:
         fail(e)
     except (ValueError, ModelLoadError) as e:

@@ -175,3 +175,34 @@ def test_bespoke_student_of_an_mlp_teacher_samples(tmp_path):
     noise = torch.randn(8, 2)
     x = STUDENT_SAMPLERS[meta["sampler"]](student, noise, 1, None, None, meta)
     assert x.shape == (8, 2) and torch.isfinite(x).all()
+
+
+def test_dmd_init_starts_a_second_stage_from_the_first_runs_generator_and_fake(tmp_path):
+    torch.manual_seed(0)
+    teacher = gmm_target().float()
+    first = dmd.dmd_distill(teacher, MLPDenoiser(hidden=32, depth=2), target_data("gmm"), tmp_path / "a",
+                            _tiny_dmd_cfg(dmd.DMD2Config))
+    # a second stage with a GAN head that does not move (lr 0): its generator is the first run's student, its fake
+    # the first run's fake score
+    cfg = _tiny_dmd_cfg(dmd.DMD2Config, steps=1, gan=0.1, init=str(tmp_path / "a"))
+    cfg.train.steps, cfg.train.lr = 1, 0.0
+    fresh = MLPDenoiser(hidden=32, depth=2)
+    second = dmd.dmd_distill(teacher, fresh, target_data("gmm"), tmp_path / "b", cfg)
+    s1, s2 = first.state_dict(), second.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a" / "checkpoint" / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint" / "state.safetensors"))
+    fakes = [k for k in a if k.startswith("model.fake.")]
+    assert fakes and all(torch.equal(a[k], b[k]) for k in fakes)
+    assert any(k.startswith("model.head.") for k in b)  # the GAN head is new
+    # a student folder gives the generator alone; anything else is a one-line error
+    trainee = dmd.DMDTrainee(MLPDenoiser(hidden=32, depth=2), MLPDenoiser(hidden=32, depth=2), gan=False)
+    dmd.load_init(trainee, tmp_path / "a" / "student")
+    assert all(torch.equal(s1[k], v) for k, v in trainee.generator.state_dict().items())
+    with pytest.raises(ValueError, match="neither a DMD run folder"):
+        dmd.load_init(trainee, tmp_path)
+    with pytest.raises(ValueError, match="do not fit"):
+        dmd.load_init(dmd.DMDTrainee(MLPDenoiser(hidden=16, depth=2), MLPDenoiser(hidden=16, depth=2), gan=False),
+                      tmp_path / "a")

@@ -62,6 +62,7 @@ class DMDConfig:
     t_hi: float = 0.98
     fake: str = "copy"            # "copy" of the teacher network, or "lora" (diffusers teachers, peft)
     lora_rank: int = 8
+    init: str = ""                # an earlier run to start from (`load_init`); "" : the teacher
     batch: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=2e-4, warmup=100, ema_decay=0.99,
                                                                    checkpoint_every=500, log_every=50))
@@ -231,18 +232,55 @@ def _pairs(teacher: Denoiser, out: Path, cfg: DMDConfig, data: DataFn, seed: int
     return pairs
 
 
+def load_init(model: DMDTrainee, source: str | Path) -> None:
+    """Start ``model`` from an earlier DMD run: its EMA generator (the student it saved) and its last fake score, so a
+    second stage (e.g. DMD2's GAN head added to a trained generator, DMD2 sec. 4.3) continues where the first ended;
+    the GAN head and the optimiser start fresh. ``source``: the run folder (with ``checkpoint/``) or, for the
+    generator alone, a student folder."""
+    from priorkit.distill.students.format import is_student_folder, load_student
+
+    source = Path(source)
+    state = source / "checkpoint" / "state.safetensors"
+    if state.is_file():
+        tensors = load_file(str(state))
+        parts = {name: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                 for name, prefix in (("generator", "ema.generator."), ("fake", "model.fake."))}
+        if not parts["generator"]:
+            parts["generator"] = {k[len("model.generator."):]: v for k, v in tensors.items()
+                                  if k.startswith("model.generator.")}
+        if not parts["generator"] or not parts["fake"]:
+            raise ValueError(f"{source} holds no DMD checkpoint (no generator / fake score in {state.name})")
+        try:
+            model.generator.load_state_dict(parts["generator"])
+            model.fake.load_state_dict(parts["fake"])
+        except RuntimeError as e:
+            raise ValueError(f"--init {source}: its networks do not fit this teacher ({str(e).splitlines()[0]})") from e
+        return
+    if is_student_folder(source):
+        try:
+            model.generator.load_state_dict(load_student(source).state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"--init {source}: its student does not fit this teacher "
+                             f"({str(e).splitlines()[0]})") from e
+        return
+    raise ValueError(f"--init {source}: neither a DMD run folder (with checkpoint/) nor a student folder")
+
+
 def dmd_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | Path, cfg: DMDConfig | None = None, *,
                 resume: bool = False, meta: dict[str, Any] | None = None) -> Denoiser:
     """Train ``student`` (the generator, e.g. a copy of the teacher) by DMD / DMD2; saved to ``out/student``.
 
     ``data(n, g) -> (x0, cond)`` gives the conditions of the generated batches and, for the GAN head, real
-    samples. Returns the EMA generator (eval).
+    samples. ``cfg.init``: an earlier run (see :func:`load_init`) to start the generator and the fake score from
+    (overwritten on ``resume`` by the checkpoint, which holds both). Returns the EMA generator (eval).
     """
     cfg = cfg or DMDConfig()
     out = Path(out)
     teacher = freeze(teacher)
     fake = make_fake(teacher, student, cfg.fake, cfg.lora_rank)
     model = DMDTrainee(student.train().requires_grad_(True), fake, gan=cfg.gan > 0)
+    if cfg.init:
+        load_init(model, cfg.init)
     critic = model.critic_params()
     pairs = _pairs(teacher, out, cfg, data, cfg.train.seed + 7) if cfg.regression > 0 else None
     schedule = student.schedule
@@ -298,4 +336,4 @@ def _noise_level(x: Tensor, cfg: DMDConfig, g: torch.Generator) -> tuple[Tensor,
 
 
 __all__ = ["DMD2Config", "DMDConfig", "GANHead", "dmd_distill", "dmd_gradient", "dmd_sample", "generate",
-           "generator_times", "make_fake"]
+           "generator_times", "load_init", "make_fake"]

@@ -208,7 +208,8 @@ def final_folder(method: str, out: str | Path) -> Path:
 
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
-            n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1") -> Path:
+            n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1", init: str | None = None,
+            gan: float | None = None) -> Path:
     """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
 
     Args:
@@ -221,11 +222,19 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         n_data: renders / teacher samples drawn for image teachers.
         nfe: bespoke / dmd / dmd2: the evaluations the solver or generator is trained for (see `method_config`).
         photo_set: the photos teacher's training photographs to distil on ("v1" shipped, "v2" with Debian's).
+        init: dmd / dmd2: an earlier run (or student folder) to start the generator and fake score from.
+        gan: dmd / dmd2: the weight of DMD2's GAN head in the generator loss (None: the method's, no GAN).
     """
     out = Path(out)
+    if (init is not None or gan is not None) and method not in ("dmd", "dmd2"):
+        raise ValueError(f"--init and --gan apply to dmd and dmd2; got {method}")
+    if gan is not None and not gan >= 0:
+        raise ValueError(f"--gan must be >= 0; got {gan}")
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
                        "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe,
-                       **({"photo_set": photo_set} if photo_set != "v1" else {})}, resume)
+                       **({"photo_set": photo_set} if photo_set != "v1" else {}),
+                       **({"init": str(init)} if init is not None else {}),
+                       **({"gan": gan} if gan is not None else {})}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
@@ -257,6 +266,10 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         data = image_data(den, teacher, n=n_data, seed=seed, photo_set=photo_set)
         student = make_student(method, den)
         cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True, nfe=nfe)
+    if init is not None:
+        cfg.init = str(init)
+    if gan is not None:
+        cfg.gan = gan
     target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
     result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
     attach_codecs(result, den)
