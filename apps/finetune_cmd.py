@@ -15,7 +15,7 @@ from priorkit.apps.cli_checks import check_writable, os_error_line
 from priorkit.apps.cli_checks import fail as _fail
 
 METHOD_NAMES = ("adjoint_matching", "draft", "ddpo")
-REWARD_NAMES = ("judge", "brightness")
+REWARD_NAMES = ("judge", "albedo", "brightness")
 
 
 def finetune_cmd(
@@ -24,7 +24,9 @@ def finetune_cmd(
                                            "its log and command; checkpoints in OUT/run")],
     prior: Annotated[str, typer.Option(help="bundled name, prior folder or hub id")] = "shapes",
     reward: Annotated[str, typer.Option(help=f"one of {', '.join(REWARD_NAMES)} (judge: the bundled judge's "
-                                             "log-probability of each prompt's shape and colour)")] = "judge",
+                                             "log-probability of each prompt's shape and colour; albedo: judge-v2's "
+                                             "shape log-probability and colour distance to the named colour, for "
+                                             "shapes-v2)")] = "judge",
     iterations: Annotated[int, typer.Option(min=1)] = 300,
     lam: Annotated[float, typer.Option(help="reward temperature: adjoint matching targets p exp(r / lam); DRaFT "
                                             "divides its loss by it")] = 0.5,
@@ -66,7 +68,7 @@ def finetune_cmd(
         _fail(err)
 
     from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
-    from priorkit.distill.finetune.reward import REWARDS, judge_prompts
+    from priorkit.distill.finetune.reward import REWARDS, albedo_prompts, judge_prompts
     from priorkit.distill.finetune.trainer import finetune, make_config
     from priorkit.distill.loading import BUNDLED, ModelLoadError, bundled_path, load_denoiser
 
@@ -83,6 +85,10 @@ def finetune_cmd(
         if not getattr(base, "conditional", False):
             _fail("the judge reward needs a text-conditional shapes prior (--prior shapes)")
         cond_fn = judge_prompts()
+    elif reward == "albedo":
+        if not getattr(base, "conditional", False):
+            _fail("the albedo reward needs a text-conditional shapes prior (--prior shapes-v2)")
+        cond_fn = albedo_prompts()
 
     torch.manual_seed(seed)
     model, params = with_lora(base, rank=rank)

@@ -2,6 +2,7 @@
 
     python -m benchmarks.finetune --json outputs/bench/finetune.json [--iterations 600] [--quick]
     python -m benchmarks.finetune --target shapes --json outputs/bench/finetune_shapes.json  (finetune_shapes)
+    python -m benchmarks.finetune --target shapes-v2 --json outputs/bench/finetune_shapes_v2.json  (the same, v2)
 
 2D: the ring of 8 Gaussians (distill.zoo.toy.gmm_target) as the exact base model, the quadratic reward
 r(x) = -|x - (2, 0)|^2 / 2 (highest on the ring's right-hand component), and lambda in {1, 0.5}; the target
@@ -125,8 +126,9 @@ def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", choices=("2d", "shapes"), default="2d",
-                    help="2d: the exact tilted Gaussian mixture; shapes: the shapes prior with the judge reward")
+    ap.add_argument("--target", choices=("2d", "shapes", "shapes-v2"), default="2d",
+                    help="2d: the exact tilted Gaussian mixture; shapes: the shapes prior with the judge reward; "
+                         "shapes-v2: the v2 prior, any named colour, judge-v2's albedo reward (held-out names)")
     ap.add_argument("--json", type=Path, default=None, help="default outputs/bench/finetune[_shapes].json")
     ap.add_argument("--iterations", type=int, default=None, help="default 600 (2d), 200 (shapes)")
     ap.add_argument("--methods", nargs="+", default=None,
@@ -146,26 +148,29 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    known = SHAPES_METHODS if args.target == "shapes" else METHODS
+    known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
     methods = tuple(args.methods or known)
     if unknown := [m for m in methods if m not in known]:
         ap.error(f"unknown method(s) {', '.join(unknown)} for --target {args.target}; expected {', '.join(known)}")
-    suffix = "_shapes" if args.target == "shapes" else ""
+    suffix = {"shapes": "_shapes", "shapes-v2": "_shapes_v2"}.get(args.target, "")
     json_path = args.json or Path(f"outputs/bench/finetune{suffix}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    if args.target == "shapes":
+    if args.target.startswith("shapes"):
         from benchmarks.finetune_shapes import run as run_shapes
 
         iterations = 2 if args.quick else (args.iterations or 200)
         lam = args.lambdas[0] if args.lambdas else 0.5
         records = run_shapes(methods, iterations, min(args.evals, iterations), json_path.parent, json_path,
                              lr=args.lr, lam=lam, batch=2 if args.quick else args.batch,
-                             per_prompt=1 if args.quick else None)
-        print("| method | iteration | CFG | judge accuracy | mean reward | judge FID | seconds |")
-        print("|---|---|---|---|---|---|---|")
+                             per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1")
+        held = args.target == "shapes-v2"
+        print("| method | iteration | CFG | judge accuracy |" + (" held-out names |" if held else "")
+              + " mean reward | judge FID | seconds |")
+        print("|---|---|---|---|" + ("---|" if held else "") + "---|---|---|")
         for r in records:
-            print(f"| {r['method']} | {r['iteration']} | {r['guidance']:g} | {r['accuracy']:.4f} | {r['reward']:.3f} "
-                  f"| {r['kl_or_w2']:.3f} | {r['seconds']:.0f} |")
+            extra = f" {r['heldout_accuracy']:.4f} |" if held else ""
+            print(f"| {r['method']} | {r['iteration']} | {r['guidance']:g} | {r['accuracy']:.4f} |{extra} "
+                  f"{r['reward']:.3f} | {r['kl_or_w2']:.3f} | {r['seconds']:.0f} |")
         print(f"wrote {json_path}")
         return
     iterations = 5 if args.quick else (args.iterations or 600)

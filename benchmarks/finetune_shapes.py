@@ -10,6 +10,14 @@ same for the base at CFG 1 and CFG 3. Records {"target": "shapes", "method", "re
 "accuracy", "iteration", "guidance"}: ``reward`` the mean judge reward of the samples, ``kl_or_w2`` their
 judge-feature Frechet distance to held-out renders (benchmarks.priors' fid_judge), ``accuracy`` the judge's joint
 shape-and-colour accuracy, ``seconds`` the fine-tuning time so far (evaluations excluded).
+
+``world="v2"`` (``--target shapes-v2``): the camera-aware ``shapes-v2`` prior and any colour a person can name,
+with judge-v2's albedo reward (log p(shape) - 1/2 (dE / 15)^2, `AlbedoJudgeReward`). The fine-tuning prompts are
+the v2 training colour names *but* the 172 that `benchmarks.priors` scores (`training_colour_prompts`), so the
+evaluation is held out from the fine-tuning: ``accuracy`` is benchmarks.priors' training_colour_accuracy rule
+(shape right and CIEDE2000 < 15) on those 172 names, ``heldout_accuracy`` the same on the 172 held-out colour
+names (never in any caption), ``kl_or_w2`` the judge-v2-feature Frechet distance of the first set's samples to
+renders of the same (shape, colour) pairs (`shapes_v2.renders_for`). Records carry ``"target": "shapes-v2"``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import torch
 from priorkit.apps.sampling import grid_image
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.finetune.lora_model import with_lora
-from priorkit.distill.finetune.reward import JudgeReward, judge_prompts
+from priorkit.distill.finetune.reward import AlbedoJudgeReward, JudgeReward, albedo_prompts, judge_prompts
 from priorkit.distill.finetune.trainer import finetune, make_config
 from priorkit.distill.loading import load_denoiser
 from priorkit.distill.zoo import shapes
@@ -63,28 +71,67 @@ def evaluate(den, judge, guidance: float, per_prompt: int = EVAL_PER_PROMPT, see
     return {"accuracy": accuracy, "reward": reward, "kl_or_w2": fid}, img
 
 
+V2_EVAL_PER_PROMPT = 2  # as benchmarks.priors' v2 figures (172 prompts each)
+
+
+def v2_eval_prompts() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(training-name prompts held out of the fine-tuning, held-out-name prompts): benchmarks.priors' two sets."""
+    from priorkit.distill.zoo.shapes_v2 import held_out_prompts, training_colour_prompts
+
+    held = [p for p in held_out_prompts() if any(p[0].endswith(" " + s) for s in shapes.SHAPES)]
+    return training_colour_prompts(len(held)), held
+
+
+@torch.no_grad()
+def evaluate_v2(den, judge, guidance: float, per_prompt: int = V2_EVAL_PER_PROMPT  # noqa: ANN001
+                ) -> tuple[dict[str, float], torch.Tensor]:
+    """The v2 figures (module docstring) of ``den`` at CFG ``guidance``; also the first set's images in [0, 1]."""
+    from benchmarks.priors import v2_accuracy
+    from priorkit.distill.zoo.shapes_v2 import renders_for
+
+    names, held = v2_eval_prompts()
+    accuracy, img = v2_accuracy(den, judge, names, per_prompt, 13, guidance=guidance)  # benchmarks.priors' seeds
+    heldout, _ = v2_accuracy(den, judge, held, per_prompt, 11, guidance=guidance)
+    conds = [p for p, _, _ in names for _ in range(per_prompt)]
+    reward = float(AlbedoJudgeReward(judge)(img * 2 - 1, conds).mean())
+    real = renders_for([(s, c) for _, s, c in names], per_prompt, seed=EVAL_SEED)
+    fid = frechet_distance(judge_features(judge, img), judge_features(judge, real))
+    return {"accuracy": accuracy, "heldout_accuracy": heldout, "reward": reward, "kl_or_w2": fid}, img
+
+
 def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, json_path: Path, *, lr: float = 3e-4,
-        lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str = "shapes", per_prompt: int | None = None
-        ) -> list[dict]:
+        lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str | None = None, per_prompt: int | None = None,
+        world: str = "v1") -> list[dict]:
     """Base rows, then each method's curve; the JSON is rewritten after every evaluation (a partial run keeps its
-    records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run)."""
-    per_prompt = per_prompt or EVAL_PER_PROMPT
-    base, judge = load_denoiser(prior), load_judge()
+    records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run); ``world`` "v1" (the
+    judge reward on the 40 basic prompts) or "v2" (module docstring)."""
+    from priorkit.distill.zoo.judge import DEFAULT_DIR
+
+    v2 = world == "v2"
+    per_prompt = per_prompt or (V2_EVAL_PER_PROMPT if v2 else EVAL_PER_PROMPT)
+    base = load_denoiser(prior or ("shapes-v2" if v2 else "shapes"))
+    judge = load_judge(DEFAULT_DIR.parent / "judge-v2") if v2 else load_judge()
+    target, picture = ("shapes-v2", "finetune_shapes_v2.png") if v2 else ("shapes", "finetune_shapes.png")
+    score = (lambda den, g: evaluate_v2(den, judge, g, per_prompt)) if v2 else \
+        (lambda den, g: evaluate(den, judge, g, per_prompt))
+    reward = AlbedoJudgeReward(judge) if v2 else JudgeReward(judge)
+    cond_fn = albedo_prompts(exclude=[c for _, _, c in v2_eval_prompts()[0]]) if v2 else judge_prompts()
     records: list[dict] = []
     pictures: dict[str, torch.Tensor] = {}
 
     def add(rec: dict, img: torch.Tensor) -> None:
-        records.append({"target": "shapes", "reward_name": "judge", "lam": lam, **rec})
+        records.append({"target": target, "reward_name": "albedo" if v2 else "judge", "lam": lam, **rec})
         json_path.write_text(json.dumps(records, indent=1))
         pictures[rec["method"] if rec["method"] != "base" else f"base_cfg{rec['guidance']:g}"] = img
         rows = [pictures[k][::per_prompt][:40] for k in pictures]  # one sample of each prompt per row, latest state
-        grid_image(torch.cat(rows) * 2 - 1, ncol=40, scale=2).save(out_dir / "finetune_shapes.png")  # kept if stopped
-        print(f"shapes {rec['method']:>16} it {rec['iteration']:>4} CFG {rec['guidance']:g}: accuracy "
-              f"{rec['accuracy']:.4f}  reward {rec['reward']:.3f}  FID {rec['kl_or_w2']:.3f}  "
+        grid_image(torch.cat(rows) * 2 - 1, ncol=40, scale=2).save(out_dir / picture)  # kept if stopped
+        held = f"  held-out names {rec['heldout_accuracy']:.4f}" if "heldout_accuracy" in rec else ""
+        print(f"{target} {rec['method']:>16} it {rec['iteration']:>4} CFG {rec['guidance']:g}: accuracy "
+              f"{rec['accuracy']:.4f}{held}  reward {rec['reward']:.3f}  FID {rec['kl_or_w2']:.3f}  "
               f"({rec['seconds']:.0f} s)", flush=True)
 
     for guidance in (1.0, 3.0):
-        m, img = evaluate(base, judge, guidance, per_prompt)
+        m, img = score(base, guidance)
         add({"method": "base", "iteration": 0, "guidance": guidance, "seconds": 0.0, **m}, img)
     for label in methods:
         name, overrides = METHODS[label]
@@ -96,12 +143,12 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
         def on_checkpoint(m_, step: int, label: str = label, clock: dict = clock) -> None:
             clock["train"] += time.perf_counter() - clock["since"]
             m_.eval()
-            metrics, img = evaluate(m_, judge, 1.0, per_prompt)
+            metrics, img = score(m_, 1.0)
             add({"method": label, "iteration": step, "guidance": 1.0, "seconds": clock["train"], **metrics}, img)
             clock["since"] = time.perf_counter()
 
-        finetune(name, model, base, JudgeReward(judge), config, iterations=iterations, lr=lr,
-                 cond_fn=judge_prompts(), seed=0, params=params, checkpoint_every=max(1, iterations // evals),
-                 on_checkpoint=on_checkpoint, desc=f"{label} (shapes, judge)")
-    print(f"rows of {out_dir / 'finetune_shapes.png'}: {', '.join(pictures)}")
+        finetune(name, model, base, reward, config, iterations=iterations, lr=lr, cond_fn=cond_fn, seed=0,
+                 params=params, checkpoint_every=max(1, iterations // evals),
+                 on_checkpoint=on_checkpoint, desc=f"{label} ({target}, {'albedo' if v2 else 'judge'})")
+    print(f"rows of {out_dir / picture}: {', '.join(pictures)}")
     return records

@@ -174,7 +174,8 @@ def is_v2(prior: str) -> bool:
 
 
 @torch.no_grad()
-def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: int) -> tuple[float, torch.Tensor]:  # noqa: ANN001
+def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: int,  # noqa: ANN001
+                guidance: float = GUIDANCE) -> tuple[float, torch.Tensor]:
     """Shape right (judge) and albedo within the colour threshold of the named colour, over n samples a prompt."""
     from priorkit.distill.zoo import colours
 
@@ -184,7 +185,7 @@ def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: i
         chunk = prompts[i:i + 16]
         cond = [p for p, _, _ in chunk for _ in range(n)]
         x = initial_noise(den, (len(cond), *den.sample_shape), generator=g)
-        y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=GUIDANCE, progress=False)
+        y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=guidance, progress=False)
         img = ((y.clamp(-1, 1) + 1) / 2).float()
         s_idx, _ = judge.predict(img)
         target = torch.tensor([colours.all_colours()[c] for _, _, c in chunk for _ in range(n)])

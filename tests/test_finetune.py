@@ -156,6 +156,57 @@ def test_rewards_check_their_inputs():
         tilted_gmm(gmm_target(), LinearReward(torch.ones(2, dtype=F64)), 0.0)
 
 
+class _StubJudge(torch.nn.Module):
+    """Shape logits and an albedo that are fixed functions of the image's mean colour (no training needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.albedo_head = torch.nn.Identity()
+        self.shape_w = torch.nn.Parameter(torch.linspace(-1, 1, 15).reshape(3, 5))
+
+    def forward(self, images):  # noqa: ANN001, ANN201
+        return images.mean(dim=(2, 3)) @ self.shape_w, None
+
+    def albedo(self, images):  # noqa: ANN001, ANN201
+        return images.mean(dim=(2, 3))
+
+
+def test_albedo_reward_is_the_shape_log_probability_minus_the_cielab_distance():
+    from skimage.color import rgb2lab
+
+    from priorkit.distill.finetune.reward import AlbedoJudgeReward, albedo_prompts
+    from priorkit.distill.zoo.colours import all_colours
+
+    prompts = ["a dusty rose cone", "an orange cube, side view", "a teal torus"]
+    shape_idx, target = AlbedoJudgeReward.labels(prompts)
+    assert shape_idx.tolist() == [SHAPES.index("cone"), SHAPES.index("cube"), SHAPES.index("torus")]
+    assert torch.allclose(target[0], torch.tensor(all_colours()["dusty rose"]))
+    judge = _StubJudge()
+    reward = AlbedoJudgeReward(judge, scale=10.0)
+    rgb = torch.tensor([[0.7, 0.5, 0.5], [0.9, 0.5, 0.1], [0.2, 0.5, 0.5]], requires_grad=True)
+    x = (rgb[:, :, None, None] * 2 - 1).expand(3, 3, 4, 4)
+    r = reward(x, prompts)
+    # by hand: log-softmax of the stub's logits, and CIE76 in scikit-image's CIELAB (an independent implementation)
+    logp = torch.log_softmax(rgb.detach() @ judge.shape_w.detach(), -1)[torch.arange(3), shape_idx]
+    de = torch.from_numpy(((rgb2lab(rgb.detach().double().numpy()[:, None]) - rgb2lab(target.double().numpy()[:, None]))
+                           ** 2).sum(-1)[:, 0] ** 0.5)
+    torch.testing.assert_close(r.detach().double(), logp.double() - 0.5 * (de / 10.0) ** 2, rtol=1e-4, atol=1e-4)
+    r.sum().backward()
+    assert rgb.grad.abs().sum() > 0  # differentiable through the judge
+    # the named colour itself scores higher than any other albedo for the same shape logits
+    exact = reward((target[:, :, None, None] * 2 - 1).expand(3, 3, 4, 4), prompts)
+    assert ((exact - torch.log_softmax(target @ judge.shape_w.detach(), -1)[torch.arange(3), shape_idx]).abs()
+            < 1e-4).all()
+    draw = albedo_prompts(exclude=["teal"])
+    drawn = draw(2000, torch.Generator().manual_seed(0))
+    assert drawn == draw(2000, torch.Generator().manual_seed(0))
+    assert not any(p.split()[1] == "teal" and len(p.split()) == 3 for p in drawn)
+    AlbedoJudgeReward.labels(drawn)  # every drawn prompt parses
+    for bad in ("a teapot", "a plaid cube", "cube red"):
+        with pytest.raises(ValueError):
+            AlbedoJudgeReward.labels([bad])
+
+
 def _tiny_prior():
     from diffusers import UNet2DConditionModel
 

@@ -102,12 +102,77 @@ class JudgeReward:
         return ls + lc
 
 
+class AlbedoJudgeReward:
+    """log p(shape) - 1/2 (dE / scale)^2 for the shapes world v2: the judge-v2's shape log-probability of each
+    prompt's shape, minus the squared CIELAB distance (CIE76) of its albedo estimate to the prompt's named colour
+    in units of ``scale`` (default the colour threshold: a colour at the edge of "right" costs 1/2).
+
+    ``cond`` holds prompts "a {colour name} {shape}" (any training or held-out name of `colours.all_colours`, a
+    basic shape word; an optional ", ..." suffix such as a view is ignored). Differentiable through the judge.
+    """
+
+    def __init__(self, judge: torch.nn.Module | None = None, scale: float | None = None) -> None:
+        from priorkit.distill.zoo import colours
+        from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
+
+        self.judge = (judge or load_judge(DEFAULT_DIR.parent / "judge-v2")).requires_grad_(False)
+        if getattr(self.judge, "albedo_head", None) is None:
+            raise ValueError("the albedo reward needs a judge with an albedo head (judge-v2)")
+        self.scale = scale or colours.DELTA_E_THRESHOLD
+
+    @staticmethod
+    def labels(prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """(shape indices (B,), named sRGB albedos (B, 3)); ValueError for a prompt not of the form above."""
+        from priorkit.distill.zoo.colours import all_colours
+        from priorkit.distill.zoo.shapes import SHAPES
+
+        table, shapes, rgb = all_colours(), [], []
+        for p in prompts:
+            words = p.split(",")[0].strip().lower().split()
+            if len(words) < 3 or words[0] not in ("a", "an") or words[-1] not in SHAPES:
+                raise ValueError(f"the albedo reward needs prompts 'a <colour name> <shape>'; got {p!r}")
+            name = " ".join(words[1:-1])
+            if name not in table:
+                raise ValueError(f"unknown colour name {name!r} in {p!r}")
+            shapes.append(SHAPES.index(words[-1]))
+            rgb.append(table[name])
+        return torch.tensor(shapes), torch.tensor(rgb, dtype=torch.float32)
+
+    def __call__(self, x: Tensor, cond: Any = None) -> Tensor:
+        from kornia.color import rgb_to_lab
+
+        if not isinstance(cond, list):
+            raise ValueError("the albedo reward needs the prompts as the condition (a list of strings)")
+        s_idx, target = self.labels(cond)
+        img = (x.clamp(-1, 1) + 1) / 2
+        s_logits, _ = self.judge(img)
+        log_shape = torch.log_softmax(s_logits, -1).gather(1, s_idx.to(x.device)[:, None])[:, 0]
+        lab = rgb_to_lab(self.judge.albedo(img)[:, :, None, None])[:, :, 0, 0]
+        lab_target = rgb_to_lab(target.to(lab)[:, :, None, None])[:, :, 0, 0]
+        return log_shape - 0.5 * ((lab - lab_target).pow(2).sum(-1) / self.scale ** 2)
+
+
 def judge_prompts() -> Callable[[int, torch.Generator], list[str]]:
     """A draw of ``n`` prompts of the shapes world (every shape x colour, uniformly): the conditions the judge
     reward fine-tunes on."""
     from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES, caption
 
     prompts = [caption(s, c) for s in SHAPES for c in COLOUR_NAMES]
+
+    def draw(n: int, g: torch.Generator) -> list[str]:
+        return [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]
+
+    return draw
+
+
+def albedo_prompts(exclude: tuple[str, ...] | list[str] = ()) -> Callable[[int, torch.Generator], list[str]]:
+    """A draw of ``n`` prompts "a {colour name} {shape}" of the shapes world v2 (the training colour names but
+    ``exclude``, every basic shape, uniformly): the conditions the albedo reward fine-tunes on."""
+    from priorkit.distill.zoo.shapes import SHAPES
+    from priorkit.distill.zoo.shapes_v2 import TRAIN_COLOURS, article
+
+    skip = set(exclude)
+    prompts = [article(f"{c} {s}") for c in TRAIN_COLOURS if c not in skip for s in SHAPES]
 
     def draw(n: int, g: torch.Generator) -> list[str]:
         return [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]
@@ -128,4 +193,5 @@ class CallableReward:
         return out
 
 
-REWARDS: dict[str, Callable[[], Reward]] = {"judge": JudgeReward, "brightness": BrightnessReward}
+REWARDS: dict[str, Callable[[], Reward]] = {"judge": JudgeReward, "albedo": AlbedoJudgeReward,
+                                            "brightness": BrightnessReward}

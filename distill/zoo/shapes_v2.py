@@ -153,6 +153,18 @@ def training_colour_prompts(n: int = 172, seed: int = 0) -> list[tuple[str, str,
             for i, j in enumerate(pick)]
 
 
+def renders_for(pairs: list[tuple[str, str]], n: int, seed: int, size: int = 32, supersample: int = 3) -> Tensor:
+    """``n`` renders (len(pairs) * n, 3, size, size) in [0, 1] of each (shape, colour name), pair-major: the named
+    albedo exactly, random cameras and lights as in the training renders (the reference set of a Frechet distance
+    of samples of those prompts)."""
+    g = torch.Generator().manual_seed(seed)
+    shape_idx = [SHAPES.index(s) for s, _ in pairs for _ in range(n)]
+    albedo = torch.tensor([colours.all_colours()[c] for _, c in pairs for _ in range(n)], dtype=torch.float32)
+    cameras = random_cameras(len(shape_idx), generator=g, elevation_range=ELEVATION_RANGE)
+    lights = random_lights(cameras, g)
+    return render(shape_idx, [], cameras, size=size, lights=lights, supersample=supersample, albedos=albedo)
+
+
 def azimuth_of(features: Tensor) -> Tensor:
     """Inverse of :func:`camera_features` for the azimuth, in degrees (B,)."""
     return torch.rad2deg(torch.atan2(features[:, 0], features[:, 1]))
