@@ -124,10 +124,11 @@ def slug(text: str) -> str:
 
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
-        only: list[int] | None = None, held_out_colours: bool = False, final_guidance: float | None = None
-        ) -> list[dict]:
+        only: list[int] | None = None, held_out_colours: bool = False, final_guidance: float | None = None,
+        vsd_views: int | None = None) -> list[dict]:
     """Every (prompt, method, seed): generate, export, score; records written after each asset. ``final_guidance``:
-    SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default)."""
+    SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default); ``vsd_views``: VSD's renders
+    per particle and step (``VSDConfig.views_per_particle``; None: the default)."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
@@ -145,6 +146,8 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         cfg = GenerateConfig()
         if final_guidance is not None:
             cfg.sds = dataclasses.replace(cfg.sds, final_guidance_scale=final_guidance)
+        if vsd_views is not None:
+            cfg.vsd = dataclasses.replace(cfg.vsd, views_per_particle=vsd_views)
         n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
         out = assets / (f"{method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
         t0 = time.time()
@@ -153,7 +156,9 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
             rec = {"prompt": prompt, "method": method, "seed": seed, "particle": i, "shape": shape, "colour": colour,
                    **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds,
-                   "export_seconds": result.export_seconds, "threads": torch.get_num_threads()}
+                   "export_seconds": result.export_seconds, "threads": torch.get_num_threads(),
+                   "steps": n_steps or cfg.steps_for(method),
+                   **({"views_per_particle": cfg.vsd.views_per_particle} if method == "vsd" else {})}
             records.append(rec)
             print(json.dumps(rec))
         if method == "vsd":
@@ -245,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
                              "held-out colour names with --held-out-colours)")
     parser.add_argument("--final-guidance", type=float, default=None,
                         help="SDS: cool the CFG scale down to this over the last 40%% of the run (SDSConfig)")
+    parser.add_argument("--vsd-views", type=int, default=None,
+                        help="VSD: renders of each particle per step (VSDConfig.views_per_particle, default 3)")
     parser.add_argument("--held-out-colours", action="store_true",
                         help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
     args = parser.parse_args(argv)
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
     records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours,
-                  args.final_guidance)
+                  args.final_guidance, args.vsd_views)
     print(table(records))
     print(seed_summary(records))
     print(speed_summary(records))
