@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=4, help="shapes: evaluations along each run (the curve's points)")
     ap.add_argument("--lr", type=float, default=3e-4, help="shapes: the LoRA's learning rate")
     ap.add_argument("--batch", type=int, default=8, help="shapes: samples per iteration")
+    ap.add_argument("--no-base", action="store_true", help="shapes: skip the untuned model's rows (CFG 1 and 3)")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -162,7 +163,8 @@ def main() -> None:
         lam = args.lambdas[0] if args.lambdas else 0.5
         records = run_shapes(methods, iterations, min(args.evals, iterations), json_path.parent, json_path,
                              lr=args.lr, lam=lam, batch=2 if args.quick else args.batch,
-                             per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1")
+                             per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1",
+                             base_rows=not args.no_base)
         held = args.target == "shapes-v2"
         print("| method | iteration | CFG | judge accuracy |" + (" held-out names |" if held else "")
               + " mean reward | judge FID | seconds |")

@@ -101,17 +101,18 @@ def evaluate_v2(den, judge, guidance: float, per_prompt: int = V2_EVAL_PER_PROMP
 
 def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, json_path: Path, *, lr: float = 3e-4,
         lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str | None = None, per_prompt: int | None = None,
-        world: str = "v1") -> list[dict]:
+        world: str = "v1", base_rows: bool = True) -> list[dict]:
     """Base rows, then each method's curve; the JSON is rewritten after every evaluation (a partial run keeps its
     records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run); ``world`` "v1" (the
-    judge reward on the 40 basic prompts) or "v2" (module docstring)."""
+    judge reward on the 40 basic prompts) or "v2" (module docstring); ``base_rows=False`` skips the untuned model's
+    two rows (a longer run of one method beside an earlier full run)."""
     from priorkit.distill.zoo.judge import DEFAULT_DIR
 
     v2 = world == "v2"
     per_prompt = per_prompt or (V2_EVAL_PER_PROMPT if v2 else EVAL_PER_PROMPT)
     base = load_denoiser(prior or ("shapes-v2" if v2 else "shapes"))
     judge = load_judge(DEFAULT_DIR.parent / "judge-v2") if v2 else load_judge()
-    target, picture = ("shapes-v2", "finetune_shapes_v2.png") if v2 else ("shapes", "finetune_shapes.png")
+    target, picture = "shapes-v2" if v2 else "shapes", json_path.with_suffix(".png").name  # the grid beside its JSON
     score = (lambda den, g: evaluate_v2(den, judge, g, per_prompt)) if v2 else \
         (lambda den, g: evaluate(den, judge, g, per_prompt))
     reward = AlbedoJudgeReward(judge) if v2 else JudgeReward(judge)
@@ -130,7 +131,7 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
               f"{rec['accuracy']:.4f}{held}  reward {rec['reward']:.3f}  FID {rec['kl_or_w2']:.3f}  "
               f"({rec['seconds']:.0f} s)", flush=True)
 
-    for guidance in (1.0, 3.0):
+    for guidance in (1.0, 3.0) if base_rows else ():
         m, img = score(base, guidance)
         add({"method": "base", "iteration": 0, "guidance": guidance, "seconds": 0.0, **m}, img)
     for label in methods:
