@@ -125,10 +125,11 @@ def slug(text: str) -> str:
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
         only: list[int] | None = None, held_out_colours: bool = False, final_guidance: float | None = None,
-        vsd_views: int | None = None) -> list[dict]:
+        vsd_views: int | None = None, vsd_lora_views: int | None = None) -> list[dict]:
     """Every (prompt, method, seed): generate, export, score; records written after each asset. ``final_guidance``:
     SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default); ``vsd_views``: VSD's renders
-    per particle and step (``VSDConfig.views_per_particle``; None: the default)."""
+    per particle and step (``VSDConfig.views_per_particle``; None: the default); ``vsd_lora_views``: of those, the
+    renders in the LoRA's loss (``VSDConfig.lora_views``)."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
@@ -148,6 +149,8 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
             cfg.sds = dataclasses.replace(cfg.sds, final_guidance_scale=final_guidance)
         if vsd_views is not None:
             cfg.vsd = dataclasses.replace(cfg.vsd, views_per_particle=vsd_views)
+        if vsd_lora_views is not None:
+            cfg.vsd = dataclasses.replace(cfg.vsd, lora_views=vsd_lora_views)
         n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
         out = assets / (f"{method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
         t0 = time.time()
@@ -158,7 +161,8 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
                    **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds,
                    "export_seconds": result.export_seconds, "threads": torch.get_num_threads(),
                    "steps": n_steps or cfg.steps_for(method),
-                   **({"views_per_particle": cfg.vsd.views_per_particle} if method == "vsd" else {})}
+                   **({"views_per_particle": cfg.vsd.views_per_particle, "lora_views": cfg.vsd.lora_views}
+                      if method == "vsd" else {})}
             records.append(rec)
             print(json.dumps(rec))
         if method == "vsd":
@@ -252,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="SDS: cool the CFG scale down to this over the last 40%% of the run (SDSConfig)")
     parser.add_argument("--vsd-views", type=int, default=None,
                         help="VSD: renders of each particle per step (VSDConfig.views_per_particle, default 3)")
+    parser.add_argument("--vsd-lora-views", type=int, default=None,
+                        help="VSD: of each particle's renders, how many train the LoRA per step (VSDConfig.lora_views)")
     parser.add_argument("--held-out-colours", action="store_true",
                         help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
     args = parser.parse_args(argv)
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
     records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours,
-                  args.final_guidance, args.vsd_views)
+                  args.final_guidance, args.vsd_views, args.vsd_lora_views)
     print(table(records))
     print(seed_summary(records))
     print(speed_summary(records))

@@ -443,3 +443,30 @@ def test_prior_precision_bfloat16_is_close_to_float32_and_auto_follows_the_cpu(t
     assert isinstance(guidance_mod.prior_autocast("float32", "cpu"), contextlib.nullcontext)
     with pytest.raises(ValueError, match="prior_precision"):
         guidance_mod.prior_autocast("half", "cpu")
+
+
+def test_vsd_lora_loss_on_the_first_views_of_each_particle(tiny_prior):
+    from priorkit.distill.core.denoiser import select_rows
+    from priorkit.distill.score.guidance import diffusion_loss, draw_noise, sample_times, to_model_space
+
+    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, prior_precision="float32", lora_views=1))
+    cams = random_cameras(4, torch.Generator().manual_seed(1))  # 2 particles x 2 views, particle-major
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    _, info = vsd.loss(images.clone().requires_grad_(True), cams, 0.5, torch.Generator().manual_seed(3), particles=2)
+    g2 = torch.Generator().manual_seed(3)
+    x = to_model_space(tiny_prior, images)
+    draw_noise(x, *vsd.time_range(0.5), g2)
+    rows = torch.tensor([0, 2])  # the first view of each particle
+    c = vsd.config
+    t_l = sample_times(2, max(c.lora_t_min, tiny_prior.schedule.t_min), c.lora_t_max, g2)
+    eps_l = torch.randn(x[rows].shape, generator=g2, dtype=x.dtype)
+    _, cam_cond = vsd._conditions(cams)
+    expected = diffusion_loss(tiny_prior, x[rows], t_l.to(x.dtype), eps_l, select_rows(cam_cond, rows))
+    assert info["lora_loss"] == pytest.approx(float(expected), rel=1e-5)
+    # the other views do not reach the LoRA's loss
+    other = images.clone()
+    other[[1, 3]] = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    _, info2 = vsd.loss(other, cams, 0.5, torch.Generator().manual_seed(3), particles=2)
+    assert info2["lora_loss"] == info["lora_loss"]
+    with pytest.raises(ValueError, match="lora_views"):
+        VSD(tiny_prior, "a red cube", VSDConfig(lora_views=0))

@@ -17,6 +17,18 @@ from priorkit.distill.core.schedule import Schedule, as_time
 Condition = Any  # None, a tensor of embeddings (B, L, D), or a list of prompts the denoiser can encode
 
 
+def select_rows(cond: Condition, rows: slice | Tensor) -> Condition:
+    """The condition of a subset of a batch (tensors and dict entries of batch size are indexed)."""
+    if isinstance(cond, dict):
+        return {k: select_rows(v, rows) for k, v in cond.items()}
+    if isinstance(cond, Tensor) and cond.ndim > 0:
+        return cond[rows]
+    if isinstance(cond, list):
+        return [cond[i] for i in range(len(cond))[rows]] if isinstance(rows, slice) else \
+            [cond[i] for i in rows.tolist()]
+    return cond
+
+
 def check_inputs(x: Tensor, t: Tensor) -> None:
     """Raise a clear error for NaN/inf inputs or times outside [0, 1]."""
     if not torch.isfinite(x).all():

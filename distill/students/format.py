@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from priorkit.distill.core.denoiser import Condition, Denoiser
+from priorkit.distill.core.denoiser import Condition, Denoiser, select_rows
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.loading import ModelLoadError, load_denoiser, register_folder_loader
 from priorkit.distill.students.consistency_model import ConsistencyModel
@@ -210,18 +210,6 @@ def with_extras(student: nn.Module, cond: Condition, **extras: Any) -> Condition
     while not hasattr(inner, "condition_key") and hasattr(inner, "net"):
         inner = inner.net
     return {getattr(inner, "condition_key", "text"): cond, **extras}
-
-
-def select_rows(cond: Condition, rows: slice | Tensor) -> Condition:
-    """The condition of a subset of a batch (tensors and dict entries of batch size are indexed)."""
-    if isinstance(cond, dict):
-        return {k: select_rows(v, rows) for k, v in cond.items()}
-    if isinstance(cond, Tensor) and cond.ndim > 0:
-        return cond[rows]
-    if isinstance(cond, list):
-        return [cond[i] for i in range(len(cond))[rows]] if isinstance(rows, slice) else \
-            [cond[i] for i in rows.tolist()]
-    return cond
 
 
 def is_main_process() -> bool:
