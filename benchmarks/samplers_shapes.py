@@ -74,6 +74,7 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
     from priorkit.distill.core.loading import BUNDLED, BUNDLED_DIR
     from priorkit.distill.students.format import is_student_folder
 
+    seen: set[str] = set()
     for source in runs:
         run = BUNDLED_DIR / str(source) if str(source) in BUNDLED else Path(source)
         info = json.loads((run / "distill.json").read_text()) if (run / "distill.json").is_file() else {}
@@ -84,6 +85,9 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
             folder = Path(info["student"]) if info.get("student") else final_folder("", run)
         student, meta = load_student(folder), read_meta(folder)
         method = info.get("method", meta.get("method", run.name))
+        if method in seen:  # two runs of one method (e.g. a second stage): tell their rows apart
+            method = f"{method}:{run.name}"
+        seen.add(method)
         sampler = student_sampler(meta)
         c = {"text": cond, "w": guidance} if method == "guidance" else cond
         for nfe in nfes:
