@@ -59,6 +59,8 @@ def distill_cmd(
                                                    "run folder (or a student folder), e.g. to add --gan")] = None,
     gan: Annotated[float | None, typer.Option(help="dmd, dmd2: weight of DMD2's GAN head in the generator loss "
                                                    "(default: no GAN head; DMD2 used 3e-3)")] = None,
+    fake: Annotated[str | None, typer.Option(help="dmd, dmd2: the fake score: copy (a full copy of the teacher, "
+                                                  "default) or lora (a peft LoRA on a UNet teacher's copy)")] = None,
 ) -> None:
     """Distil a teacher into a fast few-step student.
 
@@ -83,8 +85,10 @@ def distill_cmd(
                 raise ValueError(f"{flag} must be >= 1; got {value}")
         if lr is not None and not lr > 0:
             raise ValueError(f"--lr must be > 0; got {lr}")
-        if (init is not None or gan is not None) and method not in ("dmd", "dmd2"):
-            raise ValueError(f"--init and --gan apply to dmd and dmd2 (got {method})")
+        if (init is not None or gan is not None or fake is not None) and method not in ("dmd", "dmd2"):
+            raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2 (got {method})")
+        if fake is not None and fake not in ("copy", "lora"):
+            raise ValueError(f"--fake must be copy or lora; got {fake!r}")
         if gan is not None and not gan >= 0:
             raise ValueError(f"--gan must be >= 0; got {gan}")
         if init is not None and not init.is_dir():
@@ -111,7 +115,7 @@ def distill_cmd(
         with remove_if_left_empty(out):
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
                              resume=resume, seed=seed, n_data=n_data, nfe=nfe, photo_set=photo_set,
-                             init=None if init is None else str(init), gan=gan)
+                             init=None if init is None else str(init), gan=gan, fake=fake)
     except ResumeMismatchError as e:
         fail(e)
     except (ValueError, ModelLoadError) as e:

@@ -68,7 +68,7 @@ def test_help_lists_every_command_with_a_one_line_summary():
     ("restore", ["--task", "--method", "--mask-dir", "--reference-dir", "--prior", "--sigma-y", "--resume",
                  "--seed", "--simulate", "--uncertainty", "--samples", "input_dir", "output_dir"]),
     ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed", "--nfe",
-                 "--photo-set", "--init", "--gan"]),
+                 "--photo-set", "--init", "--gan", "--fake"]),
     ("sample", ["--model", "--steps", "--prompt", "--n", "--guidance", "--out"]),
     ("train-prior", ["--steps", "--resume"]),
     ("app", ["--host", "--port", "--share", "--threads"]),
@@ -153,6 +153,8 @@ def test_distill_bad_input(tmp_path):
         (["cd", "--teacher", "toy:gmm", "--gan", "0.01"], ["--gan", "dmd"]),
         (["dmd2", "--teacher", "toy:gmm", "--gan", "-1"], ["--gan", ">= 0"]),
         (["dmd2", "--teacher", "toy:gmm", "--init", str(tmp_path / "no_run")], ["--init", "no such"]),
+        (["dmd2", "--teacher", "toy:gmm", "--fake", "half"], ["--fake", "copy", "lora"]),
+        (["reflow", "--teacher", "toy:gmm", "--fake", "lora"], ["--fake", "dmd"]),
     ]
     for args, words in cases:
         assert_bad_input(run("distill", *args, "--out", out), *words)

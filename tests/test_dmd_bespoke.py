@@ -206,3 +206,36 @@ def test_dmd_init_starts_a_second_stage_from_the_first_runs_generator_and_fake(t
     with pytest.raises(ValueError, match="do not fit"):
         dmd.load_init(dmd.DMDTrainee(MLPDenoiser(hidden=16, depth=2), MLPDenoiser(hidden=16, depth=2), gan=False),
                       tmp_path / "a")
+
+
+def test_dmd2_with_a_lora_fake_score_on_a_unet_teacher(tmp_path):
+    """The fake score as a peft LoRA on a copy of a UNet teacher: it starts as the teacher exactly, only the LoRA
+    (and the GAN head) train, and a DMD2 run with both saves a student that samples."""
+    from test_distill_methods import tiny_teacher
+
+    from priorkit.distill.students.format import copy_teacher
+
+    teacher = tiny_teacher()
+    fake = dmd.make_fake(teacher, copy_teacher(teacher), kind="lora", rank=4)
+    g = torch.Generator().manual_seed(0)
+    x, states = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 16, generator=g)
+    t = torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        assert torch.equal(fake(x, t, states).x0, teacher(x, t, states).x0)  # LoRA B = 0 at init
+    trainable = [n for n, p in fake.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    images, conds = torch.randn(16, 3, 8, 8, generator=g), torch.randn(16, 4, 16, generator=g)
+
+    def data(n, gen):  # noqa: ANN001, ANN202
+        i = torch.randint(0, 16, (n,), generator=gen)
+        return images[i], conds[i]
+
+    cfg = dmd.DMD2Config(batch=4, fake="lora", lora_rank=4, gan=0.1, gan_disc=0.01,
+                         train=TrainConfig(steps=12, lr=1e-3, warmup=1, ema_decay=0.9, checkpoint_every=6, log_every=3))
+    student = dmd.dmd_distill(teacher, copy_teacher(teacher), data, tmp_path, cfg)
+    assert read_meta(tmp_path / "student")["config"]["fake"] == "lora"
+    back = load_student(tmp_path / "student")
+    out = dmd.dmd_sample(back, torch.randn(2, 3, 8, 8, generator=g), 1, cond=states)
+    assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
+    assert not all(torch.equal(a, b) for a, b in zip(student.state_dict().values(),
+                                                      teacher.state_dict().values(), strict=False))

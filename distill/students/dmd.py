@@ -177,6 +177,9 @@ class DMDTrainee(nn.Module):
             self.head = GANHead(self._probe_channels())
 
     def _probe_channels(self) -> int:
+        unet = getattr(unwrap(self.fake), "unet", None)
+        if unet is not None:  # a UNet's mid block keeps its last block's width (no forward: it may need text)
+            return int(unet.config.block_out_channels[-1])
         shape = self.fake.sample_shape
         with torch.no_grad():
             self.fake(torch.zeros(1, *shape), torch.full((1,), 0.5), None, check=False)

@@ -209,7 +209,7 @@ def final_folder(method: str, out: str | Path) -> Path:
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
             n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1", init: str | None = None,
-            gan: float | None = None) -> Path:
+            gan: float | None = None, fake: str | None = None) -> Path:
     """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
 
     Args:
@@ -224,17 +224,22 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         photo_set: the photos teacher's training photographs to distil on ("v1" shipped, "v2" with Debian's).
         init: dmd / dmd2: an earlier run (or student folder) to start the generator and fake score from.
         gan: dmd / dmd2: the weight of DMD2's GAN head in the generator loss (None: the method's, no GAN).
+        fake: dmd / dmd2: the fake score, "copy" (a full copy of the teacher, the default) or "lora" (a peft LoRA
+            on a copy of a UNet teacher).
     """
     out = Path(out)
-    if (init is not None or gan is not None) and method not in ("dmd", "dmd2"):
-        raise ValueError(f"--init and --gan apply to dmd and dmd2; got {method}")
+    if (init is not None or gan is not None or fake is not None) and method not in ("dmd", "dmd2"):
+        raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2; got {method}")
+    if fake is not None and fake not in ("copy", "lora"):
+        raise ValueError(f"--fake must be copy or lora; got {fake!r}")
     if gan is not None and not gan >= 0:
         raise ValueError(f"--gan must be >= 0; got {gan}")
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
                        "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe,
                        **({"photo_set": photo_set} if photo_set != "v1" else {}),
                        **({"init": str(init)} if init is not None else {}),
-                       **({"gan": gan} if gan is not None else {})}, resume)
+                       **({"gan": gan} if gan is not None else {}),
+                       **({"fake": fake} if fake is not None else {})}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
@@ -270,6 +275,8 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         cfg.init = str(init)
     if gan is not None:
         cfg.gan = gan
+    if fake is not None:
+        cfg.fake = fake
     target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
     result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
     attach_codecs(result, den)
