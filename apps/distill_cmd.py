@@ -56,7 +56,8 @@ def distill_cmd(
     photo_set: Annotated[str, typer.Option(help="photos teacher: the training photographs to distil on: v1 (the 9 "
                                                 "in the wheels) or v2 (plus Debian's, fetched into the cache)")] = "v1",
     init: Annotated[Path | None, typer.Option(help="dmd, dmd2: start the generator and fake score from an earlier "
-                                                   "run folder (or a student folder), e.g. to add --gan")] = None,
+                                                   "run folder (or a student folder or bundled student: the "
+                                                   "generator only), e.g. to add --gan")] = None,
     gan: Annotated[float | None, typer.Option(help="dmd, dmd2: weight of DMD2's GAN head in the generator loss "
                                                    "(default: no GAN head; DMD2 used 3e-3)")] = None,
     fake: Annotated[str | None, typer.Option(help="dmd, dmd2: the fake score: copy (a full copy of the teacher, "
@@ -69,7 +70,7 @@ def distill_cmd(
     distribution matching), bespoke (a solver for the frozen teacher at --nfe evaluations).
     The student folder it prints loads wherever a model is accepted.
     """
-    from priorkit.distill.core.loading import ModelLoadError
+    from priorkit.distill.core.loading import BUNDLED, ModelLoadError
     from priorkit.distill.core.training import ResumeMismatchError
     from priorkit.distill.students.format import is_main_process
     from priorkit.distill.students.registry import METHODS
@@ -89,9 +90,11 @@ def distill_cmd(
             raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2 (got {method})")
         if fake is not None and fake not in ("copy", "lora"):
             raise ValueError(f"--fake must be copy or lora; got {fake!r}")
+        if fake == "lora" and teacher.startswith("toy:"):
+            raise ValueError("--fake lora needs a diffusers (UNet) teacher; toy teachers take the full copy")
         if gan is not None and not gan >= 0:
             raise ValueError(f"--gan must be >= 0; got {gan}")
-        if init is not None and not init.is_dir():
+        if init is not None and not init.is_dir() and str(init) not in BUNDLED:
             raise ValueError(f"--init {init}: no such run or student folder")
         if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
             raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")

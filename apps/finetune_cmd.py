@@ -86,8 +86,11 @@ def finetune_cmd(
             _fail("the judge reward needs a text-conditional shapes prior (--prior shapes)")
         cond_fn = judge_prompts()
     elif reward == "albedo":
-        if not getattr(base, "conditional", False):
-            _fail("the albedo reward needs a text-conditional shapes prior (--prior shapes-v2)")
+        spec = (bundled_path(prior) if prior in BUNDLED else Path(prior)) / "priorkit.json"
+        world = json.loads(spec.read_text()).get("world") if spec.is_file() else None
+        if not getattr(base, "conditional", False) or (spec.is_file() and world != "v2"):
+            _fail(f"the albedo reward names xkcd colours: it needs a shapes-world v2 prior (--prior shapes-v2), "
+                  f"not {prior}")
         cond_fn = albedo_prompts()
 
     torch.manual_seed(seed)

@@ -12,7 +12,7 @@ judge-feature Frechet distance to held-out renders (benchmarks.priors' fid_judge
 shape-and-colour accuracy, ``seconds`` the fine-tuning time so far (evaluations excluded).
 
 ``world="v2"`` (``--target shapes-v2``): the camera-aware ``shapes-v2`` prior and any colour a person can name,
-with judge-v2's albedo reward (log p(shape) - 1/2 (dE / 15)^2, `AlbedoJudgeReward`). The fine-tuning prompts are
+with judge-v2's albedo reward (log p(shape) - 1/2 (dE76 / 15)^2, `AlbedoJudgeReward`). The fine-tuning prompts are
 the v2 training colour names *but* the 172 that `benchmarks.priors` scores (`training_colour_prompts`), so the
 evaluation is held out from the fine-tuning: ``accuracy`` is benchmarks.priors' training_colour_accuracy rule
 (shape right and CIEDE2000 < 15) on those 172 names, ``heldout_accuracy`` the same on the 172 held-out colour
@@ -71,7 +71,8 @@ def evaluate(den, judge, guidance: float, per_prompt: int = EVAL_PER_PROMPT, see
     return {"accuracy": accuracy, "reward": reward, "kl_or_w2": fid}, img
 
 
-V2_EVAL_PER_PROMPT = 2  # as benchmarks.priors' v2 figures (172 prompts each)
+V2_EVAL_PER_PROMPT = 2  # benchmarks.priors' v2 figures take max(2, samples // 2) a prompt (4 by default): the same
+# prompts and seeds, half the samples
 
 
 def v2_eval_prompts() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:

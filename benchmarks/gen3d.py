@@ -265,6 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     bad = [m for m in methods if m not in ("sds", "vsd")]
     if bad or not methods:
         parser.error(f"--methods takes a comma-separated subset of sds,vsd; got {args.methods!r}")
+    if args.vsd_views is not None and args.vsd_views < 1:
+        parser.error(f"--vsd-views must be >= 1; got {args.vsd_views}")
+    from priorkit.gen3d.vsd import VSDConfig
+
+    views = args.vsd_views or VSDConfig().views_per_particle
+    if args.vsd_lora_views is not None and not 1 <= args.vsd_lora_views <= views:
+        parser.error(f"--vsd-lora-views must lie in [1, {views}] (the views per particle); got {args.vsd_lora_views}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -155,6 +155,7 @@ def test_distill_bad_input(tmp_path):
         (["dmd2", "--teacher", "toy:gmm", "--init", str(tmp_path / "no_run")], ["--init", "no such"]),
         (["dmd2", "--teacher", "toy:gmm", "--fake", "half"], ["--fake", "copy", "lora"]),
         (["reflow", "--teacher", "toy:gmm", "--fake", "lora"], ["--fake", "dmd"]),
+        (["dmd2", "--teacher", "toy:gmm", "--fake", "lora"], ["--fake lora", "UNet"]),
     ]
     for args, words in cases:
         assert_bad_input(run("distill", *args, "--out", out), *words)

@@ -237,5 +237,22 @@ def test_dmd2_with_a_lora_fake_score_on_a_unet_teacher(tmp_path):
     back = load_student(tmp_path / "student")
     out = dmd.dmd_sample(back, torch.randn(2, 3, 8, 8, generator=g), 1, cond=states)
     assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
-    assert not all(torch.equal(a, b) for a, b in zip(student.state_dict().values(),
-                                                      teacher.state_dict().values(), strict=False))
+    trained, start = student.state_dict(), teacher.state_dict()
+    assert trained.keys() == start.keys() and not all(torch.equal(trained[k], start[k]) for k in start)
+
+
+def test_dmd_init_from_a_bundled_image_student_loads_its_generator():
+    """--init shapes-dmd2: the student folder carries its text encoder; the generator (a bare UNet copy) takes the
+    UNet weights exactly."""
+    from priorkit.distill.core.loading import bundled_path, load_denoiser
+    from priorkit.distill.students.format import copy_teacher
+
+    teacher = load_denoiser("shapes")
+    trainee = dmd.DMDTrainee(copy_teacher(teacher), copy_teacher(teacher), gan=False)
+    dmd.load_init(trainee, "shapes-dmd2")
+    bundled = load_student(bundled_path("shapes-dmd2")).state_dict()
+    loaded = trainee.generator.state_dict()
+    assert loaded and all(torch.equal(v, bundled[k]) for k, v in loaded.items())
+    start = copy_teacher(teacher).state_dict()  # the fake score stays the teacher's copy
+    assert all(torch.equal(v, start[k]) for k, v in trainee.fake.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in loaded.items())  # and the generator is not

@@ -193,7 +193,7 @@ def test_albedo_reward_is_the_shape_log_probability_minus_the_cielab_distance():
     torch.testing.assert_close(r.detach().double(), logp.double() - 0.5 * (de / 10.0) ** 2, rtol=1e-4, atol=1e-4)
     r.sum().backward()
     assert rgb.grad.abs().sum() > 0  # differentiable through the judge
-    # the named colour itself scores higher than any other albedo for the same shape logits
+    # at the named colour itself the colour penalty is zero: the reward is the shape log-probability alone
     exact = reward((target[:, :, None, None] * 2 - 1).expand(3, 3, 4, 4), prompts)
     assert ((exact - torch.log_softmax(target @ judge.shape_w.detach(), -1)[torch.arange(3), shape_idx]).abs()
             < 1e-4).all()

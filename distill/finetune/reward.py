@@ -103,9 +103,11 @@ class JudgeReward:
 
 
 class AlbedoJudgeReward:
-    """log p(shape) - 1/2 (dE / scale)^2 for the shapes world v2: the judge-v2's shape log-probability of each
-    prompt's shape, minus the squared CIELAB distance (CIE76) of its albedo estimate to the prompt's named colour
-    in units of ``scale`` (default the colour threshold: a colour at the edge of "right" costs 1/2).
+    """log p(shape) - 1/2 (dE76 / scale)^2 for the shapes world v2: the judge-v2's shape log-probability of each
+    prompt's shape, minus the squared CIELAB distance (CIE76, differentiable through kornia) of its albedo estimate
+    to the prompt's named colour in units of ``scale`` (default 15, the number of the accuracy rule's threshold).
+    The rule itself is CIEDE2000 < 15, and CIE76 reads 1-2.5x CIEDE2000 on saturated colours, so the reward is
+    stricter than the rule: a colour at the rule's edge costs 1/2 to ~3.
 
     ``cond`` holds prompts "a {colour name} {shape}" (any training or held-out name of `colours.all_colours`, a
     basic shape word; an optional ", ..." suffix such as a view is ignored). Differentiable through the judge.

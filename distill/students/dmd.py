@@ -239,10 +239,11 @@ def load_init(model: DMDTrainee, source: str | Path) -> None:
     """Start ``model`` from an earlier DMD run: its EMA generator (the student it saved) and its last fake score, so a
     second stage (e.g. DMD2's GAN head added to a trained generator, DMD2 sec. 4.3) continues where the first ended;
     the GAN head and the optimiser start fresh. ``source``: the run folder (with ``checkpoint/``) or, for the
-    generator alone, a student folder."""
+    generator alone, a student folder or a bundled student's name (e.g. "shapes-dmd2")."""
+    from priorkit.distill.core.loading import BUNDLED, bundled_path
     from priorkit.distill.students.format import is_student_folder, load_student
 
-    source = Path(source)
+    source = bundled_path(str(source)) if str(source) in BUNDLED else Path(source)
     state = source / "checkpoint" / "state.safetensors"
     if state.is_file():
         tensors = load_file(str(state))
@@ -261,7 +262,9 @@ def load_init(model: DMDTrainee, source: str | Path) -> None:
         return
     if is_student_folder(source):
         try:
-            model.generator.load_state_dict(load_student(source).state_dict())
+            codecs = ("text_encoder.", "vae.")  # attached by load_student; the generator gets conditions encoded
+            model.generator.load_state_dict({k: v for k, v in load_student(source).state_dict().items()
+                                             if not k.startswith(codecs)})
         except RuntimeError as e:
             raise ValueError(f"--init {source}: its student does not fit this teacher "
                              f"({str(e).splitlines()[0]})") from e

@@ -232,6 +232,8 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2; got {method}")
     if fake is not None and fake not in ("copy", "lora"):
         raise ValueError(f"--fake must be copy or lora; got {fake!r}")
+    if fake == "lora" and teacher.startswith("toy:"):
+        raise ValueError("--fake lora needs a diffusers (UNet) teacher; toy teachers take the full copy")
     if gan is not None and not gan >= 0:
         raise ValueError(f"--gan must be >= 0; got {gan}")
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
