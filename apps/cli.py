@@ -180,7 +180,7 @@ def three_d(
     method: Annotated[str, typer.Option(help="sds (DreamFusion) or vsd (ProlificDreamer)")] = "sds",
     particles: Annotated[int | None, typer.Option(help="fields optimised together (default: 1 for sds, 4 for "
                                                        "vsd)")] = None,
-    steps: Annotated[int | None, typer.Option(help="optimisation steps (default: 360 for sds, 800 for vsd)")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimisation steps (default: 360 for sds, 600 for vsd)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     prior: Annotated[str, typer.Option(help="text-to-image prior: bundled name (shapes-v2, shapes), diffusers "
                                             "folder or hub id")] = "shapes-v2",

@@ -394,7 +394,8 @@ def test_sds_loss_is_its_formula_with_clipping_weighting_condition_and_generator
 def test_vsd_loss_adds_the_lora_diffusion_loss_and_trains_it_downhill(tiny_prior):
     from priorkit.distill.score.guidance import diffusion_loss, sample_times, to_model_space
 
-    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, grad_clip=0.05, prior_precision="float32"))
+    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, grad_clip=0.05, prior_precision="float32",
+                                                  lora_views=None))  # every render in the LoRA's loss
     cams = random_cameras(2, torch.Generator().manual_seed(1))
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(3)
