@@ -70,11 +70,11 @@ def distill_cmd(
     distribution matching), bespoke (a solver for the frozen teacher at --nfe evaluations).
     The student folder it prints loads wherever a model is accepted.
     """
-    from priorkit.distill.core.loading import BUNDLED, ModelLoadError
+    from priorkit.distill.core.loading import ModelLoadError
     from priorkit.distill.core.training import ResumeMismatchError
     from priorkit.distill.students.format import is_main_process
     from priorkit.distill.students.registry import METHODS
-    from priorkit.distill.students.runner import distill
+    from priorkit.distill.students.runner import check_dmd_options, distill
 
     out = out if out is not None else Path("outputs/distill") / f"{method}-{slug(teacher, 40)}"
     try:
@@ -86,16 +86,7 @@ def distill_cmd(
                 raise ValueError(f"{flag} must be >= 1; got {value}")
         if lr is not None and not lr > 0:
             raise ValueError(f"--lr must be > 0; got {lr}")
-        if (init is not None or gan is not None or fake is not None) and method not in ("dmd", "dmd2"):
-            raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2 (got {method})")
-        if fake is not None and fake not in ("copy", "lora"):
-            raise ValueError(f"--fake must be copy or lora; got {fake!r}")
-        if fake == "lora" and teacher.startswith("toy:"):
-            raise ValueError("--fake lora needs a diffusers (UNet) teacher; toy teachers take the full copy")
-        if gan is not None and not gan >= 0:
-            raise ValueError(f"--gan must be >= 0; got {gan}")
-        if init is not None and not init.is_dir() and str(init) not in BUNDLED:
-            raise ValueError(f"--init {init}: no such run or student folder")
+        check_dmd_options(method, teacher, init, gan, fake)
         if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
             raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
         from priorkit.distill.zoo.photos import PHOTO_SETS

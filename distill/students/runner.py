@@ -206,6 +206,22 @@ def final_folder(method: str, out: str | Path) -> Path:
     return max(candidates, key=lambda p: (p / "priorkit.json").stat().st_mtime)
 
 
+def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: float | None, fake: str | None) -> None:
+    """ValueError for DMD-only options on another method or out of range (before anything is written)."""
+    from priorkit.distill.core.loading import BUNDLED
+
+    if (init is not None or gan is not None or fake is not None) and method not in ("dmd", "dmd2"):
+        raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2; got {method}")
+    if fake is not None and fake not in ("copy", "lora"):
+        raise ValueError(f"--fake must be copy or lora; got {fake!r}")
+    if fake == "lora" and teacher.startswith("toy:"):
+        raise ValueError("--fake lora needs a diffusers (UNet) teacher; toy teachers take the full copy")
+    if gan is not None and not gan >= 0:
+        raise ValueError(f"--gan must be >= 0; got {gan}")
+    if init is not None and not Path(init).is_dir() and str(init) not in BUNDLED:
+        raise ValueError(f"--init {init}: no such run or student folder")
+
+
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
             n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1", init: str | None = None,
@@ -228,14 +244,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             on a copy of a UNet teacher).
     """
     out = Path(out)
-    if (init is not None or gan is not None or fake is not None) and method not in ("dmd", "dmd2"):
-        raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2; got {method}")
-    if fake is not None and fake not in ("copy", "lora"):
-        raise ValueError(f"--fake must be copy or lora; got {fake!r}")
-    if fake == "lora" and teacher.startswith("toy:"):
-        raise ValueError("--fake lora needs a diffusers (UNet) teacher; toy teachers take the full copy")
-    if gan is not None and not gan >= 0:
-        raise ValueError(f"--gan must be >= 0; got {gan}")
+    check_dmd_options(method, teacher, init, gan, fake)
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
                        "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe,
                        **({"photo_set": photo_set} if photo_set != "v1" else {}),
