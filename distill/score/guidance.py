@@ -38,10 +38,15 @@ def annealed_range(t_min: float, t_max: float, t_max_end: float | None, anneal: 
     """The time range [t_min, t_max(progress)] at ``progress`` in [0, 1] of the optimisation.
 
     "none": fixed; "linear": t_max -> t_max_end linearly; "sqrt": t_max -> t_max_end as sqrt(progress)
-    (fast at first, as in DreamTime / threestudio's annealing of t_max).
+    (fast at first, as in DreamTime / threestudio's annealing of t_max). Every setting is checked at every call,
+    so a constructor calling it at progress 0 refuses a bad t_max_end before the run rather than late in it.
     """
     if anneal not in ANNEALING:
         raise ValueError(f"unknown annealing {anneal!r}; use one of {ANNEALING}")
+    if not 0.0 <= t_min <= t_max <= 1.0:
+        raise ValueError(f"the time range must satisfy 0 <= t_min <= t_max <= 1; got t_min={t_min}, t_max={t_max}")
+    if t_max_end is not None and not 0.0 <= t_max_end <= 1.0:
+        raise ValueError(f"t_max_end must lie in [0, 1] or be None; got {t_max_end}")
     if anneal == "none" or t_max_end is None:
         return t_min, t_max
     p = min(max(float(progress), 0.0), 1.0)
