@@ -23,6 +23,7 @@ from priorkit.distill.core.denoiser import WrappedDenoiser
 from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.schedule import FlowMatching, VPCosine, VPLinear
 from priorkit.inverse.dflow import CountingDenoiser, chi_regulariser, dflow
+from priorkit.inverse.diffpir import diffpir
 from priorkit.inverse.dps import dps
 from priorkit.inverse.operators import Inpainting, random_mask
 from priorkit.inverse.pigdm import pigdm, pigdm_flow, pigdm_guided_x0, sampling_times
@@ -411,3 +412,41 @@ def test_counting_denoiser_checks_inputs_by_default_and_not_when_told():
     with pytest.raises(ValueError):
         counter(bad, 0.5)
     counter(bad, 0.5, check=False)                             # the samplers' calls skip the check
+
+
+def test_diffpir_auto_warm_start_follows_how_scattered_the_holes_are():
+    from priorkit.inverse.diffpir import (
+        SCATTER_RADIUS,
+        WARM_START_OTHER,
+        WARM_START_SCATTERED,
+        auto_warm_start,
+        scattered_holes,
+    )
+    from priorkit.inverse.operators import Blur, half_mask
+
+    rand = Inpainting(random_mask(64, 64, 0.8, torch.Generator().manual_seed(0)))
+    box = Inpainting(half_mask(64, 64, "right"))
+    assert (WARM_START_SCATTERED, WARM_START_OTHER) == (0.3, 0.7)
+    assert auto_warm_start(rand) == 0.3 and auto_warm_start(box) == 0.7
+    assert auto_warm_start(Blur(torch.ones(3, 3) / 9)) == 0.7
+    assert scattered_holes(torch.ones(8, 8))  # nothing missing
+    # stripes of missing columns: one 2r wide is all within r px of an observed column; one 2r + 4 wide has 4 far
+    # columns. n narrow stripes and a wide one: share 1 - 4 / (6n + 10) (r = 3), exactly 0.9 at n = 5
+    assert SCATTER_RADIUS == 3
+
+    def stripes(n: int) -> torch.Tensor:
+        m, col = torch.ones(1, 3, 12, 100), 2
+        for width in [6] * n + [10]:
+            m[..., col:col + width] = 0
+            col += width + 2
+        return m
+
+    assert scattered_holes(stripes(5)) and not scattered_holes(stripes(4))
+    # diffpir's default is "auto": on scattered holes it starts at 0.3, exactly as when told so
+    prior = _prior(VPCosine())
+    op, _, y, noise = _problem()
+    runs = {w: diffpir(prior, op, y, 0.05, steps=3, noise=noise, generator=torch.Generator().manual_seed(4),
+                       **({} if w is None else {"warm_start": w})) for w in (None, 0.3, 0.7)}
+    assert torch.equal(runs[None], runs[0.3]) and not torch.equal(runs[None], runs[0.7])
+    with pytest.raises(ValueError, match="warm_start must be a time, None or 'auto'"):
+        diffpir(prior, op, y, 0.05, steps=3, warm_start="hot")
