@@ -152,3 +152,42 @@ def test_vsd_state_round_trip_restores_the_lora_and_its_optimiser(tiny_prior):  
     assert all(torch.allclose(again[k], after_one[k], atol=1e-7) for k in after_one)
     vsd.close()
     assert not any("lora" in n for n, _ in tiny_prior.unet.named_parameters())
+
+
+def test_vsd_conditions_follow_view_dependence_and_a_legacy_camera_width():
+    cams = random_cameras(2, torch.Generator().manual_seed(0))
+    den = camera_prior(True, width=5)
+    vsd = VSD(den, "a red cube", VSDConfig(view_dependent=False))
+    try:
+        pre, _ = vsd._conditions(cams)
+        assert torch.equal(pre["text"], den.encode(["a red cube"] * 2))
+        assert torch.equal(pre["class_labels"], camera_input(list(cams), width=5))
+    finally:
+        vsd.close()
+
+
+def test_vsd_gradient_by_value_per_particle_and_defaults(tiny_prior):  # noqa: F811
+    cams = random_cameras(6, torch.Generator().manual_seed(1))
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    vsd = VSD(tiny_prior, "a red cube", VSDConfig(guidance_scale=3.0, prior_precision="float32", grad_clip=0.02,
+                                                  weighting="uniform"))
+    try:
+        def image_grad(**kw):
+            img = images.clone().requires_grad_(True)
+            loss, info = vsd.loss(img, cams, generator=torch.Generator().manual_seed(3), **kw)
+            return torch.autograd.grad(loss, img)[0], info
+
+        g2, info2 = image_grad(particles=2, progress=0.0)
+        # d loss / d images = particle_weight 2 grad / views (renders -> [-1, 1]; 3 views per particle)
+        grad = g2 * 3 / (2 * vsd.config.particle_weight)
+        assert vsd.config.particle_weight == 0.25 and grad.abs().max() == pytest.approx(0.02)  # the clip binds
+        assert info2["grad_norm"] == pytest.approx(float(grad.flatten(1).norm(dim=1).mean()), rel=1e-5)
+        g1, _ = image_grad(particles=1, progress=0.0)
+        torch.testing.assert_close(g2, 2 * g1)  # six views of one particle: half the per-view share
+        g_default, _ = image_grad(particles=2)  # progress defaults to the start of the run
+        torch.testing.assert_close(g_default, g2, atol=0, rtol=0)
+        vsd.config = VSDConfig(guidance_scale=3.0, prior_precision="float32", grad_clip=0.02, weighting="sigma2")
+        g_w, _ = image_grad(particles=2, progress=0.0)
+        assert not torch.allclose(g_w, g2)  # the weighting reaches the gradient
+    finally:
+        vsd.close()

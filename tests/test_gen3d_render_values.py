@@ -355,3 +355,72 @@ def test_occupancy_of_a_voxel_field_takes_the_threshold():
     field.fill_(lambda x: 0.01 + 0 * x[:, 0], lambda x: (x + 1) / 2)
     assert OccupancyGrid.of(field, threshold=0.005).cells.all()
     assert not OccupancyGrid.of(field, threshold=0.02).cells.any()
+
+
+class _Masked(torch.nn.Module):
+    """A field seen through an occupancy grid: density and colour zero outside its occupied cells."""
+
+    def __init__(self, field, grid) -> None:
+        super().__init__()
+        self.field, self.grid = field, grid
+
+    def forward(self, x):
+        keep = self.grid.occupied(x).to(x.dtype)
+        albedo, sigma = self.field(x)
+        return albedo * keep[:, None], sigma * keep
+
+
+def test_skipping_empty_space_is_rendering_the_field_masked_by_its_grid():
+    field = VoxelField(10)
+    field.fill_(lambda x: 20.0 * torch.exp(-10 * ((x - 0.2) ** 2).sum(-1)) + 1e-6, lambda x: (x + 1) / 2)
+    grid = OccupancyGrid.of(field, threshold=0.5)
+    o, d = Camera(azimuth=30.0, elevation=20.0).rays(6, 6)
+    with torch.no_grad():
+        skipped = R.render(field, o, d, n_samples=16, stratified=False, background=1.0, occupancy=grid)
+        masked = R.render(_Masked(field, grid), o, d, n_samples=16, stratified=False, background=1.0)
+        full = R.render(field, o, d, n_samples=16, stratified=False, background=1.0)
+    torch.testing.assert_close(skipped.rgb, masked.rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(skipped.opacity, masked.opacity, atol=1e-6, rtol=0)
+    assert (skipped.opacity - full.opacity).abs().max() > 1e-4  # this threshold skips visible density
+
+
+def test_render_image_takes_a_size_or_height_and_width_and_a_pixel_jitter():
+    field, cam = _Field(), Camera(azimuth=60.0, elevation=5.0)
+    jitter = torch.rand(3, 5, 2, generator=torch.Generator().manual_seed(0)) - 0.5
+    with torch.no_grad():
+        out = R.render_image(field, cam, (3, 5), jitter=jitter, n_samples=8, stratified=False)
+        o, d = cam.rays(3, 5, jitter=jitter)
+        want = R.render(field, o, d, n_samples=8, stratified=False)
+        square = R.render_image(field, cam, 4, n_samples=8, stratified=False)
+    assert out.rgb.shape == (3, 5, 3) and square.rgb.shape == (4, 4, 3)
+    torch.testing.assert_close(out.rgb, want.rgb)
+
+
+def test_render_views_without_a_scene_band_starts_at_the_camera():
+    field, cam = _Field(), Camera(azimuth=10.0, elevation=0.0, distance=1.6)  # inside the box's corner sphere
+    with torch.no_grad():
+        images, out = R.render_views(field, [cam], 4, background=0.0, shading="albedo", lights=None, ambient=0.1,
+                                     n_samples=12, jitter=False)
+        o, d = cam.rays(4, 4)
+        want = R.render(field, o, d, near=0.0, far=1e4, n_samples=12, stratified=False)
+    torch.testing.assert_close(images[0], want.rgb.permute(2, 0, 1))
+    assert out.normal is None  # albedo shading, normals not asked for
+
+
+def test_renderer_defaults_and_what_it_passes_on():
+    field = VoxelField(10)
+    field.fill_(lambda x: 10.0 * torch.exp(-6 * (x ** 2).sum(-1)) + 1e-6, lambda x: (x + 1) / 2)
+    renderer = R.Renderer(field)
+    cams = [Camera(azimuth=40.0, elevation=15.0), Camera(azimuth=-70.0, elevation=30.0)]
+    lights = F.normalize(torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]), dim=-1)
+    with torch.no_grad():
+        got, out = renderer(cams, 5, background=0.5, shading="lambertian", lights=lights,
+                            generator=torch.Generator().manual_seed(1))
+        want, want_out = R.render_views(field, cams, 5, background=0.5, shading="lambertian", lights=lights,
+                                        ambient=0.1, n_samples=64, generator=torch.Generator().manual_seed(1),
+                                        occupancy=OccupancyGrid.of(field))
+        plain, plain_out = renderer(cams, 5, background=0.5, shading="albedo", lights=None)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    torch.testing.assert_close(out.orientation, want_out.orientation, atol=0, rtol=0)
+    assert plain_out.normal is None and not torch.equal(plain, renderer(cams, 5, background=0.5, shading="albedo",
+                                                                         lights=None)[0])  # jittered by default
