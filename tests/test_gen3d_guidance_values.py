@@ -26,7 +26,9 @@ def test_finite_gradient_zeroes_and_counts_the_bad_values_and_refuses_an_all_bad
     assert none == 0 and same is clean
     one_bad, n1 = finite_gradient(torch.tensor([float("nan"), 3.0]), "SDS")
     assert n1 == 1 and torch.equal(one_bad, torch.tensor([0.0, 3.0]))
-    with pytest.raises(NonFiniteGradientError, match="every value of the VSD gradient is NaN or infinite"):
+    message = (r"^every value of the VSD gradient is NaN or infinite \(the prior's prediction is not finite\): "
+               r"check the prior, the guidance scale and the learning rate$")
+    with pytest.raises(NonFiniteGradientError, match=message):
         finite_gradient(torch.full((2, 3), float("nan")), "VSD")
 
 
@@ -35,7 +37,8 @@ def test_uses_camera_resolves_the_setting_against_the_prior():
     assert uses_camera(aware, SDSConfig()) is True and uses_camera(plain, SDSConfig()) is False  # None: follow it
     assert uses_camera(aware, SDSConfig(camera_input=False)) is False
     assert uses_camera(aware, SDSConfig(camera_input=True)) is True
-    with pytest.raises(ValueError, match="camera_input=True needs a camera-aware prior"):
+    with pytest.raises(ValueError, match=r"^camera_input=True needs a camera-aware prior \(such as the shapes prior "
+                       r"v2\); this prior takes no camera$"):
         uses_camera(plain, SDSConfig(camera_input=True))
 
 
@@ -82,7 +85,7 @@ def test_sds_accepts_the_edges_of_its_ranges(tiny_prior):  # noqa: F811
 def test_vsd_refuses_bad_settings_and_accepts_one_view(tiny_prior, bad, match):  # noqa: F811
     with pytest.raises(ValueError, match=match):
         VSD(tiny_prior, "a cube", VSDConfig(**bad))
-    with pytest.raises(ValueError, match="VSD needs a diffusers prior"):
+    with pytest.raises(ValueError, match=r"^VSD needs a diffusers prior \(DiffusersDenoiser\) to attach its LoRA to$"):
         VSD(object(), "a cube", VSDConfig())
     vsd = VSD(tiny_prior, "a cube", VSDConfig(views_per_particle=1, lora_lr=3e-4))
     try:
@@ -191,3 +194,18 @@ def test_vsd_gradient_by_value_per_particle_and_defaults(tiny_prior):  # noqa: F
         assert not torch.allclose(g_w, g2)  # the weighting reaches the gradient
     finally:
         vsd.close()
+
+
+def test_time_ranges_reach_t_max_end_and_a_custom_lora_is_attached_and_removed(tiny_prior):  # noqa: F811
+    from priorkit.distill.score.lora import LoRAConfig
+
+    assert SDS(tiny_prior, "a cube", SDSConfig(t_max_end=0.4)).time_range(1.0)[1] == pytest.approx(0.4)
+    lora = LoRAConfig(rank=2, target_modules=("to_q",), adapter_name="vsd_test")
+    vsd = VSD(tiny_prior, "a cube", VSDConfig(t_max_end=0.4, lora=lora))
+    assert vsd.time_range(1.0)[1] == pytest.approx(0.4)
+    names = [n for n, _ in tiny_prior.unet.named_parameters() if "vsd_test" in n]
+    shapes = {tuple(p.shape) for n, p in tiny_prior.unet.named_parameters() if "lora_A" in n and "vsd_test" in n}
+    assert names and all(".to_q." in n or "class" in n or "camera" in n for n in names if "lora" in n)
+    assert all(s[0] == 2 for s in shapes)  # rank 2
+    vsd.close()
+    assert not any("vsd_test" in n for n, _ in tiny_prior.unet.named_parameters())

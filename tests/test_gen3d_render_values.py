@@ -424,3 +424,56 @@ def test_renderer_defaults_and_what_it_passes_on():
     torch.testing.assert_close(out.orientation, want_out.orientation, atol=0, rtol=0)
     assert plain_out.normal is None and not torch.equal(plain, renderer(cams, 5, background=0.5, shading="albedo",
                                                                          lights=None)[0])  # jittered by default
+
+
+def test_render_views_passes_the_scene_band_normals_and_occupancy_on():
+    field = VoxelField(10)
+    field.fill_(lambda x: 20.0 * torch.exp(-10 * ((x - 0.2) ** 2).sum(-1)) + 1e-6, lambda x: (x + 1) / 2)
+    grid = OccupancyGrid.of(field, threshold=0.5)
+    cam = Camera(azimuth=10.0, elevation=0.0, distance=1.6)  # close: the band starts at 0.6, inside near = 1
+    with torch.no_grad():
+        images, out = R.render_views(field, [cam], 4, background=0.0, shading="albedo", lights=None, ambient=0.1,
+                                     n_samples=12, jitter=False, scene_radius=1.0, compute_normals=True,
+                                     occupancy=grid)
+        o, d = cam.rays(4, 4)
+        want = R.render(field, o, d, near=0.6, far=2.6, n_samples=12, stratified=False, compute_normals=True,
+                        occupancy=grid)
+    torch.testing.assert_close(images[0], want.rgb.permute(2, 0, 1))
+    assert out.normal is not None  # asked for under albedo shading
+    torch.testing.assert_close(out.normal[0], want.normal)
+
+
+def test_small_contracts_of_the_renderer():
+    assert R._field_device(torch.nn.Module()) == torch.device("cpu")  # a field with no weights renders on CPU
+    with pytest.raises(ValueError, match="unknown shading 'toon'; use one of"):
+        R.render(_Field(), torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]), shading="toon")
+    field, (o, d, _, bg) = _Field(), _rays()
+    with torch.no_grad():  # two chunks without normals (albedo): the None outputs stay None
+        parts = R.render(field, o, d, n_samples=6, background=bg, stratified=False, chunk=9)
+        whole = R.render(field, o, d, n_samples=6, background=bg, stratified=False)
+        # an estimator is used only for rays on CUDA: on CPU the same render as without one
+        est = R.render(field, o, d, n_samples=6, background=bg, stratified=False,
+                       estimator=R.make_estimator(None, "cpu", resolution=8))
+    assert parts.normal is None and torch.equal(parts.rgb, whole.rgb) and torch.equal(est.rgb, whole.rgb)
+
+
+def test_estimator_defaults_and_refresh_period():
+    est = R.make_estimator(None, "cpu")
+    assert est.resolution.tolist() == [128, 128, 128] and est.binaries.shape == (1, 128, 128, 128)
+    ball, empty = AnalyticBallField(sigma0=3.0, radius=0.55), AnalyticBallField(sigma0=3.0, radius=0.01)
+    est = R.make_estimator(ball, "cpu", resolution=8, render_step_size=0.05, init_passes=1)
+    before = est.occs.clone()
+    R.update_estimator(est, empty, step=4, render_step_size=0.05, n=4)  # every 4th step: refreshed now
+    assert (est.occs < before).any()
+    before = est.occs.clone()
+    R.update_estimator(est, empty, step=24, render_step_size=0.05)  # the default period is 16: not now
+    assert torch.equal(est.occs, before)
+    R.update_estimator(est, empty, step=32, render_step_size=0.05)
+    assert (est.occs < before).any()
+
+
+def test_packed_path_shapes_when_no_ray_has_a_sample(packed_on_cpu):
+    o, d = torch.tensor([[3.0, 3.0, 3.0]] * 3, dtype=F64), torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=F64)
+    out = R._render_occgrid(_Field(), o, d, -d, torch.zeros(3, 3, dtype=F64), _BinsEstimator(4), near=0.0, far=1e4,
+                            render_step_size=0.1, shading="albedo", ambient=0.1, need_normals=True, stratified=False)
+    assert out.normal.shape == (3, 3) and out.orientation.shape == (3, 1)
