@@ -209,3 +209,23 @@ def test_time_ranges_reach_t_max_end_and_a_custom_lora_is_attached_and_removed(t
     assert all(s[0] == 2 for s in shapes)  # rank 2
     vsd.close()
     assert not any("vsd_test" in n for n, _ in tiny_prior.unet.named_parameters())
+
+
+def test_sds_and_vsd_name_themselves_when_the_prior_returns_no_finite_value(tiny_prior):  # noqa: F811
+    cams = random_cameras(2, torch.Generator().manual_seed(1))
+    nan_images = torch.full((2, 3, 8, 8), float("nan"))
+    sds = SDS(tiny_prior, "a cube", SDSConfig(prior_precision="float32"))
+    with pytest.raises(NonFiniteGradientError, match="^every value of the SDS gradient"):
+        sds.loss(nan_images, cams)
+    with pytest.raises(ValueError, match="^2 images but 3 cameras$"):
+        sds.loss(nan_images, random_cameras(3, torch.Generator().manual_seed(1)))
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    at_start, _ = sds.loss(images, cams, 0.0, torch.Generator().manual_seed(4))
+    default, _ = sds.loss(images, cams, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(at_start, default)  # progress defaults to the start of the run
+    vsd = VSD(tiny_prior, "a cube", VSDConfig(prior_precision="float32"))
+    try:
+        with pytest.raises(NonFiniteGradientError, match="^every value of the VSD gradient"):
+            vsd.loss(nan_images, cams)
+    finally:
+        vsd.close()
