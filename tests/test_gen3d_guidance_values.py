@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_gen3d_camera import prior as camera_prior
+from test_gen3d_guidance import tiny_prior  # noqa: F401  (fixture; tests/ is on sys.path under pytest)
 
 from priorkit.distill.core.cameras import camera_input, random_cameras
 from priorkit.distill.score.guidance import view_prompts
 from priorkit.gen3d.guidance import NonFiniteGradientError, finite_gradient, uses_camera
 from priorkit.gen3d.sds import SDS, SDSConfig
 from priorkit.gen3d.vsd import VSD, VSDConfig
-from tests.test_gen3d_camera import prior as camera_prior
-from tests.test_gen3d_guidance import tiny_prior  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
 

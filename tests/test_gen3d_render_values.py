@@ -131,7 +131,7 @@ def test_one_ray_that_hits_and_a_field_without_normals():
     _close(plain, _quadrature(field, o, d, light, bg, 0.0, 1e4, 12, "albedo", 0.1), keys=("rgb", "opacity", "depth"))
 
 
-@pytest.mark.parametrize("chunk", [9, 16])  # two parts, and one part
+@pytest.mark.parametrize("chunk", [9, 32])  # two parts (17 rays), and one part
 def test_chunks_concatenate_every_output(chunk):
     field, (o, d, light, bg) = _Field(), _rays()
     with torch.no_grad():

@@ -442,6 +442,10 @@ def test_diffpir_auto_warm_start_follows_how_scattered_the_holes_are():
         return m
 
     assert scattered_holes(stripes(5)) and not scattered_holes(stripes(4))
+    # per-channel masks: a pixel is missing where any channel is (three 80% masks: 99% of pixels missing)
+    g = torch.Generator().manual_seed(1)
+    per_channel = torch.cat([random_mask(64, 64, 0.8, g).reshape(1, 1, 64, 64) for _ in range(3)], dim=1)
+    assert all(scattered_holes(per_channel[:, c:c + 1]) for c in range(3)) and not scattered_holes(per_channel)
     # diffpir's default is "auto": on scattered holes it starts at 0.3, exactly as when told so
     prior = _prior(VPCosine())
     op, _, y, noise = _problem()
