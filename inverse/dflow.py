@@ -34,6 +34,7 @@ from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import nfe as solver_nfe
 from priorkit.distill.core.samplers import sample
+from priorkit.inverse.classical import classical
 from priorkit.inverse.operators import Operator
 from priorkit.inverse.solver_common import as_flow, check_measurement, regularised_pinv, solution_shape
 
@@ -94,6 +95,7 @@ class DFlowDefaults:
     max_evals: int | None = None
     reg: float | None = None
     blend: float = 0.1
+    init: str = "pinv"
     history_size: int = 20
     lbfgs: dict = field(default_factory=dict)
 
@@ -102,7 +104,7 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
           guidance: float = 1.0, steps: int = DFlowDefaults.steps, solver: str = DFlowDefaults.solver,
           max_iter: int = DFlowDefaults.max_iter, max_evals: int | None = DFlowDefaults.max_evals,
           reg: float | None = DFlowDefaults.reg, blend: float = DFlowDefaults.blend,
-          history_size: int = DFlowDefaults.history_size, noise: Tensor | None = None,
+          init: str = DFlowDefaults.init, history_size: int = DFlowDefaults.history_size, noise: Tensor | None = None,
           shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None,
           progress: bool | None = None, return_info: bool = False) -> Tensor | tuple[Tensor, dict]:
     """Restore ``x`` from ``y = A x + sigma_y n`` by optimising the source noise of the flow; model range.
@@ -115,6 +117,8 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         max_iter: L-BFGS iterations; max_evals: cap on loss evaluations (default 1.25 max_iter, torch's).
         reg: lambda of the chi regulariser (default 2 sigma_y^2, the MAP scaling).
         blend: b in z0 = sqrt(b) z_y + sqrt(1 - b) eps.
+        init: the estimate the ODE is inverted from: "pinv" (the paper's regularised pseudo-inverse A^+ y) or
+            "classical" (bicubic / Wiener / biharmonic, :func:`priorkit.inverse.classical.classical`).
         noise: optional eps (B, C, H, W) for the blend.
         return_info: also return {"loss": final loss, "evaluations": L-BFGS loss evaluations,
             "forward": model evaluations, "backward": backward passes, "nfe": forward + backward}.
@@ -128,6 +132,8 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         raise ValueError(f"blend must lie in [0, 1]; got {blend}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1; got {max_iter}")
+    if init not in ("pinv", "classical"):
+        raise ValueError(f"init must be 'pinv' or 'classical'; got {init!r}")
     counter = CountingDenoiser(denoiser)
     flow, t_top = as_flow(counter)
     times = torch.linspace(t_top, 0.0, steps + 1, dtype=torch.float64)
@@ -139,9 +145,10 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         return sample(flow, t_top * z, times=times, solver=solver, cond=cond, guidance=guidance,
                       differentiable=differentiable, checkpoint=differentiable, progress=False)
 
-    # initialisation: invert the ODE from the (regularised) pseudo-inverse, blend with fresh noise
+    # initialisation: invert the ODE from the (regularised) pseudo-inverse or the classical estimate, blend with noise
     with torch.no_grad():
-        x_init = regularised_pinv(operator, y, sigma_y).expand(shp).contiguous()
+        start = regularised_pinv(operator, y, sigma_y) if init == "pinv" else classical(None, operator, y, sigma_y)
+        x_init = start.to(y).expand(shp).contiguous()
         inv_times = torch.cat([torch.tensor([1e-3], dtype=torch.float64), times.flip(0)[1:]])
         z_y = sample(flow, x_init, times=inv_times, solver=solver, cond=cond, guidance=guidance, progress=False) / t_top
     z = (blend**0.5 * z_y + (1.0 - blend) ** 0.5 * eps).detach().requires_grad_(True)

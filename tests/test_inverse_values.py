@@ -291,7 +291,16 @@ def test_dflow_start_loss_and_optimiser_by_hand(monkeypatch):
     z_y = _OneClosureLBFGS.seen["z0"]
     dflow(prior, op, y, SY, steps=4, blend=1.0, noise=-noise)
     torch.testing.assert_close(_OneClosureLBFGS.seen["z0"], z_y, rtol=0, atol=0)
+    from priorkit.inverse.classical import classical
+
+    dflow(prior, op, y, SY, steps=steps, blend=1.0, noise=noise, init="classical")  # inverted from the classical fill
+    x_c = classical(None, op, y, SY).to(F64)
+    x_top_c = (1 - t_top) * mu + sd(t_top) / sd(1e-3) * (x_c - (1 - 1e-3) * mu)
+    assert not torch.allclose(x_c, x_init)
+    torch.testing.assert_close(_OneClosureLBFGS.seen["z0"], x_top_c / t_top, rtol=2e-3, atol=2e-3)
     monkeypatch.undo()
+    with pytest.raises(ValueError, match="init must be 'pinv' or 'classical'"):
+        dflow(prior, op, y, SY, init="zeros")
     for bad in (-0.1, 1.1):
         with pytest.raises(ValueError, match=r"blend must lie in \[0, 1\]"):
             dflow(prior, op, y, SY, blend=bad)
