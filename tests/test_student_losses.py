@@ -132,9 +132,11 @@ def test_guidance_loss_matches_the_guided_teacher_in_the_students_kind():
 
         def predict_native(self, x, t, cond=None):
             tt = t.reshape(-1, 1)
-            return self.kind, self.a * x + self.b * tt + self.c * cond["w"].to(x)[:, None]
+            return self.kind, self.a * x + self.b * tt + self.c * cond["w"].to(x)[:, None] + 0.1 * cond["text"].to(x)
 
     student = _WStudent("x0", schedule, a=0.5, b=0.1, c=0.2)
+    args = (*_batch(4), torch.full((4,), 0.5, dtype=F64), torch.ones(4, 2, dtype=F64), torch.ones(4, dtype=F64))
+    assert float(guidance_loss(_Wrapped(student), teacher, *args)) == float(guidance_loss(student, teacher, *args))
     x0, eps = _batch(4)
     t = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=F64)
     cond = torch.ones(4, 2, dtype=F64)
@@ -144,5 +146,66 @@ def test_guidance_loss_matches_the_guided_teacher_in_the_students_kind():
     guided_eps = teacher.guided(x_t, t, cond, w).eps
     a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
     goal_x0 = (x_t - s * guided_eps) / a
-    pred = 0.5 * x_t + 0.1 * t[:, None] + 0.2 * w[:, None]
+    pred = 0.5 * x_t + 0.1 * t[:, None] + 0.2 * w[:, None] + 0.1 * cond
     assert float(got) == pytest.approx(float((pred - goal_x0).pow(2).mean()), rel=1e-8)
+
+
+class _Wrapped(torch.nn.Module):
+    """A data-parallel style wrapper: the model under ``.module``, called through the wrapper."""
+
+    def __init__(self, module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+class _NoKind(_Linear):
+    """A student that does not declare its kind: the losses then work in x0."""
+
+    def __init__(self, schedule) -> None:
+        super().__init__("eps", schedule)
+        del self.kind
+
+    def predict_native(self, x, t, cond=None):
+        out = 0.7 * x + 0.3 * t.reshape(-1, 1)
+        return "eps", out if cond is None else out + 0.5 * cond.to(x)
+
+
+def test_losses_see_through_a_wrapper_default_to_x0_and_pass_the_condition():
+    schedule = VPCosine()
+    x0, z = _batch(5)
+    t = torch.tensor([0.1, 0.4, 0.6, 0.9], dtype=F64)
+    cond = torch.tensor([[1.0, -1.0]] * 4, dtype=F64)
+    # reflow: the wrapper's .module gives the schedule and kind; a student with no kind is trained in x0
+    inner = _Linear("velocity", FlowMatching())
+    assert float(reflow_loss(_Wrapped(inner), x0, z, t, cond)) == pytest.approx(
+        float(reflow_loss(inner, x0, z, t, cond)), rel=1e-12)
+    bare = _NoKind(schedule)
+    x_t = add_noise(schedule, x0, t, z)
+    eps_hat = 0.7 * x_t + 0.3 * t[:, None] + 0.5 * cond
+    a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
+    want = ((x_t - s * eps_hat) / a - x0).pow(2).mean()
+    assert float(reflow_loss(bare, x0, z, t, cond)) == pytest.approx(float(want), rel=1e-10)
+    # one-step: the condition reaches the student, the wrapper's schedule is used
+    fm = _Linear("x0", FlowMatching())
+    x_top = add_noise(FlowMatching(), x0, torch.full((4,), FlowMatching().t_max, dtype=F64), z)
+    want1 = (0.7 * x_top + 0.3 * FlowMatching().t_max + 0.5 * cond - x0).pow(2).mean()
+    assert float(one_step_loss(_Wrapped(fm), x0, z, cond)) == pytest.approx(float(want1), rel=1e-10)
+    # consistency (CT and CD): the condition reaches online, target and teacher
+    from priorkit.distill.students.consistency import teacher_step
+
+    online, target, teacher = (_Linear("x0", schedule, a=a_) for a_ in (0.7, 0.4, 0.9))
+    t_hi, t_lo = t.clamp_min(0.2), t.clamp_min(0.2) - 0.1
+    x_hi = add_noise(schedule, x0, t_hi, z)
+    x_lo = teacher_step(teacher, x_hi, t_hi, t_lo, "heun", cond)
+    f_hi = 0.7 * x_hi + 0.3 * t_hi[:, None] + 0.5 * cond
+    f_lo = 0.4 * x_lo + 0.3 * t_lo[:, None] + 0.5 * cond
+    got = consistency_loss(online, target, x0, z, t_hi, t_lo, teacher=teacher, cond=cond)
+    assert float(got) == pytest.approx(float((f_hi - f_lo).pow(2).mean(1).mean()), rel=1e-10)
+    assert float(consistency_loss(online, target, x0, z, t_hi, t_lo, teacher=teacher)) != pytest.approx(
+        float(got), rel=1e-6)  # without the condition every branch answers differently
+    heun = consistency_loss(online, target, x0, z, t_hi, t_lo, teacher=teacher, cond=cond, solver="heun")
+    default = consistency_loss(online, target, x0, z, t_hi, t_lo, teacher=teacher, cond=cond)
+    assert float(default) == float(heun)
