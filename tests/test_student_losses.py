@@ -209,3 +209,28 @@ def test_losses_see_through_a_wrapper_default_to_x0_and_pass_the_condition():
     heun = consistency_loss(online, target, x0, z, t_hi, t_lo, teacher=teacher, cond=cond, solver="heun")
     default = consistency_loss(online, target, x0, z, t_hi, t_lo, teacher=teacher, cond=cond)
     assert float(default) == float(heun)
+
+
+@pytest.mark.parametrize("kind", ["eps", None])
+def test_guidance_loss_works_in_the_students_declared_kind_or_x0(kind):
+    schedule = VPCosine()
+    teacher = _Linear("eps", schedule, a=0.6, c=0.8)
+
+    class _W(Denoiser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.schedule, self.sample_shape = schedule, (2,)
+            if kind is not None:
+                self.kind = kind
+
+        def predict_native(self, x, t, cond=None):
+            return (kind or "x0"), 0.5 * x + 0.2 * cond["w"].to(x)[:, None]
+
+    x0, eps = _batch(6)
+    t, w = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=F64), torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64)
+    cond = torch.ones(4, 2, dtype=F64)
+    x_t = add_noise(schedule, x0, t, eps)
+    goal = teacher.guided(x_t, t, cond, w)
+    out = 0.5 * x_t + 0.2 * w[:, None]
+    want = (out - (goal.eps if kind == "eps" else goal.x0)).pow(2).mean()
+    assert float(guidance_loss(_W(), teacher, x0, eps, t, cond, w)) == pytest.approx(float(want), rel=1e-8)
