@@ -123,6 +123,9 @@ def test_guided_passes_its_check_flag_on():
         den.guided(bad, 0.5, [[1.0, 0.0]], 2.0)
     out = den.guided(bad, 0.5, [[1.0, 0.0]], 2.0, check=False)
     assert out.eps.isnan().any()
+    with pytest.raises(ValueError, match="NaN"):  # scale 1: the single call checks too
+        den.guided(bad, 0.5, [[1.0, 0.0]], 1.0)
+    assert den.guided(bad, 0.5, [[1.0, 0.0]], 1.0, check=False).eps.isnan().any()  # and passes check=False on
 
 
 def test_wrapped_denoiser_serves_its_inner_model_and_its_check_flag():
@@ -157,3 +160,26 @@ def test_converted_denoiser_is_the_inner_model_at_equal_snr():
         conv(x, 1.5)
     with pytest.raises(ValueError, match="NaN"):
         conv(torch.full((1, 2), float("nan"), dtype=F64), 0.5)
+
+
+def test_small_contracts_of_conditions_times_and_wrappers():
+    labels = torch.tensor([3, 1, 2])  # class labels: a 1-D condition is indexed too
+    assert torch.equal(select_rows(labels, slice(1, 3)), torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="^cannot batch conditions of types NoneType and Tensor$"):
+        concat_conditions(None, torch.ones(1, 2))
+    den = _Affine()
+    x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    assert den(x, 0.5).t.dtype == F64  # a float time takes x's dtype
+    assert den.guided(x, 0.5, [[1.0, 0.0]] * 3, 2.0).t.dtype == F64
+    t = torch.tensor([0.2, 0.5, 0.7], dtype=F64)
+    assert torch.equal(den.guided(x, t, [[1.0, 0.0]] * 3, 2.0).t, t)  # per-sample times split back to (B,)
+    conv = ConvertedDenoiser(_Affine(VPCosine()), FlowMatching())
+    assert conv(x, 0.5).t.dtype == F64
+
+    class _Plain(Denoiser):
+        schedule = VPCosine()
+
+        def predict_native(self, x, t, cond=None):
+            return "eps", x
+
+    assert WrappedDenoiser(_Plain()).conditional is False  # an inner model that does not say is unconditional
