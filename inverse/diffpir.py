@@ -61,7 +61,7 @@ def diffpir_data_step(x0: Tensor, t: Tensor | float, operator: Operator, y: Tens
 
 
 #: an inpainting mask's holes are scattered when this share of the missing pixels lies within SCATTER_RADIUS pixels
-#: (a (2r+1)^2 window) of an observed one: 80%-random masks give ~1.0, a half-image box ~0.05
+#: (a (2r+1)^2 window) of an observed one: 80%-random masks give ~1.0, a right-half box 0.09 (64 px) or 0.05 (128 px)
 SCATTERED_SHARE, SCATTER_RADIUS = 0.9, 3
 #: warm starts of ``warm_start="auto"``: scattered holes / everything else (BENCHMARKS.md, "DiffPIR's warm start")
 WARM_START_SCATTERED, WARM_START_OTHER = 0.3, 0.7
