@@ -46,10 +46,16 @@ def test_shapes_dmd_goal_needs_the_teachers_frechet_distance_and_accuracy() -> N
 def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, single_thread) -> None:
     tiny = {"n_eval": 500, "teacher": 20, "steps": 20, "pairs": 256, "pd_start": 4, "pd_steps": 10,
             "gd_start": 4, "batch": 64}
-    monkeypatch.setattr(bench, "settings", lambda quick: tiny)
+    monkeypatch.setattr(bench, "settings", lambda quick: dict(tiny))
+    sizes = []
+    real_w2 = bench.sliced_w2
+    monkeypatch.setattr(bench, "sliced_w2", lambda x, y, **kw: sizes.append((len(x), len(y))) or real_w2(x, y, **kw))
     out = tmp_path / "s.json"
     bench.main(["--json", str(out), "--targets", "moons", "--methods", "cd,progressive", "--work",
-                str(tmp_path / "work")])
+                str(tmp_path / "work"), "--n-eval", "400"])
+    assert sizes and set(sizes) == {(400, 400)}  # --n-eval sets both sides of every distance
+    with pytest.raises(SystemExit):
+        bench.main(["--json", str(out), "--targets", "moons", "--n-eval", "50"])
     records = json.loads(out.read_text())
     assert {"target", "method", "nfe", "metric", "value", "train_seconds"} <= set(records[0])
     methods = {r["method"] for r in records}
