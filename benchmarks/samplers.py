@@ -160,17 +160,23 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
         folder = work / method
         student = make_student(method, teacher, backbone)
         t0 = time.time()
+        reuse = s.get("reuse", False) and (folder / ("one_step" if method == "reflow" else "") / "student").is_dir()
+        if reuse:
+            print(f"{name} {method}: scoring the student already in {folder} (--reuse)", flush=True)
         if method == "reflow":
             cfg = rf.ReflowConfig(pairs=s["pairs"], batch=batch, train=train_cfg(steps), one_step_steps=steps // 2)
-            rf.reflow(teacher, student, folder, cfg)
-            seconds = time.time() - t0
+            if not reuse:
+                rf.reflow(teacher, student, folder, cfg)
+            seconds = None if reuse else time.time() - t0
             for sub, label in ((folder / "round_1" / "student", "reflow"), (folder / "one_step" / "student",
                                                                             "reflow+1step")):
                 rec, sh = evaluate_student(name, label, load_student(sub), read_meta(sub), ref, n, NFES, seconds, seed)
                 records += rec
                 shown.update(sh)
             continue
-        if method in ("cd", "ct"):
+        if reuse:
+            pass  # trained by an earlier run: scored below
+        elif method in ("cd", "ct"):
             cfg = cm.ConsistencyConfig(sigma_data=1.0, batch=batch, train=train_cfg(steps if method == "cd"
                                                                                      else 2 * steps))
             if method == "cd":
@@ -195,7 +201,7 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
             continue
         else:
             raise ValueError(f"unknown method {method!r}")
-        seconds = time.time() - t0
+        seconds = None if reuse else time.time() - t0
         sub = folder / "student"
         rec, sh = evaluate_student(name, method, load_student(sub), read_meta(sub), ref, n, NFES, seconds, seed)
         records += rec
@@ -333,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-eval", type=int, default=None,
                         help="samples on each side of every sliced W2 (default 20000; --quick 4000): more lowers the "
                              "noise floor (the 'data' row) where methods differ by less than it")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score the students already trained in --work instead of training them again (train "
+                             "seconds then null): e.g. the same students at another --n-eval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
@@ -351,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.n_eval < 100:
             parser.error(f"--n-eval must be >= 100; got {args.n_eval}")
         s["n_eval"] = args.n_eval
+    if args.reuse and args.work is None:
+        parser.error("--reuse needs --work (the folder the students were trained in)")
+    s["reuse"] = args.reuse
     args.json.parent.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

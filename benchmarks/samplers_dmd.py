@@ -54,8 +54,10 @@ def run_dmd(name: str, method: str, teacher: Denoiser, student: Denoiser, data: 
 
     cfg = dmd_settings(method, s)
     t0 = time.time()
-    dmd.dmd_distill(teacher, student, data, folder, cfg)
-    seconds = time.time() - t0
+    reuse = s.get("reuse", False) and (folder / "student").is_dir()
+    if not reuse:
+        dmd.dmd_distill(teacher, student, data, folder, cfg)
+    seconds = None if reuse else time.time() - t0
     sub = folder / "student"
     st, meta = load_student(sub), read_meta(sub)
     records, shown = [], {}

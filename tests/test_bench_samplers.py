@@ -56,6 +56,17 @@ def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, sin
     assert sizes and set(sizes) == {(400, 400)}  # --n-eval sets both sides of every distance
     with pytest.raises(SystemExit):
         bench.main(["--json", str(out), "--targets", "moons", "--n-eval", "50"])
+    with pytest.raises(SystemExit):
+        bench.main(["--json", str(out), "--targets", "moons", "--reuse"])  # --reuse needs --work
+    # --reuse: the students in --work are scored again, not retrained, and score the same
+    first = {(r["method"], r["nfe"]): r["value"] for r in json.loads(out.read_text()) if r["method"] == "cd"}
+    monkeypatch.setattr(bench.cm, "consistency_distill", lambda *a, **k: pytest.fail("retrained under --reuse"))
+    again = tmp_path / "again.json"
+    bench.main(["--json", str(again), "--targets", "moons", "--methods", "cd", "--work", str(tmp_path / "work"),
+                "--n-eval", "400", "--reuse"])
+    rows = [r for r in json.loads(again.read_text()) if r["method"] == "cd"]
+    assert {(r["method"], r["nfe"]): r["value"] for r in rows} == first
+    assert all(r["train_seconds"] is None for r in rows)
     records = json.loads(out.read_text())
     assert {"target", "method", "nfe", "metric", "value", "train_seconds"} <= set(records[0])
     methods = {r["method"] for r in records}
