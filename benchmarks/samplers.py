@@ -83,12 +83,13 @@ def settings(quick: bool) -> dict[str, Any]:
 
 # ---- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
-def teacher_baselines(name: str, teacher: Denoiser, ref: Tensor, n: int, seed: int) -> tuple[list, dict]:
-    """Euler and DPM-Solver++ at NFES and at the reference NFE, each on its best time grid."""
+def teacher_baselines(name: str, teacher: Denoiser, ref: Tensor, n: int, seed: int,
+                      reference: bool = True) -> tuple[list, dict]:
+    """Euler and DPM-Solver++ at NFES and (``reference``) at the reference NFE, each on its best time grid."""
     records, shown = [], {}
     noise = initial_noise(teacher, (n, 2), generator=torch.Generator().manual_seed(seed))
     for solver in ("euler", "dpm++2m"):
-        for nfe in (*NFES, REFERENCE_NFE):
+        for nfe in (*NFES, *((REFERENCE_NFE,) if reference else ())):
             best = (math.inf, "", None)
             for spacing in SPACINGS:
                 x = sample(teacher, noise.to(_dtype(teacher)), steps=nfe, solver=solver, spacing=spacing).float()
@@ -134,7 +135,7 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
     teacher_seconds = time.time() - t0
     exact = exact_target(name)  # the mixtures (gmm and the held-out family) are their own exact teachers
     teacher: Denoiser = exact.float() if exact is not None else backbone
-    rec, sh = teacher_baselines(name, teacher, ref, n, seed + 5)
+    rec, sh = teacher_baselines(name, teacher, ref, n, seed + 5, reference=s.get("reference", True))
     for r in rec:
         r["train_seconds"] = None if name == "gmm" else round(teacher_seconds, 1)
     records += rec
@@ -342,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="score the students already trained in --work instead of training them again (train "
                              "seconds then null): e.g. the same students at another --n-eval")
+    parser.add_argument("--no-reference", action="store_true",
+                        help=f"skip the teacher's {REFERENCE_NFE}-NFE rows (most of the cost of a large --n-eval with"
+                             " an MLP teacher; the goals do not use them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
@@ -362,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         s["n_eval"] = args.n_eval
     if args.reuse and args.work is None:
         parser.error("--reuse needs --work (the folder the students were trained in)")
-    s["reuse"] = args.reuse
+    s["reuse"], s["reference"] = args.reuse, not args.no_reference
     args.json.parent.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,10 +63,12 @@ def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, sin
     monkeypatch.setattr(bench.cm, "consistency_distill", lambda *a, **k: pytest.fail("retrained under --reuse"))
     again = tmp_path / "again.json"
     bench.main(["--json", str(again), "--targets", "moons", "--methods", "cd", "--work", str(tmp_path / "work"),
-                "--n-eval", "400", "--reuse"])
+                "--n-eval", "400", "--reuse", "--no-reference"])
     rows = [r for r in json.loads(again.read_text()) if r["method"] == "cd"]
     assert {(r["method"], r["nfe"]): r["value"] for r in rows} == first
     assert all(r["train_seconds"] is None for r in rows)
+    teacher_nfes = {r["nfe"] for r in json.loads(again.read_text()) if r["method"].startswith("teacher")}
+    assert teacher_nfes == set(bench.NFES) and bench.REFERENCE_NFE in {r["nfe"] for r in json.loads(out.read_text())}
     records = json.loads(out.read_text())
     assert {"target", "method", "nfe", "metric", "value", "train_seconds"} <= set(records[0])
     methods = {r["method"] for r in records}
