@@ -75,7 +75,33 @@ def test_progressive_loss_is_the_weighted_x0_error_to_the_two_step_target(weight
     torch.testing.assert_close(gx, 2 * w[:, None] * (0.9 * z - 0.4 * t[:, None] - target) * 0.9 * a / (4 * 2))
 
 
+def test_progressive_loss_passes_the_condition_to_teacher_and_student():
+    schedule = VPCosine()
+    teacher = _Affine("eps", schedule, a=0.6, b=0.2, e=0.5)
+    student = _Affine("x0", schedule, a=0.9, b=-0.4, e=-0.7)
+    x0, eps = _batch(6)
+    t = torch.tensor([0.3, 0.5, 0.7, 0.9], dtype=F64)
+    t_mid, t_next = t - 0.1, t - 0.2
+    text = torch.randn(4, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
+    cond = {"text": text}
+    z = add_noise(schedule, x0, t, eps)
+    target = pd.progressive_target(teacher, z, t, t_mid, t_next, cond)
+    assert not torch.allclose(target, pd.progressive_target(teacher, z, t, t_mid, t_next))  # the teacher reads it
+    pred = 0.9 * z - 0.4 * t[:, None] - 0.7 * text
+    want = (pd.snr_weight(schedule, t, "truncated_snr") * (pred - target).pow(2).mean(1)).mean()
+    got = pd.progressive_loss(student, teacher, x0, eps, t, t_mid, t_next, cond)
+    assert float(got) == pytest.approx(float(want), rel=1e-10)
+
+
 def test_progressive_grids_refuse_what_does_not_nest():
+    vp = VPCosine()
+    from priorkit.distill.core.samplers.base import time_grid
+
+    for spacing in ("logsnr", "time", "karras"):  # the spacing is passed on, and the grid ends at the data (t = 0)
+        want = time_grid(vp, 8, spacing, end=0.0)
+        assert pd.teacher_grid(vp, 8, spacing).tolist() == want.tolist() and float(want[-1]) == 0.0
+        assert pd.student_grid(vp, 2, 8, spacing).tolist() == want[::4].tolist()
+    assert pd.teacher_grid(vp, 8, "logsnr").tolist() != pd.teacher_grid(vp, 8).tolist()  # default: uniform in t
     s = FlowMatching()
     assert pd.teacher_grid(s, 1).tolist() == [1.0, 0.0]
     for bad in (0, 3, 12):
@@ -222,6 +248,34 @@ def test_bespoke_rk2_with_the_exact_scale_integrates_a_linear_ode_exactly():
     # plain RK2 (the initial parameters) is not exact on the same problem: the scale is what made it so
     plain = BespokeSolver(2 * n, "rk2")(_Linear1D(lam), x)
     assert (plain - x * math.exp(-lam)).abs().max() > 1e-4
+
+
+def test_bespoke_rk2_steps_by_hand():
+    # two steps (n = 2, NFE 4) with every parameter away from its start: Shaul et al. 2023 eq. 13 in plain floats
+    lam = 0.6
+    solver = BespokeSolver(4, "rk2", t_max=1.0, t_end=0.0)
+    inc = [0.1, 0.2, 0.3, 0.4]
+    tdot, s, sdot = [0.8, 1.3, 0.6, 1.1], [1.0, 1.5, 0.7, 1.2, 0.9], [0.4, -0.9, 0.3, 0.2]
+    with torch.no_grad():
+        solver.dt_logits.copy_(torch.tensor(inc, dtype=F64).log())
+        solver.log_tdot.copy_(torch.tensor(tdot, dtype=F64).log())
+        solver.log_s.copy_(torch.tensor(s[1:], dtype=F64).log())  # s_0 = 1 is fixed
+        solver.sdot.copy_(torch.tensor(sdot, dtype=F64))
+    times = [1.0, 0.9, 0.7, 0.4, 0.0]
+    assert solver.times().tolist() == pytest.approx(times)
+
+    def u(y, tt):  # u(x, t) = lam x (1 + t): the time the solver passes shows in the answer
+        return lam * y * (1 + tt)
+
+    x, h = 2.0, 0.5
+    for i in range(2):
+        k0, k1, k2 = 2 * i, 2 * i + 1, 2 * i + 2
+        f0 = sdot[k0] * x - tdot[k0] * s[k0] * u(x, times[k0])
+        x_mid = (s[k0] * x + 0.5 * h * f0) / s[k1]
+        f1 = sdot[k1] * x_mid - tdot[k1] * s[k1] * u(x_mid, times[k1])
+        x = (s[k0] * x + h * f1) / s[k2]
+    fn = lambda y, tt: type("P", (), {"velocity": lam * y * (1 + tt)})()  # noqa: E731
+    assert float(solver(fn, torch.tensor([[2.0]], dtype=F64))) == pytest.approx(x, rel=1e-12)
 
 
 def test_bespoke_ns_step_is_euler_plus_the_learned_combinations():
