@@ -119,10 +119,13 @@ def test_shortcut_step_size_levels_and_span():
     assert sc.span(s) == 1.0
     assert sc.step_size(s, 3) == pytest.approx(1 / 3)
     assert sc.step_size(s, 3, levels=2) == pytest.approx(1 / 3) and sc.step_size(s, 4, levels=2) == 0.0
+    assert sc.step_size(s, 6, levels=3) == pytest.approx(1 / 6) and sc.step_size(s, 8, levels=3) == 0.0
     with pytest.raises(ValueError, match="steps must be >= 1; got 0"):
         sc.step_size(s, 0)
     h = sc.half_query(torch.tensor([0.5, 0.25, 0.25 * (1 + 5e-7)], dtype=F64), 0.125)
     assert h.tolist() == [0.25, 0.0, 0.0]  # at (or within rounding of) the finest level: plain flow
+    edge = float(torch.tensor(0.125, dtype=F64) * (1 + 1e-6))  # a half-step exactly at the tolerance is finest
+    assert sc.half_query(torch.tensor([2 * edge], dtype=F64), 0.125).tolist() == [0.0]
 
 
 def test_shortcut_loss_rows_by_hand():
@@ -160,6 +163,25 @@ def test_shortcut_loss_rows_by_hand():
     pred0 = vel(online, x_t, t, torch.zeros(5, dtype=F64), text)
     got0 = sc.shortcut_loss(online, target, x0, eps, t, d, 0, d_min, cond=cond)
     assert float(got0) == pytest.approx(float((pred0 - (eps - x0)).pow(2).mean()), rel=1e-10)
+
+
+def test_shortcut_loss_puts_a_tensor_condition_under_the_online_models_key():
+    class _Keyed(_Affine):
+        condition_key = "class"
+
+        def predict_native(self, x, t, cond=None):
+            kind, out = super().predict_native(x, t, {k: v for k, v in cond.items() if k != "class"})
+            return kind, out + 0.5 * cond["class"].to(x)
+
+    schedule = FlowMatching()
+    online = _Keyed("velocity", schedule, a=0.5, b=0.2, c=0.9)
+    x0, eps = _batch(3)
+    t = torch.tensor([0.9, 0.7, 0.5, 0.4], dtype=F64)
+    labels = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * eps
+    pred = 0.5 * x_t + 0.2 * t[:, None] + 0.5 * labels  # FM rows only: d = 0
+    got = sc.shortcut_loss(online, online, x0, eps, t, t, 0, 0.1, cond=labels)
+    assert float(got) == pytest.approx(float((pred - (eps - x0)).pow(2).mean()), rel=1e-10)
 
 
 # ---- DMD / DMD2 ------------------------------------------------------------------------------------------
@@ -297,18 +319,31 @@ def test_bespoke_ns_step_is_euler_plus_the_learned_combinations():
 
 
 def test_bespoke_solver_files_and_refusals(tmp_path):
+    import json
+
+    from priorkit.distill.core.samplers.bespoke import bespoke_solve
+
     with pytest.raises(ValueError, match="unknown bespoke variant 'rk4'"):
         BespokeSolver(4, "rk4")
-    for nfe in (0, 3):
+    for nfe in (0, 1, 3):
         with pytest.raises(ValueError, match="even NFE >= 2"):
             BespokeSolver(nfe, "rk2")
+    assert BespokeSolver(2, "rk2").n == 1  # the smallest RK2 solver: one midpoint step
+    rk2 = BespokeSolver(4, "rk2", t_max=0.9, t_end=0.1)
+    assert torch.exp(rk2.log_tdot).tolist() == pytest.approx([0.8] * 4)  # dt/dr of the uniform grid at start
     solver = BespokeSolver(4, "ns", t_max=0.9, t_end=0.1)
     assert solver.times().tolist() == pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1])  # uniform at start
     with torch.no_grad():
         solver.a.add_(0.25)
-    path = solver.save(tmp_path / "s.json", iteration=7)
+    path = solver.save(tmp_path / "new" / "deeper" / "s.json", iteration=7)  # folders made as needed
     back = load_bespoke(path)
     assert (back.variant, back.nfe, back.t_max, back.t_end) == ("ns", 4, 0.9, 0.1)
+    x = torch.tensor([[1.0], [2.0]], dtype=F64)
+    torch.testing.assert_close(bespoke_solve(_Linear1D(0.5), x, path), back(_Linear1D(0.5), x))
+    old = json.loads(path.read_text())
+    del old["t_end"]  # files written before t_end existed end at the data
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert load_bespoke(tmp_path / "old.json").t_end == 0.0
     torch.testing.assert_close(back.a, solver.a.detach())
     assert not any(p.requires_grad for p in back.parameters())
     bad = tmp_path / "bad.json"
