@@ -111,6 +111,7 @@ def test_progressive_grids_refuse_what_does_not_nest():
         pd.student_grid(s, 3, 8)
     assert pd.student_grid(s, 8, 8).tolist() == pd.teacher_grid(s, 8).tolist()
     assert pd.student_grid(s, 1, 8).tolist() == [1.0, 0.0]
+    assert pd.student_grid(s, 4).tolist() == pd.teacher_grid(s, 64)[::16].tolist()  # from 64 steps by default
 
 
 # ---- shortcut models -------------------------------------------------------------------------------------
