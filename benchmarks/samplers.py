@@ -109,7 +109,8 @@ def _dtype(den: Denoiser) -> torch.dtype:
 
 @torch.no_grad()
 def evaluate_student(name: str, method: str, student: Denoiser, meta: dict[str, Any], ref: Tensor, n: int,
-                     nfes: tuple[int, ...], seconds: float, seed: int) -> tuple[list, dict]:
+                     nfes: tuple[int, ...], seconds: float | None, seed: int) -> tuple[list, dict]:
+    """Sliced W2 of n samples of a saved student at each NFE (seconds: its training time, None when reused)."""
     run = student_sampler(meta)
     records, shown = [], {}
     for nfe in nfes:
@@ -137,7 +138,7 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
     teacher: Denoiser = exact.float() if exact is not None else backbone
     rec, sh = teacher_baselines(name, teacher, ref, n, seed + 5, reference=s.get("reference", True))
     for r in rec:
-        r["train_seconds"] = None if name == "gmm" else round(teacher_seconds, 1)
+        r["train_seconds"] = None if name == "gmm" or s.get("reuse") else round(teacher_seconds, 1)
     records += rec
     shown.update(sh)
     data = target_data(name)
@@ -161,8 +162,11 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
         folder = work / method
         student = make_student(method, teacher, backbone)
         t0 = time.time()
-        reuse = s.get("reuse", False) and (folder / ("one_step" if method == "reflow" else "") / "student").is_dir()
+        reuse = s.get("reuse", False)
         if reuse:
+            last = folder / {"reflow": "one_step", "progressive": "steps_1"}.get(method, "") / "student"
+            if not last.is_dir():
+                raise SystemExit(f"--reuse: no trained {method} student in {folder} (expected {last})")
             print(f"{name} {method}: scoring the student already in {folder} (--reuse)", flush=True)
         if method == "reflow":
             cfg = rf.ReflowConfig(pairs=s["pairs"], batch=batch, train=train_cfg(steps), one_step_steps=steps // 2)
@@ -191,7 +195,10 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
             cfg = pd.ProgressiveConfig(start_steps=s["pd_start"], end_steps=1, batch=batch,
                                        train=train_cfg(s["pd_steps"]))
             pd.progressive_distill(teacher, student, data, folder, cfg)
-            seconds = time.time() - t0
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        seconds = None if reuse else time.time() - t0
+        if method == "progressive":  # one student per round, each scored at its own step count
             for k in NFES:
                 sub = folder / f"steps_{k}" / "student"
                 if sub.is_dir():
@@ -200,9 +207,6 @@ def run_target(name: str, methods: list[str], s: dict[str, Any], work: Path, see
                     records += rec
                     shown.update(sh)
             continue
-        else:
-            raise ValueError(f"unknown method {method!r}")
-        seconds = None if reuse else time.time() - t0
         sub = folder / "student"
         rec, sh = evaluate_student(name, method, load_student(sub), read_meta(sub), ref, n, NFES, seconds, seed)
         records += rec
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
                              "noise floor (the 'data' row) where methods differ by less than it")
     parser.add_argument("--reuse", action="store_true",
                         help="score the students already trained in --work instead of training them again (train "
-                             "seconds then null): e.g. the same students at another --n-eval")
+                             "seconds then null; a missing student is an error): e.g. at another --n-eval")
     parser.add_argument("--no-reference", action="store_true",
                         help=f"skip the teacher's {REFERENCE_NFE}-NFE rows (most of the cost of a large --n-eval with"
                              " an MLP teacher; the goals do not use them)")
@@ -366,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         s["n_eval"] = args.n_eval
     if args.reuse and args.work is None:
         parser.error("--reuse needs --work (the folder the students were trained in)")
+    if args.reuse and (fresh := [m for m in methods if m in ("bespoke", "guidance")]):
+        parser.error(f"--reuse scores saved students; {', '.join(fresh)} cannot be reused (run without --reuse)")
     s["reuse"], s["reference"] = args.reuse, not args.no_reference
     args.json.parent.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []

@@ -54,14 +54,16 @@ def run_dmd(name: str, method: str, teacher: Denoiser, student: Denoiser, data: 
 
     cfg = dmd_settings(method, s)
     t0 = time.time()
-    reuse = s.get("reuse", False) and (folder / "student").is_dir()
+    reuse = s.get("reuse", False)
+    if reuse and not (folder / "student").is_dir():
+        raise SystemExit(f"--reuse: no trained {method} student in {folder}")
     if not reuse:
         dmd.dmd_distill(teacher, student, data, folder, cfg)
     seconds = None if reuse else time.time() - t0
     sub = folder / "student"
     st, meta = load_student(sub), read_meta(sub)
     records, shown = [], {}
-    for k in sorted({1, cfg.steps}):
+    for k in sorted({1, int(meta.get("steps", cfg.steps))}):  # the saved generator's own step count
         x = student_samples(st, meta, s["n_eval"], steps=k, seed=seed).float()
         records.append(record(name, method, k, sliced_w2(x, ref), seconds, f"{cfg.variant}, {cfg.steps}-step"))
         shown[(method, k)] = x

@@ -59,14 +59,22 @@ def test_micro_run_writes_records_and_a_picture(tmp_path: Path, monkeypatch, sin
     with pytest.raises(SystemExit):
         bench.main(["--json", str(out), "--targets", "moons", "--reuse"])  # --reuse needs --work
     # --reuse: the students in --work are scored again, not retrained, and score the same
-    first = {(r["method"], r["nfe"]): r["value"] for r in json.loads(out.read_text()) if r["method"] == "cd"}
+    first = {(r["method"], r["nfe"]): r["value"] for r in json.loads(out.read_text())
+             if r["method"] in ("cd", "progressive")}
     monkeypatch.setattr(bench.cm, "consistency_distill", lambda *a, **k: pytest.fail("retrained under --reuse"))
+    monkeypatch.setattr(bench.pd, "progressive_distill", lambda *a, **k: pytest.fail("retrained under --reuse"))
     again = tmp_path / "again.json"
-    bench.main(["--json", str(again), "--targets", "moons", "--methods", "cd", "--work", str(tmp_path / "work"),
-                "--n-eval", "400", "--reuse", "--no-reference"])
-    rows = [r for r in json.loads(again.read_text()) if r["method"] == "cd"]
-    assert {(r["method"], r["nfe"]): r["value"] for r in rows} == first
-    assert all(r["train_seconds"] is None for r in rows)
+    bench.main(["--json", str(again), "--targets", "moons", "--methods", "cd,progressive", "--work",
+                str(tmp_path / "work"), "--n-eval", "400", "--reuse", "--no-reference"])
+    rows = [r for r in json.loads(again.read_text()) if r["method"] != "data"]
+    assert {(r["method"], r["nfe"]): r["value"] for r in rows if r["method"] in ("cd", "progressive")} == first
+    assert all(r["train_seconds"] is None for r in rows)  # the teacher's rows too: nothing was trained
+    with pytest.raises(SystemExit, match="no trained shortcut student"):  # nothing to reuse: an error, not a training
+        bench.main(["--json", str(again), "--targets", "moons", "--methods", "shortcut", "--work",
+                    str(tmp_path / "work"), "--n-eval", "400", "--reuse", "--no-reference"])
+    with pytest.raises(SystemExit):
+        bench.main(["--json", str(again), "--targets", "moons", "--methods", "bespoke", "--work",
+                    str(tmp_path / "work"), "--reuse"])
     teacher_nfes = {r["nfe"] for r in json.loads(again.read_text()) if r["method"].startswith("teacher")}
     assert teacher_nfes == set(bench.NFES) and bench.REFERENCE_NFE in {r["nfe"] for r in json.loads(out.read_text())}
     records = json.loads(out.read_text())

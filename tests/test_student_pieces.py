@@ -45,7 +45,7 @@ def _batch(seed: int = 0, n: int = 4):
 # ---- progressive distillation ----------------------------------------------------------------------------
 def test_snr_weight_is_max_snr_one_or_ones():
     s = VPCosine()
-    t = torch.tensor([0.1, 0.5, 0.9], dtype=F64)  # SNR > 1, = 1, < 1 for the cosine schedule
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=F64)  # SNR > 1, ~ 1 (0.98), < 1 for the cosine schedule
     snr = (s.alpha(t) / s.sigma(t)) ** 2
     torch.testing.assert_close(pd.snr_weight(s, t, "truncated_snr"), torch.maximum(snr, torch.ones_like(snr)))
     assert float(snr[0]) > 1.5 and float(snr[2]) < 0.5  # both branches of the max are exercised
@@ -101,7 +101,8 @@ def test_progressive_grids_refuse_what_does_not_nest():
         want = time_grid(vp, 8, spacing, end=0.0)
         assert pd.teacher_grid(vp, 8, spacing).tolist() == want.tolist() and float(want[-1]) == 0.0
         assert pd.student_grid(vp, 2, 8, spacing).tolist() == want[::4].tolist()
-    assert pd.teacher_grid(vp, 8, "logsnr").tolist() != pd.teacher_grid(vp, 8).tolist()  # default: uniform in t
+    assert pd.teacher_grid(vp, 8).tolist() == time_grid(vp, 8, "time", end=0.0).tolist()  # default: uniform in t
+    assert pd.teacher_grid(vp, 8, "logsnr").tolist() != pd.teacher_grid(vp, 8).tolist()
     s = FlowMatching()
     assert pd.teacher_grid(s, 1).tolist() == [1.0, 0.0]
     for bad in (0, 3, 12):
@@ -111,7 +112,9 @@ def test_progressive_grids_refuse_what_does_not_nest():
         pd.student_grid(s, 3, 8)
     assert pd.student_grid(s, 8, 8).tolist() == pd.teacher_grid(s, 8).tolist()
     assert pd.student_grid(s, 1, 8).tolist() == [1.0, 0.0]
-    assert pd.student_grid(s, 4).tolist() == pd.teacher_grid(s, 64)[::16].tolist()  # from 64 steps by default
+    assert pd.student_grid(s, 4).tolist() == pd.teacher_grid(s, 64)[::16].tolist()
+    with pytest.raises(ValueError, match="128 steps do not divide the 64-step grid"):  # 64 start steps by default
+        pd.student_grid(s, 128)
 
 
 # ---- shortcut models -------------------------------------------------------------------------------------
@@ -252,7 +255,8 @@ class _Linear1D:
 
 def test_bespoke_rk2_with_the_exact_scale_integrates_a_linear_ode_exactly():
     # Shaul et al. 2023: with s_r = exp(-lam (t_r - t_max)) the transformed path is constant, so RK2 on it is exact
-    # for any time grid: a test of how s, sdot, tdot and the division by s_{i+1} enter each step.
+    # for any time grid. The half step's f0 and x_mid are multiplied by zero here (f1 = 0): they are tested by hand
+    # in test_bespoke_rk2_steps_by_hand; this test pins the scale's role and the final division by s.
     lam, n = -1.3, 2
     solver = BespokeSolver(2 * n, "rk2", t_max=1.0, t_end=0.0)
     with torch.no_grad():
@@ -316,7 +320,9 @@ def test_bespoke_ns_step_is_euler_plus_the_learned_combinations():
     u1 = lam * x1
     dt1 = -0.75
     x2 = x1 + dt1 * u1 + 0.2 * 2.0 + dt1 * -0.5 * u0 + -0.3 * x1 + dt1 * 0.6 * u1
-    assert float(solver(_Linear1D(lam), x0)) == pytest.approx(x2, rel=1e-12)
+    u = _Linear1D(lam)
+    assert float(solver(u, x0)) == pytest.approx(x2, rel=1e-12)
+    assert u.calls == pytest.approx([1.0, 0.75])  # evaluated at the learned times t_0, t_1
 
 
 def test_bespoke_solver_files_and_refusals(tmp_path):
