@@ -220,6 +220,45 @@ def dmd_sample(student: Denoiser, noise: Tensor, steps: int, *, cond: Condition 
     return generate(student, noise, grid, cond, generator_rng=generator)[0]
 
 
+def critic_loss(m: DMDTrainee, x: Tensor, x_real: Tensor, cond: Condition, cfg: DMDConfig,
+                g: torch.Generator) -> Tensor:
+    """The fake-score step: the denoising loss on the generator's samples ``x`` (DMD eq. 6) at a random level, plus
+    with a GAN head the discriminator's non-saturating loss on real and generated data noised alike (DMD2 sec. 4.3)."""
+    t, eps = _noise_level(x, cfg, g)
+    loss = diffusion_loss(m.fake, x, t, eps, cond)
+    if m.head is not None:
+        t2, eps2 = _noise_level(x, cfg, g)
+        schedule = unwrap(m.generator).schedule
+        real_t, fake_t = add_noise(schedule, x_real, t2, eps2), add_noise(schedule, x, t2, eps2)
+        loss = loss + cfg.gan_disc * (F.softplus(-m.logits(real_t, t2, cond)).mean()
+                                      + F.softplus(m.logits(fake_t, t2, cond)).mean())
+    return loss
+
+
+def generator_loss(m: DMDTrainee, teacher: Denoiser, x: Tensor, cond: Condition, cfg: DMDConfig,
+                   g: torch.Generator) -> Tensor:
+    """The generator step's loss on its samples ``x``: a surrogate whose gradient in x is `dmd_gradient` / (B numel)
+    (DMD's mean reduction) at a random level, plus with a GAN head ``cfg.gan`` times the generator's
+    non-saturating term on the noised samples."""
+    t, eps = _noise_level(x, cfg, g)
+    loss = surrogate_loss(x, dmd_gradient(teacher, m.fake, x, t, eps, cond)) / x[0].numel()
+    if m.head is not None:
+        t2, eps2 = _noise_level(x, cfg, g)
+        x_t = add_noise(unwrap(m.generator).schedule, x, t2, eps2)
+        loss = loss + cfg.gan * F.softplus(-m.logits(x_t, t2, cond)).mean()
+    return loss
+
+
+def regression_loss(generator: nn.Module, pairs: dict[str, Tensor], t_max: Tensor, sigma_max: float, batch: int,
+                    g: torch.Generator) -> Tensor:
+    """DMD eq. 9 with MSE for LPIPS: || G(z) - ODE_teacher(z) ||^2 on ``batch`` of the precomputed pairs, z scaled
+    to the generator's first input level (``pairs["z"]`` are unit-variance)."""
+    idx = torch.randint(pairs["z"].shape[0], (batch,), generator=g)
+    c = pairs["cond"][idx] if "cond" in pairs else None
+    x0 = generator(pairs["z"][idx] * sigma_max, t_max.float().expand(batch), c, check=False).x0
+    return (x0 - pairs["x0"][idx]).pow(2).mean()
+
+
 # ---- the trainer ---------------------------------------------------------------------------------------
 def _pairs(teacher: Denoiser, out: Path, cfg: DMDConfig, data: DataFn, seed: int) -> dict[str, Tensor]:
     from priorkit.distill.students.reflow import make_couplings
@@ -305,26 +344,11 @@ def dmd_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | P
         if not gen_step:  # fake score (and discriminator) on the generator's current samples
             with torch.no_grad():
                 x = generate(m.generator, noise, times, cond, last=k, generator_rng=g)[0]
-            t, eps = _noise_level(x, cfg, g)
-            loss = diffusion_loss(m.fake, x, t, eps, cond)
-            if m.head is not None:
-                t2, eps2 = _noise_level(x, cfg, g)
-                real_t, fake_t = add_noise(schedule, x_real, t2, eps2), add_noise(schedule, x, t2, eps2)
-                loss = loss + cfg.gan_disc * (F.softplus(-m.logits(real_t, t2, cond)).mean()
-                                              + F.softplus(m.logits(fake_t, t2, cond)).mean())
-            return loss
+            return critic_loss(m, x, x_real, cond, cfg, g)
         x, _ = generate(m.generator, noise, times, cond, last=k, generator_rng=g)
-        t, eps = _noise_level(x, cfg, g)
-        grad = dmd_gradient(teacher, m.fake, x, t, eps, cond)
-        loss = surrogate_loss(x, grad) / x[0].numel()  # d/dx = grad / (B * numel): DMD's mean reduction
-        if m.head is not None:
-            t2, eps2 = _noise_level(x, cfg, g)
-            loss = loss + cfg.gan * F.softplus(-m.logits(add_noise(schedule, x, t2, eps2), t2, cond)).mean()
+        loss = generator_loss(m, teacher, x, cond, cfg, g)
         if pairs is not None:
-            idx = torch.randint(pairs["z"].shape[0], (cfg.batch,), generator=g)
-            c = pairs["cond"][idx] if "cond" in pairs else None
-            x0 = m.generator(pairs["z"][idx] * sigma_max, times[0].float().expand(cfg.batch), c, check=False).x0
-            loss = loss + cfg.regression * (x0 - pairs["x0"][idx]).pow(2).mean()  # DMD eq. 9 (MSE for LPIPS)
+            loss = loss + cfg.regression * regression_loss(m.generator, pairs, times[0], sigma_max, cfg.batch, g)
         return loss
 
     ema, log = train(model, loss_fn, cfg.train, out, resume=resume and (out / "checkpoint").is_dir(),
@@ -341,5 +365,5 @@ def _noise_level(x: Tensor, cfg: DMDConfig, g: torch.Generator) -> tuple[Tensor,
     return t, torch.randn(x.shape, generator=g, dtype=x.dtype)
 
 
-__all__ = ["DMD2Config", "DMDConfig", "GANHead", "dmd_distill", "dmd_gradient", "dmd_sample", "generate",
-           "generator_times", "load_init", "make_fake"]
+__all__ = ["DMD2Config", "DMDConfig", "GANHead", "critic_loss", "dmd_distill", "dmd_gradient", "dmd_sample", "generate",
+           "generator_loss", "generator_times", "load_init", "make_fake", "regression_loss"]
