@@ -224,6 +224,10 @@ def test_dmd2_with_a_lora_fake_score_on_a_unet_teacher(tmp_path):
         assert torch.equal(fake(x, t, states).x0, teacher(x, t, states).x0)  # LoRA B = 0 at init
     trainable = [n for n, p in fake.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    lora = fake.unet.peft_config["dmd_fake"]  # attention projections, scale alpha / r = 1
+    assert (lora.r, lora.lora_alpha, lora.init_lora_weights) == (4, 4, True)
+    assert set(lora.target_modules) == {"to_q", "to_k", "to_v", "to_out.0"}
+    assert dmd.make_fake(teacher, copy_teacher(teacher), kind="lora").unet.peft_config["dmd_fake"].r == 8
     images, conds = torch.randn(16, 3, 8, 8, generator=g), torch.randn(16, 4, 16, generator=g)
 
     def data(n, gen):  # noqa: ANN001, ANN202

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from priorkit.distill.core.schedule import VE, add_noise
 from priorkit.distill.score.guidance import diffusion_loss
@@ -121,7 +122,7 @@ def _run_loss_fn(monkeypatch, cfg: dmd.DMDConfig, steps: int) -> list[dict]:  # 
         return sum(p.sum() for p in m.fake.parameters()) * 0.0 + 1.0
 
     def generator(m, teacher, x, cond, c, g):  # noqa: ANN001, ANN202
-        seen.append({"kind": "generator", "x_grad": x.requires_grad,
+        seen.append({"kind": "generator", "x_grad": x.requires_grad, "x": x.detach().clone(),
                      "critic_grad": [p.requires_grad for p in m.fake.parameters()]})
         return x.sum() * 0.0 + 2.0
 
@@ -132,7 +133,7 @@ def _run_loss_fn(monkeypatch, cfg: dmd.DMDConfig, steps: int) -> list[dict]:  # 
     def fake_train(model, loss_fn, tcfg, out, **kw):  # noqa: ANN001, ANN202
         g = torch.Generator().manual_seed(0)
         for step in range(steps):
-            seen.append({"loss": float(loss_fn(model, step, g))})
+            seen.append({"loss": float(loss_fn(model, step, g).detach())})
         return model, [{"loss": 0.0}]
 
     monkeypatch.setattr(dmd, "critic_loss", critic)
@@ -185,3 +186,285 @@ def test_generator_steps_noise_at_sigma_max_and_pick_the_step_of_a_multi_step_ge
     _run_loss_fn(monkeypatch, cfg, 12)
     assert {k for k, _, _ in picked} == {0, 1, 2} and all(n == 3 for _, _, n in picked)
     assert all(abs(s - SIGMA_MAX) < 0.05 * SIGMA_MAX for _, s, _ in picked)
+
+
+def test_generator_steps_train_on_the_generators_output_not_its_input(monkeypatch):
+    """Both steps get x0 = G(input), the first of `generate`'s pair (the second is the input state)."""
+    got = {}
+
+    def stub(generator, noise, times, cond=None, *, last=None, generator_rng=None):  # noqa: ANN001, ANN202
+        return torch.full_like(noise, 1.0).requires_grad_(torch.is_grad_enabled()), torch.full_like(noise, 2.0)
+
+    monkeypatch.setattr(dmd, "generate", stub)
+    seen = _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, fake_updates=1), 2)
+    for kind in ("critic", "generator"):
+        got[kind] = next(s["x"] for s in seen if s.get("kind") == kind)
+        assert torch.equal(got[kind], torch.ones(4, 2)), kind
+
+
+def test_the_trainer_builds_its_pieces_from_the_config(monkeypatch):
+    """The fake score gets the config's kind and rank; the GAN head exists only for gan > 0; the critic's parameters
+    are the fake score's and the head's."""
+    made = []
+    real_make_fake = dmd.make_fake
+
+    def spy(teacher, student, kind="copy", rank=8):  # noqa: ANN001, ANN202
+        made.append((kind, rank))
+        return real_make_fake(teacher, student, kind, rank)
+
+    models = []
+    monkeypatch.setattr(dmd, "make_fake", spy)
+    real_trainee = dmd.DMDTrainee
+    monkeypatch.setattr(dmd, "DMDTrainee", lambda *a, **k: models.append(real_trainee(*a, **k)) or models[-1])
+    _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, lora_rank=3), 1)
+    _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, gan=0.5), 1)
+    assert made == [("copy", 3), ("copy", 8)]
+    assert models[0].head is None and models[1].head is not None
+    critic = models[1].critic_params()
+    assert {id(p) for p in critic} == {id(p) for p in models[1].fake.parameters()} | {
+        id(p) for p in models[1].head.parameters()}
+
+
+def test_noise_levels_take_the_samples_dtype():
+    x = torch.zeros(5, 2, dtype=torch.float64)
+    t, eps = dmd._noise_level(x, dmd.DMDConfig(), torch.Generator().manual_seed(0))
+    assert t.dtype == eps.dtype == torch.float64 and t.shape == (5,) and eps.shape == (5, 2)
+
+
+def test_gan_head_pools_space_and_gives_one_logit_per_sample():
+    head = dmd.GANHead(6)
+    assert [type(m) for m in head.net] == [torch.nn.Linear, torch.nn.SiLU, torch.nn.Linear]
+    assert head.net[0].out_features == 128 and head.net[2].out_features == 1  # DMD2's small MLP head
+    f = torch.randn(3, 6, 4, 5, generator=torch.Generator().manual_seed(0))
+    lin1, lin2 = head.net[0], head.net[2]
+    pooled = f.mean(dim=(2, 3))
+    want = (lin2(F.silu(lin1(pooled)))).squeeze(-1)
+    torch.testing.assert_close(head(f), want)
+    torch.testing.assert_close(head(f.flatten(2)), want)  # (B, C, L) features pool over L
+    assert head(pooled).shape == (3,)  # (B, C) features (an MLP's block) go straight in
+
+
+def test_feature_module_is_the_mlps_last_block_or_the_unets_mid_block():
+    from types import SimpleNamespace
+
+    mlp = MLPDenoiser(hidden=8, depth=3)
+    assert dmd.feature_module(mlp) is mlp.blocks[-1] and len(mlp.blocks) > 2
+    mid = torch.nn.Identity()
+    assert dmd.feature_module(SimpleNamespace(unet=SimpleNamespace(mid_block=mid))) is mid
+    for den in (SimpleNamespace(unet=SimpleNamespace(mid_block=None)), SimpleNamespace(unet=SimpleNamespace()),
+                SimpleNamespace()):
+        with pytest.raises(ValueError, match="no feature layer known for a SimpleNamespace"):
+            dmd.feature_module(den)
+
+
+def test_make_fake_copies_the_teachers_network_or_the_students():
+    torch.manual_seed(0)
+    teacher, student = MLPDenoiser(hidden=8, depth=2), MLPDenoiser(hidden=8, depth=2)
+    teacher.requires_grad_(False)
+
+    class Wrapped(torch.nn.Module):  # e.g. the CFG wrapper a runner puts round the teacher
+        def __init__(self, inner):  # noqa: ANN001
+            super().__init__()
+            self.inner = inner
+
+    for given in (teacher, Wrapped(teacher)):
+        fake = dmd.make_fake(given, student)  # default: a full, trainable copy
+        assert type(fake) is MLPDenoiser and fake is not teacher
+        assert all(torch.equal(a, b) for a, b in zip(fake.parameters(), teacher.parameters(), strict=True))
+        assert all(p.requires_grad for p in fake.parameters())
+    fake = dmd.make_fake(gmm_target(), student)  # an exact mixture has no network: the student's is copied
+    assert all(torch.equal(a, b) for a, b in zip(fake.parameters(), student.parameters(), strict=True))
+    with pytest.raises(ValueError, match="^fake='lora' needs a diffusers teacher$"):
+        dmd.make_fake(teacher, student, kind="lora")
+
+    class NoAdapter(torch.nn.Module):  # a network with a `unet` that peft cannot adapt
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="^fake='lora' needs a diffusers teacher$"):
+        dmd.make_fake(NoAdapter(), student, kind="lora")
+
+    class NoParameters(torch.nn.Module):  # a teacher with nothing to copy (not one of the exact mixtures)
+        pass
+
+    fake = dmd.make_fake(NoParameters(), student)
+    assert type(fake) is MLPDenoiser and any(True for _ in fake.parameters())
+    with pytest.raises(ValueError, match="^unknown fake score 'full'; expected 'copy' or 'lora'$"):
+        dmd.make_fake(teacher, student, kind="full")
+
+
+class _TupleBlock(torch.nn.Module):
+    def forward(self, h):  # noqa: ANN001, ANN201
+        return h * 2.0, h * 3.0  # a block that returns (features, extra): the head reads the first
+
+
+class _TupleModel(torch.nn.Module):
+    sample_shape = (3,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([_TupleBlock()])
+
+    def forward(self, x, t, cond=None, check=True):  # noqa: ANN001, ANN201
+        return self.blocks[-1](x)[0]
+
+
+def test_the_head_reads_the_first_output_of_a_block_that_returns_a_tuple():
+    trainee = dmd.DMDTrainee(_TupleModel(), _TupleModel(), gan=True)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(trainee.logits(x, torch.full((4,), 0.5), None), trainee.head(2.0 * x))
+
+
+def test_the_head_is_as_wide_as_a_unets_last_block():
+    from types import SimpleNamespace
+
+    class FakeUNetDenoiser(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = torch.nn.Module()
+            self.unet.mid_block = torch.nn.Identity()
+            self.unet.config = SimpleNamespace(block_out_channels=(8, 16, 32))
+
+    trainee = dmd.DMDTrainee(MLPDenoiser(hidden=8, depth=2), FakeUNetDenoiser(), gan=True)
+    assert trainee.head.net[0].in_features == 32
+
+
+def test_generate_gives_every_step_the_condition(monkeypatch):
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        schedule = SCHEDULE
+
+        def forward(self, x, t, cond=None, check=True):  # noqa: ANN001, ANN202
+            seen.append(cond)
+            return type("P", (), {"x0": torch.zeros_like(x)})()
+
+    cond = torch.tensor([1, 2])
+    dmd.generate(Recorder(), torch.zeros(2, 2), dmd.generator_times(SCHEDULE, 3), cond)
+    assert len(seen) == 3 and all(c is cond for c in seen)
+
+
+def _tiny(cls, steps: int = 8, **kw):  # noqa: ANN001, ANN202
+    from priorkit.distill.core.training import TrainConfig
+
+    return cls(**{"batch": 16, "pairs": 32, "teacher_steps": 2, **kw},
+               train=TrainConfig(steps=steps, lr=1e-3, warmup=1, ema_decay=0.9, checkpoint_every=4, log_every=2))
+
+
+def _counting(calls: list[int]):  # noqa: ANN202
+    base = target_data("gmm")
+
+    def data(n, g):  # noqa: ANN001, ANN202
+        calls.append(n)
+        return base(n, g)
+
+    return data
+
+
+def test_resume_continues_from_the_checkpoint_and_a_fresh_run_ignores_it(tmp_path):
+    from priorkit.distill.students.format import read_meta
+
+    teacher = gmm_target().float()
+    make = lambda: (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]  # noqa: E731
+    dmd.dmd_distill(teacher, make(), target_data("gmm"), tmp_path / "a", _tiny(dmd.DMD2Config, steps=4))
+    calls: list[int] = []  # resumed: only the 4 steps after the checkpoint run, and the result is a longer run's
+    a = dmd.dmd_distill(teacher, make(), _counting(calls), tmp_path / "a", _tiny(dmd.DMD2Config, steps=4), resume=True)
+    assert calls == []
+    calls.clear()  # not resumed: a fresh run, whatever the folder holds
+    b = dmd.dmd_distill(teacher, make(), _counting(calls), tmp_path / "a", _tiny(dmd.DMD2Config, steps=6))
+    assert len(calls) == 6
+    c = dmd.dmd_distill(teacher, make(), target_data("gmm"), tmp_path / "c", _tiny(dmd.DMD2Config, steps=6))
+    assert all(torch.equal(x, y) for x, y in zip(b.state_dict().values(), c.state_dict().values(), strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+    assert not (tmp_path / "c" / "pairs.safetensors").exists()  # no regression, no teacher ODE pairs
+    meta = read_meta(tmp_path / "c" / "student")
+    assert meta["method"] == "dmd2" and meta["times"] == dmd.generator_times(teacher.schedule, 1).tolist()
+    assert isinstance(meta["final_loss"], float)
+
+
+@pytest.mark.parametrize("variant", ["dmd-2step", "dmd2-gan"])
+def test_a_run_depends_on_its_seed_only(tmp_path, variant):
+    """Every random draw of a step (data, noise, the generator's step, noise levels, re-noising, pairs) comes from
+    the trainer's seeded generator: the global RNG's state changes nothing."""
+    teacher = gmm_target().float()
+    cfg = _tiny(dmd.DMDConfig, steps=6, regression=0.25) if variant == "dmd-2step" else _tiny(dmd.DMD2Config, gan=0.1)
+    cfg.steps = 2 if variant == "dmd-2step" else 1
+    results = []
+    for global_seed in (1, 2):
+        student = (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]
+        torch.manual_seed(global_seed)
+        results.append(dmd.dmd_distill(teacher, student, target_data("gmm"), tmp_path / str(global_seed), cfg))
+    a, b = (r.state_dict() for r in results)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if variant == "dmd-2step":
+        pa, pb = (dmd.load_file(str(tmp_path / s / "pairs.safetensors")) for s in ("1", "2"))
+        assert torch.equal(pa["z"], pb["z"]) and torch.equal(pa["x0"], pb["x0"])
+
+
+def test_pairs_are_saved_once_in_a_new_folder_and_carry_the_conditions(tmp_path):
+    from priorkit.distill.zoo.toy import conditional_gmm_target
+
+    teacher = conditional_gmm_target()
+    data = target_data("gmm", conditional=True)
+    out = tmp_path / "new" / "deeper"
+    pairs = dmd._pairs(teacher, out, _tiny(dmd.DMDConfig), data, seed=3)
+    assert (out / "pairs.safetensors").is_file()
+    want_cond = data(32, torch.Generator().manual_seed(3))[1]
+    assert torch.equal(pairs["cond"], want_cond) and pairs["z"].shape == pairs["x0"].shape == (32, 2)
+    again = dmd._pairs(None, out, _tiny(dmd.DMDConfig), data, seed=4)  # read back, not recomputed
+    assert all(torch.equal(pairs[k], again[k]) for k in pairs)
+    coarser = dmd._pairs(teacher, tmp_path / "other", _tiny(dmd.DMDConfig, teacher_steps=1), data, seed=3)
+    assert torch.equal(coarser["z"], pairs["z"]) and not torch.allclose(coarser["x0"], pairs["x0"])  # teacher_steps
+
+
+def _checkpoint(folder, tensors: dict) -> None:  # noqa: ANN001
+    from safetensors.torch import save_file
+
+    (folder / "checkpoint").mkdir(parents=True)
+    save_file(tensors, str(folder / "checkpoint" / "state.safetensors"))
+
+
+def test_load_init_reads_the_raw_generator_without_an_ema_and_refuses_a_checkpoint_without_a_fake(tmp_path):
+    torch.manual_seed(0)
+    gen, fake = MLPDenoiser(hidden=8, depth=2), MLPDenoiser(hidden=8, depth=2)
+    no_ema = {**{f"model.generator.{k}": v for k, v in gen.state_dict().items()},
+              **{f"model.fake.{k}": v for k, v in fake.state_dict().items()}}
+    _checkpoint(tmp_path / "a", no_ema)
+    trainee = dmd.DMDTrainee(MLPDenoiser(hidden=8, depth=2), MLPDenoiser(hidden=8, depth=2), gan=False)
+    dmd.load_init(trainee, tmp_path / "a")
+    assert all(torch.equal(v, gen.state_dict()[k]) for k, v in trainee.generator.state_dict().items())
+    assert all(torch.equal(v, fake.state_dict()[k]) for k, v in trainee.fake.state_dict().items())
+    _checkpoint(tmp_path / "b", {k: v for k, v in no_ema.items() if k.startswith("model.generator.")})
+    with pytest.raises(ValueError, match=r"holds no DMD checkpoint \(no generator / fake score in state.safetensors\)"):
+        dmd.load_init(trainee, tmp_path / "b")
+    wide = dmd.DMDTrainee(MLPDenoiser(hidden=16, depth=2), MLPDenoiser(hidden=16, depth=2), gan=False)
+    with pytest.raises(ValueError, match=r"networks do not fit this teacher \(Error\(s\) in loading state_dict for "
+                                         r"MLPDenoiser:\)"):
+        dmd.load_init(wide, tmp_path / "a")
+
+
+def test_load_init_from_a_student_folder_drops_the_attached_codecs(tmp_path, monkeypatch):
+    from priorkit.distill.students import format as fmt
+
+    torch.manual_seed(0)
+    gen = MLPDenoiser(hidden=8, depth=2)
+
+    class WithCodecs(torch.nn.Module):  # a latent student as load_student returns it: text encoder and VAE attached
+        def __init__(self, hidden: int) -> None:
+            super().__init__()
+            self.net = MLPDenoiser(hidden=hidden, depth=2)
+
+        def state_dict(self, *a, **k):  # noqa: ANN002, ANN003, ANN201
+            return {**self.net.state_dict(), "text_encoder.w": torch.zeros(1), "vae.w": torch.zeros(1)}
+
+    monkeypatch.setattr(fmt, "is_student_folder", lambda p: True)
+    monkeypatch.setattr(fmt, "load_student", lambda p: (lambda m: (m.net.load_state_dict(gen.state_dict()), m)[1])(
+        WithCodecs(8)))
+    trainee = dmd.DMDTrainee(MLPDenoiser(hidden=8, depth=2), MLPDenoiser(hidden=8, depth=2), gan=False)
+    dmd.load_init(trainee, tmp_path)
+    assert all(torch.equal(v, gen.state_dict()[k]) for k, v in trainee.generator.state_dict().items())
+    monkeypatch.setattr(fmt, "load_student", lambda p: WithCodecs(16))
+    with pytest.raises(ValueError, match=r"its student does not fit this teacher \(Error\(s\) in loading state_dict "
+                                         r"for MLPDenoiser:\)"):
+        dmd.load_init(trainee, tmp_path)

@@ -323,7 +323,9 @@ def dmd_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | P
     out = Path(out)
     teacher = freeze(teacher)
     fake = make_fake(teacher, student, cfg.fake, cfg.lora_rank)
-    model = DMDTrainee(student.train().requires_grad_(True), fake, gan=cfg.gan > 0)
+    with torch.random.fork_rng(devices=[]):  # the GAN head's initial weights come from the run's seed
+        torch.manual_seed(cfg.train.seed)
+        model = DMDTrainee(student.train().requires_grad_(True), fake, gan=cfg.gan > 0)
     if cfg.init:
         load_init(model, cfg.init)
     critic = model.critic_params()
