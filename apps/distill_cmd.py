@@ -62,6 +62,9 @@ def distill_cmd(
                                                    "(default: no GAN head; DMD2 used 3e-3)")] = None,
     fake: Annotated[str | None, typer.Option(help="dmd, dmd2: the fake score: copy (a full copy of the teacher, "
                                                   "default) or lora (a peft LoRA on a UNet teacher's copy)")] = None,
+    fake_lr_scale: Annotated[float | None, typer.Option(help="dmd, dmd2: the fake score's learning rate as a "
+                                                             "multiple of the generator's (default 1; a LoRA "
+                                                             "usually wants more)")] = None,
 ) -> None:
     """Distil a teacher into a fast few-step student.
 
@@ -86,7 +89,7 @@ def distill_cmd(
                 raise ValueError(f"{flag} must be >= 1; got {value}")
         if lr is not None and not lr > 0:
             raise ValueError(f"--lr must be > 0; got {lr}")
-        check_dmd_options(method, teacher, init, gan, fake)
+        check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
         if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
             raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
         from priorkit.distill.zoo.photos import PHOTO_SETS
@@ -109,7 +112,8 @@ def distill_cmd(
         with remove_if_left_empty(out):
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
                              resume=resume, seed=seed, n_data=n_data, nfe=nfe, photo_set=photo_set,
-                             init=None if init is None else str(init), gan=gan, fake=fake)
+                             init=None if init is None else str(init), gan=gan, fake=fake,
+                             fake_lr_scale=fake_lr_scale)
     except ResumeMismatchError as e:
         fail(e)
     except (ValueError, ModelLoadError) as e:

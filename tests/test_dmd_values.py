@@ -468,3 +468,46 @@ def test_load_init_from_a_student_folder_drops_the_attached_codecs(tmp_path, mon
     with pytest.raises(ValueError, match=r"its student does not fit this teacher \(Error\(s\) in loading state_dict "
                                          r"for MLPDenoiser:\)"):
         dmd.load_init(trainee, tmp_path)
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+def test_the_fake_score_learns_at_its_own_rate(monkeypatch, scale):
+    """fake_lr_scale: the critic (fake score and head) in a parameter group of its own at that multiple of the
+    generator's rate; at 1 the trainer's single group (old checkpoints keep resuming)."""
+    seen = {}
+
+    def fake_train(model, loss_fn, tcfg, out, *, params=None, **kw):  # noqa: ANN001, ANN202
+        seen["params"] = params
+        seen["model"] = model
+        return model, [{"loss": 0.0}]
+
+    monkeypatch.setattr(dmd, "train", fake_train)
+    monkeypatch.setattr(dmd, "save_student", lambda *a, **k: None)
+    cfg = dmd.DMD2Config(batch=4, gan=0.1, fake_lr_scale=scale)
+    dmd.dmd_distill(gmm_target().float(), MLPDenoiser(hidden=8, depth=2), target_data("gmm"), "/nonexistent", cfg)
+    if scale == 1.0:
+        assert seen["params"] is None
+        return
+    gen, critic = seen["params"]
+    model = seen["model"]
+    assert {id(p) for p in gen["params"]} == {id(p) for p in model.generator.parameters()}
+    assert {id(p) for p in critic["params"]} == {id(p) for p in model.critic_params()} and critic["lr_scale"] == 20.0
+    assert "lr_scale" not in gen
+
+
+def test_a_larger_fake_rate_moves_only_the_fake_score_further(tmp_path):
+    """Through the real trainer: two fake-score steps at 10x the rate move the fake score ~10x as far (Adam's
+    first steps are lr-sized) while the generator, not updated in them, stays put."""
+    teacher = gmm_target().float()
+    moved = {}
+    for scale in (1.0, 10.0):
+        cfg = _tiny(dmd.DMD2Config, steps=2, fake_lr_scale=scale)
+        cfg.train.warmup, cfg.train.ema_decay = 0, 0.0
+        student = (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]
+        start = {k: v.clone() for k, v in student.state_dict().items()}
+        dmd.dmd_distill(teacher, student, target_data("gmm"), tmp_path / str(scale), cfg)
+        assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # generator: no step yet
+        state = dmd.load_file(str(tmp_path / str(scale) / "checkpoint" / "state.safetensors"))
+        fake = {k[len("model.fake."):]: v for k, v in state.items() if k.startswith("model.fake.")}
+        moved[scale] = sum(float((fake[k] - start[k]).abs().sum()) for k in fake)
+    assert 7.0 < moved[10.0] / moved[1.0] < 13.0, moved

@@ -62,6 +62,7 @@ class DMDConfig:
     t_hi: float = 0.98
     fake: str = "copy"            # "copy" of the teacher network, or "lora" (diffusers teachers, peft)
     lora_rank: int = 8
+    fake_lr_scale: float = 1.0    # the fake score's (and GAN head's) learning rate / the generator's
     init: str = ""                # an earlier run to start from (`load_init`); "" : the teacher
     batch: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=2e-4, warmup=100, ema_decay=0.99,
@@ -353,8 +354,11 @@ def dmd_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | P
             loss = loss + cfg.regression * regression_loss(m.generator, pairs, times[0], sigma_max, cfg.batch, g)
         return loss
 
+    groups = None if cfg.fake_lr_scale == 1.0 else [  # e.g. a LoRA fake score at LoRA's usual, larger rate
+        {"params": [p for p in model.generator.parameters() if p.requires_grad]},
+        {"params": critic, "lr_scale": cfg.fake_lr_scale}]
     ema, log = train(model, loss_fn, cfg.train, out, resume=resume and (out / "checkpoint").is_dir(),
-                     desc=f"{cfg.variant} ({cfg.steps}-step)")
+                     desc=f"{cfg.variant} ({cfg.steps}-step)", params=groups)
     result = freeze(ema.generator)
     save_student(result, out / "student", {**(meta or {}), "method": cfg.variant, "sampler": "dmd",
                                           "steps": cfg.steps, "times": times.tolist(), "config": asdict(cfg),

@@ -206,12 +206,16 @@ def final_folder(method: str, out: str | Path) -> Path:
     return max(candidates, key=lambda p: (p / "priorkit.json").stat().st_mtime)
 
 
-def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: float | None, fake: str | None) -> None:
+def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: float | None, fake: str | None,
+                      fake_lr_scale: float | None = None) -> None:
     """ValueError for DMD-only options on another method or out of range (before anything is written)."""
     from priorkit.distill.core.loading import BUNDLED
 
-    if (init is not None or gan is not None or fake is not None) and method not in ("dmd", "dmd2"):
-        raise ValueError(f"--init, --gan and --fake apply to dmd and dmd2; got {method}")
+    given = (init, gan, fake, fake_lr_scale)
+    if any(v is not None for v in given) and method not in ("dmd", "dmd2"):
+        raise ValueError(f"--init, --gan, --fake and --fake-lr-scale apply to dmd and dmd2; got {method}")
+    if fake_lr_scale is not None and not fake_lr_scale > 0:
+        raise ValueError(f"--fake-lr-scale must be > 0; got {fake_lr_scale}")
     if fake is not None and fake not in ("copy", "lora"):
         raise ValueError(f"--fake must be copy or lora; got {fake!r}")
     if fake == "lora" and teacher.startswith("toy:"):
@@ -225,7 +229,7 @@ def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: f
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
             n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1", init: str | None = None,
-            gan: float | None = None, fake: str | None = None) -> Path:
+            gan: float | None = None, fake: str | None = None, fake_lr_scale: float | None = None) -> Path:
     """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
 
     Args:
@@ -242,15 +246,17 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         gan: dmd / dmd2: the weight of DMD2's GAN head in the generator loss (None: the method's, no GAN).
         fake: dmd / dmd2: the fake score, "copy" (a full copy of the teacher, the default) or "lora" (a peft LoRA
             on a copy of a UNet teacher).
+        fake_lr_scale: dmd / dmd2: the fake score's learning rate as a multiple of the generator's (None: 1).
     """
     out = Path(out)
-    check_dmd_options(method, teacher, init, gan, fake)
+    check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
                        "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe,
                        **({"photo_set": photo_set} if photo_set != "v1" else {}),
                        **({"init": str(init)} if init is not None else {}),
                        **({"gan": gan} if gan is not None else {}),
-                       **({"fake": fake} if fake is not None else {})}, resume)
+                       **({"fake": fake} if fake is not None else {}),
+                       **({"fake_lr_scale": fake_lr_scale} if fake_lr_scale is not None else {})}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
@@ -288,6 +294,8 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         cfg.gan = gan
     if fake is not None:
         cfg.fake = fake
+    if fake_lr_scale is not None:
+        cfg.fake_lr_scale = fake_lr_scale
     target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
     result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
     attach_codecs(result, den)
