@@ -132,17 +132,21 @@ def progressive_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out:
     return freeze(result)
 
 
-def _round(teacher: Denoiser, student: Denoiser, data: DataFn, fine: Tensor, n_student: int, folder: Path,
-           cfg: ProgressiveConfig, resume: bool) -> Denoiser:
+def round_times(fine: Tensor, n_student: int, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(t, t_mid, t_next) of the student's steps ``i`` (B,) in a round: t -> t_next is step i of the
+    ``n_student``-step sub-grid of ``fine``, t_mid the time between them on the 2 n_student-step one."""
     stride = (len(fine) - 1) // n_student
     grid_s, grid_t = fine[::stride], fine[:: stride // 2]
+    return grid_s[i], grid_t[2 * i + 1], grid_s[i + 1]
 
+
+def _round(teacher: Denoiser, student: Denoiser, data: DataFn, fine: Tensor, n_student: int, folder: Path,
+           cfg: ProgressiveConfig, resume: bool) -> Denoiser:
     def loss_fn(model: nn.Module, step: int, g: torch.Generator) -> Tensor:
         x0, cond = data(cfg.batch, g)
         i = torch.randint(0, n_student, (x0.shape[0],), generator=g)
         eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        return progressive_loss(model, teacher, x0, eps, grid_s[i], grid_t[2 * i + 1], grid_s[i + 1], cond,
-                                cfg.weighting)
+        return progressive_loss(model, teacher, x0, eps, *round_times(fine, n_student, i), cond, cfg.weighting)
 
     resume_round = resume and (folder / "checkpoint").is_dir()
     ema, _ = train(student, loss_fn, cfg.train, folder, resume=resume_round, desc=f"progressive -> {n_student} steps")

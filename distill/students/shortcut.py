@@ -98,6 +98,17 @@ def shortcut_loss(online: nn.Module, target: Denoiser, x0: Tensor, eps: Tensor, 
     return (pred - goal).pow(2).mean()
 
 
+def shortcut_times(b: int, n_sc: int, levels: int, total: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(t, d) (B,) float64 of a batch: step sizes d = span / 2^k, k ~ U{0..levels-1}; the first ``n_sc`` rows
+    (self-consistency) at t ~ U(d, span) so that t - d >= 0, the rest (flow matching) at t ~ U(1e-4, 1) span."""
+    k = torch.randint(0, levels, (b,), generator=g)
+    d = total / 2.0 ** k.double()
+    u = torch.rand(b, generator=g, dtype=torch.float64)
+    t_sc = d + (total - d) * u
+    t_fm = (1e-4 + (1 - 1e-4) * u) * total
+    return torch.cat([t_sc[:n_sc], t_fm[n_sc:]]), d
+
+
 def shortcut_train(student: Denoiser, data: DataFn, out: str | Path, cfg: ShortcutConfig | None = None, *,
                    teacher: Denoiser | None = None, resume: bool = False,
                    meta: dict[str, Any] | None = None) -> Denoiser:
@@ -122,14 +133,8 @@ def shortcut_train(student: Denoiser, data: DataFn, out: str | Path, cfg: Shortc
             core.update_target(cfg.target_decay)
         target = core.target if core.target is not None else core.student
         x0, cond = data(cfg.batch, g)
-        b = x0.shape[0]
-        n_sc = int(round(cfg.sc_fraction * b))
-        k = torch.randint(0, cfg.levels, (b,), generator=g)
-        d = total / 2.0 ** k.double()                                              # d = span / 2^k
-        u = torch.rand(b, generator=g, dtype=torch.float64)
-        t_sc = d + (total - d) * u                                                  # t - d >= 0
-        t_fm = (1e-4 + (1 - 1e-4) * u) * total
-        t = torch.cat([t_sc[:n_sc], t_fm[n_sc:]])
+        n_sc = int(round(cfg.sc_fraction * x0.shape[0]))
+        t, d = shortcut_times(x0.shape[0], n_sc, cfg.levels, total, g)
         eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
         return shortcut_loss(m, target, x0, eps, t, d, n_sc, d_min, cond=cond, teacher=teacher)
 

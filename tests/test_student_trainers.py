@@ -1,0 +1,209 @@
+"""The progressive and shortcut trainers by value: what each training step draws and passes to its loss (the losses
+themselves are tested by hand in test_student_pieces / test_student_losses), the rounds and what they save, with the
+training loop replaced by a recorder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from priorkit.distill.core.schedule import VE, VPCosine
+from priorkit.distill.core.training import TrainConfig
+from priorkit.distill.students import progressive as pd
+from priorkit.distill.students import shortcut as sc
+from priorkit.distill.students.format import read_meta
+from priorkit.distill.zoo.toy import MLPDenoiser, gmm_target, target_data
+
+
+def _recording_train(calls: list[dict], steps: int = 3):  # noqa: ANN202
+    """A stand-in for `train`: calls the loss function ``steps`` times with a seeded generator and returns the
+    model unchanged as its "EMA"."""
+
+    def fake_train(model, loss_fn, cfg, out, *, resume=False, desc="", **kw):  # noqa: ANN001, ANN202
+        g = torch.Generator().manual_seed(0)
+        calls.append({"model": model, "out": out, "resume": resume, "desc": desc, "cfg": cfg,
+                      "losses": [loss_fn(model, step, g) for step in range(steps)]})
+        return model, [{"loss": 0.0}]
+
+    return fake_train
+
+
+# ---- progressive -----------------------------------------------------------------------------------------
+def test_round_times_nest_the_teachers_two_steps_in_one_student_step():
+    fine = torch.linspace(1.0, 0.0, 9, dtype=torch.float64)  # 8 teacher steps
+    for n_student, want in ((4, [(0, 1, 2), (2, 3, 4), (4, 5, 6), (6, 7, 8)]), (2, [(0, 2, 4), (4, 6, 8)]),
+                            (1, [(0, 4, 8)])):
+        t, mid, nxt = pd.round_times(fine, n_student, torch.arange(n_student))
+        got = [tuple(round(float(v) * 8) for v in row) for row in zip(t, mid, nxt, strict=True)]
+        assert got == [(8 - a, 8 - b, 8 - c) for a, b, c in want], (n_student, got)
+
+
+def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch):
+    seen = []
+
+    def loss(model, teacher, x0, eps, t, t_mid, t_next, cond, weighting):  # noqa: ANN001, ANN202
+        seen.append(dict(model=model, teacher=teacher, x0=x0, eps=eps, t=t, t_mid=t_mid, t_next=t_next, cond=cond,
+                         weighting=weighting))
+        return torch.zeros(())
+
+    calls: list[dict] = []
+    monkeypatch.setattr(pd, "progressive_loss", loss)
+    monkeypatch.setattr(pd, "train", _recording_train(calls))
+    teacher, student = gmm_target().float(), MLPDenoiser(hidden=8, depth=2)
+    fine = pd.teacher_grid(teacher.schedule, 8)
+    cfg = pd.ProgressiveConfig(start_steps=8, batch=64, weighting="none")
+    data = target_data("gmm", conditional=True)
+    pd._round(teacher, student, data, fine, 4, __import__("pathlib").Path("/nonexistent"), cfg, resume=False)
+    assert len(seen) == 3 and calls[0]["desc"] == "progressive -> 4 steps" and calls[0]["cfg"] is cfg.train
+    g = torch.Generator().manual_seed(0)
+    x0, cond = data(64, g)  # the first step's draws, in order: data, student step, noise
+    i = torch.randint(0, 4, (64,), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    first = seen[0]
+    assert first["model"] is student and first["teacher"] is teacher and first["weighting"] == "none"
+    assert torch.equal(first["x0"], x0) and torch.equal(first["eps"], eps) and torch.equal(first["cond"], cond)
+    t, mid, nxt = pd.round_times(fine, 4, i)
+    assert torch.equal(first["t"], t) and torch.equal(first["t_mid"], mid) and torch.equal(first["t_next"], nxt)
+    assert len(set(i.tolist())) == 4  # every student step is drawn
+
+
+def test_progressive_rounds_chain_teachers_save_students_and_skip_finished_rounds(monkeypatch, tmp_path):
+    rounds = []
+
+    def fake_round(teacher, student, data, fine, n_student, folder, cfg, resume):  # noqa: ANN001, ANN202
+        rounds.append((teacher, student, n_student, folder.name, resume))
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(1.0)  # a "trained" student, told apart from its start
+        return student
+
+    monkeypatch.setattr(pd, "_round", fake_round)
+    teacher = MLPDenoiser(hidden=8, depth=2)
+    cfg = pd.ProgressiveConfig(start_steps=8, end_steps=1, spacing="logsnr")
+    result = pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, cfg, meta={"teacher": "x"})
+    assert [(n, name) for _, _, n, name, _ in rounds] == [(4, "steps_4"), (2, "steps_2"), (1, "steps_1")]
+    assert rounds[0][0] is teacher and rounds[0][1] is not teacher  # round 1 trains a copy of the given student
+    for (_, s_prev, _, _, _), (t_next, _, _, _, _) in zip(rounds[:-1], rounds[1:], strict=True):  # teacher: last
+        assert all(torch.equal(a, b) for a, b in zip(t_next.parameters(), s_prev.parameters(), strict=True))
+    assert not any(p.requires_grad for p in result.parameters()) and not result.training
+    start = dict(teacher.named_parameters())
+    assert all(torch.allclose(v, start[k] + 3.0) for k, v in result.named_parameters())  # three rounds of +1
+    meta = read_meta(tmp_path / "steps_2" / "student")
+    assert (meta["method"], meta["sampler"], meta["steps"], meta["start_steps"], meta["spacing"], meta["teacher"]) \
+        == ("progressive", "ddim", 2, 8, "logsnr", "x")
+    assert meta["config"]["end_steps"] == 1
+    rounds.clear()  # resume: the saved rounds are loaded, not trained again; the unfinished one resumes
+    import shutil
+
+    shutil.rmtree(tmp_path / "steps_1" / "student")
+    again = pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, cfg, resume=True)
+    assert [(n, r) for _, _, n, _, r in rounds] == [(1, True)]
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), result.parameters(), strict=True))
+    with pytest.raises(ValueError, match="end_steps must divide start_steps"):
+        pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, pd.ProgressiveConfig(end_steps=3))
+    with pytest.raises(ValueError, match="end_steps must divide start_steps"):
+        pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, pd.ProgressiveConfig(end_steps=0))
+
+
+def test_a_round_resumes_only_when_asked_and_its_checkpoint_exists(monkeypatch, tmp_path):
+    calls: list[dict] = []
+    monkeypatch.setattr(pd, "train", _recording_train(calls, steps=0))
+    teacher = gmm_target().float()
+    fine = pd.teacher_grid(teacher.schedule, 4)
+    cfg = pd.ProgressiveConfig(start_steps=4)
+    (tmp_path / "b" / "checkpoint").mkdir(parents=True)
+    for folder, resume in (("a", True), ("b", False), ("b", True)):
+        pd._round(teacher, MLPDenoiser(hidden=8, depth=2), target_data("gmm"), fine, 2, tmp_path / folder, cfg,
+                  resume)
+    assert [c["resume"] for c in calls] == [False, False, True]
+    assert [c["out"] for c in calls] == [tmp_path / "a", tmp_path / "b", tmp_path / "b"]
+
+
+# ---- shortcut --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("total", [1.0, 0.9946])
+def test_shortcut_times_by_hand(total):
+    t, d = sc.shortcut_times(512, 200, 5, total, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    k = torch.randint(0, 5, (512,), generator=g)
+    u = torch.rand(512, generator=g, dtype=torch.float64)
+    want_d = total / 2.0 ** k.double()
+    torch.testing.assert_close(d, want_d, rtol=0, atol=0)
+    torch.testing.assert_close(t[:200], want_d[:200] + (total - want_d[:200]) * u[:200], rtol=1e-15, atol=0)
+    torch.testing.assert_close(t[200:], (1e-4 + (1 - 1e-4) * u[200:]) * total, rtol=1e-15, atol=0)
+    assert t.dtype == d.dtype == torch.float64 and set(k.tolist()) == set(range(5))
+    assert bool((t[:200] - d[:200] >= 0).all()) and bool((t <= total).all())
+
+
+def test_a_shortcut_step_draws_its_batch_and_passes_it_on(monkeypatch, tmp_path):
+    seen = []
+
+    def loss(m, target, x0, eps, t, d, n_sc, d_min, *, cond=None, teacher=None):  # noqa: ANN001, ANN202
+        seen.append(dict(m=m, target=target, x0=x0, eps=eps, t=t, d=d, n_sc=n_sc, d_min=d_min, cond=cond,
+                         teacher=teacher))
+        return torch.zeros(())
+
+    calls: list[dict] = []
+    monkeypatch.setattr(sc, "shortcut_loss", loss)
+    monkeypatch.setattr(sc, "train", _recording_train(calls))
+    schedule = VPCosine()  # t_max = 0.9946: the span is the schedule's, not 1
+    student = MLPDenoiser(schedule, hidden=8, depth=2, extras=("d",), num_classes=8)
+    teacher = MLPDenoiser(schedule, hidden=8, depth=2)
+    data = target_data("gmm", conditional=True)
+    cfg = sc.ShortcutConfig(batch=40, levels=4, sc_fraction=0.3, target_decay=0.0)
+    sc.shortcut_train(student, data, tmp_path, cfg, teacher=teacher, meta={"teacher": "x"})
+    trainee = calls[0]["model"]
+    assert trainee.target is None and calls[0]["desc"] == "shortcut"
+    g = torch.Generator().manual_seed(0)
+    x0, cond = data(40, g)
+    t, d = sc.shortcut_times(40, 12, 4, schedule.t_max, g)  # round(0.3 * 40) = 12 self-consistency rows
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    first = seen[0]
+    assert first["m"] is trainee and first["target"] is trainee.student and first["n_sc"] == 12
+    assert first["d_min"] == pytest.approx(schedule.t_max / 16) and first["teacher"] is teacher
+    assert not any(p.requires_grad for p in teacher.parameters())
+    for name, want in (("x0", x0), ("eps", eps), ("t", t), ("d", d), ("cond", cond)):
+        assert torch.equal(first[name], want), name
+    meta = read_meta(tmp_path / "student")
+    assert (meta["method"], meta["sampler"], meta["levels"], meta["teacher"]) == ("shortcut", "shortcut", 4, "x")
+    assert meta["config"]["sc_fraction"] == 0.3
+
+
+def test_the_shortcut_target_is_an_ema_updated_from_the_second_step(monkeypatch, tmp_path):
+    targets = []
+
+    def loss(m, target, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        targets.append({n: p.clone() for n, p in target.named_parameters()})
+        with torch.no_grad():
+            for p in m.student.parameters():
+                p.add_(1.0)  # the student moves by 1 every step
+        return torch.zeros(())
+
+    calls: list[dict] = []
+    monkeypatch.setattr(sc, "shortcut_loss", loss)
+    monkeypatch.setattr(sc, "train", _recording_train(calls))
+    student = MLPDenoiser(VE(0.01, 2.0), hidden=8, depth=2, extras=("d",))
+    start = {n: p.clone() for n, p in student.named_parameters()}
+    sc.shortcut_train(student, target_data("gmm"), tmp_path, sc.ShortcutConfig(batch=8, target_decay=0.75))
+    trainee = calls[0]["model"]
+    assert trainee.target is not None and trainee.target is not trainee.student
+    # step 0: the target is the start; step 1: 0.75 start + 0.25 (start + 1); step 2: 0.75 step1 + 0.25 (start + 2)
+    for step, offset in ((0, 0.0), (1, 0.25), (2, 0.75 * 0.25 + 0.25 * 2.0)):
+        assert all(torch.allclose(targets[step][n], start[n] + offset) for n in start), step
+
+
+def test_shortcut_refuses_a_fraction_outside_zero_one(tmp_path):
+    student = MLPDenoiser(hidden=8, depth=2, extras=("d",))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^sc_fraction must lie in \[0, 1\]; got {bad}$"):
+            sc.shortcut_train(student, target_data("gmm"), tmp_path, sc.ShortcutConfig(sc_fraction=bad))
+    assert not (tmp_path / "student").exists()
+
+
+def test_shortcut_train_passes_resume_on(monkeypatch, tmp_path):
+    calls: list[dict] = []
+    monkeypatch.setattr(sc, "shortcut_loss", lambda *a, **k: torch.zeros(()))
+    monkeypatch.setattr(sc, "train", _recording_train(calls, steps=0))
+    for resume in (False, True):
+        sc.shortcut_train(MLPDenoiser(hidden=8, depth=2, extras=("d",)), target_data("gmm"), tmp_path,
+                          sc.ShortcutConfig(train=TrainConfig(steps=1)), resume=resume)
+    assert [c["resume"] for c in calls] == [False, True]
