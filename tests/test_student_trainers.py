@@ -207,3 +207,109 @@ def test_shortcut_train_passes_resume_on(monkeypatch, tmp_path):
         sc.shortcut_train(MLPDenoiser(hidden=8, depth=2, extras=("d",)), target_data("gmm"), tmp_path,
                           sc.ShortcutConfig(train=TrainConfig(steps=1)), resume=resume)
     assert [c["resume"] for c in calls] == [False, True]
+
+
+# ---- the bespoke solver's trainer ------------------------------------------------------------------------
+def test_reference_pairs_are_the_teachers_heun_solves_chunk_by_chunk():
+    from priorkit.distill.core.samplers import initial_noise, sample
+    from priorkit.distill.students import bespoke as bs
+    from priorkit.distill.zoo.toy import conditional_gmm_target
+
+    teacher = conditional_gmm_target().float()
+    data = target_data("gmm", conditional=True)
+    z, x, cond = bs.reference_pairs(teacher, 5, 6, data, seed=3, chunk=3)
+    g = torch.Generator().manual_seed(3)  # per chunk: its conditions, then its noise
+    want_z, want_x, want_c = [], [], []
+    for m in (3, 2):
+        c = data(m, g)[1]
+        zz = initial_noise(teacher, (m, 2), generator=g)
+        want_x.append(sample(teacher, zz, steps=6, solver="heun", spacing="karras", cond=c))
+        want_z.append(zz)
+        want_c.append(c)
+    assert torch.equal(z, torch.cat(want_z)) and torch.equal(cond, torch.cat(want_c))
+    torch.testing.assert_close(x, torch.cat(want_x), rtol=0, atol=0)
+    z2, _, none = bs.reference_pairs(gmm_target().float(), 4, 2, None, seed=3)
+    assert none is None and z2.shape == (4, 2)
+
+
+def _bespoke_cfg(steps: int, **kw):  # noqa: ANN202
+    from priorkit.distill.students import bespoke as bs
+
+    return bs.BespokeConfig(**{"nfe": 2, "trajectories": 16, "ref_steps": 4, "batch": 8, "save_every": 2,
+                               "train": TrainConfig(steps=steps, lr=1e-2, warmup=0, ema_decay=0.0), **kw})
+
+
+def test_bespoke_train_saves_on_its_cadence_and_resumes_from_the_saved_iteration(tmp_path, monkeypatch):
+    import json
+
+    from priorkit.distill.core.samplers.bespoke import load_bespoke
+    from priorkit.distill.students import bespoke as bs
+
+    teacher = gmm_target().float()
+    saved = []
+    real_save = bs.BespokeSolver.save
+    monkeypatch.setattr(bs.BespokeSolver, "save", lambda self, path, **m: (saved.append(m["iteration"]),
+                                                                             real_save(self, path, **m))[1])
+    first = bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(5), meta={"teacher": "x"})
+    assert saved == [2, 4, 5]  # every save_every iterations and at the end
+    info = json.loads((tmp_path / "bespoke.json").read_text())
+    assert info["iteration"] == 5 and info["teacher"] == "x" and info["config"]["nfe"] == 2
+    assert info["schedule"] == teacher.schedule.config() and info["train_rmse"] > 0 and info["seconds"] >= 0
+    assert not any(p.requires_grad for p in first.parameters())
+    saved.clear()  # longer, resumed: iterations 5..7 only, starting from the saved solver
+    seen = []
+    real_rmse = bs.rmse
+    monkeypatch.setattr(bs, "rmse", lambda x, y: (seen.append(1), real_rmse(x, y))[1])
+    resumed = bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)
+    assert len(seen) == 3 and saved == [6, 8]
+    # not resumed: from the start (a fresh solver), all 8 iterations
+    seen.clear()
+    fresh = bs.bespoke_train(teacher, tmp_path / "b", _bespoke_cfg(8))
+    assert len(seen) == 8
+    straight = {k: v for k, v in fresh.state_dict().items()}
+    assert any(not torch.equal(v, straight[k]) for k, v in resumed.state_dict().items())  # Adam restarted
+    assert load_bespoke(tmp_path / "bespoke.json").nfe == 2
+    seen.clear()  # a finished run resumed again: no iteration, the file kept
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)
+    assert seen == [] and json.loads((tmp_path / "bespoke.json").read_text())["iteration"] == 8
+
+
+def test_bespoke_train_fits_only_the_solver_on_its_loss(tmp_path):
+    from priorkit.distill.core.samplers import predict_fn
+    from priorkit.distill.core.samplers.bespoke import BespokeSolver
+    from priorkit.distill.students import bespoke as bs
+
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(hidden=8, depth=2)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = _bespoke_cfg(1, variant="ns", batch=64)  # batch > trajectories: every trajectory, in a random order
+    solver = bs.bespoke_train(teacher, tmp_path, cfg)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    z, x_ref, _ = bs.reference_pairs(teacher, 16, 4, None, seed=0)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(16, (16,), generator=g)
+    start = BespokeSolver(2, "ns", t_max=float(teacher.schedule.t_max)).requires_grad_(True)
+    opt = torch.optim.Adam(start.parameters(), lr=1e-2)
+    bs.rmse(start(predict_fn(teacher, None), z[idx]), x_ref[idx]).backward()
+    opt.step()
+    for k, v in solver.state_dict().items():  # one Adam step on the batch's RMSE, by hand
+        torch.testing.assert_close(v, start.state_dict()[k])
+
+
+def test_bespoke_distill_saves_a_student_of_a_network_and_only_the_file_for_an_exact_teacher(tmp_path):
+    from priorkit.distill.students import bespoke as bs
+    from priorkit.distill.students.runner import CFGDenoiser
+
+    torch.manual_seed(0)
+    net = MLPDenoiser(hidden=8, depth=2, num_classes=8)
+    teacher = CFGDenoiser(net, 2.5)
+    out = bs.bespoke_distill(teacher, teacher, target_data("gmm", conditional=True), tmp_path / "a", _bespoke_cfg(2),
+                             meta={"teacher": "x"})
+    assert out is teacher
+    meta = read_meta(tmp_path / "a" / "student")
+    assert (meta["method"], meta["sampler"], meta["guidance"], meta["steps"], meta["teacher"]) == (
+        "bespoke", "bespoke", 2.5, 2, "x")
+    assert meta["solver"]["nfe"] == 2 and meta["solver"]["kind"] == "bespoke"
+    exact = gmm_target().float()
+    assert bs.bespoke_distill(exact, exact, target_data("gmm"), tmp_path / "b", _bespoke_cfg(2)) is exact
+    assert (tmp_path / "b" / "bespoke.json").is_file() and not (tmp_path / "b" / "student").exists()
