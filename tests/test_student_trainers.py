@@ -52,7 +52,8 @@ def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch):
     teacher, student = gmm_target().float(), MLPDenoiser(hidden=8, depth=2)
     fine = pd.teacher_grid(teacher.schedule, 8)
     cfg = pd.ProgressiveConfig(start_steps=8, batch=64, weighting="none")
-    data = target_data("gmm", conditional=True)
+    base = target_data("gmm", conditional=True)
+    data = lambda n, g: (lambda x, c: (x.double(), c))(*base(n, g))  # noqa: E731  (float64: eps must follow)
     pd._round(teacher, student, data, fine, 4, __import__("pathlib").Path("/nonexistent"), cfg, resume=False)
     assert len(seen) == 3 and calls[0]["desc"] == "progressive -> 4 steps" and calls[0]["cfg"] is cfg.train
     g = torch.Generator().manual_seed(0)
@@ -62,6 +63,7 @@ def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch):
     first = seen[0]
     assert first["model"] is student and first["teacher"] is teacher and first["weighting"] == "none"
     assert torch.equal(first["x0"], x0) and torch.equal(first["eps"], eps) and torch.equal(first["cond"], cond)
+    assert first["eps"].dtype == torch.float64
     t, mid, nxt = pd.round_times(fine, 4, i)
     assert torch.equal(first["t"], t) and torch.equal(first["t_mid"], mid) and torch.equal(first["t_next"], nxt)
     assert len(set(i.tolist())) == 4  # every student step is drawn
@@ -70,8 +72,11 @@ def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch):
 def test_progressive_rounds_chain_teachers_save_students_and_skip_finished_rounds(monkeypatch, tmp_path):
     rounds = []
 
+    grids = []
+
     def fake_round(teacher, student, data, fine, n_student, folder, cfg, resume):  # noqa: ANN001, ANN202
         rounds.append((teacher, student, n_student, folder.name, resume))
+        grids.append(fine)
         with torch.no_grad():
             for p in student.parameters():
                 p.add_(1.0)  # a "trained" student, told apart from its start
@@ -82,6 +87,7 @@ def test_progressive_rounds_chain_teachers_save_students_and_skip_finished_round
     cfg = pd.ProgressiveConfig(start_steps=8, end_steps=1, spacing="logsnr")
     result = pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, cfg, meta={"teacher": "x"})
     assert [(n, name) for _, _, n, name, _ in rounds] == [(4, "steps_4"), (2, "steps_2"), (1, "steps_1")]
+    assert all(torch.equal(f, pd.teacher_grid(teacher.schedule, 8, "logsnr")) for f in grids)  # the config's grid
     assert rounds[0][0] is teacher and rounds[0][1] is not teacher  # round 1 trains a copy of the given student
     for (_, s_prev, _, _, _), (t_next, _, _, _, _) in zip(rounds[:-1], rounds[1:], strict=True):  # teacher: last
         assert all(torch.equal(a, b) for a, b in zip(t_next.parameters(), s_prev.parameters(), strict=True))
@@ -99,9 +105,12 @@ def test_progressive_rounds_chain_teachers_save_students_and_skip_finished_round
     again = pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, cfg, resume=True)
     assert [(n, r) for _, _, n, _, r in rounds] == [(1, True)]
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), result.parameters(), strict=True))
-    with pytest.raises(ValueError, match="end_steps must divide start_steps"):
+    rounds.clear()  # not resumed: every round trains again, whatever the folder holds
+    pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, cfg)
+    assert [(n, r) for _, _, n, _, r in rounds] == [(4, False), (2, False), (1, False)]
+    with pytest.raises(ValueError, match="^end_steps must divide start_steps$"):
         pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, pd.ProgressiveConfig(end_steps=3))
-    with pytest.raises(ValueError, match="end_steps must divide start_steps"):
+    with pytest.raises(ValueError, match="^end_steps must divide start_steps$"):
         pd.progressive_distill(teacher, teacher, target_data("gmm"), tmp_path, pd.ProgressiveConfig(end_steps=0))
 
 
@@ -148,7 +157,8 @@ def test_a_shortcut_step_draws_its_batch_and_passes_it_on(monkeypatch, tmp_path)
     schedule = VPCosine()  # t_max = 0.9946: the span is the schedule's, not 1
     student = MLPDenoiser(schedule, hidden=8, depth=2, extras=("d",), num_classes=8)
     teacher = MLPDenoiser(schedule, hidden=8, depth=2)
-    data = target_data("gmm", conditional=True)
+    base = target_data("gmm", conditional=True)
+    data = lambda n, g: (lambda x, c: (x.double(), c))(*base(n, g))  # noqa: E731  (float64: eps must follow)
     cfg = sc.ShortcutConfig(batch=40, levels=4, sc_fraction=0.3, target_decay=0.0)
     sc.shortcut_train(student, data, tmp_path, cfg, teacher=teacher, meta={"teacher": "x"})
     trainee = calls[0]["model"]
@@ -163,6 +173,7 @@ def test_a_shortcut_step_draws_its_batch_and_passes_it_on(monkeypatch, tmp_path)
     assert not any(p.requires_grad for p in teacher.parameters())
     for name, want in (("x0", x0), ("eps", eps), ("t", t), ("d", d), ("cond", cond)):
         assert torch.equal(first[name], want), name
+    assert first["eps"].dtype == torch.float64
     meta = read_meta(tmp_path / "student")
     assert (meta["method"], meta["sampler"], meta["levels"], meta["teacher"]) == ("shortcut", "shortcut", 4, "x")
     assert meta["config"]["sc_fraction"] == 0.3
@@ -197,6 +208,17 @@ def test_shortcut_refuses_a_fraction_outside_zero_one(tmp_path):
         with pytest.raises(ValueError, match=rf"^sc_fraction must lie in \[0, 1\]; got {bad}$"):
             sc.shortcut_train(student, target_data("gmm"), tmp_path, sc.ShortcutConfig(sc_fraction=bad))
     assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_shortcut_takes_all_or_no_self_consistency_rows(monkeypatch, tmp_path, fraction):
+    seen = []
+    monkeypatch.setattr(sc, "shortcut_loss", lambda m, tg, x0, eps, t, d, n_sc, *a, **k: (seen.append(n_sc),
+                                                                                          torch.zeros(()))[1])
+    monkeypatch.setattr(sc, "train", _recording_train([], steps=1))
+    sc.shortcut_train(MLPDenoiser(hidden=8, depth=2, extras=("d",)), target_data("gmm"), tmp_path,
+                      sc.ShortcutConfig(batch=10, sc_fraction=fraction))
+    assert seen == [round(10 * fraction)]
 
 
 def test_shortcut_train_passes_resume_on(monkeypatch, tmp_path):
