@@ -62,9 +62,9 @@ def distill_cmd(
                                                    "(default: no GAN head; DMD2 used 3e-3)")] = None,
     fake: Annotated[str | None, typer.Option(help="dmd, dmd2: the fake score: copy (a full copy of the teacher, "
                                                   "default) or lora (a peft LoRA on a UNet teacher's copy)")] = None,
-    fake_lr_scale: Annotated[float | None, typer.Option(help="dmd, dmd2: the fake score's learning rate as a "
-                                                             "multiple of the generator's (default 1; a LoRA "
-                                                             "usually wants more)")] = None,
+    fake_lr_scale: Annotated[float | None, typer.Option(help="dmd, dmd2: the fake score's (and GAN head's) "
+                                                             "learning rate as a multiple of the generator's "
+                                                             "(default 1; a LoRA usually wants more)")] = None,
 ) -> None:
     """Distil a teacher into a fast few-step student.
 

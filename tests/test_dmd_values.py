@@ -69,6 +69,15 @@ def test_generator_loss_gradient_is_dmds_normalised_gradient_per_element():
     assert want.abs().mean() > 1e-3
 
 
+def test_generator_loss_takes_a_batch_of_one():
+    m, cfg = _trainee(gan=False), dmd.DMDConfig()
+    x = _samples(n=1)[0].requires_grad_(True)
+    (t, eps), = _draws(1, cfg, 6, 1)
+    (got,) = torch.autograd.grad(dmd.generator_loss(m, gmm_target().double(), x, None, cfg,
+                                                    torch.Generator().manual_seed(6)), x)
+    torch.testing.assert_close(got, dmd.dmd_gradient(gmm_target().double(), m.fake, x.detach(), t, eps) / 2)
+
+
 def test_generator_loss_adds_the_generators_non_saturating_gan_term():
     m, cfg = _trainee(gan=True), dmd.DMD2Config(gan=0.3, t_lo=0.2, t_hi=0.8)
     teacher = gmm_target().double()
@@ -96,7 +105,7 @@ def test_regression_loss_is_the_mse_to_the_teachers_ode_output_at_the_first_leve
     z = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
     pairs = {"z": z, "x0": torch.randn(10, 2, generator=torch.Generator().manual_seed(1))}
     if with_cond:
-        pairs["cond"] = torch.arange(10)
+        pairs["cond"] = torch.arange(10) + 100  # conditions that are not their own row numbers
     got = dmd.regression_loss(Recorder(), pairs, torch.tensor(0.75, dtype=torch.float64), 3.0, 6,
                               torch.Generator().manual_seed(2))
     idx = torch.randint(10, (6,), generator=torch.Generator().manual_seed(2))
@@ -104,14 +113,14 @@ def test_regression_loss_is_the_mse_to_the_teachers_ode_output_at_the_first_leve
     torch.testing.assert_close(got, want)
     x_in, t_in, c_in = calls[0]
     assert t_in.dtype == torch.float32 and t_in.shape == (6,)
-    assert torch.equal(c_in, idx) if with_cond else c_in is None
+    assert torch.equal(c_in, idx + 100) if with_cond else c_in is None
 
 
 SCHEDULE = VE(0.01, 5.0)  # sigma_max = 5: scaling by sigma_max is visible
 SIGMA_MAX = 5.0
 
 
-def _run_loss_fn(monkeypatch, cfg: dmd.DMDConfig, steps: int) -> list[dict]:  # noqa: ANN001
+def _run_loss_fn(monkeypatch, cfg: dmd.DMDConfig, steps: int, out) -> list[dict]:  # noqa: ANN001
     """Run dmd_distill's loss function for ``steps`` steps (the training loop replaced) with the three losses
     replaced by recorders: what each step computed, on what, and which parameters could learn."""
     seen: list[dict] = []
@@ -142,13 +151,13 @@ def _run_loss_fn(monkeypatch, cfg: dmd.DMDConfig, steps: int) -> list[dict]:  # 
     monkeypatch.setattr(dmd, "train", fake_train)
     monkeypatch.setattr(dmd, "save_student", lambda *a, **k: None)
     dmd.dmd_distill(gmm_target(SCHEDULE).float(), MLPDenoiser(hidden=16, depth=2, schedule=SCHEDULE),
-                    target_data("gmm"), "/nonexistent", cfg)
+                    target_data("gmm"), out, cfg)
     return seen
 
 
-def test_dmd2_alternates_fake_updates_and_a_generator_update(monkeypatch):
+def test_dmd2_alternates_fake_updates_and_a_generator_update(monkeypatch, tmp_path):
     cfg = dmd.DMD2Config(batch=8, fake_updates=2)
-    seen = _run_loss_fn(monkeypatch, cfg, 6)
+    seen = _run_loss_fn(monkeypatch, cfg, 6, tmp_path)
     kinds = [s["kind"] for s in seen if "kind" in s]
     assert kinds == ["critic", "critic", "generator"] * 2
     losses = [s["loss"] for s in seen if "loss" in s]
@@ -161,9 +170,8 @@ def test_dmd2_alternates_fake_updates_and_a_generator_update(monkeypatch):
 
 
 def test_dmd_adds_the_weighted_regression_on_generator_steps_only(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
     cfg = dmd.DMDConfig(batch=8, pairs=16, teacher_steps=2, regression=0.25)
-    seen = _run_loss_fn(monkeypatch, cfg, 4)
+    seen = _run_loss_fn(monkeypatch, cfg, 4, tmp_path)
     kinds = [s["kind"] for s in seen if "kind" in s]
     assert kinds == ["critic", "generator"] * 2
     assert [s["loss"] for s in seen if "loss" in s] == [1.0, 2.75] * 2
@@ -173,7 +181,7 @@ def test_dmd_adds_the_weighted_regression_on_generator_steps_only(monkeypatch, t
     assert not any("regression" in s for s in seen if s.get("kind") == "critic")
 
 
-def test_generator_steps_noise_at_sigma_max_and_pick_the_step_of_a_multi_step_generator(monkeypatch):
+def test_generator_steps_noise_at_sigma_max_and_pick_the_step_of_a_multi_step_generator(monkeypatch, tmp_path):
     picked = []
     real_generate = dmd.generate
 
@@ -183,12 +191,12 @@ def test_generator_steps_noise_at_sigma_max_and_pick_the_step_of_a_multi_step_ge
 
     monkeypatch.setattr(dmd, "generate", spy)
     cfg = dmd.DMD2Config(batch=4096, fake_updates=1, steps=3)
-    _run_loss_fn(monkeypatch, cfg, 12)
+    _run_loss_fn(monkeypatch, cfg, 12, tmp_path)
     assert {k for k, _, _ in picked} == {0, 1, 2} and all(n == 3 for _, _, n in picked)
     assert all(abs(s - SIGMA_MAX) < 0.05 * SIGMA_MAX for _, s, _ in picked)
 
 
-def test_generator_steps_train_on_the_generators_output_not_its_input(monkeypatch):
+def test_generator_steps_train_on_the_generators_output_not_its_input(monkeypatch, tmp_path):
     """Both steps get x0 = G(input), the first of `generate`'s pair (the second is the input state)."""
     got = {}
 
@@ -196,13 +204,13 @@ def test_generator_steps_train_on_the_generators_output_not_its_input(monkeypatc
         return torch.full_like(noise, 1.0).requires_grad_(torch.is_grad_enabled()), torch.full_like(noise, 2.0)
 
     monkeypatch.setattr(dmd, "generate", stub)
-    seen = _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, fake_updates=1), 2)
+    seen = _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, fake_updates=1), 2, tmp_path)
     for kind in ("critic", "generator"):
         got[kind] = next(s["x"] for s in seen if s.get("kind") == kind)
         assert torch.equal(got[kind], torch.ones(4, 2)), kind
 
 
-def test_the_trainer_builds_its_pieces_from_the_config(monkeypatch):
+def test_the_trainer_builds_its_pieces_from_the_config(monkeypatch, tmp_path):
     """The fake score gets the config's kind and rank; the GAN head exists only for gan > 0; the critic's parameters
     are the fake score's and the head's."""
     made = []
@@ -216,8 +224,8 @@ def test_the_trainer_builds_its_pieces_from_the_config(monkeypatch):
     monkeypatch.setattr(dmd, "make_fake", spy)
     real_trainee = dmd.DMDTrainee
     monkeypatch.setattr(dmd, "DMDTrainee", lambda *a, **k: models.append(real_trainee(*a, **k)) or models[-1])
-    _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, lora_rank=3), 1)
-    _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, gan=0.5), 1)
+    _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, lora_rank=3), 1, tmp_path)
+    _run_loss_fn(monkeypatch, dmd.DMD2Config(batch=4, gan=0.5), 1, tmp_path)
     assert made == [("copy", 3), ("copy", 8)]
     assert models[0].head is None and models[1].head is not None
     critic = models[1].critic_params()
@@ -367,39 +375,66 @@ def test_resume_continues_from_the_checkpoint_and_a_fresh_run_ignores_it(tmp_pat
 
     teacher = gmm_target().float()
     make = lambda: (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]  # noqa: E731
-    dmd.dmd_distill(teacher, make(), target_data("gmm"), tmp_path / "a", _tiny(dmd.DMD2Config, steps=4))
-    calls: list[int] = []  # resumed: only the 4 steps after the checkpoint run, and the result is a longer run's
+    first = dmd.dmd_distill(teacher, make(), target_data("gmm"), tmp_path / "a", _tiny(dmd.DMD2Config, steps=4))
+    calls: list[int] = []  # a finished run resumed: no step runs, the result is the run's
     a = dmd.dmd_distill(teacher, make(), _counting(calls), tmp_path / "a", _tiny(dmd.DMD2Config, steps=4), resume=True)
     assert calls == []
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), first.state_dict().values(), strict=True))
     calls.clear()  # not resumed: a fresh run, whatever the folder holds
     b = dmd.dmd_distill(teacher, make(), _counting(calls), tmp_path / "a", _tiny(dmd.DMD2Config, steps=6))
     assert len(calls) == 6
     c = dmd.dmd_distill(teacher, make(), target_data("gmm"), tmp_path / "c", _tiny(dmd.DMD2Config, steps=6))
     assert all(torch.equal(x, y) for x, y in zip(b.state_dict().values(), c.state_dict().values(), strict=True))
-    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
     assert not (tmp_path / "c" / "pairs.safetensors").exists()  # no regression, no teacher ODE pairs
     meta = read_meta(tmp_path / "c" / "student")
     assert meta["method"] == "dmd2" and meta["times"] == dmd.generator_times(teacher.schedule, 1).tolist()
     assert isinstance(meta["final_loss"], float)
 
 
-@pytest.mark.parametrize("variant", ["dmd-2step", "dmd2-gan"])
-def test_a_run_depends_on_its_seed_only(tmp_path, variant):
-    """Every random draw of a step (data, noise, the generator's step, noise levels, re-noising, pairs) comes from
-    the trainer's seeded generator: the global RNG's state changes nothing."""
+def test_an_interrupted_run_with_its_own_fake_rate_resumes_exactly_and_refuses_another_rate(tmp_path):
     teacher = gmm_target().float()
-    cfg = _tiny(dmd.DMDConfig, steps=6, regression=0.25) if variant == "dmd-2step" else _tiny(dmd.DMD2Config, gan=0.1)
-    cfg.steps = 2 if variant == "dmd-2step" else 1
-    results = []
-    for global_seed in (1, 2):
+    make = lambda: (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]  # noqa: E731
+    base, calls = target_data("gmm"), []
+
+    def crashing(n, g):  # noqa: ANN001, ANN202
+        calls.append(n)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return base(n, g)
+
+    cfg = _tiny(dmd.DMD2Config, steps=8, fake_lr_scale=20.0)
+    with pytest.raises(KeyboardInterrupt):
+        dmd.dmd_distill(teacher, make(), crashing, tmp_path / "a", cfg)
+    for other in (1.0, 10.0):  # a different rate would silently change the run (or fail in torch): refused
+        with pytest.raises(ValueError, match="parameter groups"):
+            dmd.dmd_distill(teacher, make(), base, tmp_path / "a", _tiny(dmd.DMD2Config, steps=8,
+                                                                         fake_lr_scale=other), resume=True)
+    calls.clear()
+    a = dmd.dmd_distill(teacher, make(), _counting(calls), tmp_path / "a", cfg, resume=True)
+    assert len(calls) == 4  # steps 4..7 after the checkpoint at 4
+    b = dmd.dmd_distill(teacher, make(), base, tmp_path / "b", cfg)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_a_run_depends_on_its_seed_and_not_on_the_global_rng(tmp_path):
+    """Every random draw of a step (data, noise, the generator's step, noise levels, re-noising, pairs) comes from
+    the trainer's seeded generator: the global RNG's state changes nothing, the run's seed changes the result.
+    (A GAN head is a new module, initialised like any from torch's RNG, which `priorkit distill` seeds with
+    --seed.)"""
+    teacher = gmm_target().float()
+    results = {}
+    for global_seed, seed in ((1, 0), (2, 0), (1, 1)):
+        cfg = _tiny(dmd.DMDConfig, steps=6, regression=0.25)
+        cfg.steps, cfg.train.seed = 2, seed
         student = (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]
         torch.manual_seed(global_seed)
-        results.append(dmd.dmd_distill(teacher, student, target_data("gmm"), tmp_path / str(global_seed), cfg))
-    a, b = (r.state_dict() for r in results)
+        folder = tmp_path / f"{global_seed}-{seed}"
+        results[global_seed, seed] = dmd.dmd_distill(teacher, student, target_data("gmm"), folder, cfg).state_dict()
+    a, b, c = results[1, 0], results[2, 0], results[1, 1]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    if variant == "dmd-2step":
-        pa, pb = (dmd.load_file(str(tmp_path / s / "pairs.safetensors")) for s in ("1", "2"))
-        assert torch.equal(pa["z"], pb["z"]) and torch.equal(pa["x0"], pb["x0"])
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    pa, pb = (dmd.load_file(str(tmp_path / s / "pairs.safetensors")) for s in ("1-0", "2-0"))
+    assert torch.equal(pa["z"], pb["z"]) and torch.equal(pa["x0"], pb["x0"])
 
 
 def test_pairs_are_saved_once_in_a_new_folder_and_carry_the_conditions(tmp_path):
@@ -471,9 +506,9 @@ def test_load_init_from_a_student_folder_drops_the_attached_codecs(tmp_path, mon
 
 
 @pytest.mark.parametrize("scale", [1.0, 20.0])
-def test_the_fake_score_learns_at_its_own_rate(monkeypatch, scale):
+def test_the_fake_score_learns_at_its_own_rate(monkeypatch, tmp_path, scale):
     """fake_lr_scale: the critic (fake score and head) in a parameter group of its own at that multiple of the
-    generator's rate; at 1 the trainer's single group (old checkpoints keep resuming)."""
+    generator's rate; at 1 the trainer's single group, as before the option existed."""
     seen = {}
 
     def fake_train(model, loss_fn, tcfg, out, *, params=None, **kw):  # noqa: ANN001, ANN202
@@ -484,7 +519,7 @@ def test_the_fake_score_learns_at_its_own_rate(monkeypatch, scale):
     monkeypatch.setattr(dmd, "train", fake_train)
     monkeypatch.setattr(dmd, "save_student", lambda *a, **k: None)
     cfg = dmd.DMD2Config(batch=4, gan=0.1, fake_lr_scale=scale)
-    dmd.dmd_distill(gmm_target().float(), MLPDenoiser(hidden=8, depth=2), target_data("gmm"), "/nonexistent", cfg)
+    dmd.dmd_distill(gmm_target().float(), MLPDenoiser(hidden=8, depth=2), target_data("gmm"), tmp_path, cfg)
     if scale == 1.0:
         assert seen["params"] is None
         return
@@ -511,3 +546,29 @@ def test_a_larger_fake_rate_moves_only_the_fake_score_further(tmp_path):
         fake = {k[len("model.fake."):]: v for k, v in state.items() if k.startswith("model.fake.")}
         moved[scale] = sum(float((fake[k] - start[k]).abs().sum()) for k in fake)
     assert 7.0 < moved[10.0] / moved[1.0] < 13.0, moved
+
+
+def test_the_runner_passes_the_fake_options_into_the_config_and_the_run_settings(monkeypatch, tmp_path):
+    import json
+
+    from priorkit.distill.students import runner
+
+    seen = {}
+
+    def fake_run(method, target, student, data, out, cfg, *, resume=False, meta=None):  # noqa: ANN001, ANN202
+        seen["cfg"] = cfg
+        raise KeyboardInterrupt  # stop before training: the settings are written by then
+
+    monkeypatch.setattr(runner, "run_method", fake_run)
+    for scale, recorded in ((20.0, 20.0), (1.0, None)):  # 1 is the default: not recorded, so resuming matches
+        out = tmp_path / str(scale)
+        with pytest.raises(KeyboardInterrupt):
+            runner.distill("dmd2", "toy:gmm", out, steps=2, gan=0.1, fake_lr_scale=scale)
+        assert seen["cfg"].fake_lr_scale == scale and seen["cfg"].gan == 0.1
+        assert json.loads((out / "settings.json").read_text()).get("fake_lr_scale") == recorded
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="--fake-lr-scale must be a finite number > 0"):
+            runner.check_dmd_options("dmd2", "toy:gmm", None, None, None, bad)
+    with pytest.raises(ValueError, match="fake_lr_scale must be a finite number > 0"):
+        dmd.dmd_distill(gmm_target().float(), MLPDenoiser(hidden=8, depth=2), target_data("gmm"), tmp_path / "x",
+                        dmd.DMD2Config(fake_lr_scale=0.0))

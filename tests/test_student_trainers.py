@@ -38,7 +38,7 @@ def test_round_times_nest_the_teachers_two_steps_in_one_student_step():
         assert got == [(8 - a, 8 - b, 8 - c) for a, b, c in want], (n_student, got)
 
 
-def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch):
+def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch, tmp_path):
     seen = []
 
     def loss(model, teacher, x0, eps, t, t_mid, t_next, cond, weighting):  # noqa: ANN001, ANN202
@@ -54,7 +54,7 @@ def test_a_progressive_round_draws_its_batch_and_passes_it_on(monkeypatch):
     cfg = pd.ProgressiveConfig(start_steps=8, batch=64, weighting="none")
     base = target_data("gmm", conditional=True)
     data = lambda n, g: (lambda x, c: (x.double(), c))(*base(n, g))  # noqa: E731  (float64: eps must follow)
-    pd._round(teacher, student, data, fine, 4, __import__("pathlib").Path("/nonexistent"), cfg, resume=False)
+    pd._round(teacher, student, data, fine, 4, tmp_path, cfg, resume=False)
     assert len(seen) == 3 and calls[0]["desc"] == "progressive -> 4 steps" and calls[0]["cfg"] is cfg.train
     g = torch.Generator().manual_seed(0)
     x0, cond = data(64, g)  # the first step's draws, in order: data, student step, noise
@@ -279,17 +279,17 @@ def test_bespoke_train_saves_on_its_cadence_and_resumes_from_the_saved_iteration
     assert info["schedule"] == teacher.schedule.config() and info["train_rmse"] > 0 and info["seconds"] >= 0
     assert not any(p.requires_grad for p in first.parameters())
     saved.clear()  # longer, resumed: iterations 5..7 only, starting from the saved solver
-    seen = []
+    seen, loaded = [], []
     real_rmse = bs.rmse
     monkeypatch.setattr(bs, "rmse", lambda x, y: (seen.append(1), real_rmse(x, y))[1])
-    resumed = bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)
-    assert len(seen) == 3 and saved == [6, 8]
-    # not resumed: from the start (a fresh solver), all 8 iterations
-    seen.clear()
-    fresh = bs.bespoke_train(teacher, tmp_path / "b", _bespoke_cfg(8))
-    assert len(seen) == 8
-    straight = {k: v for k, v in fresh.state_dict().items()}
-    assert any(not torch.equal(v, straight[k]) for k, v in resumed.state_dict().items())  # Adam restarted
+    monkeypatch.setattr(bs, "load_bespoke", lambda path: (loaded.append(load_bespoke(path)), loaded[-1])[1])
+    at_five = {k: v.clone() for k, v in load_bespoke(tmp_path / "bespoke.json").state_dict().items()}
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)
+    assert len(seen) == 3 and saved == [6, 8] and len(loaded) == 1
+    assert all(torch.equal(v, at_five[k]) for k, v in first.state_dict().items())  # the file held the result
+    seen.clear()  # not resumed: a fresh solver, all 8 iterations, nothing loaded
+    bs.bespoke_train(teacher, tmp_path / "b", _bespoke_cfg(8))
+    assert len(seen) == 8 and len(loaded) == 1
     assert load_bespoke(tmp_path / "bespoke.json").nfe == 2
     seen.clear()  # a finished run resumed again: no iteration, the file kept
     bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)

@@ -76,6 +76,11 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], scal
             state.setdefault(int(idx), {})[name] = v
     for idx, st in scalars["state"].items():
         state.setdefault(int(idx), {}).update(st)
+    saved = [g.get("lr_scale", 1.0) for g in scalars["param_groups"]]
+    wanted = [g.get("lr_scale", 1.0) for g in opt.param_groups]
+    if saved != wanted:  # torch would refuse a different count cryptically, or keep the saved scales silently
+        raise ValueError(f"the checkpoint's parameter groups (learning-rate scales {saved}) differ from this run's "
+                         f"({wanted}): resume with the settings the run was started with")
     opt.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
 
 
@@ -175,7 +180,8 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
     model, EMA, optimizer, step and log from it (and the data generator is re-seeded from the step, so a
     resumed run sees fresh, reproducible batches). ``params``: the parameters to train (default: all that require a
     gradient), or torch parameter groups whose optional ``lr_scale`` multiplies the scheduled learning rate (a new
-    input layer learning faster than the pretrained body it joins).
+    input layer learning faster than the pretrained body it joins); ``resume`` refuses a checkpoint whose groups'
+    scales differ (ValueError).
     """
     from accelerate import Accelerator
 

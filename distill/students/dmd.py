@@ -28,6 +28,7 @@ Every optimiser step is either a fake-score step or a generator step, so one `tr
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ class DMDConfig:
     t_hi: float = 0.98
     fake: str = "copy"            # "copy" of the teacher network, or "lora" (diffusers teachers, peft)
     lora_rank: int = 8
-    fake_lr_scale: float = 1.0    # the fake score's (and GAN head's) learning rate / the generator's
+    fake_lr_scale: float = 1.0    # the fake score's (and GAN head's) learning rate / the generator's (resume: same)
     init: str = ""                # an earlier run to start from (`load_init`); "" : the teacher
     batch: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=2e-4, warmup=100, ema_decay=0.99,
@@ -324,9 +325,9 @@ def dmd_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | P
     out = Path(out)
     teacher = freeze(teacher)
     fake = make_fake(teacher, student, cfg.fake, cfg.lora_rank)
-    with torch.random.fork_rng(devices=[]):  # the GAN head's initial weights come from the run's seed
-        torch.manual_seed(cfg.train.seed)
-        model = DMDTrainee(student.train().requires_grad_(True), fake, gan=cfg.gan > 0)
+    if not cfg.fake_lr_scale > 0 or not math.isfinite(cfg.fake_lr_scale):
+        raise ValueError(f"fake_lr_scale must be a finite number > 0; got {cfg.fake_lr_scale}")
+    model = DMDTrainee(student.train().requires_grad_(True), fake, gan=cfg.gan > 0)  # a new head: torch's RNG
     if cfg.init:
         load_init(model, cfg.init)
     critic = model.critic_params()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,8 +215,8 @@ def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: f
     given = (init, gan, fake, fake_lr_scale)
     if any(v is not None for v in given) and method not in ("dmd", "dmd2"):
         raise ValueError(f"--init, --gan, --fake and --fake-lr-scale apply to dmd and dmd2; got {method}")
-    if fake_lr_scale is not None and not fake_lr_scale > 0:
-        raise ValueError(f"--fake-lr-scale must be > 0; got {fake_lr_scale}")
+    if fake_lr_scale is not None and not (fake_lr_scale > 0 and math.isfinite(fake_lr_scale)):
+        raise ValueError(f"--fake-lr-scale must be a finite number > 0; got {fake_lr_scale}")
     if fake is not None and fake not in ("copy", "lora"):
         raise ValueError(f"--fake must be copy or lora; got {fake!r}")
     if fake == "lora" and teacher.startswith("toy:"):
@@ -246,7 +247,8 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
         gan: dmd / dmd2: the weight of DMD2's GAN head in the generator loss (None: the method's, no GAN).
         fake: dmd / dmd2: the fake score, "copy" (a full copy of the teacher, the default) or "lora" (a peft LoRA
             on a copy of a UNet teacher).
-        fake_lr_scale: dmd / dmd2: the fake score's learning rate as a multiple of the generator's (None: 1).
+        fake_lr_scale: dmd / dmd2: the fake score's (and GAN head's) learning rate as a multiple of the generator's
+            (None: 1).
     """
     out = Path(out)
     check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
@@ -256,7 +258,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
                        **({"init": str(init)} if init is not None else {}),
                        **({"gan": gan} if gan is not None else {}),
                        **({"fake": fake} if fake is not None else {}),
-                       **({"fake_lr_scale": fake_lr_scale} if fake_lr_scale is not None else {})}, resume)
+                       **({"fake_lr_scale": fake_lr_scale} if fake_lr_scale not in (None, 1.0) else {})}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
