@@ -335,3 +335,41 @@ def test_bespoke_distill_saves_a_student_of_a_network_and_only_the_file_for_an_e
     exact = gmm_target().float()
     assert bs.bespoke_distill(exact, exact, target_data("gmm"), tmp_path / "b", _bespoke_cfg(2)) is exact
     assert (tmp_path / "b" / "bespoke.json").is_file() and not (tmp_path / "b" / "student").exists()
+
+
+def test_bespoke_distill_passes_conditions_resume_and_meta_on(monkeypatch, tmp_path):
+    from priorkit.distill.core.samplers.bespoke import BespokeSolver
+    from priorkit.distill.students import bespoke as bs
+
+    seen = []
+    monkeypatch.setattr(bs, "bespoke_train", lambda teacher, out, cfg, *, data=None, resume=False, meta=None: (
+        seen.append({"data": data, "resume": resume, "meta": meta}), BespokeSolver(2))[1])
+    torch.manual_seed(0)
+    plain = MLPDenoiser(hidden=8, depth=2)
+    conditional = target_data("gmm", conditional=True)
+    bs.bespoke_distill(plain, plain, conditional, tmp_path / "a", _bespoke_cfg(2), resume=True, meta={"m": 1})
+    bs.bespoke_distill(plain, plain, target_data("gmm"), tmp_path / "b", _bespoke_cfg(2))
+    assert seen[0]["data"] is conditional and seen[0]["resume"] is True and seen[0]["meta"] == {"m": 1}
+    assert seen[1]["data"] is None and seen[1]["resume"] is False  # unconditional data: no conditions to draw
+    assert read_meta(tmp_path / "b" / "student")["guidance"] == 1.0  # no CFG wrapper: scale 1
+
+
+def test_bespoke_train_starts_afresh_unless_resumed_and_fits_the_teachers_range(tmp_path, monkeypatch):
+    import json
+
+    from priorkit.distill.students import bespoke as bs
+
+    teacher = gmm_target(VPCosine()).float()  # t_max = 0.9946: the solver integrates from the teacher's start
+    solver = bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(2))
+    assert solver.t_max == pytest.approx(VPCosine().t_max)
+    seen = []
+    real_rmse = bs.rmse
+    monkeypatch.setattr(bs, "rmse", lambda x, y: (seen.append(1), real_rmse(x, y))[1])
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(3))  # a file is there, but no resume: all 3 iterations
+    assert len(seen) == 3
+    info = json.loads((tmp_path / "bespoke.json").read_text())
+    del info["iteration"]  # a file without an iteration count resumes from the start
+    (tmp_path / "bespoke.json").write_text(json.dumps(info))
+    seen.clear()
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(3), resume=True)
+    assert len(seen) == 3
