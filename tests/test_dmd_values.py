@@ -126,7 +126,7 @@ def _run_loss_fn(monkeypatch, cfg: dmd.DMDConfig, steps: int, out) -> list[dict]
     seen: list[dict] = []
 
     def critic(m, x, x_real, cond, c, g):  # noqa: ANN001, ANN202
-        seen.append({"kind": "critic", "x_grad": x.requires_grad, "x": x.detach().clone(),
+        seen.append({"kind": "critic", "x_grad": x.requires_grad, "x": x.detach().clone(), "x_real": x_real,
                      "critic_grad": [p.requires_grad for p in m.fake.parameters()]})
         return sum(p.sum() for p in m.fake.parameters()) * 0.0 + 1.0
 
@@ -160,6 +160,10 @@ def test_dmd2_alternates_fake_updates_and_a_generator_update(monkeypatch, tmp_pa
     seen = _run_loss_fn(monkeypatch, cfg, 6, tmp_path)
     kinds = [s["kind"] for s in seen if "kind" in s]
     assert kinds == ["critic", "critic", "generator"] * 2
+    x_real, _ = target_data("gmm")(8, torch.Generator().manual_seed(0))  # the first step's data, from its generator
+    assert torch.equal(seen[0]["x_real"], x_real)
+    critics = [s for s in seen if s.get("kind") == "critic"]
+    assert not torch.equal(critics[1]["x_real"], critics[0]["x_real"])  # each step draws afresh from the run's RNG
     losses = [s["loss"] for s in seen if "loss" in s]
     assert losses == [1.0, 1.0, 2.0] * 2  # no regression in DMD2
     for s in seen:
