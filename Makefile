@@ -39,7 +39,8 @@ lint: setup
 
 # mutation testing of the core formula files ([tool.mutmut] in pyproject.toml; not part of `make test`): 8941
 # mutants at ~1.4 a second per process, so about an hour with both cores' processes on an idle machine (estimated
-# from a partial run); `.venv/bin/python tests/mutants.py --only FILE --tests TESTS` for one file
+# from a partial run), plus the bespoke trainer's time-outs (MUTANTS.md); `.venv/bin/python tests/mutants.py --only
+# FILE --tests TESTS` for one file
 mutants: setup
 	$(PY) tests/mutants.py --max-children 2
 	$(PY) tests/mutants.py --results

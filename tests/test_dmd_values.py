@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from priorkit.distill.core.schedule import VE, add_noise
+from priorkit.distill.core.training import ResumeMismatchError
 from priorkit.distill.score.guidance import diffusion_loss
 from priorkit.distill.students import dmd
 from priorkit.distill.zoo.toy import MLPDenoiser, gmm_target, target_data
@@ -410,7 +411,7 @@ def test_an_interrupted_run_with_its_own_fake_rate_resumes_exactly_and_refuses_a
     with pytest.raises(KeyboardInterrupt):
         dmd.dmd_distill(teacher, make(), crashing, tmp_path / "a", cfg)
     for other in (1.0, 10.0):  # a different rate would silently change the run (or fail in torch): refused
-        with pytest.raises(ValueError, match="parameter groups"):
+        with pytest.raises(ResumeMismatchError, match="learning-rate scales"):
             dmd.dmd_distill(teacher, make(), base, tmp_path / "a", _tiny(dmd.DMD2Config, steps=8,
                                                                          fake_lr_scale=other), resume=True)
     calls.clear()
@@ -439,6 +440,28 @@ def test_a_run_depends_on_its_seed_and_not_on_the_global_rng(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
     pa, pb = (dmd.load_file(str(tmp_path / s / "pairs.safetensors")) for s in ("1-0", "2-0"))
     assert torch.equal(pa["z"], pb["z"]) and torch.equal(pa["x0"], pb["x0"])
+
+
+def test_a_gan_run_after_its_head_is_built_depends_on_its_seed_only(monkeypatch, tmp_path):
+    """With a GAN head: the head seeded alike, then the global RNG moved differently; the steps (real data for the
+    discriminator, its noise levels) come from the run's generator only."""
+    real_trainee, state = dmd.DMDTrainee, {}
+
+    def seeded_then_moved(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        torch.manual_seed(0)
+        model = real_trainee(*a, **k)
+        torch.manual_seed(state["global"])
+        return model
+
+    monkeypatch.setattr(dmd, "DMDTrainee", seeded_then_moved)
+    results = []
+    for global_seed in (1, 2):
+        state["global"] = global_seed
+        student = (torch.manual_seed(0), MLPDenoiser(hidden=16, depth=2))[1]
+        cfg = _tiny(dmd.DMD2Config, steps=6, gan=0.1)
+        results.append(dmd.dmd_distill(gmm_target().float(), student, target_data("gmm"), tmp_path / str(global_seed),
+                                       cfg).state_dict())
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
 
 def test_pairs_are_saved_once_in_a_new_folder_and_carry_the_conditions(tmp_path):
@@ -536,7 +559,7 @@ def test_the_fake_score_learns_at_its_own_rate(monkeypatch, tmp_path, scale):
 
 def test_a_larger_fake_rate_moves_only_the_fake_score_further(tmp_path):
     """Through the real trainer: two fake-score steps at 10x the rate move the fake score ~10x as far (Adam's
-    first steps are lr-sized) while the generator, not updated in them, stays put."""
+    first steps are lr-sized); the generator has no step yet (it is updated every sixth step)."""
     teacher = gmm_target().float()
     moved = {}
     for scale in (1.0, 10.0):

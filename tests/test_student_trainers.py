@@ -284,8 +284,9 @@ def test_bespoke_train_saves_on_its_cadence_and_resumes_from_the_saved_iteration
     monkeypatch.setattr(bs, "rmse", lambda x, y: (seen.append(1), real_rmse(x, y))[1])
     monkeypatch.setattr(bs, "load_bespoke", lambda path: (loaded.append(load_bespoke(path)), loaded[-1])[1])
     at_five = {k: v.clone() for k, v in load_bespoke(tmp_path / "bespoke.json").state_dict().items()}
-    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)
+    resumed = bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(8), resume=True)
     assert len(seen) == 3 and saved == [6, 8] and len(loaded) == 1
+    assert resumed is loaded[0]  # trained on from the loaded solver, not a fresh one
     assert all(torch.equal(v, at_five[k]) for k, v in first.state_dict().items())  # the file held the result
     seen.clear()  # not resumed: a fresh solver, all 8 iterations, nothing loaded
     bs.bespoke_train(teacher, tmp_path / "b", _bespoke_cfg(8))

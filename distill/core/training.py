@@ -79,8 +79,8 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], scal
     saved = [g.get("lr_scale", 1.0) for g in scalars["param_groups"]]
     wanted = [g.get("lr_scale", 1.0) for g in opt.param_groups]
     if saved != wanted:  # torch would refuse a different count cryptically, or keep the saved scales silently
-        raise ValueError(f"the checkpoint's parameter groups (learning-rate scales {saved}) differ from this run's "
-                         f"({wanted}): resume with the settings the run was started with")
+        raise ResumeMismatchError(f"the checkpoint's parameter groups (learning-rate scales {saved}) differ from "
+                                  f"this run's ({wanted}): resume with the settings the run was started with")
     opt.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
 
 
@@ -181,7 +181,7 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
     resumed run sees fresh, reproducible batches). ``params``: the parameters to train (default: all that require a
     gradient), or torch parameter groups whose optional ``lr_scale`` multiplies the scheduled learning rate (a new
     input layer learning faster than the pretrained body it joins); ``resume`` refuses a checkpoint whose groups'
-    scales differ (ValueError).
+    scales differ (`ResumeMismatchError`).
     """
     from accelerate import Accelerator
 
