@@ -37,7 +37,7 @@ chromium:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# mutation testing of the core formula files ([tool.mutmut] in pyproject.toml; not part of `make test`): 8941
+# mutation testing of the core formula files ([tool.mutmut] in pyproject.toml; not part of `make test`): ~9200
 # mutants at ~1.4 a second per process, so about an hour with both cores' processes on an idle machine (estimated
 # from a partial run), plus the bespoke trainer's time-outs (MUTANTS.md); `.venv/bin/python tests/mutants.py --only
 # FILE --tests TESTS` for one file
