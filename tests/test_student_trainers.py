@@ -374,3 +374,16 @@ def test_bespoke_train_starts_afresh_unless_resumed_and_fits_the_teachers_range(
     seen.clear()
     bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(3), resume=True)
     assert len(seen) == 3
+
+
+def test_bespoke_train_draws_its_reference_conditions_from_the_data(monkeypatch, tmp_path):
+    from priorkit.distill.students import bespoke as bs
+
+    seen = []
+    real = bs.reference_pairs
+    monkeypatch.setattr(bs, "reference_pairs", lambda *a, **k: (seen.append(a[3]), real(*a, **k))[1])
+    data = target_data("gmm", conditional=True)
+    from priorkit.distill.zoo.toy import conditional_gmm_target
+
+    bs.bespoke_train(conditional_gmm_target().float(), tmp_path, _bespoke_cfg(1), data=data)
+    assert seen == [data]
