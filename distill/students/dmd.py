@@ -323,10 +323,10 @@ def dmd_distill(teacher: Denoiser, student: Denoiser, data: DataFn, out: str | P
     """
     cfg = cfg or DMDConfig()
     out = Path(out)
+    if not cfg.fake_lr_scale > 0 or not math.isfinite(cfg.fake_lr_scale):  # before anything is built
+        raise ValueError(f"fake_lr_scale must be a finite number > 0; got {cfg.fake_lr_scale}")
     teacher = freeze(teacher)
     fake = make_fake(teacher, student, cfg.fake, cfg.lora_rank)
-    if not cfg.fake_lr_scale > 0 or not math.isfinite(cfg.fake_lr_scale):
-        raise ValueError(f"fake_lr_scale must be a finite number > 0; got {cfg.fake_lr_scale}")
     model = DMDTrainee(student.train().requires_grad_(True), fake, gan=cfg.gan > 0)  # a new head: torch's RNG
     if cfg.init:
         load_init(model, cfg.init)
