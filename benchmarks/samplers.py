@@ -46,7 +46,7 @@ from torch import Tensor
 
 from benchmarks.samplers_common import METRIC, NFES, REFERENCE_NFE, SPACINGS, record, train_cfg  # noqa: F401
 from benchmarks.samplers_dmd import FAMILY, bespoke_ratios, plot_limit, run_bespoke, run_dmd
-from benchmarks.samplers_shapes import SHAPES_TEACHER_STEPS, run_shapes, run_shapes_bespoke, shapes_goals  # noqa: F401
+from benchmarks.samplers_shapes import HELD_OUT_SEED, SHAPES_TEACHER_STEPS, run_shapes, run_shapes_bespoke, shapes_goals  # noqa: F401
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.core.samplers.ddim import ddim_sample
@@ -341,6 +341,11 @@ def main(argv: list[str] | None = None) -> None:
                         "shapes prior at CFG 3 and score their ODE error against DPM-Solver++ (and at CFG 2)")
     parser.add_argument("--shapes-per-prompt", type=int, default=4,
                         help="--shapes: images per shape x colour caption (8 for a 320-image Frechet distance)")
+    parser.add_argument("--shapes-guidance", type=float, default=3.0,
+                        help="--shapes: the CFG scale of the teacher's baseline rows (3, the prior's default)")
+    parser.add_argument("--shapes-held-out-seed", type=int, default=HELD_OUT_SEED,
+                        help="--shapes: seed of the held-out renders the Frechet distance compares with (another "
+                             "than the default is a fresh set, to check a choice made on the default's)")
     parser.add_argument("--n-eval", type=int, default=None,
                         help="samples on each side of every sliced W2 (default 20000; --quick 4000): more lowers the "
                              "noise floor (the 'data' row) where methods differ by less than it")
@@ -386,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{target}: done; samples in {png}", flush=True)
     runs = [Path(r) for r in args.shapes.split(",") if r]
     if runs:
-        records += run_shapes(runs, seed=args.seed, n_per_prompt=args.shapes_per_prompt)
+        records += run_shapes(runs, seed=args.seed, n_per_prompt=args.shapes_per_prompt, guidance=args.shapes_guidance,
+                              held_out_seed=args.shapes_held_out_seed)
     if args.shapes_bespoke:
         with tempfile.TemporaryDirectory() as tmp:
             records += run_shapes_bespoke(args.work or Path(tmp) / "shapes-bespoke",

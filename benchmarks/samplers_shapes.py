@@ -23,14 +23,15 @@ HELD_OUT_SEED = 5  # the held-out renders the Frechet distance compares with (fi
 
 def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tuple[int, ...] = (1, 2, 4),
                guidance: float = 3.0, n_per_prompt: int = 4, seed: int = 0,
-               teacher_steps: int = SHAPES_TEACHER_STEPS) -> list[dict]:
+               teacher_steps: int = SHAPES_TEACHER_STEPS, held_out_seed: int = HELD_OUT_SEED) -> list[dict]:
     """Score students of the shapes text-to-image prior: run folders of ``priorkit distill ... --teacher shapes``,
     student folders, or bundled names ("shapes-cd").
 
     For every shape x colour caption, ``n_per_prompt`` images per student and NFE (the same noise for all);
     metrics "judge_accuracy" (the judge names both shape and colour), "seconds_per_sample" (wall time of the whole
     batch / its size, this process's threads) and "fid_judge" (judge-feature Frechet distance of the batch to as many
-    held-out renders of the shapes world, ``shapes.held_out_renders``, seed fixed). Baselines: the teacher with
+    held-out renders of the shapes world, ``shapes.held_out_renders``, seed ``held_out_seed``: fixed; another seed is a
+    fresh set for a check of a choice made on the fixed one). Baselines: the teacher with
     DPM-Solver++(2M) and CFG ``guidance`` at ``nfes`` steps and at ``teacher_steps`` (NFE counts both CFG branches).
     A student's ``train_seconds`` comes from its run's distill.json.
     """
@@ -49,7 +50,7 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
     cond = teacher.encode(prompts)
     n = len(prompts)
 
-    real = judge_features(judge, shapes.held_out_renders(n, seed=HELD_OUT_SEED)[0])
+    real = judge_features(judge, shapes.held_out_renders(n, seed=held_out_seed)[0])
 
     def score(images: Tensor) -> float:
         return judge.accuracy(((images.clamp(-1, 1) + 1) / 2).float(), shape_idx, colour_idx)

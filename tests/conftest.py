@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
+from tqdm import tqdm
+
+# tqdm's default write lock holds a multiprocessing semaphore, shared by every process forked after it exists. A
+# forked test process killed while it holds the lock (mutmut's time-out, a fault test's kill) leaves it taken for
+# good, and every later fork blocks in its first progress bar: mutmut then scored every following mutant a time-out.
+# Tests never share a bar across processes, so each process gets a lock of its own.
+tqdm.set_lock(threading.RLock())
 
 
 @pytest.fixture(scope="module")

@@ -99,3 +99,13 @@ def test_shapes_students_are_scored_by_the_judge(tmp_path: Path, single_thread) 
     assert ("cd", 2, "fid_judge") in got and ("teacher-dpm++2m", 4, "fid_judge") in got
     assert all(0 <= r["value"] <= 1 for r in records if r["metric"] == "judge_accuracy")
     assert all(r["train_seconds"] > 0 for r in records if r["method"] == "cd")
+
+
+def test_shapes_guidance_and_held_out_seed_reach_the_scoring(tmp_path: Path, monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(bench, "run_shapes", lambda runs, **kw: seen.append(kw) or [])
+    bench.main(["--json", str(tmp_path / "a.json"), "--targets", "none", "--shapes", "shapes-dmd2"])
+    bench.main(["--json", str(tmp_path / "b.json"), "--targets", "none", "--shapes", "shapes-dmd2",
+                "--shapes-guidance", "1.5", "--shapes-held-out-seed", "6", "--seed", "1"])
+    assert (seen[0]["guidance"], seen[0]["held_out_seed"], seen[0]["seed"]) == (3.0, bench.HELD_OUT_SEED, 0)
+    assert (seen[1]["guidance"], seen[1]["held_out_seed"], seen[1]["seed"]) == (1.5, 6, 1)

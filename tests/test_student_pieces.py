@@ -240,6 +240,7 @@ def test_rmse_is_the_mean_of_per_sample_root_mean_squares():
     assert float(rmse(x, y)) == pytest.approx((1.0 + 1.0) / 2)  # sqrt(4/4), sqrt(4/4)
     y[1, 0, 0] = 4.0
     assert float(rmse(x, y)) == pytest.approx((1.0 + 2.0) / 2)
+    assert float(rmse(x + 3.0, y + 3.0)) == pytest.approx((1.0 + 2.0) / 2)  # a difference, not a sum
 
 
 class _Linear1D:

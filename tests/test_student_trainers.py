@@ -387,3 +387,51 @@ def test_bespoke_train_draws_its_reference_conditions_from_the_data(monkeypatch,
 
     bs.bespoke_train(conditional_gmm_target().float(), tmp_path, _bespoke_cfg(1), data=data)
     assert seen == [data]
+
+
+def test_bespoke_train_fits_each_batch_under_its_own_conditions(monkeypatch, tmp_path):
+    from priorkit.distill.students import bespoke as bs
+    from priorkit.distill.zoo.toy import conditional_gmm_target
+
+    teacher = conditional_gmm_target().float()
+    data = target_data("gmm", conditional=True)
+    conds = []
+    real = bs.predict_fn
+    monkeypatch.setattr(bs, "predict_fn", lambda den, cond: (conds.append(cond), real(den, cond))[1])
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(2), data=data)
+    _, _, all_conds = bs.reference_pairs(teacher, 16, 4, data, seed=0)
+    g = torch.Generator().manual_seed(1)  # the trainer's batch draws
+    for cond in conds:
+        idx = torch.randint(16, (8,), generator=g)
+        assert cond is not None and torch.equal(cond, all_conds[idx])
+
+
+def test_bespoke_train_save_cadence_timing_and_a_run_of_no_steps(tmp_path, monkeypatch):
+    import json
+
+    from priorkit.distill.students import bespoke as bs
+
+    teacher = gmm_target().float()
+    saved = []
+    real_save = bs.BespokeSolver.save
+    monkeypatch.setattr(bs.BespokeSolver, "save", lambda self, path, **m: (saved.append(m["iteration"]),
+                                                                             real_save(self, path, **m))[1])
+    bs.bespoke_train(teacher, tmp_path / "a", _bespoke_cfg(5, save_every=3))
+    assert saved == [3, 5]
+    assert 0 <= json.loads((tmp_path / "a" / "bespoke.json").read_text())["seconds"] < 3600
+    saved.clear()  # no training steps: the untrained solver is still written, with its iteration and settings
+    bs.bespoke_train(teacher, tmp_path / "b", _bespoke_cfg(0), meta={"teacher": "x"})
+    info = json.loads((tmp_path / "b" / "bespoke.json").read_text())
+    assert saved == [0] and info["iteration"] == 0 and info["teacher"] == "x" and info["config"]["nfe"] == 2
+
+
+def test_bespoke_train_shows_its_progress_in_iterations_with_the_rmse(tmp_path, capsys):
+    from priorkit.distill.students import bespoke as bs
+
+    teacher = gmm_target().float()
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(3))
+    err = capsys.readouterr().err
+    assert "bespoke solver, 2 NFE" in err and "0/3" in err and "rmse=" in err
+    bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(5), resume=True)  # resumed: counts on from the saved iteration
+    err = capsys.readouterr().err
+    assert "3/5" in err and "0/5" not in err and "/2 " not in err
