@@ -9,17 +9,29 @@ the tests import the editable install's unmutated ``priorkit.distill.*``. This s
 ``outputs/mutmut/`` and runs ``mutmut run`` there; mutmut then puts its ``mutants/priorkit`` first on sys.path, ahead
 of the editable finder.
 
+mutmut picks, per mutant, the selected tests that call the mutated function; a schedule or sampler function is called
+by nearly every test, so one selection for every file runs slow trainings for the core's mutants (a single run
+of all the files took over 40 minutes for 88% of them). ``make mutants`` therefore runs the groups of
+``[tool.priorkit.mutants]``: each a set of files with the fast value tests written for them, one mutmut run each,
+results kept per group in ``outputs/mutmut-results/`` and summed per file at the end.
+
 Usage:
-    python tests/mutants.py                       # every file of [tool.mutmut] only_mutate, its test selection
+    python tests/mutants.py --groups              # every group of [tool.priorkit.mutants] (make mutants)
+    python tests/mutants.py                       # [tool.mutmut] only_mutate with its test selection, one run
     python tests/mutants.py --only priorkit/distill/core/prediction.py --tests tests/test_core.py
     python tests/mutants.py --results             # print mutmut's results of the last run
+    python tests/mutants.py --summary             # the per-file table of the last --groups run
 
-Configuration is ``[tool.mutmut]`` in pyproject.toml, with paths as staged (``priorkit/distill/...``).
+Configuration is ``[tool.mutmut]`` and ``[tool.priorkit.mutants]`` in pyproject.toml, with paths as staged
+(``priorkit/distill/...``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "outputs" / "mutmut"
+RESULTS = ROOT / "outputs" / "mutmut-results"
 PACKAGES = {"distill": "distill", "gen3d": "gen3d", "inverse": "inverse", "apps": "apps"}
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants", "*.png", "training_log*.json")
 
@@ -66,19 +79,91 @@ def stage(only: list[str] | None, tests: list[str] | None) -> None:
     (STAGE / "pyproject.toml").write_text(staged_pyproject(only, tests))
 
 
+def run(only: list[str] | None, tests: list[str] | None, children: int) -> int:
+    """Stage and run mutmut once (``only`` / ``tests`` override [tool.mutmut]); mutmut's exit code."""
+    stage(only, tests)
+    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
+    return subprocess.call(mutmut + ["run", "--max-children", str(children)], cwd=STAGE,
+                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def results_text() -> str:
+    """`mutmut results --all true` of the staged run: one "module.x_function__mutmut_N: status" per line."""
+    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
+    return subprocess.run(mutmut + ["results", "--all", "true"], cwd=STAGE, capture_output=True, text=True).stdout
+
+
+def tally(text: str) -> dict[str, collections.Counter]:
+    """Statuses per mutated module from :func:`results_text` output."""
+    by: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in text.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep:
+            by[re.sub(r"\.x[_ǁ].*$", "", name)][status] += 1
+    return by
+
+
+def summary() -> str:
+    """The per-file table of the saved group results (killed + timeout over all mutants)."""
+    by: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for path in sorted(RESULTS.glob("*.txt")):
+        for module, counts in tally(path.read_text()).items():
+            by[module].update(counts)
+    rows = [f"{'file':52s} {'mutants':>7s} {'killed':>7s} {'timeout':>7s} {'survived':>8s} {'no tests':>8s} "
+            f"{'score':>6s}"]
+    total: collections.Counter = collections.Counter()
+    for module in sorted(by):
+        rows.append(_row(module, by[module]))
+        total.update(by[module])
+    rows.append(_row("all", total))
+    (RESULTS / "summary.json").write_text(json.dumps({m: dict(c) for m, c in {**by, "all": total}.items()}, indent=1))
+    return "\n".join(rows)
+
+
+def _row(name: str, c: collections.Counter) -> str:
+    n = sum(c.values())
+    score = 100.0 * (c["killed"] + c["timeout"]) / max(n, 1)
+    return (f"{name:52s} {n:7d} {c['killed']:7d} {c['timeout']:7d} {c['survived']:8d} {c['no tests']:8d} "
+            f"{score:5.1f}%")
+
+
+def run_groups(children: int, names: list[str] | None) -> int:
+    """Every group of [tool.priorkit.mutants] (or those ``names``): one mutmut run each, results saved per group."""
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["priorkit"]["mutants"]["groups"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for group in groups:
+        if names and group["name"] not in names:
+            continue
+        print(f"== mutants: group {group['name']} ({len(group['files'])} paths, {len(group['tests'])} test files)",
+              flush=True)
+        code = run(group["files"], group["tests"], children)
+        if code != 0:
+            print(f"group {group['name']}: mutmut exited with {code}", file=sys.stderr)
+            return code
+        (RESULTS / f"{group['name']}.txt").write_text(results_text())
+    print(summary())
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", help="files to mutate (staged paths), overriding only_mutate")
     parser.add_argument("--tests", nargs="+", help="test files to run, overriding the test selection")
     parser.add_argument("--max-children", type=int, default=1, help="parallel test processes (default 1)")
     parser.add_argument("--results", action="store_true", help="show the last run's results instead of running")
+    parser.add_argument("--groups", nargs="*", default=None,
+                        help="run the groups of [tool.priorkit.mutants] (all, or those named)")
+    parser.add_argument("--summary", action="store_true", help="the per-file table of the last --groups run")
     args = parser.parse_args()
-    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
     if args.results:
+        mutmut = [str(Path(sys.executable).with_name("mutmut"))]
         return subprocess.call(mutmut + ["results", "--all", "true"], cwd=STAGE)
-    stage(args.only, args.tests)
-    return subprocess.call(mutmut + ["run", "--max-children", str(args.max_children)], cwd=STAGE,
-                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    if args.summary:
+        print(summary())
+        return 0
+    if args.groups is not None:
+        return run_groups(args.max_children, args.groups)
+    return run(args.only, args.tests, args.max_children)
 
 
 if __name__ == "__main__":
