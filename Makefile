@@ -37,13 +37,12 @@ chromium:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# mutation testing of the core formula files ([tool.mutmut] in pyproject.toml; not part of `make test`): ~9200
-# mutants at ~1.4 a second per process, so about an hour with both cores' processes on an idle machine (estimated
-# from a partial run), plus the bespoke trainer's time-outs (MUTANTS.md); `.venv/bin/python tests/mutants.py --only
-# FILE --tests TESTS` for one file
+# mutation testing of the core formula files (not part of `make test`): one mutmut run per group of
+# [tool.priorkit.mutants] in pyproject.toml, each group's files with the fast value tests written for them, two
+# processes; prints the per-file table (outputs/mutmut-results/); survivors are explained in tests/MUTANTS.md.
+# `.venv/bin/python tests/mutants.py --only FILE --tests TESTS` for one file
 mutants: setup
-	$(PY) tests/mutants.py --max-children 2
-	$(PY) tests/mutants.py --results
+	$(PY) tests/mutants.py --groups --max-children 2
 
 bench: setup
 	$(PY) -m benchmarks.solvers --json outputs/bench/solvers.json

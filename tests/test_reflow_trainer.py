@@ -66,17 +66,26 @@ def test_couplings_are_made_once_saved_whole_and_reused(tmp_path, monkeypatch):
     assert all(torch.equal(saved[k], got[k]) for k in ("z", "x0", "cond"))
     again = rf._couplings(teacher, tmp_path / "r", cfg, conditions, seed=9)  # reused, not made again
     assert len(calls) == 1 and all(torch.equal(again[k], got[k]) for k in got)
+    rf._couplings(teacher, tmp_path / "new" / "deeper", cfg, conditions, seed=9)  # its parents made as needed
+    (tmp_path / "kept").mkdir()  # a round folder that exists already (a checkpoint in it) is written into
+    rf._couplings(teacher, tmp_path / "kept", cfg, conditions, seed=9)
+    assert (tmp_path / "new" / "deeper" / "couplings.safetensors").is_file()
+    assert (tmp_path / "kept" / "couplings.safetensors").is_file() and len(calls) == 3
     monkeypatch.setattr(rf, "is_main_process", lambda: False)  # other processes make their own, write nothing
     rf._couplings(teacher, tmp_path / "deep" / "other", cfg, conditions, seed=9)
-    assert len(calls) == 2 and not (tmp_path / "deep").exists()
+    assert len(calls) == 4 and not (tmp_path / "deep").exists()
 
 
 def _recording(calls: list[dict], steps: int = 2):  # noqa: ANN202
     def fake_train(model, loss_fn, cfg, out, *, resume=False, desc="", **kw):  # noqa: ANN001, ANN202
         g = torch.Generator().manual_seed(0)
         calls.append({"model": model, "grad": all(p.requires_grad for p in model.parameters()),
+                      "state": {k: v.clone() for k, v in model.state_dict().items()},
                       "training": model.training, "out": out, "resume": resume, "desc": desc, "steps": cfg.steps,
                       "losses": [loss_fn(model, k, g) for k in range(steps)]})
+        with torch.no_grad():  # as a training would: the model's own parameters change in place
+            for p in model.parameters():
+                p.add_(1.0)
         return model, [{"loss": 0.0}]
 
     return fake_train
@@ -95,7 +104,8 @@ def test_rounds_chain_their_teachers_and_the_one_step_stage_reuses_the_last_coup
     monkeypatch.setattr(rf, "reflow_loss", lambda m, x0, z, t, cond: losses.append(("flow", x0, z, t, cond)) or 0.0)
     monkeypatch.setattr(rf, "one_step_loss", lambda m, x0, z, cond: losses.append(("one", x0, z, None, cond)) or 0.0)
     teacher, student = gmm_target().float(), MLPDenoiser(hidden=8, depth=2)
-    cfg = rf.ReflowConfig(rounds=2, pairs=10, batch=4, t_sampling="logit_normal", one_step_steps=3,
+    student_start = {k: v.clone() for k, v in student.state_dict().items()}  # the caller's student stays as it was
+    cfg = rf.ReflowConfig(rounds=2, pairs=10, batch=4, t_sampling="logit_normal", one_step_steps=1,
                           train=TrainConfig(steps=5, seed=7))
     conditions = object()
     out = rf.reflow(teacher, student, tmp_path, cfg, conditions=conditions, meta={"teacher": "gmm"})
@@ -106,11 +116,13 @@ def test_rounds_chain_their_teachers_and_the_one_step_stage_reuses_the_last_coup
     # three trainings: the rounds on their own copies (trainable, train mode), then the one-step map
     assert [c["out"].name for c in trained] == ["round_1", "round_2", "one_step"]
     assert [c["desc"] for c in trained] == ["reflow round_1", "reflow round_2", "reflow one-step"]
-    assert [c["steps"] for c in trained] == [5, 5, 3] and not any(c["resume"] for c in trained)
+    assert [c["steps"] for c in trained] == [5, 5, 1] and not any(c["resume"] for c in trained)
     assert all(c["grad"] and c["training"] for c in trained)
     assert trained[0]["model"] is not student and trained[1]["model"] is not trained[0]["model"]
-    assert all(torch.equal(a, b) for a, b in zip(trained[0]["model"].state_dict().values(),
-                                                 student.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(trained[0]["state"].values(), student_start.values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), student_start.values(), strict=True))
+    assert all(torch.equal(a, b + 1.0) for a, b in zip(trained[1]["state"].values(), trained[0]["state"].values(),
+                                                       strict=True))  # round 2 starts from round 1's result
     assert out is trained[2]["model"] and not out.training and not any(p.requires_grad for p in out.parameters())
 
     # each loss call: the batch rows drawn from the run's generator, the rows' conditions, the times
@@ -135,7 +147,11 @@ def test_rounds_chain_their_teachers_and_the_one_step_stage_reuses_the_last_coup
         assert (tmp_path / f"round_{r}" / "couplings.safetensors").is_file()
     meta = read_meta(tmp_path / "one_step" / "student")
     assert (meta["method"], meta["sampler"], meta["steps"], meta["teacher"]) == ("reflow-one-step", "ddim", 1, "gmm")
-    assert meta["config"]["one_step_steps"] == 3 and not (tmp_path / "one_step" / "couplings.safetensors").exists()
+    assert meta["config"]["one_step_steps"] == 1 and not (tmp_path / "one_step" / "couplings.safetensors").exists()
+    trained.clear()  # one_step_steps = 0: no one-step stage
+    rf.reflow(teacher, student, tmp_path / "none", rf.ReflowConfig(rounds=1, pairs=10, batch=4,
+                                                                  train=TrainConfig(steps=1)))
+    assert [c["out"].name for c in trained] == ["round_1"] and not (tmp_path / "none" / "one_step").exists()
 
 
 def test_a_resumed_reflow_keeps_finished_stages_and_resumes_a_checkpointed_one(tmp_path, monkeypatch):
