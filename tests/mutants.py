@@ -13,7 +13,7 @@ mutmut picks, per mutant, the selected tests that call the mutated function; a s
 by nearly every test, so one selection for every file runs slow trainings for the core's mutants (a single run
 of all the files took over 40 minutes for 88% of them). ``make mutants`` therefore runs the groups of
 ``[tool.priorkit.mutants]``: each a set of files with the fast value tests written for them, one mutmut run each,
-results kept per group in ``outputs/mutmut-results/`` and summed per file at the end.
+results kept per group in ``outputs/mutmut-results/`` (with the survivors' diffs) and summed per file at the end.
 
 Usage:
     python tests/mutants.py --groups              # every group of [tool.priorkit.mutants] (make mutants)
@@ -93,6 +93,19 @@ def results_text() -> str:
     return subprocess.run(mutmut + ["results", "--all", "true"], cwd=STAGE, capture_output=True, text=True).stdout
 
 
+def survivor_diffs(text: str) -> str:
+    """`mutmut show` of every mutant not killed in :func:`results_text` output (the stage is replaced by the next
+    group's, so a group's survivors are kept here for triage)."""
+    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
+    out = []
+    for line in text.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and status not in ("killed", "timeout"):
+            shown = subprocess.run(mutmut + ["show", name], cwd=STAGE, capture_output=True, text=True).stdout
+            out.append(f"### {name}: {status}\n{shown}")
+    return "\n".join(out)
+
+
 def tally(text: str) -> dict[str, collections.Counter]:
     """Statuses per mutated module from :func:`results_text` output."""
     by: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -140,7 +153,9 @@ def run_groups(children: int, names: list[str] | None) -> int:
         if code != 0:
             print(f"group {group['name']}: mutmut exited with {code}", file=sys.stderr)
             return code
-        (RESULTS / f"{group['name']}.txt").write_text(results_text())
+        text = results_text()
+        (RESULTS / f"{group['name']}.txt").write_text(text)
+        (RESULTS / f"{group['name']}-survivors.diff").write_text(survivor_diffs(text))
     print(summary())
     return 0
 

@@ -23,3 +23,25 @@ def test_a_forked_process_killed_inside_a_progress_bar_does_not_block_the_next()
     if acquired:
         lock.release()
     assert acquired, "tqdm's lock stayed taken by a killed process"
+
+
+def test_mutation_results_are_tallied_per_file_with_timeouts_counted_as_killed(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("mutants", Path(__file__).with_name("mutants.py"))
+    mutants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutants)
+    text = ("    priorkit.distill.core.schedule.x_add_noise__mutmut_1: killed\n"
+            "    priorkit.distill.core.schedule.xǁVEǁsigma__mutmut_2: survived\n"
+            "    priorkit.distill.core.schedule.x_add_noise__mutmut_3: timeout\n"
+            "    priorkit.gen3d.sds.x_loss__mutmut_1: no tests\n")
+    got = mutants.tally(text)
+    assert dict(got["priorkit.distill.core.schedule"]) == {"killed": 1, "survived": 1, "timeout": 1}
+    assert dict(got["priorkit.gen3d.sds"]) == {"no tests": 1}
+    monkeypatch.setattr(mutants, "RESULTS", tmp_path)
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text("    priorkit.gen3d.sds.x_loss__mutmut_2: killed\n")
+    table = mutants.summary().splitlines()
+    assert table[1].split()[:2] == ["priorkit.distill.core.schedule", "3"] and table[1].endswith("66.7%")
+    assert table[-1].split()[:3] == ["all", "5", "2"] and table[-1].endswith("60.0%")
