@@ -90,7 +90,10 @@ def run(only: list[str] | None, tests: list[str] | None, children: int) -> int:
 def results_text() -> str:
     """`mutmut results --all true` of the staged run: one "module.x_function__mutmut_N: status" per line."""
     mutmut = [str(Path(sys.executable).with_name("mutmut"))]
-    return subprocess.run(mutmut + ["results", "--all", "true"], cwd=STAGE, capture_output=True, text=True).stdout
+    done = subprocess.run(mutmut + ["results", "--all", "true"], cwd=STAGE, capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"mutmut results failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return done.stdout
 
 
 def survivor_diffs(text: str) -> str:
@@ -116,14 +119,18 @@ def tally(text: str) -> dict[str, collections.Counter]:
     return by
 
 
-def summary() -> str:
-    """The per-file table of the saved group results (killed + timeout over all mutants)."""
+def summary(groups: list[str] | None = None) -> str:
+    """The per-file table of the saved results of ``groups`` (default: every saved group): score = (killed +
+    timeout) / all mutants; "other" holds what is neither (mutmut's "segfault" for a kill at the hard CPU limit,
+    "suspicious", "not checked", ...), counted as not killed."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     by: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for path in sorted(RESULTS.glob("*.txt")):
+    paths = [RESULTS / f"{g}.txt" for g in groups] if groups else sorted(RESULTS.glob("*.txt"))
+    for path in paths:
         for module, counts in tally(path.read_text()).items():
             by[module].update(counts)
     rows = [f"{'file':52s} {'mutants':>7s} {'killed':>7s} {'timeout':>7s} {'survived':>8s} {'no tests':>8s} "
-            f"{'score':>6s}"]
+            f"{'other':>6s} {'score':>6s}"]
     total: collections.Counter = collections.Counter()
     for module in sorted(by):
         rows.append(_row(module, by[module]))
@@ -135,15 +142,21 @@ def summary() -> str:
 
 def _row(name: str, c: collections.Counter) -> str:
     n = sum(c.values())
+    other = n - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
     score = 100.0 * (c["killed"] + c["timeout"]) / max(n, 1)
     return (f"{name:52s} {n:7d} {c['killed']:7d} {c['timeout']:7d} {c['survived']:8d} {c['no tests']:8d} "
-            f"{score:5.1f}%")
+            f"{other:6d} {score:5.1f}%")
 
 
 def run_groups(children: int, names: list[str] | None) -> int:
     """Every group of [tool.priorkit.mutants] (or those ``names``): one mutmut run each, results saved per group."""
     groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["priorkit"]["mutants"]["groups"]
+    known = [g["name"] for g in groups]
+    if unknown := [n for n in names or [] if n not in known]:
+        print(f"unknown group(s) {unknown}; the groups are {known}", file=sys.stderr)
+        return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
+    ran = []
     for group in groups:
         if names and group["name"] not in names:
             continue
@@ -156,7 +169,8 @@ def run_groups(children: int, names: list[str] | None) -> int:
         text = results_text()
         (RESULTS / f"{group['name']}.txt").write_text(text)
         (RESULTS / f"{group['name']}-survivors.diff").write_text(survivor_diffs(text))
-    print(summary())
+        ran.append(group["name"])
+    print(summary(ran))  # this run's groups only (--summary: every saved group)
     return 0
 
 

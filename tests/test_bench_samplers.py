@@ -109,3 +109,19 @@ def test_shapes_guidance_and_held_out_seed_reach_the_scoring(tmp_path: Path, mon
                 "--shapes-guidance", "1.5", "--shapes-held-out-seed", "6", "--seed", "1"])
     assert (seen[0]["guidance"], seen[0]["held_out_seed"], seen[0]["seed"]) == (3.0, bench.HELD_OUT_SEED, 0)
     assert (seen[1]["guidance"], seen[1]["held_out_seed"], seen[1]["seed"]) == (1.5, 6, 1)
+
+
+def test_the_held_out_seed_picks_the_renders_the_distance_compares_with(monkeypatch, single_thread) -> None:
+    from priorkit.distill.zoo import shapes
+
+    class SeenError(Exception):
+        pass
+
+    def renders(n, seed=0, size=32):  # noqa: ANN001, ANN202
+        raise SeenError((n, seed))
+
+    monkeypatch.setattr(shapes, "held_out_renders", renders)
+    for kw, want in (({}, bench.HELD_OUT_SEED), ({"held_out_seed": 6}, 6)):
+        with pytest.raises(SeenError) as got:
+            bench.run_shapes([], n_per_prompt=1, **kw)
+        assert got.value.args[0] == (len(shapes.SHAPES) * len(shapes.COLOURS), want)

@@ -62,6 +62,7 @@ def test_stage_one_draws_times_and_weights_per_sample_then_hands_over_to_progres
     assert run["desc"] == "guidance distillation (stage 1)"
     s = teacher.schedule
     g = torch.Generator().manual_seed(0)
+    assert len(losses) == 2
     for model, teach, x0, eps, t, cond, w in losses:
         want_x0, want_cond = data(5, g)
         want_t = s.t_min + (s.t_max - s.t_min) * torch.rand(5, generator=g, dtype=F64)

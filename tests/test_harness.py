@@ -16,10 +16,13 @@ def test_a_forked_process_killed_inside_a_progress_bar_does_not_block_the_next()
     lock = tqdm.get_lock()
     pid = os.fork()
     if pid == 0:  # the child takes the lock and dies holding it
-        lock.acquire()
-        os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            lock.acquire()
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)  # never back into the test session
     os.waitpid(pid, 0)
-    acquired = lock.acquire(timeout=2)
+    acquired = lock.acquire(timeout=2)  # a threading lock says whether it got it (tqdm's default says None)
     if acquired:
         lock.release()
     assert acquired, "tqdm's lock stayed taken by a killed process"
@@ -41,7 +44,9 @@ def test_mutation_results_are_tallied_per_file_with_timeouts_counted_as_killed(t
     assert dict(got["priorkit.gen3d.sds"]) == {"no tests": 1}
     monkeypatch.setattr(mutants, "RESULTS", tmp_path)
     (tmp_path / "a.txt").write_text(text)
-    (tmp_path / "b.txt").write_text("    priorkit.gen3d.sds.x_loss__mutmut_2: killed\n")
+    (tmp_path / "b.txt").write_text("    priorkit.gen3d.sds.x_loss__mutmut_2: killed\n"
+                                    "    priorkit.gen3d.sds.x_loss__mutmut_3: segfault\n")
     table = mutants.summary().splitlines()
     assert table[1].split()[:2] == ["priorkit.distill.core.schedule", "3"] and table[1].endswith("66.7%")
-    assert table[-1].split()[:3] == ["all", "5", "2"] and table[-1].endswith("60.0%")
+    assert table[-1].split() == ["all", "6", "2", "1", "1", "1", "1", "50.0%"]  # a segfault is "other", not killed
+    assert mutants.summary(["b"]).splitlines()[-1].split()[:2] == ["all", "2"]  # only the groups asked for

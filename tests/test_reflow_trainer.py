@@ -127,6 +127,7 @@ def test_rounds_chain_their_teachers_and_the_one_step_stage_reuses_the_last_coup
 
     # each loss call: the batch rows drawn from the run's generator, the rows' conditions, the times
     g = torch.Generator().manual_seed(0)
+    assert len(losses) == 6  # two steps of each of the three stages
     for k, (kind, x0, z, t, cond) in enumerate(losses):
         stage = k // 2
         pairs = _pairs(10, min(stage + 1, 2))  # the one-step stage trains on round 2's couplings
@@ -182,7 +183,10 @@ def test_a_resumed_reflow_keeps_finished_stages_and_resumes_a_checkpointed_one(t
     assert made == [] and loaded[0] == tmp_path / "round_1" / "student"
     assert [(c["out"].name, c["resume"]) for c in trained] == [("round_2", True), ("one_step", False)]
     trained.clear()  # without --resume nothing is kept: both rounds train afresh (their couplings files stay)
+    weights = tmp_path / "round_1" / "student" / "student.safetensors"
+    weights.write_bytes(b"stale")  # whatever was there is replaced by the new round's student
     rf.reflow(teacher, student, tmp_path, cfg)
+    assert weights.read_bytes() != b"stale"
     assert [(c["out"].name, c["resume"]) for c in trained] == [("round_1", False), ("round_2", False),
                                                               ("one_step", False)]
     assert json.loads((tmp_path / "round_1" / "student" / "priorkit.json").read_text())["round"] == 1

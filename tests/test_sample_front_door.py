@@ -82,8 +82,9 @@ def test_bad_solver_names_and_non_finite_noise_are_refused_in_one_line():
     with pytest.raises(ValueError, match=r"unknown solver 'rk4'; expected one of \['dpm\+\+2m', 'euler', 'heun'\]"):
         sp.sample(den, torch.zeros(1, 2), solver="rk4")
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="noise contains NaN or inf values"):
-            sp.sample(den, torch.tensor([[0.0, bad]]))
+        for solver in ("dpm++2m", "bespoke:/nonexistent.json"):  # checked before any solver is looked up
+            with pytest.raises(ValueError, match="noise contains NaN or inf values"):
+                sp.sample(den, torch.tensor([[0.0, bad]]), solver=solver)
 
 
 def test_a_bespoke_solver_file_brings_its_own_grid(tmp_path, recorded):
@@ -116,8 +117,8 @@ def test_initial_noise_and_nfe():
     assert x.dtype == F64
     torch.testing.assert_close(x, z.double() * float(den.schedule.sigma(torch.tensor(0.3, dtype=F64))), rtol=1e-6,
                                atol=0)
-    ve = VE(sigma_max=30.0)
-    assert float(ve.sigma(torch.tensor(ve.t_max, dtype=F64))) == pytest.approx(30.0)
+    ve = gmm_target(VE(sigma_max=30.0)).float()  # sigma(t_max) = 30, not 1 as on flow matching
+    assert torch.equal(sp.initial_noise(ve, (4, 2), generator=torch.Generator().manual_seed(2)), z * 30.0)
     for name, module in (("euler", euler), ("heun", heun), ("dpm++2m", dpm_solver)):
         for steps in (1, 4):
             for clean in (True, False):

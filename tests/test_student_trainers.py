@@ -401,6 +401,7 @@ def test_bespoke_train_fits_each_batch_under_its_own_conditions(monkeypatch, tmp
     bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(2), data=data)
     _, _, all_conds = bs.reference_pairs(teacher, 16, 4, data, seed=0)
     g = torch.Generator().manual_seed(1)  # the trainer's batch draws
+    assert len(conds) == 2  # one per training step
     for cond in conds:
         idx = torch.randint(16, (8,), generator=g)
         assert cond is not None and torch.equal(cond, all_conds[idx])

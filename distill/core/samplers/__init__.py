@@ -40,6 +40,8 @@ def sample(denoiser: Denoiser, noise: Tensor, *, steps: int = 25, solver: str = 
         differentiable: keep the graph (D-Flow); ``checkpoint`` recomputes each model call in backward.
     Returns: x at the end of the grid, (B, *sample_shape).
     """
+    if not torch.isfinite(noise).all():
+        raise ValueError("noise contains NaN or inf values")
     if solver.startswith("bespoke:"):  # a solver fitted to one model (samplers.bespoke): its own grid and NFE
         from priorkit.distill.core.samplers.bespoke import load_bespoke
 
@@ -49,8 +51,6 @@ def sample(denoiser: Denoiser, noise: Tensor, *, steps: int = 25, solver: str = 
             return bespoke(fn, noise)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {sorted(SOLVERS)} or 'bespoke:PATH'")
-    if not torch.isfinite(noise).all():
-        raise ValueError("noise contains NaN or inf values")
     if times is None:
         spacing = spacing or ("logsnr" if solver == "dpm++2m" else "karras")
         times = time_grid(denoiser.schedule, steps, spacing, t_max=t_max)
