@@ -50,6 +50,7 @@ def test_ct_grows_n_from_s0_to_s1_plus_one_and_mu_with_it():
     # the same by hand: k = 0.57 -> sqrt(0.57 (21^2 - 3^2) + 3^2) = 15.98 -> ceil(14.98) + 1 = 16
     assert [cs.ct_steps(k, 100, 3, 20) for k in (0, 10, 57, 100, 500)] == [3, 8, 16, 21, 21]
     assert cs.ct_steps(1, 1, 3, 10) == 11 and cs.ct_steps(0, 0, 3, 10) == 3
+    assert cs.ct_steps(50, 100, 10, 20) == 17  # sqrt(0.5 (441 - 100) + 100) = 16.4: s0 large enough to matter
     assert cs.ct_mu(4, 2, 0.9) == pytest.approx(0.9 ** 0.5) and cs.ct_mu(2, 2, 0.9) == pytest.approx(0.9)
 
 
@@ -98,12 +99,14 @@ def test_distillation_steps_draw_adjacent_grid_times_and_pass_the_teacher(tmp_pa
     teacher, net = gmm_target().float(), MLPDenoiser(hidden=8, depth=2, num_classes=8)
     data = target_data("gmm", conditional=True)
     cfg = cs.ConsistencyConfig(n_steps=6, mu=0.8, solver="dpm2", metric="pseudo_huber", weighting="inverse_gap",
-                               sigma_min=0.01, sigma_max=20.0, rho=5.0, batch=5, train=TrainConfig(steps=3))
+                               sigma_min=0.01, sigma_max=20.0, rho=5.0, batch=5, sigma_data=0.7,
+                               train=TrainConfig(steps=3))
     student = cs.consistency_distill(teacher, net.eval().requires_grad_(False), data, tmp_path, cfg, resume=True,
                                      meta={"teacher": "gmm"})
     (run,) = trained
     assert run["resume"] is True and run["desc"] == "consistency (cd)" and run["out"] == tmp_path
     assert run["grad"] and run["training"] and run["cfg"] is cfg.train
+    assert (run["model"].student.sigma_data, run["model"].student.sigma_min) == (0.7, 0.01)  # c_skip / c_out's
     assert updates == [0.8, 0.8]  # the target follows the student after every optimiser step (not before the first)
     s = run["model"].student.schedule
     times = cs.karras_times(s, 6, 0.01, 20.0, 5.0)
@@ -127,7 +130,7 @@ def test_consistency_training_grows_its_grid_and_target_decay_without_a_teacher(
     trained, losses, updates = _record(monkeypatch, steps=4)
     data = target_data("gmm")
     cfg = cs.ConsistencyConfig(s0=3, s1=9, mu0=0.9, batch=4, train=TrainConfig(steps=4))
-    cs.consistency_training(MLPDenoiser(hidden=8, depth=2), data, tmp_path, cfg)
+    cs.consistency_training(MLPDenoiser(hidden=8, depth=2), data, tmp_path, cfg, meta={"teacher": "none"})
     (run,) = trained
     assert run["resume"] is False and run["desc"] == "consistency (ct)"
     ns = [cs.ct_steps(k, 4, 3, 9) for k in range(4)]
@@ -140,6 +143,7 @@ def test_consistency_training_grows_its_grid_and_target_decay_without_a_teacher(
         assert call["teacher"] is None and call["weight"] is None and call["cond"] is None
         assert torch.equal(call["x0"], x0) and torch.equal(call["t_lo"], t_lo) and torch.equal(call["t_hi"], t_hi)
     assert read_meta(tmp_path / "student")["method"] == "consistency-ct"
+    assert read_meta(tmp_path / "student")["teacher"] == "none"
 
 
 def test_the_trainer_refuses_unknown_settings_and_defaults_its_config(tmp_path, monkeypatch):

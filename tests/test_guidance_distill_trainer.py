@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from priorkit.distill.core.schedule import VPLinear
 from priorkit.distill.core.training import TrainConfig
 from priorkit.distill.students import guidance_distill as gd
 from priorkit.distill.students.format import read_meta
@@ -49,7 +50,8 @@ def _setup(monkeypatch, steps: int = 2):  # noqa: ANN202
 
 def test_stage_one_draws_times_and_weights_per_sample_then_hands_over_to_progressive(tmp_path, monkeypatch):
     trained, losses, stage2 = _setup(monkeypatch)
-    teacher = conditional_gmm_target().float()
+    teacher = conditional_gmm_target(VPLinear()).float()  # t_min = 1e-3 > 0: the times' interval is [t_min, t_max]
+    assert teacher.schedule.t_min > 0
     student = MLPDenoiser(hidden=8, depth=2, extras=("w",), num_classes=8).eval().requires_grad_(False)
     data = target_data("gmm", conditional=True)
     p2 = ProgressiveConfig(start_steps=4, end_steps=2)
@@ -98,6 +100,11 @@ def test_without_stage_two_resume_and_bad_ranges(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="w_max must be >= w_min"):
         gd.guidance_distill(teacher, MLPDenoiser(hidden=8, depth=2, extras=("w",), num_classes=8), data, tmp_path,
                             gd.GuidanceDistillConfig(w_min=3.0, w_max=2.0))
+    one_w = gd.GuidanceDistillConfig(w_min=2.0, w_max=2.0, batch=4, stage1=TrainConfig(steps=1), stage2=None)
+    gd.guidance_distill(teacher, MLPDenoiser(hidden=8, depth=2, extras=("w",), num_classes=8), data,
+                        tmp_path / "one", one_w)  # a single guidance weight is a range too
+    assert read_meta(tmp_path / "one" / "stage1" / "student")["w_range"] == [2.0, 2.0]
+    trained.clear(), losses.clear()
     student = MLPDenoiser(hidden=8, depth=2, extras=("w",), num_classes=8)
     out = gd.guidance_distill(teacher, student, data, tmp_path, cfg)
     assert out is student and not out.training and stage2 == [] and len(trained) == 1
