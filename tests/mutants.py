@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "outputs" / "mutmut"
 RESULTS = ROOT / "outputs" / "mutmut-results"
+MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 PACKAGES = {"distill": "distill", "gen3d": "gen3d", "inverse": "inverse", "apps": "apps"}
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants", "*.png", "training_log*.json")
 
@@ -82,15 +84,13 @@ def stage(only: list[str] | None, tests: list[str] | None) -> None:
 def run(only: list[str] | None, tests: list[str] | None, children: int) -> int:
     """Stage and run mutmut once (``only`` / ``tests`` override [tool.mutmut]); mutmut's exit code."""
     stage(only, tests)
-    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
-    return subprocess.call(mutmut + ["run", "--max-children", str(children)], cwd=STAGE,
-                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.call(MUTMUT + ["run", "--max-children", str(children)], cwd=STAGE,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def results_text() -> str:
     """`mutmut results --all true` of the staged run: one "module.x_function__mutmut_N: status" per line."""
-    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
-    done = subprocess.run(mutmut + ["results", "--all", "true"], cwd=STAGE, capture_output=True, text=True)
+    done = subprocess.run(MUTMUT + ["results", "--all", "true"], cwd=STAGE, capture_output=True, text=True)
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(f"mutmut results failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return done.stdout
@@ -99,23 +99,25 @@ def results_text() -> str:
 def survivor_diffs(text: str) -> str:
     """`mutmut show` of every mutant not killed in :func:`results_text` output (the stage is replaced by the next
     group's, so a group's survivors are kept here for triage)."""
-    mutmut = [str(Path(sys.executable).with_name("mutmut"))]
     out = []
-    for line in text.splitlines():
-        name, sep, status = line.strip().rpartition(": ")
-        if sep and status not in ("killed", "timeout"):
-            shown = subprocess.run(mutmut + ["show", name], cwd=STAGE, capture_output=True, text=True).stdout
+    for name, status in statuses(text):
+        if status not in ("killed", "timeout"):
+            shown = subprocess.run(MUTMUT + ["show", name], cwd=STAGE, capture_output=True, text=True).stdout
             out.append(f"### {name}: {status}\n{shown}")
     return "\n".join(out)
+
+
+def statuses(text: str) -> list[tuple[str, str]]:
+    """(mutant name, status) of every line of :func:`results_text` output."""
+    pairs = (line.strip().rpartition(": ") for line in text.splitlines())
+    return [(name, status) for name, sep, status in pairs if sep]
 
 
 def tally(text: str) -> dict[str, collections.Counter]:
     """Statuses per mutated module from :func:`results_text` output."""
     by: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for line in text.splitlines():
-        name, sep, status = line.strip().rpartition(": ")
-        if sep:
-            by[re.sub(r"\.x[_ǁ].*$", "", name)][status] += 1
+    for name, status in statuses(text):
+        by[re.sub(r"\.x[_ǁ].*$", "", name)][status] += 1
     return by
 
 
@@ -185,8 +187,7 @@ def main() -> int:
     parser.add_argument("--summary", action="store_true", help="the per-file table of the last --groups run")
     args = parser.parse_args()
     if args.results:
-        mutmut = [str(Path(sys.executable).with_name("mutmut"))]
-        return subprocess.call(mutmut + ["results", "--all", "true"], cwd=STAGE)
+        return subprocess.call(MUTMUT + ["results", "--all", "true"], cwd=STAGE)
     if args.summary:
         print(summary())
         return 0

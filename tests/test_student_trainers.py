@@ -261,6 +261,17 @@ def _bespoke_cfg(steps: int, **kw):  # noqa: ANN202
                                "train": TrainConfig(steps=steps, lr=1e-2, warmup=0, ema_decay=0.0), **kw})
 
 
+def _record_saves(monkeypatch) -> list[int]:  # noqa: ANN001
+    """The iterations at which the bespoke trainer saves its solver (the files are still written)."""
+    from priorkit.distill.students import bespoke as bs
+
+    saved: list[int] = []
+    real_save = bs.BespokeSolver.save
+    monkeypatch.setattr(bs.BespokeSolver, "save", lambda self, path, **m: (saved.append(m["iteration"]),
+                                                                             real_save(self, path, **m))[1])
+    return saved
+
+
 def test_bespoke_train_saves_on_its_cadence_and_resumes_from_the_saved_iteration(tmp_path, monkeypatch):
     import json
 
@@ -268,10 +279,7 @@ def test_bespoke_train_saves_on_its_cadence_and_resumes_from_the_saved_iteration
     from priorkit.distill.students import bespoke as bs
 
     teacher = gmm_target().float()
-    saved = []
-    real_save = bs.BespokeSolver.save
-    monkeypatch.setattr(bs.BespokeSolver, "save", lambda self, path, **m: (saved.append(m["iteration"]),
-                                                                             real_save(self, path, **m))[1])
+    saved = _record_saves(monkeypatch)
     first = bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(5), meta={"teacher": "x"})
     assert saved == [2, 4, 5]  # every save_every iterations and at the end
     info = json.loads((tmp_path / "bespoke.json").read_text())
@@ -413,10 +421,7 @@ def test_bespoke_train_save_cadence_timing_and_a_run_of_no_steps(tmp_path, monke
     from priorkit.distill.students import bespoke as bs
 
     teacher = gmm_target().float()
-    saved = []
-    real_save = bs.BespokeSolver.save
-    monkeypatch.setattr(bs.BespokeSolver, "save", lambda self, path, **m: (saved.append(m["iteration"]),
-                                                                             real_save(self, path, **m))[1])
+    saved = _record_saves(monkeypatch)
     bs.bespoke_train(teacher, tmp_path / "a", _bespoke_cfg(5, save_every=3))
     assert saved == [3, 5]
     assert 0 <= json.loads((tmp_path / "a" / "bespoke.json").read_text())["seconds"] < 3600
