@@ -21,6 +21,10 @@ Usage:
     python tests/mutants.py --only priorkit/distill/core/prediction.py --tests tests/test_core.py
     python tests/mutants.py --results             # print mutmut's results of the last run
     python tests/mutants.py --summary             # the per-file table of the last --groups run
+    python tests/mutants.py --unexplained         # the saved survivors neither killed nor listed as equivalent
+
+A survivor is *explained* when ``tests/mutants_equivalent.tsv`` lists it (name, reason, and the mutated line as
+``mutmut show`` gives it: a renumbered or changed mutant no longer matches and counts as unexplained again).
 
 Configuration is ``[tool.mutmut]`` and ``[tool.priorkit.mutants]`` in pyproject.toml, with paths as staged
 (``priorkit/distill/...``).
@@ -44,6 +48,7 @@ STAGE = ROOT / "outputs" / "mutmut"
 RESULTS = ROOT / "outputs" / "mutmut-results"
 MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 PACKAGES = {"distill": "distill", "gen3d": "gen3d", "inverse": "inverse", "apps": "apps"}
+EQUIVALENT = ROOT / "tests" / "mutants_equivalent.tsv"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants", "*.png", "training_log*.json")
 
 
@@ -107,6 +112,52 @@ def survivor_diffs(text: str) -> str:
     return "\n".join(out)
 
 
+def changed_lines(diff: str) -> str:
+    """The mutated line(s) of one mutant's diff: its "+" lines, stripped, joined by " / " (a mutant's fingerprint)."""
+    return " / ".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+") and
+                      not line.startswith("+++"))
+
+
+def saved_survivors(groups: list[str] | None = None) -> dict[str, str]:
+    """Mutant name -> mutated line, of every survivor in the saved ``<group>-survivors.diff`` files (of ``groups``)."""
+    out = {}
+    paths = [RESULTS / f"{g}-survivors.diff" for g in groups] if groups else sorted(RESULTS.glob("*-survivors.diff"))
+    for path in (p for p in paths if p.is_file()):
+        for block in path.read_text().split("### ")[1:]:
+            name = block.partition(":")[0].strip()
+            out[name] = changed_lines(block)
+    return out
+
+
+def equivalents(path: Path | None = None) -> dict[str, tuple[str, str]]:
+    """Mutant name -> (reason key, mutated line) from the equivalents file. Lines: "# comment",
+    "@key<TAB>why mutants of this kind change nothing observable", "name<TAB>key<TAB>mutated line".
+
+    Raises:
+        ValueError: on a malformed line or a reason key that no "@" line defines.
+    """
+    path = path or EQUIVALENT
+    reasons, listed = {}, {}
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if line.startswith("@") and len(fields) == 2:
+            reasons[fields[0][1:]] = fields[1]
+        elif len(fields) == 3 and not line.startswith("@"):
+            listed[fields[0]] = (fields[1], fields[2])
+        else:
+            raise ValueError(f"{path.name}:{number}: expected '@key<TAB>reason' or 'mutant<TAB>key<TAB>line'")
+    if unknown := sorted({key for key, _ in listed.values()} - set(reasons)):
+        raise ValueError(f"{path.name}: reason key(s) {unknown} not defined by an '@' line")
+    return listed
+
+
+def unexplained(survivors: dict[str, str], listed: dict[str, tuple[str, str]]) -> list[str]:
+    """Survivors the equivalents file does not list with the same mutated line."""
+    return [name for name, line in survivors.items() if name not in listed or listed[name][1] != line]
+
+
 def statuses(text: str) -> list[tuple[str, str]]:
     """(mutant name, status) of every line of :func:`results_text` output."""
     pairs = (line.strip().rpartition(": ") for line in text.splitlines())
@@ -131,23 +182,28 @@ def summary(groups: list[str] | None = None) -> str:
     for path in paths:
         for module, counts in tally(path.read_text()).items():
             by[module].update(counts)
+    survivors, listed = saved_survivors(groups), equivalents()
+    left = set(unexplained(survivors, listed))
+    for name in set(survivors) - left:
+        by[re.sub(r"\.x[_ǁ].*$", "", name)]["explained"] += 1
     rows = [f"{'file':52s} {'mutants':>7s} {'killed':>7s} {'timeout':>7s} {'survived':>8s} {'no tests':>8s} "
-            f"{'other':>6s} {'score':>6s}"]
+            f"{'other':>6s} {'score':>6s} {'explained':>9s}"]
     total: collections.Counter = collections.Counter()
     for module in sorted(by):
         rows.append(_row(module, by[module]))
         total.update(by[module])
     rows.append(_row("all", total))
+    rows.append(f"survivors neither killed nor explained in {EQUIVALENT.name}: {len(left)} (--unexplained lists them)")
     (RESULTS / "summary.json").write_text(json.dumps({m: dict(c) for m, c in {**by, "all": total}.items()}, indent=1))
     return "\n".join(rows)
 
 
 def _row(name: str, c: collections.Counter) -> str:
-    n = sum(c.values())
+    n = sum(c.values()) - c["explained"]
     other = n - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
     score = 100.0 * (c["killed"] + c["timeout"]) / max(n, 1)
     return (f"{name:52s} {n:7d} {c['killed']:7d} {c['timeout']:7d} {c['survived']:8d} {c['no tests']:8d} "
-            f"{other:6d} {score:5.1f}%")
+            f"{other:6d} {score:5.1f}% {c['explained']:9d}")
 
 
 def run_groups(children: int, names: list[str] | None) -> int:
@@ -185,12 +241,18 @@ def main() -> int:
     parser.add_argument("--groups", nargs="*", default=None,
                         help="run the groups of [tool.priorkit.mutants] (all, or those named)")
     parser.add_argument("--summary", action="store_true", help="the per-file table of the last --groups run")
+    parser.add_argument("--unexplained", action="store_true",
+                        help="list the saved survivors that tests/mutants_equivalent.tsv does not explain")
     args = parser.parse_args()
     if args.results:
         return subprocess.call(MUTMUT + ["results", "--all", "true"], cwd=STAGE)
     if args.summary:
         print(summary())
         return 0
+    if args.unexplained:
+        left = unexplained(saved_survivors(), equivalents())
+        print("\n".join(left) + f"\n{len(left)} survivors not explained")
+        return 1 if left else 0
     if args.groups is not None:
         return run_groups(args.max_children, args.groups)
     return run(args.only, args.tests, args.max_children)
