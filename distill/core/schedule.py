@@ -177,6 +177,7 @@ class VPLinear(_VariancePreserving):
         c = -self._log_alpha_from_log_snr(log_snr)  # a t^2 + b t = c
         a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
         t = 2.0 * c / (b + torch.sqrt(b * b + 4.0 * a * c))  # stable root of the quadratic
+        t = torch.where(torch.isposinf(c), torch.ones_like(t), t)  # log-SNR -inf (pure noise): inf / inf above
         return t.clamp(0.0, 1.0)
 
     def config(self) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def shortcut_loss(online: nn.Module, target: Denoiser, x0: Tensor, eps: Tensor, 
     x_t = add_noise(s, x0, t, eps)
     fm = slice(sc_rows, None)
     with torch.no_grad():
-        if teacher is not None:
+        if teacher is not None and sc_rows < x0.shape[0]:  # a UNet cannot take an empty batch
             v_fm = teacher(x_t[fm], t[fm].to(x0.dtype), select_rows(cond, fm), check=False).velocity
         else:
             v_fm = broadcast_to(s.d_alpha(t[fm]), x0[fm]) * x0[fm] + broadcast_to(s.d_sigma(t[fm]), x0[fm]) * eps[fm]
