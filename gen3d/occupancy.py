@@ -53,7 +53,8 @@ class OccupancyGrid:
 
     def occupied(self, x: Tensor) -> Tensor:
         """(N,) bool: the point lies in the box and in an occupied cell."""
-        x, lo, hi = x.detach(), self.bbox_min.to(x), self.bbox_max.to(x)
+        x = x.detach().to(torch.promote_types(x.dtype, torch.float32))  # half-precision cell maths misplaces points
+        lo, hi = self.bbox_min.to(x), self.bbox_max.to(x)
         n_cells = torch.tensor(self.cells.shape, device=x.device)
         u = (x - lo) / (hi - lo) * n_cells.to(x.dtype)  # cell coordinates, [0, R - 1] inside the box
         inside = ((x >= lo) & (x <= hi)).all(dim=-1)

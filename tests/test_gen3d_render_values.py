@@ -350,6 +350,21 @@ def test_occupancy_cells_are_the_strict_max_of_their_eight_corners():
             OccupancyGrid(bad, torch.tensor([-1.0] * 3), torch.tensor([1.0] * 3))
 
 
+
+def test_a_half_precision_point_is_placed_in_its_own_cell():
+    """Box [-1, 1] on each axis, 6 cells, the cells with x index 2-4 occupied. A point's cell is floor(3 (x + 1));
+    in float16 arithmetic 3 (x + 1) rounds across an integer for these points (exact 3.999, 5.9985, 1.9995 become 4,
+    6, 2), so x = -0.33349609375 (cell 1, empty) was reported occupied. Cells are now computed in float32 at least:
+    every precision answers as the exact cell does."""
+    dens = torch.zeros(7, 7, 7)
+    dens[3:5] = 1.0  # vertices 3 and 4 on x: the cells touching them (x index 2, 3, 4) are occupied
+    grid = OccupancyGrid(dens, torch.tensor([-1.0] * 3), torch.tensor([1.0] * 3), threshold=0.5)
+    assert grid.cells[:, 0, 0].tolist() == [False, False, True, True, True, False]
+    pts = torch.tensor([[0.3330078125, 0.0, 0.0], [0.99951171875, 0.0, 0.0], [-0.33349609375, 0.0, 0.0]])
+    want = [True, False, False]  # exact cells 3, 5 and 1 (3 (x + 1) = 3.999, 5.9985, 1.9995)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, F64):
+        assert grid.occupied(pts.to(dtype)).tolist() == want, dtype
+
 def test_occupancy_of_a_voxel_field_takes_the_threshold():
     field = VoxelField(6)
     field.fill_(lambda x: 0.01 + 0 * x[:, 0], lambda x: (x + 1) / 2)
