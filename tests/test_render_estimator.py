@@ -14,7 +14,6 @@ import torch
 
 from priorkit.gen3d import renderer as R
 
-torch.set_num_threads(1)
 STEP = 2.0 / 64  # the default render_step_size of make_estimator / update_estimator
 
 

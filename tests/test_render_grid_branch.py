@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from priorkit.distill.core.cameras import Camera
 from priorkit.gen3d import renderer as R
 
-torch.set_num_threads(1)
 F64 = torch.float64
 
 

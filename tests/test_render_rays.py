@@ -18,7 +18,6 @@ from priorkit.distill.core.cameras import Camera
 from priorkit.gen3d import renderer as R
 from priorkit.gen3d.occupancy import OccupancyGrid
 
-torch.set_num_threads(1)
 F64 = torch.float64
 UP = (0.0, 0.0, 1.0)
 
