@@ -250,8 +250,13 @@ def main() -> int:
         print(summary())
         return 0
     if args.unexplained:
-        left = unexplained(saved_survivors(), equivalents())
-        print("\n".join(left) + f"\n{len(left)} survivors not explained")
+        survivors, listed = saved_survivors(), equivalents()
+        left = unexplained(survivors, listed)
+        stale = sorted(set(listed) - set(survivors))
+        print("".join(f"{name}: {survivors[name]}\n" for name in left) + f"{len(left)} survivors not explained")
+        if stale:
+            print(f"{len(stale)} listed mutants did not survive the saved runs (killed now, or renumbered): "
+                  + ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))
         return 1 if left else 0
     if args.groups is not None:
         return run_groups(args.max_children, args.groups)
