@@ -66,8 +66,10 @@ def run_shapes(runs: list[Path | str], *, teacher_path: str = "shapes", nfes: tu
 
     records = []
     noise = initial_noise(teacher, (n, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
+    big = n >= 1000  # a large evaluation: the teacher's rows take minutes per step, so show each step
     for nfe in (*nfes, teacher_steps):
-        x, sec = timed(sample, teacher, noise, steps=nfe, cond=cond, guidance=guidance)
+        print(f"shapes: teacher, CFG {guidance:g}, {nfe} steps on {n} images", flush=True)
+        x, sec = timed(sample, teacher, noise, steps=nfe, cond=cond, guidance=guidance, progress=True if big else None)
         detail = f"cfg {guidance:g}, {nfe} steps"
         records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, score(x), None, detail, "judge_accuracy"))
         records.append(record("shapes", "teacher-dpm++2m", 2 * nfe, sec, None, detail, "seconds_per_sample"))
