@@ -22,3 +22,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _own_global_rng():
+    """Each test gets torch's global RNG back as it found it: a test that seeds it (a UNet built from a seed) does
+    not change what later tests draw, so results do not depend on the order tests run in."""
+    with torch.random.fork_rng(devices=[]):
+        yield

@@ -123,7 +123,7 @@ def saved_survivors(groups: list[str] | None = None) -> dict[str, str]:
     out = {}
     paths = [RESULTS / f"{g}-survivors.diff" for g in groups] if groups else sorted(RESULTS.glob("*-survivors.diff"))
     for path in (p for p in paths if p.is_file()):
-        for block in path.read_text().split("### ")[1:]:
+        for block in ("\n" + path.read_text()).split("\n### ")[1:]:  # each block starts a line
             name = block.partition(":")[0].strip()
             out[name] = changed_lines(block)
     return out
@@ -131,10 +131,13 @@ def saved_survivors(groups: list[str] | None = None) -> dict[str, str]:
 
 def equivalents(path: Path | None = None) -> dict[str, tuple[str, str]]:
     """Mutant name -> (reason key, mutated line) from the equivalents file. Lines: "# comment",
-    "@key<TAB>why mutants of this kind change nothing observable", "name<TAB>key<TAB>mutated line".
+    "@key<TAB>why mutants of this kind change nothing observable", "name<TAB>key<TAB>mutated line". A key starting
+    with "open-" records a survivor that is *not* equivalent and not yet killed (the reason says what would kill it):
+    it stays unexplained.
 
     Raises:
-        ValueError: on a malformed line or a reason key that no "@" line defines.
+        ValueError: on a malformed line, a mutant listed twice, an empty mutated line or a reason key that no "@"
+            line defines.
     """
     path = path or EQUIVALENT
     reasons, listed = {}, {}
@@ -144,18 +147,23 @@ def equivalents(path: Path | None = None) -> dict[str, tuple[str, str]]:
         fields = line.split("\t")
         if line.startswith("@") and len(fields) == 2:
             reasons[fields[0][1:]] = fields[1]
-        elif len(fields) == 3 and not line.startswith("@"):
+        elif len(fields) == 3 and not line.startswith("@") and fields[2].strip():
+            if fields[0] in listed:
+                raise ValueError(f"{path.name}:{number}: {fields[0]} is listed twice")
             listed[fields[0]] = (fields[1], fields[2])
         else:
-            raise ValueError(f"{path.name}:{number}: expected '@key<TAB>reason' or 'mutant<TAB>key<TAB>line'")
+            raise ValueError(f"{path.name}:{number}: expected '@key<TAB>reason' or 'mutant<TAB>key<TAB>line' "
+                             "(a non-empty mutated line)")
     if unknown := sorted({key for key, _ in listed.values()} - set(reasons)):
         raise ValueError(f"{path.name}: reason key(s) {unknown} not defined by an '@' line")
     return listed
 
 
 def unexplained(survivors: dict[str, str], listed: dict[str, tuple[str, str]]) -> list[str]:
-    """Survivors the equivalents file does not list with the same mutated line."""
-    return [name for name, line in survivors.items() if name not in listed or listed[name][1] != line]
+    """Survivors the equivalents file does not list with the same (non-empty) mutated line under a key that is not
+    "open-"."""
+    return [name for name, line in survivors.items()
+            if not line or name not in listed or listed[name][1] != line or listed[name][0].startswith("open-")]
 
 
 def statuses(text: str) -> list[tuple[str, str]]:
@@ -255,9 +263,9 @@ def main() -> int:
         stale = sorted(set(listed) - set(survivors))
         print("".join(f"{name}: {survivors[name]}\n" for name in left) + f"{len(left)} survivors not explained")
         if stale:
-            print(f"{len(stale)} listed mutants did not survive the saved runs (killed now, or renumbered): "
-                  + ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))
-        return 1 if left else 0
+            print(f"{len(stale)} listed mutants did not survive the saved runs (killed now, or renumbered: remove or "
+                  "re-key them):\n" + "\n".join(stale))
+        return 1 if left or stale else 0
     if args.groups is not None:
         return run_groups(args.max_children, args.groups)
     return run(args.only, args.tests, args.max_children)

@@ -87,6 +87,21 @@ def test_a_survivor_is_explained_only_by_an_entry_with_its_mutated_line(tmp_path
     table = mutants.summary().splitlines()
     assert table[-2].split() == ["all", "3", "1", "0", "2", "0", "0", "33.3%", "1"]
     assert table[-1].endswith(": 1 (--unexplained lists them)")
+    (tmp_path / "eq.tsv").write_text("@open-x\tkilled by a spy on its seed, not written yet\n"
+                                     "priorkit.gen3d.sds.x_loss__mutmut_1\topen-x\treturn x.to(None)\n")
+    assert mutants.unexplained(mutants.saved_survivors(), mutants.equivalents()) == [
+        "priorkit.gen3d.sds.x_loss__mutmut_1", "priorkit.gen3d.sds.x_loss__mutmut_2"]  # "open-": listed, not explained
+    inner = SHOW.format(n=1, arg="None").replace("+    return", " x = '### y'\n+    return")
+    (tmp_path / "g-survivors.diff").write_text(inner + "### priorkit.gen3d.sds.x_loss__mutmut_4: no tests\n(failed)\n")
+    assert mutants.saved_survivors() == {"priorkit.gen3d.sds.x_loss__mutmut_1": "return x.to(None)",
+                                         "priorkit.gen3d.sds.x_loss__mutmut_4": ""}  # "###" inside a line: no block
+    assert mutants.unexplained({"priorkit.gen3d.sds.x_loss__mutmut_4": ""},
+                               {"priorkit.gen3d.sds.x_loss__mutmut_4": ("same-dtype", "")}) == [
+        "priorkit.gen3d.sds.x_loss__mutmut_4"]  # an empty fingerprint (no diff) never counts as explained
+    for bad in ("@k\tr\nm\tk\tline\nm\tk\tline\n", "@k\tr\nm\tk\t \n"):  # listed twice; an empty line
+        (tmp_path / "eq.tsv").write_text(bad)
+        with pytest.raises(ValueError, match="eq.tsv:3|eq.tsv:2"):
+            mutants.equivalents()
     (tmp_path / "eq.tsv").write_text("priorkit.gen3d.sds.x_loss__mutmut_1\tundefined\treturn x.to(None)\n")
     with pytest.raises(ValueError, match="not defined"):
         mutants.equivalents()
