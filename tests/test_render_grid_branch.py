@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_gen3d_render_values import _exclusive_sum, _pack_info  # nerfacc's CUDA-only kernels in plain torch
 
 from priorkit.distill.core.cameras import Camera
 from priorkit.gen3d import renderer as R
@@ -53,23 +54,6 @@ class _BinsEstimator:
         hit = (t1 > t0).nonzero().squeeze(1)
         edges = t0[hit, None] + (t1 - t0)[hit, None] * torch.linspace(0, 1, self.n + 1, dtype=rays_o.dtype)
         return hit.repeat_interleave(self.n), edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1)
-
-
-def _pack_info(ray_indices, n_rays=None):
-    """nerfacc.pack_info without its CUDA-only guard: (start, count) of each ray's samples."""
-    n_rays = int(ray_indices.max()) + 1 if n_rays is None else n_rays
-    counts = torch.zeros(n_rays, dtype=ray_indices.dtype).index_add_(0, ray_indices, torch.ones_like(ray_indices))
-    return torch.stack([counts.cumsum(0) - counts, counts], -1)
-
-
-def _exclusive_sum(inputs, packed_info=None):
-    """nerfacc.exclusive_sum over packed rays in plain torch (its CUDA kernel's job)."""
-    if packed_info is None:
-        return torch.cumsum(torch.cat([torch.zeros_like(inputs[..., :1]), inputs[..., :-1]], -1), -1)
-    starts, counts = packed_info.unbind(-1)
-    before = torch.cumsum(inputs, 0) - inputs
-    ray = torch.repeat_interleave(torch.arange(counts.numel()), counts)
-    return before - before[starts[ray]]
 
 
 @pytest.fixture()

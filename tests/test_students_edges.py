@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import torch
+from test_distill_methods import tiny_teacher
 
 from priorkit.distill.core.schedule import VPLinear
 from priorkit.distill.core.training import TrainConfig
@@ -33,19 +34,7 @@ def test_progressive_grids_run_to_the_data_end_even_where_the_schedule_stops_sam
     assert student_grid(s, 2, start_steps=4, spacing="time").tolist() == [1.0, 0.5, 0.0]
 
 
-def _tiny_unet_teacher():  # noqa: ANN202
-    from diffusers import UNet2DConditionModel
-
-    from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=4, norm_num_groups=4)
-    config = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
-              "prediction_type": "v_prediction"}
-    return DiffusersDenoiser(unet.eval(), config)
+_tiny_unet_teacher = tiny_teacher  # test_distill_methods' tiny diffusers UNet (v-prediction, cosine DDPM)
 
 
 def test_a_shortcut_batch_without_self_consistency_rows_is_flow_matching_on_every_row_of_a_unet_student():
