@@ -154,16 +154,18 @@ def _float64(data):  # noqa: ANN001, ANN202
     return wrapped
 
 
+def _two_steps(model, loss_fn, cfg, out, **kw):  # noqa: ANN001, ANN202
+    """A stand-in for the training loop: two loss calls with a generator seeded 0, nothing trained."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(2):
+        loss_fn(model, k, g)
+    return model, [{"loss": 0.0}]
+
+
 def test_consistency_training_draws_float64_noise_for_float64_data(tmp_path, monkeypatch):
     losses = []
 
-    def fake_train(model, loss_fn, cfg, out, **kw):  # noqa: ANN001, ANN202
-        g = torch.Generator().manual_seed(0)
-        for k in range(2):
-            loss_fn(model, k, g)
-        return model, [{"loss": 0.0}]
-
-    monkeypatch.setattr(cs, "train", fake_train)
+    monkeypatch.setattr(cs, "train", _two_steps)
     monkeypatch.setattr(cs, "consistency_loss", lambda m, target, x0, eps, hi, lo, **kw: losses.append((x0, eps)) or 0)
     data = _float64(target_data("gmm"))
     cfg = cs.ConsistencyConfig(s0=4, s1=3, batch=16, train=TrainConfig(steps=2))  # N(k) = s0 = s1 + 1 = 4
@@ -180,13 +182,7 @@ def test_consistency_training_draws_float64_noise_for_float64_data(tmp_path, mon
 def test_guidance_distillation_stage_one_draws_float64_noise_for_float64_data(tmp_path, monkeypatch):
     losses = []
 
-    def fake_train(model, loss_fn, cfg, out, **kw):  # noqa: ANN001, ANN202
-        g = torch.Generator().manual_seed(0)
-        for k in range(2):
-            loss_fn(model, k, g)
-        return model, [{"loss": 0.0}]
-
-    monkeypatch.setattr(gd, "train", fake_train)
+    monkeypatch.setattr(gd, "train", _two_steps)
     monkeypatch.setattr(gd, "guidance_loss", lambda *a: losses.append(a) or torch.zeros(()))
     teacher = conditional_gmm_target().float()
     student = MLPDenoiser(hidden=8, depth=2, extras=("w",), num_classes=8)
