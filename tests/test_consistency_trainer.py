@@ -122,7 +122,8 @@ def test_distillation_steps_draw_adjacent_grid_times_and_pass_the_teacher(tmp_pa
         torch.testing.assert_close(call["weight"], 1.0 / (_ratio(s, t_hi) - _ratio(s, t_lo)), rtol=1e-9, atol=0)
     meta = read_meta(tmp_path / "student")
     assert (meta["method"], meta["sampler"], meta["teacher"]) == ("consistency-cd", "consistency", "gmm")
-    assert meta["t_max"] == pytest.approx(float(times[-1])) and meta["config"]["n_steps"] == 6
+    assert meta["t_max"] == pytest.approx(float(times[-1]), rel=1e-12) and meta["config"]["n_steps"] == 6
+    assert _ratio(s, meta["t_max"]) == pytest.approx(20.0, rel=1e-12)  # the top of the grid: sigma_max / 1
     assert not any(p.requires_grad for p in student.parameters()) and not student.training
 
 

@@ -209,7 +209,7 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
         model.train()
         loss = loss_fn(model, step, generator)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss)} at step {step}; last checkpoint kept in {out}")
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; last checkpoint kept in {out}")
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.grad_clip:

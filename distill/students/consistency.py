@@ -225,7 +225,8 @@ def _train(teacher: Denoiser | None, net: Denoiser, data: DataFn, out: str | Pat
     mode = "cd" if teacher is not None else "ct"
     ema, _ = train(trainee, loss_fn, cfg.train, out, resume=resume, desc=f"consistency ({mode})")
     student = freeze(unwrap(ema).student)
-    t_start = float(karras_times(schedule, 2, cfg.sigma_min, cfg.sigma_max, cfg.rho)[-1])
+    hi = noise_range(schedule, cfg.sigma_min, cfg.sigma_max)[1]  # the grid's top ratio, for any rho
+    t_start = float(ratio_to_time(schedule, torch.tensor(hi, dtype=torch.float64)))
     save_student(student, out / "student", {**(meta or {}), "method": f"consistency-{mode}", "sampler": "consistency",
                                             "t_max": t_start, "config": asdict(cfg)})
     return student
