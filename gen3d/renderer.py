@@ -70,11 +70,22 @@ def ray_box_intersection(origins: Tensor, directions: Tensor, box_min: float = B
 
 
 def query_field(field: nn.Module, x: Tensor, with_normal: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Colour (N, 3), density (N,) and outward normal (N, 3) or None of ``field`` at x (N, 3)."""
+    """Colour (N, 3), density (N,) and outward normal (N, 3) or None of ``field`` at x (N, 3), in x's dtype: the
+    field is asked at least in its parameters' precision (half-precision rays render a float32 field; float64 rays
+    keep float64 for a field that computes in its input's dtype), and answers in the rays' dtype."""
+    xf = x.to(_field_dtype(field, x))
     if hasattr(field, "query"):
-        return field.query(x, with_normal=with_normal)
-    rgb, sigma = field(x)
-    return rgb, sigma, field.normal(x) if with_normal else None
+        rgb, sigma, normal = field.query(xf, with_normal=with_normal)
+    else:
+        rgb, sigma = field(xf)
+        normal = field.normal(xf) if with_normal else None
+    return rgb.to(x.dtype), sigma.to(x.dtype), None if normal is None else normal.to(x.dtype)
+
+
+def _field_dtype(field: nn.Module, x: Tensor) -> torch.dtype:
+    """x's dtype promoted with the field's first floating-point parameter's (x's own when it has none)."""
+    own = next((p.dtype for p in field.parameters() if p.is_floating_point()), x.dtype)
+    return torch.promote_types(x.dtype, own)
 
 
 def shade(albedo: Tensor, normal: Tensor | None, light: Tensor, shading: str, ambient: float) -> Tensor:
@@ -152,7 +163,7 @@ def _render_stratified(field: nn.Module, o: Tensor, d: Tensor, light: Tensor, bg
         keep = (weights.detach().reshape(-1) > NORMAL_WEIGHT_EPS).nonzero().squeeze(1)
         normal = x.new_zeros(x.shape[0], 3)
         if keep.numel():
-            normal = normal.index_copy(0, keep, field.normal(x[keep]))
+            normal = normal.index_copy(0, keep, field.normal(x[keep].to(_field_dtype(field, x))).to(x.dtype))
     colour = shade(albedo, normal, lh[:, None, :].expand(m, n_samples, 3).reshape(-1, 3), shading, ambient)
     rgb = nerfacc.accumulate_along_rays(weights, colour.reshape(m, n_samples, 3))
     opacity = nerfacc.accumulate_along_rays(weights, None)
