@@ -64,15 +64,18 @@ def ray_box_intersection(origins: Tensor, directions: Tensor, box_min: float = B
 
     origins, directions: (N, 3). Returns t_near, t_far: (N,); the ray misses the box where t_far <= t_near.
     """
-    d = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    eps = max(1e-12, torch.finfo(directions.dtype).tiny)  # 1e-12 is 0 in half precision: 0 / 0 in the gradient
+    d = torch.where(directions.abs() < eps, torch.full_like(directions, eps), directions)
     t1, t2 = (box_min - origins) / d, (box_max - origins) / d
     return torch.minimum(t1, t2).amax(dim=-1), torch.maximum(t1, t2).amin(dim=-1)
 
 
 def query_field(field: nn.Module, x: Tensor, with_normal: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Colour (N, 3), density (N,) and outward normal (N, 3) or None of ``field`` at x (N, 3), in x's dtype: the
-    field is asked at least in its parameters' precision (half-precision rays render a float32 field; float64 rays
-    keep float64 for a field that computes in its input's dtype), and answers in the rays' dtype."""
+    """Colour (N, 3), density (N,) and outward normal (N, 3) or None of ``field`` at x (N, 3), in x's dtype.
+
+    The field is asked at least in its parameters' precision: half-precision rays render a float32 field, and float64
+    rays keep float64 for a field that computes in its input's dtype (an analytic field, a voxel grid that casts its
+    samples itself); a float32 MLP given float64 rays raises torch's dtype error, as its layers would."""
     xf = x.to(_field_dtype(field, x))
     if hasattr(field, "query"):
         rgb, sigma, normal = field.query(xf, with_normal=with_normal)
@@ -189,7 +192,8 @@ def _render_occgrid(field: nn.Module, o: Tensor, d: Tensor, light: Tensor, bg: T
         return o[ray_indices] + d[ray_indices] * ((t_starts + t_ends) / 2)[:, None]  # interval midpoints (K, 3)
 
     def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
-        return field.density(points(t_starts, t_ends, ray_indices))  # (K,), used to skip occluded samples
+        x = points(t_starts, t_ends, ray_indices)
+        return field.density(x.to(_field_dtype(field, x))).to(x.dtype)  # (K,), used to skip occluded samples
 
     ray_indices, t_starts, t_ends = estimator.sampling(o, d, sigma_fn=sigma_fn, near_plane=near, far_plane=far,
                                                        render_step_size=render_step_size, stratified=stratified)

@@ -494,29 +494,70 @@ def test_packed_path_shapes_when_no_ray_has_a_sample(packed_on_cpu):
     assert out.normal.shape == (3, 3) and out.orientation.shape == (3, 1)
 
 
-@pytest.mark.parametrize("field_kind, dtype, tol", [("voxel", torch.float16, 2e-3), ("mlp", torch.float16, 2e-3),
-                                                    ("voxel", torch.bfloat16, 1e-2), ("mlp", torch.bfloat16, 1e-2),
-                                                    ("voxel", F64, 1e-6)])
-def test_a_float32_field_renders_with_rays_of_another_precision(field_kind, dtype, tol):
+# (field, rays' dtype, tolerance on colour and opacity, on normals): three times the differences measured to the
+# float32 render (2026-12-06), which come from the rays' own precision (a point at t = 4 in bfloat16 moves by ~0.02)
+@pytest.mark.parametrize("field_kind, dtype, tol, tol_normal", [
+    ("voxel", torch.float16, 2e-3, 5e-3), ("mlp", torch.float16, 3e-2, 0.1),
+    ("voxel", torch.bfloat16, 1.2e-2, 5e-2), ("voxel", F64, 1e-6, 1e-6)])
+def test_a_float32_field_renders_with_rays_of_another_precision(field_kind, dtype, tol, tol_normal):
     """Half-precision rays ask a float32 field in float32 and get the answer in their own dtype (they used to stop in
-    index_copy: float32 field outputs into half buffers); float64 rays stay float64 (a voxel grid samples in them).
-    Measured differences to the float32 render: 1.2e-4 / 2.4e-4 (half), 3.6e-4 / 9.8e-4 (bfloat16) for voxel / MLP
-    fields, 0 (float64, voxel)."""
+    index_copy: float32 field outputs into half buffers); float64 rays stay float64 in the renderer (the voxel grid
+    casts its samples to its own dtype). Colour, opacity and normals against the float32 render, with and without
+    the occupancy grid; the MLP's weights perturbed so that its arithmetic shows."""
     from priorkit.gen3d.field import MLPField
 
     torch.manual_seed(0)
     field = VoxelField(resolution=8) if field_kind == "voxel" else MLPField()
+    if field_kind == "mlp":
+        with torch.no_grad():
+            for p in field.parameters():
+                p.add_(0.3 * torch.randn_like(p))
     o = torch.tensor([[0.0, 0.0, 3.0], [0.3, -0.2, 3.0], [2.0, 2.0, 3.0]])
     d = F.normalize(torch.tensor([[0.0, 0.0, -1.0], [-0.1, 0.05, -1.0], [0.0, 0.0, -1.0]]), dim=-1)
     kw = {"n_samples": 16, "stratified": False, "compute_normals": True}
-    with torch.no_grad():
-        ref = R.render(field, o, d, **kw)
-        got = R.render(field, o.to(dtype), d.to(dtype), **kw)
-        grid = OccupancyGrid.of(field)
-        outs = [got] + ([] if grid is None else [R.render(field, o.to(dtype), d.to(dtype), occupancy=grid, **kw)])
+    ref = R.render(field, o, d, **kw)
+    got = R.render(field, o.to(dtype), d.to(dtype), **kw)
+    grid = OccupancyGrid.of(field)
+    outs = [got] + ([] if grid is None else [R.render(field, o.to(dtype), d.to(dtype), occupancy=grid, **kw)])
     assert len(outs) == (2 if field_kind == "voxel" else 1)
     for out in outs:
         assert out.rgb.dtype == out.opacity.dtype == out.normal.dtype == dtype
-        torch.testing.assert_close(out.rgb.float(), ref.rgb, rtol=0, atol=tol)
-        torch.testing.assert_close(out.opacity.float(), ref.opacity, rtol=0, atol=tol)
-    assert float(ref.opacity[0]) > 0.1  # the rays cross something
+        for name, atol in (("rgb", tol), ("opacity", tol), ("normal", tol_normal)):
+            torch.testing.assert_close(getattr(out, name).detach().float(), getattr(ref, name).detach(), rtol=0,
+                                       atol=atol)
+    assert float(ref.opacity[0]) > 0.1 and float(ref.normal[0].norm()) > 0.1  # the rays cross something
+
+
+def test_half_precision_rays_along_an_axis_have_finite_gradients():
+    """The slab method's guard against a zero direction component was 1e-12, which is 0 in float16: 0 / 0 made the
+    gradient in the origins NaN for a ray along an axis. Gradients reach the origins and the field's parameters."""
+    torch.manual_seed(0)
+    field = VoxelField(resolution=8)
+    o = torch.tensor([[0.0, 0.0, 3.0], [0.2, 0.1, 3.0]], dtype=torch.float16, requires_grad=True)
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]], dtype=torch.float16)
+    R.render(field, o, d, n_samples=16, stratified=False).opacity.sum().backward()
+    assert bool(torch.isfinite(o.grad).all()) and float(o.grad.abs().sum()) > 0
+    assert all(bool(torch.isfinite(p.grad).all()) for p in field.parameters() if p.grad is not None)
+    t_near, t_far = R.ray_box_intersection(o.detach(), d)
+    assert t_near.tolist() == [2.0, 2.0] and t_far.tolist() == [4.0, 4.0]
+
+
+def test_packed_path_renders_a_float32_field_with_half_precision_rays(packed_on_cpu):
+    """The estimator's sigma_fn and the compositing ask the field in its own dtype and answer in the rays' dtype."""
+    torch.manual_seed(0)
+    field = VoxelField(resolution=8)
+    o = torch.tensor([[0.0, 0.0, 3.0], [0.3, -0.2, 3.0]])
+    d = F.normalize(torch.tensor([[0.0, 0.0, -1.0], [-0.1, 0.05, -1.0]]), dim=-1)
+    outs = {}
+    for dtype in (torch.float32, torch.float16):
+        est = _BinsEstimator(16)
+        oh, dh = o.to(dtype), d.to(dtype)
+        with torch.no_grad():
+            outs[dtype] = R._render_occgrid(field, oh, dh, -dh, torch.zeros(2, 3, dtype=dtype), est, near=0.0,
+                                            far=1e4, render_step_size=0.1, shading="albedo", ambient=0.1,
+                                            need_normals=True, stratified=False)
+        assert est.sigma.dtype == dtype and outs[dtype].rgb.dtype == dtype
+    assert float(outs[torch.float32].opacity[0]) > 0.1
+    for name in ("rgb", "opacity"):
+        torch.testing.assert_close(getattr(outs[torch.float16], name).float(), getattr(outs[torch.float32], name),
+                                   rtol=0, atol=2e-3)
