@@ -122,6 +122,8 @@ def train_prior_cmd(
                     photo_set=photo_set, world=world, cube_share=cube_share)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
+    except FloatingPointError as err:  # a NaN loss: the last checkpoint stays for --resume
+        _fail(str(err), FAILED)
     except OSError as err:  # a full or read-only disk: the last complete checkpoint stays for --resume
         _fail(os_error_line(err), FAILED)
 

@@ -118,6 +118,8 @@ def distill_cmd(
         fail(e)
     except (ValueError, ModelLoadError) as e:
         fail(e, FAILED)
+    except FloatingPointError as e:  # a NaN loss: the last checkpoint stays (train stops before the update)
+        fail(e, FAILED)
     except OSError as e:  # a full or read-only disk: the last complete checkpoint stays, --resume continues from it
         fail(os_error_line(e), FAILED)
     if is_main_process():

@@ -105,6 +105,8 @@ def finetune_cmd(
         save_finetuned(model, base_folder if base_folder.is_dir() else None, out, meta)
         (out / "training_log.json").write_text(json.dumps(log))
         (out / "command.txt").write_text("priorkit finetune " + shlex.join(sys.argv[2:]) + "\n")
+    except FloatingPointError as err:  # a NaN loss: the last checkpoint stays for --resume
+        _fail(err, code=1)
     except OSError as err:
         _fail(os_error_line(err), code=1)
     typer.echo(f"fine-tuned {prior} with {method} ({reward} reward) -> {out} (load it with --prior {out})")

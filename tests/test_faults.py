@@ -353,3 +353,26 @@ def test_distill_on_a_full_disk_is_one_line_and_keeps_no_temporary_files(tmp_pat
     line = one_error_line(result)
     assert result.exit_code == 1 and "No space left on device" in line, result.output
     assert not [p for p in out.rglob("*") if "tmp" in p.name], sorted(out.rglob("*"))
+
+
+def test_a_nan_loss_in_distill_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """The students' losses pass a NaN through (tests/test_students_nan_passthrough.py); `train` refuses it with
+    FloatingPointError, which the CLI prints as one line with exit code 1 (the work failed), saying what is kept."""
+    from priorkit.distill.students import reflow
+
+    real = reflow.reflow_loss
+    calls = []
+
+    def nan_after_two(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 2 else loss
+
+    monkeypatch.setattr(reflow, "reflow_loss", nan_after_two)
+    out = tmp_path / "run"
+    result = run("distill", "reflow", "--teacher", "toy:gmm", "--steps", "4", "--batch", "8", "--out", out)
+    line = one_error_line(result)
+    assert result.exit_code == 1, result.output
+    assert "loss became nan at step 2" in line and "checkpoint" in line
+    kept = line.split("the last checkpoint is kept in ")[-1]
+    assert kept != line and Path(kept).is_dir() and Path(kept).is_relative_to(out)  # the folder named is there

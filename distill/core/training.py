@@ -181,7 +181,9 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
     resumed run sees fresh, reproducible batches). ``params``: the parameters to train (default: all that require a
     gradient), or torch parameter groups whose optional ``lr_scale`` multiplies the scheduled learning rate (a new
     input layer learning faster than the pretrained body it joins); ``resume`` refuses a checkpoint whose groups'
-    scales differ (`ResumeMismatchError`).
+    scales differ (`ResumeMismatchError`). A non-finite loss stops the run with `FloatingPointError` naming the step
+    and the checkpoint kept, before any update: the students' losses call their models unchecked (``check=False``)
+    and rely on this for a NaN batch.
     """
     from accelerate import Accelerator
 
@@ -209,7 +211,9 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, out: str | Path, 
         model.train()
         loss = loss_fn(model, step, generator)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; last checkpoint kept in {out}")
+            kept = f"the last checkpoint is kept in {out / 'checkpoint'}" if (out / "checkpoint").is_dir() else \
+                f"no checkpoint was written yet in {out}"
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; {kept}")
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.grad_clip:

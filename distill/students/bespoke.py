@@ -102,6 +102,9 @@ def bespoke_train(teacher: Denoiser, out: str | Path, cfg: BespokeConfig | None 
         cond = select_rows(conds, idx) if conds is not None else None
         fn = predict_fn(teacher, cond)
         loss = rmse(solver(fn, z[idx]), x_ref[idx])  # Shaul et al. 2023, eq. 15
+        if not torch.isfinite(loss):  # as `train`: never step (or save) on a NaN; the last saved solver stays
+            raise FloatingPointError(f"bespoke solver's RMSE became {loss.item()} at iteration {it}; "
+                                     f"last save kept in {path}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
