@@ -561,3 +561,57 @@ def test_packed_path_renders_a_float32_field_with_half_precision_rays(packed_on_
     for name in ("rgb", "opacity"):
         torch.testing.assert_close(getattr(outs[torch.float16], name).float(), getattr(outs[torch.float32], name),
                                    rtol=0, atol=2e-3)
+
+
+class _Float32Linear(torch.nn.Module):
+    """A field that does not cast its input (unlike VoxelField and MLPField): float32 layers, density and colour
+    smooth in x, normals by autograd. Half-precision points reaching it unconverted stop in its first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.layer = torch.nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = self.layer(x)
+        return torch.sigmoid(h[:, :3]), 4.0 * F.softplus(h[:, 3] + 1.0 - 2.0 * x.square().sum(-1))
+
+    def density(self, x):
+        return self(x)[1]
+
+    def normal(self, x):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.density(x).sum(), x)
+        return -F.normalize(g, dim=-1)
+
+
+@pytest.mark.parametrize("path", ["stratified", "packed"])
+def test_a_field_that_does_not_cast_its_input_gets_points_in_its_own_dtype(path, monkeypatch):
+    """query_field, the normals of the stratified path and the estimator's density all hand the field points in its
+    parameters' dtype and give its answers back in the rays' dtype (colour, opacity, normals)."""
+    if path == "packed":
+        import nerfacc.volrend
+
+        monkeypatch.setattr(nerfacc.volrend, "pack_info", _pack_info)
+        monkeypatch.setattr(nerfacc.volrend, "exclusive_sum", _exclusive_sum)
+    field = _Float32Linear()
+    o = torch.tensor([[0.0, 0.0, 3.0], [0.3, -0.2, 3.0]])
+    d = F.normalize(torch.tensor([[0.0, 0.0, -1.0], [-0.1, 0.05, -1.0]]), dim=-1)
+    outs = {}
+    for dtype in (torch.float32, torch.float16):
+        oh, dh = o.to(dtype), d.to(dtype)
+        bg = torch.zeros(2, 3, dtype=dtype)
+        with torch.no_grad():
+            if path == "packed":
+                outs[dtype] = R._render_occgrid(field, oh, dh, -dh, bg, _BinsEstimator(16), near=0.0, far=1e4,
+                                                render_step_size=0.1, shading="lambertian", ambient=0.1,
+                                                need_normals=True, stratified=False)
+            else:
+                outs[dtype] = R.render(field, oh, dh, n_samples=16, stratified=False, compute_normals=True)
+        for name in ("rgb", "opacity", "normal"):
+            assert getattr(outs[dtype], name).dtype == dtype, name
+    assert float(outs[torch.float32].opacity[0]) > 0.1 and float(outs[torch.float32].normal[0].norm()) > 0.1
+    for name in ("rgb", "opacity", "normal"):
+        torch.testing.assert_close(getattr(outs[torch.float16], name).float(), getattr(outs[torch.float32], name),
+                                   rtol=0, atol=5e-3)
