@@ -30,7 +30,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 BUNDLED = {"shapes": "text-to-image prior on the shapes world (32x32, MiniLM text conditioning)",
            "photos": "unconditional prior on 64x64 natural-photo patches",
            "shapes-cd": "consistency-distilled student of 'shapes' with CFG 3 built in (1-4 steps)",
-           "shapes-dmd2": "one-step DMD2 (distribution matching) student of 'shapes' with CFG 3 built in",
+           "shapes-dmd2": "one-step DMD2 (distribution matching) student of 'shapes' with CFG 1.5 built in",
            "shapes-v2": "the shapes prior on the shapes world v2: named colours, the camera as an input (not yet the "
                         "default: BENCHMARKS.md)"}
 
