@@ -80,6 +80,27 @@ def test_adjoint_matching_regression_is_minimised_by_the_exact_tilt():
         assert best < 0.9 * loss(other), (best, loss(other))
 
 
+@pytest.mark.parametrize("schedule", [FlowMatching(), VPCosine()])
+def test_residual_model_adds_its_residual_to_the_base_score(schedule):
+    """score_ft = score_base + delta(x, t) exactly, delta called with the input and the time as given."""
+    base = GaussianMixture.random(2, 3, generator=torch.Generator().manual_seed(0), schedule=schedule)
+    seen = {}
+
+    class Recording(torch.nn.Module):
+        def forward(self, x, t):
+            seen["x"], seen["t"] = x, t
+            return torch.stack([torch.full_like(x[:, 0], 0.3), -x[:, 1] ** 2], dim=1)
+
+    model = ResidualDenoiser(base, Recording())
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    t = torch.tensor(0.37, dtype=F64)
+    s = schedule.sigma(t)
+    pred, pred_base = model(x, t), base(x, t)
+    assert torch.equal(seen["x"], x) and float(seen["t"].reshape(-1)[0]) == 0.37
+    delta = torch.stack([torch.full((5,), 0.3, dtype=F64), -x[:, 1] ** 2], dim=1)
+    torch.testing.assert_close(-pred.eps / s + pred_base.eps / s, delta, rtol=1e-10, atol=1e-12)
+
+
 @torch.no_grad()
 def _samples(model, n: int = 2000) -> torch.Tensor:  # noqa: ANN001
     from priorkit.distill.core.samplers import initial_noise
