@@ -34,6 +34,11 @@ def _check_teacher(teacher: str) -> None:
                          f"({', '.join(sorted(BUNDLED))}), a diffusers folder or a hub id")
 
 
+def toy_or_photos(teacher: str) -> bool:
+    """True for teachers without text conditions: the 2D targets and the photos prior."""
+    return teacher.startswith("toy:") or teacher == "photos"
+
+
 def distill_cmd(
     method: Annotated[str, typer.Argument(help="reflow, cd (consistency distillation), ct (consistency training), "
                                                "shortcut, progressive, guidance, dmd, dmd2 (distribution matching) "
@@ -65,6 +70,9 @@ def distill_cmd(
     fake_lr_scale: Annotated[float | None, typer.Option(help="dmd, dmd2: the fake score's (and GAN head's) "
                                                              "learning rate as a multiple of the generator's "
                                                              "(default 1; a LoRA usually wants more)")] = None,
+    unconditional: Annotated[bool, typer.Option(help="a text-conditioned teacher (shapes): copy its empty-prompt "
+                                                     "model, the one restoration uses (no captions in training)")
+                             ] = False,
 ) -> None:
     """Distil a teacher into a fast few-step student.
 
@@ -98,6 +106,11 @@ def distill_cmd(
             raise ValueError(f"--photo-set must be one of {', '.join(PHOTO_SETS)}; got {photo_set!r}")
         if photo_set != "v1" and teacher != "photos":
             raise ValueError("--photo-set applies to the photos teacher only")
+        if unconditional and toy_or_photos(teacher):
+            raise ValueError("--unconditional applies to text-conditioned teachers (shapes, a text-to-image folder)")
+        if unconditional and guidance != 1.0:
+            raise ValueError("--unconditional copies the empty-prompt model: classifier-free guidance does not apply "
+                             f"(got --guidance {guidance})")
         if not 0 < guidance <= 100:
             raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
         if out.exists() and not out.is_dir():
@@ -113,7 +126,7 @@ def distill_cmd(
             folder = distill(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance,
                              resume=resume, seed=seed, n_data=n_data, nfe=nfe, photo_set=photo_set,
                              init=None if init is None else str(init), gan=gan, fake=fake,
-                             fake_lr_scale=fake_lr_scale)
+                             fake_lr_scale=fake_lr_scale, unconditional=unconditional)
     except ResumeMismatchError as e:
         fail(e)
     except (ValueError, ModelLoadError) as e:

@@ -10,12 +10,16 @@ from a pseudo-inverse estimate, ``z_y = Phi^{-1}(A^+ y)``, and blend with fresh 
 
     z0 = sqrt(b) z_y + sqrt(1 - b) eps,   b = 0.1.
 
-Cost (counted exactly by wrapping the denoiser in `CountingDenoiser`): every L-BFGS function evaluation is one ODE
-solve forward (``nfe(solver, steps)`` model calls) and one backward through it; with gradient checkpointing the
-backward recomputes each call once more, so one evaluation costs 2 x nfe forward + nfe backward model passes. L-BFGS
-spends ``max_iter`` iterations of one or more evaluations each (line search), capped at ``max_evals`` evaluations:
+Coarse to fine, stopped by the discrepancy principle (measured on the shapes prior, BENCHMARKS.md "D-Flow that
+converges"): L-BFGS first through a cheap 3-step solve, then through a 5-step one from where it stopped; each stage
+ends when every image's data term reaches its target, ``||A Phi(z) - y||^2 <= c sigma_y^2 M`` (M observed entries;
+Morozov's discrepancy principle: fitting further fits the noise), c = ``coarse_stop`` for the coarse stages and
+``stop_at`` for the last, or when the budget (``max_evals`` evaluations, ``max_passes`` model passes) is spent.
 
-    model passes ~= evaluations x steps-NFE x 3   (+ the inversion and the final solve: 2 x steps-NFE)
+Cost (counted exactly by wrapping the denoiser in `CountingDenoiser`): every L-BFGS function evaluation is one ODE
+solve forward (``nfe(solver, steps)`` model calls) and one backward through it; with gradient checkpointing (on for
+inputs above ``CHECKPOINT_ELEMENTS`` values, where the graph of a solve would not fit) the backward recomputes each
+call once more, so one evaluation costs 2 x nfe forward + nfe backward model passes (nfe + nfe without).
 
 ``lambda`` defaults to ``2 sigma_y^2``: the loss is then 2 sigma_y^2 x the negative log-posterior of z (with the chi
 prior on |z|), i.e. the MAP scaling; for sigma_y = 0 the data term alone is fitted and the initialisation regularises.
@@ -23,6 +27,7 @@ prior on |z|), i.e. the MAP scaling; for sigma_y = 0 the data term alone is fitt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +43,14 @@ from priorkit.inverse.classical import classical
 from priorkit.inverse.operators import Operator
 from priorkit.inverse.solver_common import as_flow, check_measurement, regularised_pinv, solution_shape
 
-__all__ = ["DFlowDefaults", "dflow", "CountingDenoiser", "chi_regulariser"]
+__all__ = ["DFlowDefaults", "dflow", "CountingDenoiser", "chi_regulariser", "CHECKPOINT_ELEMENTS"]
+
+#: inputs with more values than this (a batch of 3 x 128 x 128 images) are solved with gradient checkpointing
+CHECKPOINT_ELEMENTS = 3 * 128 * 128
+
+
+class _StoppedError(Exception):
+    """Raised inside L-BFGS's closure when a stage's target or the budget is reached."""
 
 
 class _CountBackward(torch.autograd.Function):
@@ -87,12 +99,17 @@ def chi_regulariser(z: Tensor) -> Tensor:
 
 @dataclass
 class DFlowDefaults:
-    """Defaults of :func:`dflow` (Ben-Hamu et al. 2024: a few midpoint steps, L-BFGS, blend b = 0.1)."""
+    """Defaults of :func:`dflow` (Ben-Hamu et al. 2024: a few midpoint steps, L-BFGS, blend b = 0.1; coarse to fine
+    with the discrepancy stop: chosen on held-out shapes renders, BENCHMARKS.md "D-Flow that converges")."""
 
-    steps: int = 6
+    steps: tuple[int, ...] = (3, 5)
     solver: str = "heun"
-    max_iter: int = 20
-    max_evals: int | None = None
+    max_iter: int = 200
+    max_evals: int | None = 200
+    max_passes: int | None = None
+    stop_at: float | None = 1.0
+    coarse_stop: float = 1.5
+    checkpoint: bool | None = None
     reg: float | None = None
     blend: float = 0.1
     init: str = "pinv"
@@ -101,8 +118,10 @@ class DFlowDefaults:
 
 
 def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, cond: Condition = None,
-          guidance: float = 1.0, steps: int = DFlowDefaults.steps, solver: str = DFlowDefaults.solver,
+          guidance: float = 1.0, steps: int | tuple[int, ...] = DFlowDefaults.steps, solver: str = DFlowDefaults.solver,
           max_iter: int = DFlowDefaults.max_iter, max_evals: int | None = DFlowDefaults.max_evals,
+          max_passes: int | None = DFlowDefaults.max_passes, stop_at: float | None = DFlowDefaults.stop_at,
+          coarse_stop: float = DFlowDefaults.coarse_stop, checkpoint: bool | None = DFlowDefaults.checkpoint,
           reg: float | None = DFlowDefaults.reg, blend: float = DFlowDefaults.blend,
           init: str = DFlowDefaults.init, history_size: int = DFlowDefaults.history_size, noise: Tensor | None = None,
           shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None,
@@ -113,15 +132,21 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         denoiser: any `Denoiser`, served as a flow-matching model (`ConvertedDenoiser` when needed).
         operator, y, sigma_y, cond, guidance: as in :func:`priorkit.inverse.pigdm.pigdm`.
         steps, solver: the differentiable ODE solve Phi ("euler", "heun" (= 2nd order, ~ midpoint) or "dpm++2m"),
-            uniform in flow time from noise to data.
-        max_iter: L-BFGS iterations; max_evals: cap on loss evaluations (default 1.25 max_iter, torch's).
+            uniform in flow time from noise to data; a tuple of step counts optimises through each in turn
+            (coarse to fine; the inversion uses the first).
+        max_iter: L-BFGS iterations per stage; max_evals: cap on loss evaluations in all (None: 1.25 max_iter per
+            stage, torch's); max_passes: cap on model passes in all (forward + backward, as counted).
+        stop_at, coarse_stop: a stage ends when every image's data term is at most this multiple of sigma_y^2 M
+            (the last stage: ``stop_at``, None never; the others: ``coarse_stop``).
+        checkpoint: recompute each model call in backward (None: for inputs above `CHECKPOINT_ELEMENTS` values).
         reg: lambda of the chi regulariser (default 2 sigma_y^2, the MAP scaling).
         blend: b in z0 = sqrt(b) z_y + sqrt(1 - b) eps.
         init: the estimate the ODE is inverted from: "pinv" (the paper's regularised pseudo-inverse A^+ y) or
             "classical" (bicubic / Wiener / biharmonic, :func:`priorkit.inverse.classical.classical`).
         noise: optional eps (B, C, H, W) for the blend.
-        return_info: also return {"loss": final loss, "evaluations": L-BFGS loss evaluations,
-            "forward": model evaluations, "backward": backward passes, "nfe": forward + backward}.
+        return_info: also return {"loss": final loss, "evaluations": L-BFGS loss evaluations, "stages": evaluations
+            per stage, "data_ratio": the final data term over sigma_y^2 M per image, "forward": model evaluations,
+            "backward": backward passes, "nfe": forward + backward}.
     Returns:
         restored images (B, C, H, W) in model range (and the info dict).
 
@@ -134,51 +159,82 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         raise ValueError(f"max_iter must be >= 1; got {max_iter}")
     if init not in ("pinv", "classical"):
         raise ValueError(f"init must be 'pinv' or 'classical'; got {init!r}")
+    stages = (steps,) if isinstance(steps, int) else tuple(steps)
+    if not stages or any(int(k) < 1 for k in stages):
+        raise ValueError(f"steps must be a positive step count or a tuple of them; got {steps}")
     counter = CountingDenoiser(denoiser)
     flow, t_top = as_flow(counter)
-    times = torch.linspace(t_top, 0.0, steps + 1, dtype=torch.float64)
     lam = 2.0 * sigma_y**2 if reg is None else float(reg)
     shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
     eps = noise.to(y) if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
+    ckpt = math.prod(shp) > CHECKPOINT_ELEMENTS if checkpoint is None else bool(checkpoint)
+    floor = sigma_y**2 * operator.measured(torch.ones_like(y)).flatten(1).sum(1).expand(shp[0])  # sigma_y^2 M
 
-    def phi(z: Tensor, differentiable: bool) -> Tensor:
-        return sample(flow, t_top * z, times=times, solver=solver, cond=cond, guidance=guidance,
-                      differentiable=differentiable, checkpoint=differentiable, progress=False)
+    def grid(k: int) -> Tensor:
+        return torch.linspace(t_top, 0.0, k + 1, dtype=torch.float64)
+
+    def phi(z: Tensor, k: int, differentiable: bool) -> Tensor:
+        return sample(flow, t_top * z, times=grid(k), solver=solver, cond=cond, guidance=guidance,
+                      differentiable=differentiable, checkpoint=differentiable and ckpt, progress=False)
 
     # initialisation: invert the ODE from the (regularised) pseudo-inverse or the classical estimate, blend with noise
     with torch.no_grad():
         start = regularised_pinv(operator, y, sigma_y) if init == "pinv" else classical(None, operator, y, sigma_y)
         x_init = start.to(y).expand(shp).contiguous()
-        inv_times = torch.cat([torch.tensor([1e-3], dtype=torch.float64), times.flip(0)[1:]])
+        inv_times = torch.cat([torch.tensor([1e-3], dtype=torch.float64), grid(stages[0]).flip(0)[1:]])
         z_y = sample(flow, x_init, times=inv_times, solver=solver, cond=cond, guidance=guidance, progress=False) / t_top
     z = (blend**0.5 * z_y + (1.0 - blend) ** 0.5 * eps).detach().requires_grad_(True)
 
-    opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, max_eval=max_evals, history_size=history_size,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-12)
-    bar = tqdm(total=max_evals or int(max_iter * 1.25), desc="D-Flow", disable=not progress, leave=False)
-    evaluations = 0
+    total = max_evals or int(max_iter * 1.25) * len(stages)
+    bar = tqdm(total=total, desc="D-Flow", disable=not progress, leave=False)
+    evaluations, per_stage = 0, []
 
-    def closure() -> Tensor:
+    def run_stage(k: int, mult: float | None, left: int | None) -> None:
+        """L-BFGS through the k-step solve until every data term is <= mult sigma_y^2 M or the budget is spent."""
         nonlocal evaluations
-        opt.zero_grad()
-        with torch.enable_grad():
-            x = phi(z, True)
-            data = (operator.A(x) - y).flatten(1).pow(2).sum(1)                 # ||A Phi(z) - y||^2
-            loss = (data + lam * chi_regulariser(z)).sum()
-            loss.backward()
-        evaluations += 1
-        bar.update(1)
-        bar.set_postfix(loss=float(loss.detach()))
-        return loss
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, max_eval=left, history_size=history_size,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-12)
 
-    opt.step(closure)
+        def closure() -> Tensor:
+            nonlocal evaluations
+            opt.zero_grad()
+            with torch.enable_grad():
+                x = phi(z, k, True)
+                data = (operator.A(x) - y).flatten(1).pow(2).sum(1)                 # ||A Phi(z) - y||^2
+                loss = (data + lam * chi_regulariser(z)).sum()
+                loss.backward()
+            evaluations += 1
+            bar.update(1)
+            bar.set_postfix(steps=k, loss=float(loss.detach()))
+            if mult is not None and bool((data.detach() <= mult * floor).all()):  # the discrepancy principle
+                raise _StoppedError  # z stays at the point just evaluated (a line search's trial point included)
+            if max_passes is not None and counter.nfe >= max_passes:
+                raise _StoppedError
+            return loss
+
+        try:
+            opt.step(closure)
+        except _StoppedError:
+            pass
+
+    for i, k in enumerate(stages):
+        left = None if max_evals is None else max_evals - evaluations
+        spent = max_passes is not None and counter.nfe >= max_passes and evaluations > 0  # at least one evaluation
+        if (left is not None and left < 1) or spent:
+            break
+        before = evaluations
+        run_stage(int(k), stop_at if i == len(stages) - 1 else coarse_stop, left)
+        per_stage.append(evaluations - before)
     bar.close()
     with torch.no_grad():
-        x = phi(z.detach(), False)
+        x = phi(z.detach(), stages[-1], False)
     if not return_info:
         return x
     with torch.no_grad():
-        loss = (operator.A(x) - y).flatten(1).pow(2).sum(1) + lam * chi_regulariser(z)
-    info = {"loss": float(loss.sum()), "evaluations": evaluations, "steps_nfe": solver_nfe(solver, steps),
+        data = (operator.A(x) - y).flatten(1).pow(2).sum(1)
+        loss = data + lam * chi_regulariser(z)
+    info = {"loss": float(loss.sum()), "evaluations": evaluations, "stages": per_stage,
+            "steps_nfe": solver_nfe(solver, stages[-1]), "checkpoint": ckpt,
+            "data_ratio": (data / floor).tolist() if bool((floor > 0).all()) else None,
             **counter.counts, "nfe": counter.nfe}
     return x, info

@@ -200,14 +200,9 @@ def pseudo_inverse(denoiser: Denoiser | None, operator: Operator, y: Tensor, sig
 
 
 def dflow_budget(nfe: int, options: dict[str, Any]) -> dict[str, Any]:
-    """D-Flow's budget of model passes as L-BFGS evaluations: each costs ~3 ODE solves (forward, checkpointed
-    recomputation, backward), plus 2 solves for the inversion and the final sample (see :mod:`.dflow`)."""
-    from priorkit.distill.core.samplers import nfe as solver_nfe
-    from priorkit.inverse.dflow import DFlowDefaults
-
-    per_solve = solver_nfe(options.get("solver", DFlowDefaults.solver), options.get("steps", DFlowDefaults.steps))
-    evals = max(1, (int(nfe) - 2 * per_solve) // (3 * per_solve))
-    return {"max_iter": evals, "max_evals": evals}
+    """D-Flow's budget of model passes (forward + backward, as counted; see :mod:`.dflow`): a cap it stops at, the
+    discrepancy principle usually ending it sooner."""
+    return {"max_passes": int(nfe)}
 
 
 ANY = ("Operator",)

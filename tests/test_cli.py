@@ -68,7 +68,7 @@ def test_help_lists_every_command_with_a_one_line_summary():
     ("restore", ["--task", "--method", "--mask-dir", "--reference-dir", "--prior", "--sigma-y", "--resume",
                  "--seed", "--simulate", "--uncertainty", "--samples", "input_dir", "output_dir"]),
     ("distill", ["--teacher", "--out", "--steps", "--batch", "--lr", "--guidance", "--resume", "--seed", "--nfe",
-                 "--photo-set", "--init", "--gan", "--fake", "--fake-lr-scale"]),
+                 "--photo-set", "--init", "--gan", "--fake", "--fake-lr-scale", "--unconditional"]),
     ("sample", ["--model", "--steps", "--prompt", "--n", "--guidance", "--out"]),
     ("train-prior", ["--steps", "--resume"]),
     ("app", ["--host", "--port", "--share", "--threads"]),
@@ -158,6 +158,9 @@ def test_distill_bad_input(tmp_path):
         (["dmd2", "--teacher", "toy:gmm", "--fake", "lora"], ["--fake lora", "UNet"]),
         (["cd", "--teacher", "toy:gmm", "--fake-lr-scale", "10"], ["--fake-lr-scale", "dmd"]),
         (["dmd2", "--teacher", "toy:gmm", "--fake-lr-scale", "0"], ["--fake-lr-scale", "> 0"]),
+        (["reflow", "--teacher", "photos", "--unconditional"], ["--unconditional", "text-conditioned"]),
+        (["reflow", "--teacher", "toy:gmm", "--unconditional"], ["--unconditional", "text-conditioned"]),
+        (["reflow", "--teacher", "shapes", "--unconditional", "--guidance", "3"], ["--unconditional", "guidance"]),
     ]
     for args, words in cases:
         assert_bad_input(run("distill", *args, "--out", out), *words)

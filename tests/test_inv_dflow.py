@@ -60,7 +60,7 @@ def test_dflow_grids_are_uniform_in_float64_and_the_inversion_starts_at_one_thou
     m = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64)
     y = (m * torch.tensor([[0.5, 0.0], [-0.5, 0.25]], dtype=F64))[None, None]
     noise = torch.tensor([[[[0.3, -1.0], [0.7, 0.1]]]], dtype=F64)
-    dflow(rec, Inpainting(m), y, 0.1, steps=3, solver="euler", noise=noise)
+    dflow(rec, Inpainting(m), y, 0.1, steps=3, solver="euler", noise=noise, checkpoint=True)
     down = [1.0, 2 / 3, 1 / 3]
     want = [1e-3, 1 / 3, 2 / 3] + down + down[::-1] + down
     assert len(rec.times) == len(want)
@@ -82,3 +82,70 @@ def test_counting_denoiser_leaves_x_alone_when_no_backward_can_pass() -> None:
     assert counter.counts == {"forward": 2, "backward": 0}
     counter(x, 0.5).x0.sum().backward()                          # with a graph: one backward counted
     assert counter.counts == {"forward": 3, "backward": 1}
+
+
+def test_dflow_stages_run_coarse_to_fine_and_invert_on_the_first_grid(monkeypatch) -> None:
+    """steps = (2, 3), Euler, one evaluation per stage: the inversion on the 2-step grid (1e-3, 1/2), the first stage's
+    solve at 1, 1/2, the second's at 1, 2/3, 1/3, the final solve on the finest grid; no checkpointed recomputation
+    for an input this small."""
+    monkeypatch.setattr(torch.optim, "LBFGS", _OneEvaluation)
+    rec = _Times(_prior())
+    m = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64)
+    y = (m * torch.tensor([[0.5, 0.0], [-0.5, 0.25]], dtype=F64))[None, None]
+    noise = torch.tensor([[[[0.3, -1.0], [0.7, 0.1]]]], dtype=F64)
+    _, info = dflow(rec, Inpainting(m), y, 0.1, steps=(2, 3), solver="euler", noise=noise, stop_at=None,
+                    coarse_stop=0.0, return_info=True)
+    want = [1e-3, 1 / 2] + [1.0, 1 / 2] + [1.0, 2 / 3, 1 / 3] + [1.0, 2 / 3, 1 / 3]
+    assert rec.times == pytest.approx(want, rel=1e-14, abs=0)
+    assert info["stages"] == [1, 1] and info["checkpoint"] is False and info["steps_nfe"] == 3
+    with pytest.raises(ValueError, match="steps must be"):
+        dflow(rec, Inpainting(m), y, 0.1, steps=(2, 0), noise=noise)
+
+
+def _gaussian_problem(sigma_y: float = 0.05):
+    g = torch.Generator().manual_seed(3)
+    m = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=F64)
+    x = 0.1 + 0.7 * torch.randn(8, *SHAPE, generator=g, dtype=F64)
+    y = m * (x + sigma_y * torch.randn(x.shape, generator=g, dtype=F64))
+    return Inpainting(m), y, torch.randn(x.shape, generator=g, dtype=F64), sigma_y
+
+
+def test_dflow_stops_by_the_discrepancy_principle_where_every_data_term_reaches_the_noise_level() -> None:
+    """Morozov: the last stage ends at the first evaluation where ||A Phi(z) - y||^2 <= c sigma_y^2 M for every image
+    (M = 3 observed entries here); the point it stopped at is the one returned (its data terms are those reported).
+    Without the stop the fit goes on below the noise level, with more evaluations."""
+    op, y, noise, sy = _gaussian_problem()
+    prior = _prior()
+    floor = sy**2 * 3
+    x, info = dflow(prior, op, y, sy, steps=(2, 4), solver="heun", noise=noise, stop_at=1.0, coarse_stop=4.0,
+                    return_info=True)
+    data = (op.A(x) - y).flatten(1).pow(2).sum(1)
+    assert info["data_ratio"] == pytest.approx((data / floor).tolist(), rel=1e-9)
+    assert max(info["data_ratio"]) <= 1.0 and len(info["stages"]) == 2
+    x_free, info_free = dflow(prior, op, y, sy, steps=(2, 4), solver="heun", noise=noise, stop_at=None,
+                              coarse_stop=4.0, max_iter=40, max_evals=None, return_info=True)
+    assert info_free["evaluations"] > info["evaluations"]
+    assert min(info_free["data_ratio"]) < min(info["data_ratio"])
+    # a far stricter target takes more evaluations (here all 30 allowed, not reaching it)
+    _, info_strict = dflow(prior, op, y, sy, steps=(2, 4), solver="heun", noise=noise, stop_at=1e-12, coarse_stop=4.0,
+                           max_evals=30, return_info=True)
+    assert info_strict["evaluations"] == 30 > info["evaluations"]
+
+
+def test_dflow_budget_of_model_passes_and_checkpointing_by_size(monkeypatch) -> None:
+    """max_passes caps the counted passes (an evaluation in progress finishes: at most one solve's forward and backward
+    over); checkpointing turns on above CHECKPOINT_ELEMENTS values and then costs one more forward per call."""
+    import priorkit.inverse.dflow as dflow_module
+
+    op, y, noise, sy = _gaussian_problem()
+    per = 3  # Heun, 2 steps
+    _, info = dflow(_prior(), op, y, sy, steps=2, noise=noise, stop_at=None, max_passes=40, return_info=True)
+    assert 40 <= info["nfe"] <= 40 + 2 * per and info["checkpoint"] is False
+    inversion = 2 * 2  # Heun from 1e-3: two calls per step (the data -> noise solve never ends at sigma = 0)
+    assert info["forward"] == info["evaluations"] * per + inversion + per      # + the final solve
+    _, info_1 = dflow(_prior(), op, y, sy, steps=(2, 3), noise=noise, stop_at=None, max_passes=1, return_info=True)
+    assert info_1["evaluations"] == 1 and info_1["stages"] == [1]   # a budget below the inversion: one evaluation
+    monkeypatch.setattr(dflow_module, "CHECKPOINT_ELEMENTS", y.numel() - 1)
+    _, info_c = dflow(_prior(), op, y, sy, steps=2, noise=noise, stop_at=None, max_passes=40, return_info=True)
+    assert info_c["checkpoint"] is True
+    assert info_c["forward"] == info_c["evaluations"] * 2 * per + inversion + per

@@ -54,9 +54,9 @@ def test_budgets_translate_model_passes() -> None:
     assert get_method("dps").solver_options(7, {}) == {"steps": 7}
     with pytest.raises(ValueError, match="budget"):
         get_method("pigdm").solver_options(7, {"steps": 3})
-    # D-Flow: (passes - 2 solves) // 3 solves L-BFGS evaluations of an 11-evaluation Heun solve (6 steps)
-    assert get_method("dflow").solver_options(300, {}) == {"max_iter": 8, "max_evals": 8}
-    assert get_method("dflow").solver_options(300, {"max_iter": 2}) == {"max_iter": 2, "max_evals": 8}
+    # D-Flow: the passes are a cap it counts itself (its stages and checkpointing set the cost per evaluation)
+    assert get_method("dflow").solver_options(300, {}) == {"max_passes": 300}
+    assert get_method("dflow").solver_options(300, {"max_iter": 2}) == {"max_iter": 2, "max_passes": 300}
     assert get_method("dflow").solver_options(None, {}) == {}
     assert get_method("pinv").solver_options(50, {}) == {}
 

@@ -238,8 +238,8 @@ def test_dflow_against_exact_posterior_and_counts_its_cost():
         op = ops[name]
         y = _measure(prior, op)
         m, cov = exact_posterior(prior, op, y, SIGMA_Y)
-        xs, info = dflow(prior, op, y.expand(32, *SHAPE), SIGMA_Y, max_iter=10,
-                         generator=torch.Generator().manual_seed(11), return_info=True)
+        xs, info = dflow(prior, op, y.expand(32, *SHAPE), SIGMA_Y, steps=6, max_iter=10, max_evals=None, stop_at=None,
+                         checkpoint=True, generator=torch.Generator().manual_seed(11), return_info=True)
         mean_err, _ = _errors(xs, prior, m, cov)
         assert mean_err < bound, (name, mean_err)
         per = solver_nfe("heun", 6)

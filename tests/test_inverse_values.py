@@ -256,7 +256,7 @@ def test_dflow_start_loss_and_optimiser_by_hand(monkeypatch):
     prior = _prior(VPLinear(), v)
     op, m, y, noise = _problem()
     monkeypatch.setattr(torch.optim, "LBFGS", _OneClosureLBFGS)
-    x, info = dflow(prior, op, y, SY, steps=steps, blend=b, noise=noise, max_iter=7, history_size=5,
+    x, info = dflow(prior, op, y, SY, steps=steps, blend=b, noise=noise, max_iter=7, max_evals=None, history_size=5,
                     return_info=True)
     seen = _OneClosureLBFGS.seen
     assert seen["kwargs"] == {"lr": 1.0, "max_iter": 7, "max_eval": None, "history_size": 5,
@@ -408,7 +408,8 @@ def test_dflow_bar_counts_loss_evaluations_against_its_budget(capfd):
     prior = _prior(FlowMatching())
     op, m, y, noise = _problem()
     capfd.readouterr()
-    _, info = dflow(prior, op, y, SY, steps=2, max_iter=4, noise=noise, progress=True, return_info=True)
+    _, info = dflow(prior, op, y, SY, steps=2, max_iter=4, max_evals=None, stop_at=None, noise=noise, progress=True,
+                    return_info=True)
     err = capfd.readouterr().err.replace("\r", "\n")
     shown = [int(k) for k in re.findall(r"(\d+)/5 ", err)]
     assert shown and max(shown) == info["evaluations"], err[-300:]

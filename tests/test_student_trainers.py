@@ -441,3 +441,22 @@ def test_bespoke_train_shows_its_progress_in_iterations_with_the_rmse(tmp_path, 
     bs.bespoke_train(teacher, tmp_path, _bespoke_cfg(5), resume=True)  # resumed: counts on from the saved iteration
     err = capsys.readouterr().err
     assert "3/5" in err and "0/5" not in err and "/2 " not in err
+
+
+def test_shapes_training_data_carries_captions_unless_unconditional():
+    from priorkit.distill.students.runner import image_data
+
+    class Encoder:  # records what the teacher is asked to encode
+        def __init__(self):
+            self.texts = []
+
+        def encode(self, texts):
+            self.texts.append(list(texts))
+            return torch.ones(len(texts), 2)
+
+    teacher = Encoder()
+    x, c = image_data(teacher, "shapes", n=8)(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 32, 32) and c.shape == (4, 2) and len(teacher.texts) == 1 and len(teacher.texts[0]) == 4
+    teacher = Encoder()
+    x, c = image_data(teacher, "shapes", n=8, unconditional=True)(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 32, 32) and c is None and teacher.texts == []

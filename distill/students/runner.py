@@ -86,8 +86,9 @@ def _source_spec(teacher: str) -> dict[str, Any]:
 
 
 def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0, guidance: float = 1.0,
-               prompts: list[str] | None = None, photo_set: str = "v1") -> DataFn:
-    """Training data for an image teacher: the shapes world's renders ("shapes"), patches of the training
+               prompts: list[str] | None = None, photo_set: str = "v1", unconditional: bool = False) -> DataFn:
+    """Training data for an image teacher: the shapes world's renders ("shapes"; with their captions, or without
+    any with ``unconditional``: the student then copies the teacher's empty-prompt model), patches of the training
     photographs of ``photo_set`` ("photos"; v2 fetches Debian's into the cache), or otherwise the teacher's own
     samples (DPM-Solver++, 32 steps; conditioned on ``prompts`` if given)."""
     name = _source_spec(source).get("name", source)
@@ -98,7 +99,7 @@ def image_data(teacher: Denoiser, source: str, *, n: int = 12000, seed: int = 0,
 
         def renders(m: int, g: torch.Generator) -> tuple[Tensor, Condition]:
             x, text = shapes.batch(m, g)
-            return x, teacher.encode(text)
+            return x, (None if unconditional else teacher.encode(text))
 
         return renders
     if name == "photos":
@@ -230,7 +231,8 @@ def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: f
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
             n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1", init: str | None = None,
-            gan: float | None = None, fake: str | None = None, fake_lr_scale: float | None = None) -> Path:
+            gan: float | None = None, fake: str | None = None, fake_lr_scale: float | None = None,
+            unconditional: bool = False) -> Path:
     """Train a ``method`` student of ``teacher`` into ``out``; returns the final student's folder.
 
     Args:
@@ -249,6 +251,8 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             on a copy of a UNet teacher).
         fake_lr_scale: dmd / dmd2: the fake score's (and GAN head's) learning rate as a multiple of the generator's
             (None: 1).
+        unconditional: a text-conditioned image teacher copied at the empty prompt (the model the restoration
+            methods use), trained without captions.
     """
     out = Path(out)
     check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
@@ -258,12 +262,15 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
                        **({"init": str(init)} if init is not None else {}),
                        **({"gan": gan} if gan is not None else {}),
                        **({"fake": fake} if fake is not None else {}),
-                       **({"fake_lr_scale": fake_lr_scale} if fake_lr_scale not in (None, 1.0) else {})}, resume)
+                       **({"fake_lr_scale": fake_lr_scale} if fake_lr_scale not in (None, 1.0) else {}),
+                       **({"unconditional": True} if unconditional else {})}, resume)
     torch.manual_seed(seed)
     t0 = time.time()
     toy = _toy_name(teacher)
     learns_guidance = registry.method(method).learns_guidance
     meta: dict[str, Any] = {"teacher": teacher, "guidance": guidance}
+    if unconditional:
+        meta["unconditional"] = True
     if toy is not None:
         backbone = None
         exact = exact_target(toy)  # the Gaussian mixtures are their own exact teachers
@@ -287,7 +294,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             meta["text_encoder"] = spec["text_encoder"]
         if getattr(den, "vae", None) is not None:
             meta["vae_from"] = str(teacher)
-        data = image_data(den, teacher, n=n_data, seed=seed, photo_set=photo_set)
+        data = image_data(den, teacher, n=n_data, seed=seed, photo_set=photo_set, unconditional=unconditional)
         student = make_student(method, den)
         cfg = method_config(method, steps=steps, batch=batch, lr=lr, image=True, nfe=nfe)
     if init is not None:
