@@ -21,8 +21,9 @@ solve forward (``nfe(solver, steps)`` model calls) and one backward through it; 
 inputs above ``CHECKPOINT_ELEMENTS`` values, where the graph of a solve would not fit) the backward recomputes each
 call once more, so one evaluation costs 2 x nfe forward + nfe backward model passes (nfe + nfe without).
 
-``lambda`` defaults to ``2 sigma_y^2``: the loss is then 2 sigma_y^2 x the negative log-posterior of z (with the chi
-prior on |z|), i.e. the MAP scaling; for sigma_y = 0 the data term alone is fitted and the initialisation regularises.
+``lambda`` defaults to ``20 sigma_y^2``: ten times the MAP scaling 2 sigma_y^2 (with which the loss is 2 sigma_y^2 x
+the negative log-posterior of z under the chi prior on |z|); measured 0.4-0.6 dB better on shapes renders (BENCHMARKS.md
+"D-Flow that converges"). For sigma_y = 0 the data term alone is fitted and the initialisation regularises.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class DFlowDefaults:
     coarse_stop: float = 1.5
     checkpoint: bool | None = None
     reg: float | None = None
+    reg_scale: float = 20.0
     blend: float = 0.1
     init: str = "pinv"
     history_size: int = 20
@@ -139,7 +141,7 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         stop_at, coarse_stop: a stage ends when every image's data term is at most this multiple of sigma_y^2 M
             (the last stage: ``stop_at``, None never; the others: ``coarse_stop``).
         checkpoint: recompute each model call in backward (None: for inputs above `CHECKPOINT_ELEMENTS` values).
-        reg: lambda of the chi regulariser (default 2 sigma_y^2, the MAP scaling).
+        reg: lambda of the chi regulariser (default ``reg_scale`` sigma_y^2, 20: ten times the MAP scaling).
         blend: b in z0 = sqrt(b) z_y + sqrt(1 - b) eps.
         init: the estimate the ODE is inverted from: "pinv" (the paper's regularised pseudo-inverse A^+ y) or
             "classical" (bicubic / Wiener / biharmonic, :func:`priorkit.inverse.classical.classical`).
@@ -164,7 +166,7 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         raise ValueError(f"steps must be a positive step count or a tuple of them; got {steps}")
     counter = CountingDenoiser(denoiser)
     flow, t_top = as_flow(counter)
-    lam = 2.0 * sigma_y**2 if reg is None else float(reg)
+    lam = DFlowDefaults.reg_scale * sigma_y**2 if reg is None else float(reg)
     shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
     eps = noise.to(y) if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
     ckpt = math.prod(shp) > CHECKPOINT_ELEMENTS if checkpoint is None else bool(checkpoint)

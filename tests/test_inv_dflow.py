@@ -126,10 +126,11 @@ def test_dflow_stops_by_the_discrepancy_principle_where_every_data_term_reaches_
                               coarse_stop=4.0, max_iter=40, max_evals=None, return_info=True)
     assert info_free["evaluations"] > info["evaluations"]
     assert min(info_free["data_ratio"]) < min(info["data_ratio"])
-    # a far stricter target takes more evaluations (here all 30 allowed, not reaching it)
+    # a far stricter target takes more evaluations (here all those allowed, not reaching it)
+    cap = info["evaluations"] + 20
     _, info_strict = dflow(prior, op, y, sy, steps=(2, 4), solver="heun", noise=noise, stop_at=1e-12, coarse_stop=4.0,
-                           max_evals=30, return_info=True)
-    assert info_strict["evaluations"] == 30 > info["evaluations"]
+                           max_evals=cap, return_info=True)
+    assert info_strict["evaluations"] == cap
 
 
 def test_dflow_budget_of_model_passes_and_checkpointing_by_size(monkeypatch) -> None:

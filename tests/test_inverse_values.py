@@ -250,7 +250,7 @@ class _OneClosureLBFGS:
 
 def test_dflow_start_loss_and_optimiser_by_hand(monkeypatch):
     """D-Flow (Ben-Hamu et al. 2024): z0 = sqrt(b) z_y + sqrt(1 - b) eps, z_y the source noise of the regularised
-    pseudo-inverse (the ODE run backwards, divided by the start time's sigma); loss ||A Phi(z) - y||^2 + 2 s_y^2 R(z).
+    pseudo-inverse (the ODE run backwards, divided by the start time's sigma); loss ||A Phi(z) - y||^2 + 20 s_y^2 R(z).
     On a VP-linear prior the flow starts below t = 1, so the division by t_top is seen."""
     v, b, steps = 0.5, 0.3, 60
     prior = _prior(VPLinear(), v)
@@ -274,7 +274,7 @@ def test_dflow_start_loss_and_optimiser_by_hand(monkeypatch):
     torch.testing.assert_close(seen["z0"], z0, rtol=2e-3, atol=2e-3)        # Heun, 60 steps, vs the exact map
     z = seen["z0"]
     n2 = z.flatten(1).pow(2).sum(1)
-    loss = ((m * x - y).flatten(1).pow(2).sum(1) + 2 * SY**2 * (n2 / 2 - (D - 1) / 2 * torch.log(n2))).sum()
+    loss = ((m * x - y).flatten(1).pow(2).sum(1) + 20 * SY**2 * (n2 / 2 - (D - 1) / 2 * torch.log(n2))).sum()
     assert seen["loss"] == pytest.approx(float(loss), rel=1e-10)
     assert info["loss"] == pytest.approx(float(loss), rel=1e-10)
     # the output is the ODE map of that z (nothing moved it): mu + sqrt(v) / sd(t_top) (t_top z - (1 - t_top) mu)
