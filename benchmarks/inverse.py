@@ -33,10 +33,10 @@ Methods (every prior method sees the same prior, measurement and operator):
   dflow_student  D-Flow through a distilled few-step student of the prior (--student DOMAIN=FOLDER; shapes
               default: the bundled consistency-distilled "shapes-cd"), 2 Euler steps per solve, same budget
   dinv_pigdm, dinv_dps, dinv_diffpir   deepinv 0.5.0's solvers on the same prior (benchmarks.inverse_peers)
-Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100, DPS 1000, D-Flow 300 (whole
-L-BFGS evaluations of a --dflow-steps 6 Heun solve, converted by priorkit.inverse.restore), DiffPIR 100; deepinv's
-PiGDM and
-DPS default to ours. --quick: 2 images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
+Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100, DPS 1000, D-Flow 1600 (a cap on its
+model passes, forward and backward, ~10x PiGDM's wall time; it stops sooner where its data term reaches the noise
+level; Heun steps 3 then 5, or --dflow-steps N), DiffPIR 100; deepinv's PiGDM and DPS default to ours. --quick: 2
+images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
 
 Records {"domain", "task", "method", "image", "sample", "psnr", "ssim", "nfe", "backward", "seconds",
 "megapixels", "judge_accuracy"} ("sample": which posterior sample of the measurement, with --repeats N):

@@ -22,7 +22,7 @@ inputs above ``CHECKPOINT_ELEMENTS`` values, where the graph of a solve would no
 call once more, so one evaluation costs 2 x nfe forward + nfe backward model passes (nfe + nfe without).
 
 ``lambda`` defaults to ``20 sigma_y^2``: ten times the MAP scaling 2 sigma_y^2 (with which the loss is 2 sigma_y^2 x
-the negative log-posterior of z under the chi prior on |z|); measured 0.4-0.6 dB better on shapes renders (BENCHMARKS.md
+the negative log-posterior of z under the chi prior on |z|); measured 0.2-0.6 dB better on shapes renders (BENCHMARKS.md
 "D-Flow that converges"). For sigma_y = 0 the data term alone is fitted and the initialisation regularises.
 """
 
