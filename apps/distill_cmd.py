@@ -34,11 +34,6 @@ def _check_teacher(teacher: str) -> None:
                          f"({', '.join(sorted(BUNDLED))}), a diffusers folder or a hub id")
 
 
-def toy_or_photos(teacher: str) -> bool:
-    """True for teachers without text conditions: the 2D targets and the photos prior."""
-    return teacher.startswith("toy:") or teacher == "photos"
-
-
 def distill_cmd(
     method: Annotated[str, typer.Argument(help="reflow, cd (consistency distillation), ct (consistency training), "
                                                "shortcut, progressive, guidance, dmd, dmd2 (distribution matching) "
@@ -70,8 +65,8 @@ def distill_cmd(
     fake_lr_scale: Annotated[float | None, typer.Option(help="dmd, dmd2: the fake score's (and GAN head's) "
                                                              "learning rate as a multiple of the generator's "
                                                              "(default 1; a LoRA usually wants more)")] = None,
-    unconditional: Annotated[bool, typer.Option(help="a text-conditioned teacher (shapes): copy its empty-prompt "
-                                                     "model, the one restoration uses (no captions in training)")
+    unconditional: Annotated[bool, typer.Option(help="shapes: copy its empty-prompt model, the one "
+                                                     "restoration uses (renders without captions in training)")
                              ] = False,
 ) -> None:
     """Distil a teacher into a fast few-step student.
@@ -106,8 +101,10 @@ def distill_cmd(
             raise ValueError(f"--photo-set must be one of {', '.join(PHOTO_SETS)}; got {photo_set!r}")
         if photo_set != "v1" and teacher != "photos":
             raise ValueError("--photo-set applies to the photos teacher only")
-        if unconditional and toy_or_photos(teacher):
-            raise ValueError("--unconditional applies to text-conditioned teachers (shapes, a text-to-image folder)")
+        if unconditional and teacher != "shapes":
+            raise ValueError("--unconditional applies to the bundled shapes prior (trained on captioned renders)")
+        if unconditional and method == "guidance":
+            raise ValueError("--unconditional does not apply to guidance distillation (it learns the guidance weight)")
         if unconditional and guidance != 1.0:
             raise ValueError("--unconditional copies the empty-prompt model: classifier-free guidance does not apply "
                              f"(got --guidance {guidance})")

@@ -170,7 +170,7 @@ def build_app(config: AppConfig | None = None) -> Any:
                         with gr.Row():
                             nfe = gr.Slider(1, cfg.max_restore_nfe, value=cfg.restore_nfe, step=1,
                                             label="Steps (model evaluations)",
-                                            info="D-Flow: a cap on model passes (it stops at the noise level)")
+                                            info="D-Flow: a cap on model passes; it needs several hundred")
                             side = gr.Slider(16, cfg.max_restore_side, value=cfg.restore_side, step=8,
                                              label="Working size (longer side, pixels)")
                             rseed = gr.Number(0, label="Seed", precision=0, minimum=0)

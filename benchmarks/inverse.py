@@ -34,7 +34,7 @@ Methods (every prior method sees the same prior, measurement and operator):
               default: the bundled consistency-distilled "shapes-cd"), 2 Euler steps per solve, same budget
   dinv_pigdm, dinv_dps, dinv_diffpir   deepinv 0.5.0's solvers on the same prior (benchmarks.inverse_peers)
 Budgets (model evaluations): --<method>-nfe; defaults PiGDM 100, PiGDM-flow 100, DPS 1000, D-Flow 1600 (a cap on its
-model passes, forward and backward, ~10x PiGDM's wall time; it stops sooner where its data term reaches the noise
+model passes, forward and backward, ~11x PiGDM's wall time; it stops sooner where its data term reaches the noise
 level; Heun steps 3 then 5, or --dflow-steps N), DiffPIR 100; deepinv's PiGDM and DPS default to ours. --quick: 2
 images, 20 evaluations each (D-Flow: 40 passes, 3 Heun steps), photos at 128x128.
 
@@ -102,8 +102,8 @@ class BenchDefaults:
     quick_images: int = 2
     photo_size: int = 256
     quick_photo_size: int = 128
-    # D-Flow: a cap of 1600 passes = 8x PiGDM's 200; a D-Flow pass (through a chain of solver steps) takes ~1.2x
-    # PiGDM's, so the cap is ~10x PiGDM's wall time (issue 17's bound); the discrepancy stop usually ends it sooner
+    # D-Flow: a cap of 1600 passes = 8x PiGDM's 200; a D-Flow pass (through a chain of solver steps) took ~1.35x
+    # PiGDM's (session 23), so the cap is ~11x PiGDM's wall time; the discrepancy stop usually ends it far sooner
     nfe: dict[str, int] = field(default_factory=lambda: {"pigdm": 100, "pigdm_mean": 100, "pigdm_flow": 100,
                                                          "dps": 1000, "dflow": 1600, "dflow_student": 1600,
                                                          "dinv_diffpir": 100})
@@ -111,7 +111,7 @@ class BenchDefaults:
     quick_nfe: int = 20
     quick_dflow_nfe: int = 40
     dflow_steps: int | None = None                # Heun steps of D-Flow's ODE solve (None: its own, 3 then 5)
-    quick_dflow_steps: int = 3                    # 5 evaluations per solve, so that 40 passes buy 2 L-BFGS evaluations
+    quick_dflow_steps: int = 3                    # 5 calls per solve: 40 passes buy ~4 L-BFGS evaluations (10 each)
     student_steps: int = 2                        # D-Flow through a few-step student: its Euler (DDIM) steps
     display_min: int = 96                         # pictures: small images are upscaled (nearest) to this side
 

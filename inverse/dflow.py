@@ -152,13 +152,18 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
     Returns:
         restored images (B, C, H, W) in model range (and the info dict).
 
-    The batch is optimised jointly (one L-BFGS on the sum of the per-sample losses, which are independent).
+    The batch is optimised jointly (one L-BFGS on the sum of the per-sample losses, which are independent); a stage
+    stops when every image has reached its target, so the first to get there are fitted a little further. The budget
+    caps are checked after each evaluation: the passes can overrun ``max_passes`` by one evaluation, plus the final
+    solve. A coarse stage spends at most half of the budget left; the result is the solve of the last stage that ran.
     """
     check_measurement(y, sigma_y)
     if not 0 <= blend <= 1:
         raise ValueError(f"blend must lie in [0, 1]; got {blend}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1; got {max_iter}")
+    if max_passes is not None and max_passes < 1:
+        raise ValueError(f"max_passes must be >= 1; got {max_passes}")
     if init not in ("pinv", "classical"):
         raise ValueError(f"init must be 'pinv' or 'classical'; got {init!r}")
     stages = (steps,) if isinstance(steps, int) else tuple(steps)
@@ -170,7 +175,7 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
     shp = solution_shape(denoiser, y, shape if noise is None else tuple(noise.shape))
     eps = noise.to(y) if noise is not None else torch.randn(shp, generator=generator, dtype=y.dtype, device=y.device)
     ckpt = math.prod(shp) > CHECKPOINT_ELEMENTS if checkpoint is None else bool(checkpoint)
-    floor = sigma_y**2 * operator.measured(torch.ones_like(y)).flatten(1).sum(1).expand(shp[0])  # sigma_y^2 M
+    floor = sigma_y**2 * operator.measured(torch.ones_like(y)).flatten(1).sum(1)  # sigma_y^2 M per measurement
 
     def grid(k: int) -> Tensor:
         return torch.linspace(t_top, 0.0, k + 1, dtype=torch.float64)
@@ -191,11 +196,14 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
     bar = tqdm(total=total, desc="D-Flow", disable=not progress, leave=False)
     evaluations, per_stage = 0, []
 
-    def run_stage(k: int, mult: float | None, left: int | None) -> None:
-        """L-BFGS through the k-step solve until every data term is <= mult sigma_y^2 M or the budget is spent."""
+    def run_stage(k: int, mult: float | None, evals_cap: int | None, passes_cap: int | None) -> None:
+        """L-BFGS through the k-step solve until every data term is <= mult sigma_y^2 M (z is left at that point) or
+        the stage's budget is spent (z is left at the lowest loss it evaluated)."""
         nonlocal evaluations
-        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, max_eval=left, history_size=history_size,
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, max_eval=evals_cap, history_size=history_size,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-12)
+        best: dict[str, Any] = {"loss": math.inf}
+        start = evaluations
 
         def closure() -> Tensor:
             nonlocal evaluations
@@ -210,7 +218,12 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
             bar.set_postfix(steps=k, loss=float(loss.detach()))
             if mult is not None and bool((data.detach() <= mult * floor).all()):  # the discrepancy principle
                 raise _StoppedError  # z stays at the point just evaluated (a line search's trial point included)
-            if max_passes is not None and counter.nfe >= max_passes:
+            if float(loss.detach()) < best["loss"]:
+                best.update(loss=float(loss.detach()), z=z.detach().clone())
+            if (passes_cap is not None and counter.nfe >= passes_cap) or (
+                    evals_cap is not None and evaluations - start >= evals_cap):  # (torch's max_eval can overrun)
+                with torch.no_grad():   # not a line search's rejected trial point: the best one seen
+                    z.copy_(best["z"])
                 raise _StoppedError
             return loss
 
@@ -219,24 +232,32 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
         except _StoppedError:
             pass
 
+    ran = stages[0]
     for i, k in enumerate(stages):
+        last = i == len(stages) - 1
         left = None if max_evals is None else max_evals - evaluations
         spent = max_passes is not None and counter.nfe >= max_passes and evaluations > 0  # at least one evaluation
         if (left is not None and left < 1) or spent:
             break
+        if last:
+            evals_cap, passes_cap = left, max_passes
+        else:  # a coarse stage may spend half of what is left, so that the finer ones always run
+            evals_cap = None if left is None else max(1, left // 2)
+            passes_cap = None if max_passes is None else counter.nfe + max(1, (max_passes - counter.nfe) // 2)
         before = evaluations
-        run_stage(int(k), stop_at if i == len(stages) - 1 else coarse_stop, left)
+        run_stage(int(k), stop_at if last else coarse_stop, evals_cap, passes_cap)
         per_stage.append(evaluations - before)
+        ran = int(k)
     bar.close()
     with torch.no_grad():
-        x = phi(z.detach(), stages[-1], False)
+        x = phi(z.detach(), ran, False)
     if not return_info:
         return x
     with torch.no_grad():
         data = (operator.A(x) - y).flatten(1).pow(2).sum(1)
         loss = data + lam * chi_regulariser(z)
     info = {"loss": float(loss.sum()), "evaluations": evaluations, "stages": per_stage,
-            "steps_nfe": solver_nfe(solver, stages[-1]), "checkpoint": ckpt,
+            "steps_nfe": solver_nfe(solver, ran), "checkpoint": ckpt,
             "data_ratio": (data / floor).tolist() if bool((floor > 0).all()) else None,
             **counter.counts, "nfe": counter.nfe}
     return x, info

@@ -200,8 +200,9 @@ def pseudo_inverse(denoiser: Denoiser | None, operator: Operator, y: Tensor, sig
 
 
 def dflow_budget(nfe: int, options: dict[str, Any]) -> dict[str, Any]:
-    """D-Flow's budget of model passes (forward + backward, as counted; see :mod:`.dflow`): a cap it stops at, the
-    discrepancy principle usually ending it sooner."""
+    """D-Flow's budget of model passes (forward + backward, as counted; see :mod:`.dflow`): a cap checked after each
+    L-BFGS evaluation (overrun by at most one, plus the final solve); the discrepancy principle usually ends it
+    sooner."""
     return {"max_passes": int(nfe)}
 
 
@@ -228,7 +229,7 @@ register(RestorationMethod(
     priors=("diffusion", "flow"), description="diffusion posterior sampling (Chung et al. 2023)", label="DPS",
     loses_on=PHOTOS_SHARPENING))
 register(RestorationMethod(
-    "dflow", "priorkit.inverse.dflow:dflow", default_nfe=None, needs_grad=True, operators=ANY, priors=("flow",),
+    "dflow", "priorkit.inverse.dflow:dflow", default_nfe=1600, needs_grad=True, operators=ANY, priors=("flow",),
     description="D-Flow: optimise the flow's source noise by L-BFGS (Ben-Hamu et al. 2024)", label="D-Flow",
     budget=dflow_budget, loses_on=PHOTOS_SHARPENING))
 register(RestorationMethod(

@@ -158,8 +158,9 @@ def test_distill_bad_input(tmp_path):
         (["dmd2", "--teacher", "toy:gmm", "--fake", "lora"], ["--fake lora", "UNet"]),
         (["cd", "--teacher", "toy:gmm", "--fake-lr-scale", "10"], ["--fake-lr-scale", "dmd"]),
         (["dmd2", "--teacher", "toy:gmm", "--fake-lr-scale", "0"], ["--fake-lr-scale", "> 0"]),
-        (["reflow", "--teacher", "photos", "--unconditional"], ["--unconditional", "text-conditioned"]),
-        (["reflow", "--teacher", "toy:gmm", "--unconditional"], ["--unconditional", "text-conditioned"]),
+        (["reflow", "--teacher", "photos", "--unconditional"], ["--unconditional", "shapes prior"]),
+        (["reflow", "--teacher", "toy:gmm", "--unconditional"], ["--unconditional", "shapes prior"]),
+        (["guidance", "--teacher", "shapes", "--unconditional"], ["--unconditional", "guidance weight"]),
         (["reflow", "--teacher", "shapes", "--unconditional", "--guidance", "3"], ["--unconditional", "guidance"]),
     ]
     for args, words in cases:

@@ -150,3 +150,58 @@ def test_dflow_budget_of_model_passes_and_checkpointing_by_size(monkeypatch) -> 
     _, info_c = dflow(_prior(), op, y, sy, steps=2, noise=noise, stop_at=None, max_passes=40, return_info=True)
     assert info_c["checkpoint"] is True
     assert info_c["forward"] == info_c["evaluations"] * 2 * per + inversion + per
+
+
+class _RecordingInpainting(Inpainting):
+    """Inpainting that records the data term ||A x - y||^2 per image of every loss evaluation (x with a graph)."""
+
+    def __init__(self, mask, y) -> None:
+        super().__init__(mask)
+        self.y, self.data = y, []
+
+    def A(self, x):
+        out = super().A(x)
+        if x.requires_grad:
+            self.data.append((out - self.y).flatten(1).pow(2).sum(1).detach())
+        return out
+
+
+def test_each_stage_stops_at_the_first_evaluation_reaching_its_own_target() -> None:
+    """Stage 1 (2 steps) ends at the first evaluation whose every data term is <= coarse_stop sigma_y^2 M, stage 2 (4
+    steps) at the first <= stop_at sigma_y^2 M: the evaluation before each was above its target."""
+    op0, y, noise, sy = _gaussian_problem()
+    op = _RecordingInpainting(op0.mask, y)
+    floor = sy**2 * 3
+    _, info = dflow(_prior(), op, y, sy, steps=(2, 4), solver="heun", noise=noise, stop_at=0.93, coarse_stop=6.0,
+                    return_info=True)
+    ratios = [float((d / floor).max()) for d in op.data]
+    n1, n2 = info["stages"]
+    assert len(ratios) == n1 + n2 == info["evaluations"] and n1 >= 2 and n2 >= 2
+    assert all(r > 6.0 for r in ratios[:n1 - 1]) and ratios[n1 - 1] <= 6.0      # stage 1: first at or below 6
+    assert all(r > 0.93 for r in ratios[n1:-1]) and ratios[-1] <= 0.93          # stage 2: first at or below 0.93
+
+
+def test_a_coarse_stage_spends_at_most_half_the_budget_and_the_result_is_the_last_stage_run() -> None:
+    """Targets that cannot be met: the 2-step stage takes half the 20 evaluations, the 4-step stage the rest; with
+    one stage's worth of budget (1 evaluation) only the coarse stage runs and its own grid makes the output."""
+    op, y, noise, sy = _gaussian_problem()
+    _, info = dflow(_prior(), op, y, sy, steps=(2, 4), solver="heun", noise=noise, stop_at=0.0, coarse_stop=0.0,
+                    max_evals=20, return_info=True)
+    assert info["stages"] == [10, 10] and info["steps_nfe"] == 7
+    rec = _Times(_prior())
+    _, info_1 = dflow(rec, op, y, sy, steps=(2, 4), solver="euler", noise=noise, stop_at=0.0, coarse_stop=0.0,
+                      max_evals=1, return_info=True)
+    assert info_1["stages"] == [1] and info_1["evaluations"] == 1 and info_1["steps_nfe"] == 2
+    assert rec.times[-2:] == pytest.approx([1.0, 0.5])           # the final solve on the 2-step grid it optimised
+
+
+def test_dflow_defaults_are_the_measured_ones() -> None:
+    """Chosen on shapes renders (BENCHMARKS.md, "D-Flow that converges"): 3 then 5 Heun steps, the coarse stage handing
+    over at 1.5 sigma_y^2 M, the discrepancy stop at 1, 20 sigma_y^2, blend 0.1 of the inverted A^+ y."""
+    from priorkit.inverse.dflow import CHECKPOINT_ELEMENTS, DFlowDefaults
+
+    d = DFlowDefaults()
+    assert (d.steps, d.solver, d.coarse_stop, d.stop_at, d.reg_scale, d.blend, d.init) == (
+        (3, 5), "heun", 1.5, 1.0, 20.0, 0.1, "pinv")
+    assert (d.max_iter, d.max_evals, d.max_passes, d.checkpoint, d.history_size) == (200, 200, None, None, 20)
+    assert CHECKPOINT_ELEMENTS == 3 * 128 * 128

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_the_table_holds_the_methods_with_their_defaults() -> None:
     assert METHODS == method_names() == ("pinv", "classical", "pigdm", "pigdm_flow", "dps", "dflow", "diffpir",
                                          "pnp_flow")
-    assert RestoreDefaults().nfe == {"pigdm": 100, "pigdm_flow": 80, "dps": 1000, "dflow": None, "diffpir": 20,
+    assert RestoreDefaults().nfe == {"pigdm": 100, "pigdm_flow": 80, "dps": 1000, "dflow": 1600, "diffpir": 20,
                                      "pnp_flow": 20}
     # the front door's budgets are the solvers' paper defaults
     assert get_method("pigdm").default_nfe == PiGDMDefaults.steps
@@ -57,7 +57,7 @@ def test_budgets_translate_model_passes() -> None:
     # D-Flow: the passes are a cap it counts itself (its stages and checkpointing set the cost per evaluation)
     assert get_method("dflow").solver_options(300, {}) == {"max_passes": 300}
     assert get_method("dflow").solver_options(300, {"max_iter": 2}) == {"max_iter": 2, "max_passes": 300}
-    assert get_method("dflow").solver_options(None, {}) == {}
+    assert get_method("dflow").solver_options(None, {}) == {"max_passes": 1600}   # its default cap
     assert get_method("pinv").solver_options(50, {}) == {}
 
 
