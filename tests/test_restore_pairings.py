@@ -120,7 +120,7 @@ KNOWN_LOSING: set[tuple[str, str, str]] = {(m, p, t) for m in METHODS for p, t i
 #: lose: they run when PRIORKIT_ALL_PAIRINGS=1 (to see one start passing), not in `make test`
 RUN_LOSING = os.environ.get("PRIORKIT_ALL_PAIRINGS") == "1"
 CASES = [pytest.param(m, p, t, marks=pytest.mark.xfail(strict=False, run=RUN_LOSING, reason="loses to the degraded "
-                                                        "input at the matrix's budget cap (RestorationMethod.loses_on)"))
+                                                        "input at the matrix's capped budget (loses_on)"))
          if (m, p, t) in KNOWN_LOSING else (m, p, t)
          for m in (m for m in METHODS if METHODS[m].needs_prior) for p in PRIORS for t in TASKS]
 
