@@ -222,8 +222,9 @@ def dflow(denoiser: Denoiser, operator: Operator, y: Tensor, sigma_y: float, *, 
                 best.update(loss=float(loss.detach()), z=z.detach().clone())
             if (passes_cap is not None and counter.nfe >= passes_cap) or (
                     evals_cap is not None and evaluations - start >= evals_cap):  # (torch's max_eval can overrun)
-                with torch.no_grad():   # not a line search's rejected trial point: the best one seen
-                    z.copy_(best["z"])
+                if "z" in best:  # (none when every loss was NaN)
+                    with torch.no_grad():   # not a line search's rejected trial point: the best one seen
+                        z.copy_(best["z"])
                 raise _StoppedError
             return loss
 
