@@ -4,7 +4,8 @@
                                   [--methods reflow,cd,ct,shortcut,progressive,guidance,dmd,dmd2,bespoke]
 
 ``--targets family`` runs the held-out Gaussian mixtures of issue 20 (ring5, ring12, ring16, grid9; fixed in
-`priorkit.distill.zoo.toy.GMM_FAMILY` before any tuning), each with its exact mixture as teacher. DMD / DMD2 and
+`priorkit.distill.zoo.toy.GMM_FAMILY` before any tuning), ``family2`` a second set fixed later (ring8w, ring20,
+grid16), each with its exact mixture as teacher. DMD / DMD2 and
 the bespoke solvers (ODE error to DOP853 at 4/6/8 NFE vs DPM-Solver++, and the gmm solvers transferred) are in
 benchmarks/samplers_dmd.py; the shapes-prior scoring in benchmarks/samplers_shapes.py.
 
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.samplers_common import METRIC, NFES, REFERENCE_NFE, SPACINGS, record, train_cfg  # noqa: F401
-from benchmarks.samplers_dmd import FAMILY, bespoke_ratios, plot_limit, run_bespoke, run_dmd
+from benchmarks.samplers_dmd import bespoke_ratios, plot_limit, run_bespoke, run_dmd
 from benchmarks.samplers_shapes import HELD_OUT_SEED, SHAPES_TEACHER_STEPS, run_shapes, run_shapes_bespoke, shapes_goals  # noqa: F401
 from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.samplers import initial_noise, sample
@@ -60,6 +61,7 @@ from priorkit.distill.students.registry import METHODS, start_time
 from priorkit.distill.students.runner import make_student, student_sampler
 from priorkit.distill.zoo.toy import (
     ALL_TARGETS,
+    FAMILY_SETS,
     TARGETS,
     TeacherConfig,
     conditional_gmm_target,
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", required=True, type=Path, help="where to write the records")
     parser.add_argument("--quick", action="store_true", help="short trainings and 4k samples (a smoke run)")
     parser.add_argument("--targets", default=",".join(TARGETS),
-                        help=f"comma-separated subset of {ALL_TARGETS}; 'family' = the held-out mixtures {FAMILY}")
+                        help=f"comma-separated subset of {ALL_TARGETS}; 'family' / 'family2' = the held-out mixtures "
+                             f"{FAMILY_SETS['family']} / {FAMILY_SETS['family2']}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {tuple(METHODS)}")
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
     parser.add_argument("--shapes", default="", help="comma-separated run folders of shapes-prior students")
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    targets = [u for t in args.targets.split(",") if t and t != "none" for u in (FAMILY if t == "family" else (t,))]
+    targets = [u for t in args.targets.split(",") if t and t != "none" for u in FAMILY_SETS.get(t, (t,))]
     methods = [m for m in args.methods.split(",") if m]
     for t in targets:
         if t not in ALL_TARGETS:

@@ -25,9 +25,9 @@ from priorkit.distill.core.training import TrainConfig
 from priorkit.distill.students import bespoke as bs
 from priorkit.distill.students import dmd
 from priorkit.distill.students.format import load_student, read_meta
-from priorkit.distill.zoo.toy import GMM_FAMILY, DataFn, sliced_w2
+from priorkit.distill.zoo.toy import FAMILY_SETS, DataFn, sliced_w2
 
-FAMILY: tuple[str, ...] = tuple(GMM_FAMILY)  # the held-out mixtures (fixed before tuning; distill.zoo.toy)
+FAMILY: tuple[str, ...] = FAMILY_SETS["family"]  # the held-out mixtures (fixed before tuning; distill.zoo.toy)
 BESPOKE_NFES = (4, 6, 8)
 ODE_POINTS = 1000  # trajectories in the DOP853 comparison
 
