@@ -40,7 +40,7 @@ GMM_FAMILY: dict[str, dict[str, Any]] = {
     "ring12": {"components": 12, "radius": 3.0, "std": 0.1},
     "ring16": {"components": 16, "radius": 4.0, "std": 0.05},
     "grid9": {"grid": 3, "radius": 2.0, "std": 0.15},
-    # a second set (session 24), fixed before the consistency students' calibrated times were run on any of them
+    # a second set (session 24), fixed before any student was run on them: a fresh held-out set for later changes
     "ring8w": {"components": 8, "radius": 2.0, "std": 0.25},
     "ring20": {"components": 20, "radius": 5.0, "std": 0.06},
     "grid16": {"grid": 4, "radius": 1.5, "std": 0.1},
