@@ -447,6 +447,19 @@ def test_metrics_on_known_shifts():
     assert bool(((cells[:, 0] + cells[:, 1]) % 2 == 0).all())  # every sample on a "black" square
 
 
+def test_held_out_mixture_sets_are_fixed_and_disjoint():
+    """The held-out sets of issue 20 stay what they were when fixed (a silent change would re-tune on them)."""
+    from priorkit.distill.zoo.toy import FAMILY_SETS, GMM_FAMILY
+
+    assert FAMILY_SETS == {"family": ("ring5", "ring12", "ring16", "grid9"), "family2": ("ring8w", "ring20", "grid16")}
+    assert sorted(GMM_FAMILY) == sorted(FAMILY_SETS["family"] + FAMILY_SETS["family2"])
+    assert GMM_FAMILY["ring20"] == {"components": 20, "radius": 5.0, "std": 0.06}
+    assert GMM_FAMILY["ring8w"] == {"components": 8, "radius": 2.0, "std": 0.25}
+    means = gmm_target(**GMM_FAMILY["grid16"]).means
+    assert means.shape == (16, 2) and torch.allclose(means.unique(), torch.tensor([-2.25, -0.75, 0.75, 2.25],
+                                                                                   dtype=means.dtype))
+
+
 def test_train_teacher_runs(tmp_path):
     teacher = train_teacher("moons", 20, out=tmp_path)
     assert not any(p.requires_grad for p in teacher.parameters())
