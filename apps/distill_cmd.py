@@ -38,9 +38,9 @@ def distill_cmd(
     method: Annotated[str, typer.Argument(help="reflow, cd (consistency distillation), ct (consistency training), "
                                                "shortcut, progressive, guidance, dmd, dmd2 (distribution matching) "
                                                "or bespoke (a solver fitted to the teacher)")],
-    teacher: Annotated[str, typer.Option(help="toy:gmm, toy:moons, toy:checkerboard, toy:ring5, toy:ring12, "
-                                              "toy:ring16, toy:grid9, a bundled prior (shapes, photos), a diffusers "
-                                              "folder or hub id")],
+    teacher: Annotated[str, typer.Option(help="toy:gmm, toy:moons, toy:checkerboard, a held-out mixture "
+                                              "(toy:ring5, ring12, ring16, grid9, ring8w, ring20, grid16), a bundled "
+                                              "prior (shapes, photos), a diffusers folder or hub id")],
     out: Annotated[Path | None, typer.Option(help="run folder (default: outputs/distill/<method>-<teacher>)")] = None,
     steps: Annotated[int | None, typer.Option(help="training steps (per round / stage) (default: the "
                                                    "method's)")] = None,

@@ -452,9 +452,12 @@ def test_held_out_mixture_sets_are_fixed_and_disjoint():
     from priorkit.distill.zoo.toy import FAMILY_SETS, GMM_FAMILY
 
     assert FAMILY_SETS == {"family": ("ring5", "ring12", "ring16", "grid9"), "family2": ("ring8w", "ring20", "grid16")}
-    assert sorted(GMM_FAMILY) == sorted(FAMILY_SETS["family"] + FAMILY_SETS["family2"])
-    assert GMM_FAMILY["ring20"] == {"components": 20, "radius": 5.0, "std": 0.06}
-    assert GMM_FAMILY["ring8w"] == {"components": 8, "radius": 2.0, "std": 0.25}
+    assert GMM_FAMILY == {
+        "ring5": {"components": 5, "radius": 1.5, "std": 0.3}, "ring12": {"components": 12, "radius": 3.0, "std": 0.1},
+        "ring16": {"components": 16, "radius": 4.0, "std": 0.05}, "grid9": {"grid": 3, "radius": 2.0, "std": 0.15},
+        "ring8w": {"components": 8, "radius": 2.0, "std": 0.25},
+        "ring20": {"components": 20, "radius": 5.0, "std": 0.06}, "grid16": {"grid": 4, "radius": 1.5, "std": 0.1}}
+    assert not set(FAMILY_SETS["family"]) & set(FAMILY_SETS["family2"])
     means = gmm_target(**GMM_FAMILY["grid16"]).means
     assert means.shape == (16, 2) and torch.allclose(means.unique(), torch.tensor([-2.25, -0.75, 0.75, 2.25],
                                                                                    dtype=means.dtype))
