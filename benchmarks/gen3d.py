@@ -26,6 +26,10 @@ Records: {"prompt", "method", "seed", "particle", "judge_accuracy", "chamfer", "
 particles' meshes) and a PNG of the particles side by side. ``--seeds 0,1,2`` runs every prompt once per seed and
 ends with how many seeds each prompt passed on.
 Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/``.
+``--oracle`` runs the same loop (cameras, start, regularisers, steps, export) with the prior's gradient replaced by
+the gradient of a silhouette loss to the true shape (albedo renders against the shapes world's own anti-aliased
+renders of the same cameras): what the pipeline reaches when the guidance is perfect, so a geometry error that
+survives it lies in the pipeline, not in the prior (records with method "oracle").
 Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
 same, in <= 900 s per set.
 """
@@ -119,17 +123,68 @@ def diversity(meshes: list[Any]) -> float | None:
     return float(np.mean([chamfer_distance(a, b, n=4000) for a, b in pairs])) if pairs else None
 
 
+def config_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["azimuth_start=360", ...]`` -> GenerateConfig field values, each cast to the type of the field's default
+    (numbers and booleans; tuples as comma-separated numbers). Raises ValueError on an unknown or unparsable field."""
+    from priorkit.gen3d.config import GenerateConfig
+
+    default = GenerateConfig()
+    names = {f.name for f in dataclasses.fields(GenerateConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in names or name in ("sds", "vsd"):
+            raise ValueError(f"--set takes FIELD=VALUE with a GenerateConfig field (not sds / vsd); got {pair!r}")
+        old = getattr(default, name)
+        try:
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1")
+            elif isinstance(old, tuple):
+                value = tuple(type(v)(x) for v, x in zip(old, text.split(","), strict=True))
+            elif old is None:
+                value = float(text)
+            else:
+                value = type(old)(text)
+        except ValueError:
+            raise ValueError(f"--set {name}: cannot read {text!r} as {type(old).__name__}") from None
+        out[name] = value
+    return out
+
+
+def silhouette_oracle(shape: str, colour: str) -> type:
+    """A Guidance class (SDS's settings and interface) whose loss is ``0.5 |render - truth|^2``: the shapes world's
+    anti-aliased coverage of ``shape`` from the render's camera, in the colour's albedo on white (``--oracle``)."""
+    from priorkit.distill.zoo import colours
+    from priorkit.gen3d.sds import SDS
+
+    albedo = torch.tensor(colours.all_colours()[colour], dtype=torch.float32)[None, :, None, None]
+
+    class SilhouetteOracle(SDS):
+        def loss(self, images: torch.Tensor, cameras: Any, progress: float = 0.0,
+                 generator: torch.Generator | None = None, particles: int = 1) -> tuple[torch.Tensor, dict]:
+            cover = shapes.silhouette([shape] * len(cameras), list(cameras), images.shape[-1]).to(images)
+            truth = cover * albedo.to(images) + (1.0 - cover)  # white background, as the loop renders
+            return 0.5 * (images - truth).square().sum() / particles, {}
+
+    return SilhouetteOracle
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
         only: list[int] | None = None, held_out_colours: bool = False, final_guidance: float | None = None,
-        vsd_views: int | None = None, vsd_lora_views: int | None = None) -> list[dict]:
+        vsd_views: int | None = None, vsd_lora_views: int | None = None,
+        overrides: dict[str, Any] | None = None, oracle: bool = False) -> list[dict]:
     """Every (prompt, method, seed): generate, export, score; records written after each asset. ``final_guidance``:
     SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default); ``vsd_views``: VSD's renders
     per particle and step (``VSDConfig.views_per_particle``; None: the default); ``vsd_lora_views``: of those, the
-    renders in the LoRA's loss (``VSDConfig.lora_views``)."""
+    renders in the LoRA's loss (``VSDConfig.lora_views``); ``overrides``: GenerateConfig fields set for every run
+    (``--set``); ``oracle``: the SDS loop under :func:`silhouette_oracle` instead of the prior (method "oracle")."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
@@ -144,7 +199,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         items = [items[i] for i in only]
     seeds = [seed] if isinstance(seed, int) else list(seed)
     for seed, (prompt, shape, colour), method in itertools.product(seeds, items, methods):
-        cfg = GenerateConfig()
+        cfg = dataclasses.replace(GenerateConfig(), **(overrides or {}))
         if final_guidance is not None:
             cfg.sds = dataclasses.replace(cfg.sds, final_guidance_scale=final_guidance)
         if vsd_views is not None:
@@ -152,15 +207,27 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         if vsd_lora_views is not None:
             cfg.vsd = dataclasses.replace(cfg.vsd, lora_views=vsd_lora_views)
         n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
-        out = assets / (f"{method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
+        out = assets / (f"{'oracle' if oracle else method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
         t0 = time.time()
-        result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
+        if oracle:  # the loop's own SDS entry, its prior's gradient swapped for the silhouette loss
+            from priorkit.gen3d import config as gen3d_config
+
+            cfg = dataclasses.replace(cfg, albedo_fraction=1.0)
+            saved = gen3d_config.GUIDANCES["sds"]
+            gen3d_config.GUIDANCES["sds"] = silhouette_oracle(shape, colour)
+            try:
+                result = generate(prompt, "sds", den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
+            finally:
+                gen3d_config.GUIDANCES["sds"] = saved
+        else:
+            result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
         seconds = time.time() - t0
         for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
-            rec = {"prompt": prompt, "method": method, "seed": seed, "particle": i, "shape": shape, "colour": colour,
+            rec = {"prompt": prompt, "method": "oracle" if oracle else method, "seed": seed, "particle": i,
+                   "shape": shape, "colour": colour,
                    **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds,
                    "export_seconds": result.export_seconds, "threads": torch.get_num_threads(),
-                   "steps": n_steps or cfg.steps_for(method),
+                   "steps": n_steps or cfg.steps_for(method), **({"overrides": overrides} if overrides else {}),
                    **({"views_per_particle": cfg.vsd.views_per_particle, "lora_views": cfg.vsd.lora_views}
                       if method == "vsd" else {})}
             records.append(rec)
@@ -260,7 +327,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="VSD: of each particle's renders, how many train the LoRA per step (VSDConfig.lora_views)")
     parser.add_argument("--held-out-colours", action="store_true",
                         help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="set a GenerateConfig field for every run, e.g. --set azimuth_start=360 (repeatable)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="SDS's loop with the prior replaced by a silhouette loss to the true shape: the "
+                             "pipeline's own error (method 'oracle'; SDS only)")
     args = parser.parse_args(argv)
+    if args.oracle:  # SDS's loop only
+        if args.methods not in ("sds", parser.get_default("methods")):
+            parser.error("--oracle replaces SDS's prior: it runs --methods sds only")
+        args.methods = "sds"
+    try:
+        overrides = config_overrides(args.set)
+    except ValueError as e:
+        parser.error(str(e))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in ("sds", "vsd")]
     if bad or not methods:
@@ -283,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
     records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours,
-                  args.final_guidance, args.vsd_views, args.vsd_lora_views)
+                  args.final_guidance, args.vsd_views, args.vsd_lora_views, overrides, args.oracle)
     print(table(records))
     print(seed_summary(records))
     print(speed_summary(records))

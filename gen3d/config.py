@@ -33,13 +33,19 @@ class GenerateConfig:
     at the end; appearance parameters use ``color_lr_scale * lr`` (a slower albedo makes the prior's gradient carve
     geometry instead of painting it, e.g. a torus' hole).
     field_resolution, blob_density, blob_radius, density_activation: the VoxelField, its initial density blob and
-    its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus").
+    its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus"). The
+    blob lies inside the object, not around it: score distillation grows a surface out to the silhouette readily
+    but cannot carve opaque material back (removing the outer layer of an opaque region shows the same colour, so
+    its gradient is ~0), so a blob larger than the object stays where no view sees it as silhouette (radius 0.6
+    left the cone a bell and pushed a cube's face out by 0.09; BENCHMARKS.md, issue 23, session 25).
     n_samples: samples per ray (48: a spacing of 0.042, finer than the 0.051 voxel), at depths within
     ``scene_radius`` of the camera distance (None: the whole box
     [-1, 1]^3; every shape of the shapes world lies within 0.75 of the origin). skip_empty: on CPU, query the field
     only at samples in occupied cells of its own voxels (``priorkit.gen3d.occupancy``: a bound, < 1e-3 opacity).
     azimuth_start, azimuth_warmup: camera azimuths start within ``azimuth_start`` degrees around the front and
-    widen to the full circle over the first ``azimuth_warmup`` of the steps (see ``priorkit.gen3d.loop.azimuth_span``).
+    widen to the full circle over the first ``azimuth_warmup`` of the steps (see ``priorkit.gen3d.loop.azimuth_span``;
+    360, the default: all around from the first step. A narrow start, useful with priors that take no camera,
+    leaves the depth of the front unseen while the field is still opaque, and it is never carved back).
     albedo_fraction: share of the run with albedo-only shading (warm-up); shading_probs: probabilities of
     (albedo, lambertian, textureless) after it, under the shapes world's random lights; ambient: Lambertian term.
     background: "white" (the bundled prior's) or "learned".
@@ -64,13 +70,13 @@ class GenerateConfig:
     color_lr_scale: float = 0.1
     field_resolution: int = 40
     blob_density: float = 20.0
-    blob_radius: float = 0.6
+    blob_radius: float = 0.45
     density_activation: str = "exp"
     n_samples: int = 48
     scene_radius: float | None = 1.0
     skip_empty: bool = True
     elevation_range: tuple[float, float] = ELEVATION_RANGE
-    azimuth_start: float = 30.0
+    azimuth_start: float = 360.0
     azimuth_warmup: float = 0.6
     albedo_fraction: float = 0.2
     shading_probs: tuple[float, float, float] = (0.3, 0.7, 0.0)

@@ -284,3 +284,38 @@ def test_gen3d_benchmark_reports_the_median_time_against_issue_23s_goals() -> No
     vsd = [{**base, "method": "vsd", "seed": 0, "seconds": 400.0}, {**base, "method": "vsd", "particle": 1,
                                                                     "seed": 0, "seconds": 400.0}]
     assert "vsd: median 400.0 s per set (goal <= 360 s: NOT met); 1 runs" in speed_summary(vsd)
+
+
+def test_gen3d_benchmark_set_casts_generate_config_fields_and_refuses_others() -> None:
+    from benchmarks.gen3d import config_overrides
+
+    got = config_overrides(["azimuth_start=360", "skip_empty=false", "elevation_range=0,30", "field_resolution=48"])
+    assert got == {"azimuth_start": 360.0, "skip_empty": False, "elevation_range": (0.0, 30.0),
+                   "field_resolution": 48}
+    assert isinstance(got["field_resolution"], int)
+    GenerateConfig(**got)  # every value is one the config takes
+    for bad in (["no_such_field=1"], ["azimuth_start"], ["sds=1"], ["skip_empty=maybe"], ["elevation_range=1"],
+                ["field_resolution=4.5"]):
+        with pytest.raises(ValueError, match="--set"):
+            config_overrides(bad)
+
+
+def test_gen3d_benchmark_oracle_loss_is_zero_at_the_true_render_and_pulls_towards_it() -> None:
+    from benchmarks.gen3d import silhouette_oracle
+    from priorkit.distill.core.cameras import Camera
+    from priorkit.distill.zoo import colours, shapes
+
+    cls = silhouette_oracle("cube", "blue")
+    oracle = cls.__new__(cls)  # the oracle's loss never calls a prior: none is built
+    oracle.config = SDSConfig()
+    cams = [Camera(azimuth=30.0, elevation=15.0), Camera(azimuth=200.0, elevation=40.0)]
+    cover = shapes.silhouette(["cube"] * 2, cams, 16)
+    blue = torch.tensor(colours.all_colours()["blue"])[None, :, None, None]
+    truth = cover * blue + (1 - cover)
+    assert cover.mean() > 0.1 and (cover < 1).any()
+    loss, _ = oracle.loss(truth.clone(), cams)
+    assert float(loss) == pytest.approx(0.0, abs=1e-10)
+    images = torch.full_like(truth, 0.5).requires_grad_(True)
+    loss, _ = oracle.loss(images, cams, particles=2)
+    loss.backward()
+    torch.testing.assert_close(images.grad, (images.detach() - truth) / 2)  # 0.5 |x - truth|^2 per particle
