@@ -27,9 +27,10 @@ particles' meshes) and a PNG of the particles side by side. ``--seeds 0,1,2`` ru
 ends with how many seeds each prompt passed on.
 Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/``.
 ``--oracle`` runs the same loop (cameras, start, regularisers, steps, export) with the prior's gradient replaced by
-the gradient of a silhouette loss to the true shape (albedo renders against the shapes world's own anti-aliased
-renders of the same cameras): what the pipeline reaches when the guidance is perfect, so a geometry error that
-survives it lies in the pipeline, not in the prior (records with method "oracle").
+the gradient of a silhouette loss to the true shape (albedo renders throughout, ``albedo_fraction=1``, against the
+shapes world's own anti-aliased renders of the same cameras, weighed per view as SDS's): what the loop reaches when
+its guidance knows the true silhouette, so a geometry error that survives it is not the prior's (records with
+method "oracle"). Every record names the start it ran with ("start": blob radius / density, azimuth_start).
 Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
 same, in <= 900 s per set.
 """
@@ -124,8 +125,9 @@ def diversity(meshes: list[Any]) -> float | None:
 
 
 def config_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["azimuth_start=360", ...]`` -> GenerateConfig field values, each cast to the type of the field's default
-    (numbers and booleans; tuples as comma-separated numbers). Raises ValueError on an unknown or unparsable field."""
+    """``["blob_radius=0.6", ...]`` -> GenerateConfig field values, each cast to the type of the field's default
+    (numbers and booleans; tuples as comma-separated numbers; "none" as None). Raises ValueError on an unknown field
+    or a value that does not parse."""
     from priorkit.gen3d.config import GenerateConfig
 
     default = GenerateConfig()
@@ -138,14 +140,14 @@ def config_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set takes FIELD=VALUE with a GenerateConfig field (not sds / vsd); got {pair!r}")
         old = getattr(default, name)
         try:
-            if isinstance(old, bool):
+            if text.strip().lower() == "none":  # optional fields (e.g. scene_radius); GenerateConfig checks the rest
+                value: Any = None
+            elif isinstance(old, bool):
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
-                value: Any = text.lower() in ("true", "1")
+                value = text.lower() in ("true", "1")
             elif isinstance(old, tuple):
                 value = tuple(type(v)(x) for v, x in zip(old, text.split(","), strict=True))
-            elif old is None:
-                value = float(text)
             else:
                 value = type(old)(text)
         except ValueError:
@@ -155,8 +157,10 @@ def config_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def silhouette_oracle(shape: str, colour: str) -> type:
-    """A Guidance class (SDS's settings and interface) whose loss is ``0.5 |render - truth|^2``: the shapes world's
+    """A Guidance class (SDS's settings and interface) whose gradient in each render is ``render - truth``, weighed
+    as SDS weighs its own (averaged over each particle's views, ``surrogate_loss``): the truth is the shapes world's
     anti-aliased coverage of ``shape`` from the render's camera, in the colour's albedo on white (``--oracle``)."""
+    from priorkit.distill.score.guidance import surrogate_loss
     from priorkit.distill.zoo import colours
     from priorkit.gen3d.sds import SDS
 
@@ -167,7 +171,7 @@ def silhouette_oracle(shape: str, colour: str) -> type:
                  generator: torch.Generator | None = None, particles: int = 1) -> tuple[torch.Tensor, dict]:
             cover = shapes.silhouette([shape] * len(cameras), list(cameras), images.shape[-1]).to(images)
             truth = cover * albedo.to(images) + (1.0 - cover)  # white background, as the loop renders
-            return 0.5 * (images - truth).square().sum() / particles, {}
+            return surrogate_loss(images, (images - truth).detach(), particles), {}
 
     return SilhouetteOracle
 
@@ -199,7 +203,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         items = [items[i] for i in only]
     seeds = [seed] if isinstance(seed, int) else list(seed)
     for seed, (prompt, shape, colour), method in itertools.product(seeds, items, methods):
-        cfg = dataclasses.replace(GenerateConfig(), **(overrides or {}))
+        cfg = GenerateConfig(**(overrides or {}))
         if final_guidance is not None:
             cfg.sds = dataclasses.replace(cfg.sds, final_guidance_scale=final_guidance)
         if vsd_views is not None:
@@ -212,7 +216,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         if oracle:  # the loop's own SDS entry, its prior's gradient swapped for the silhouette loss
             from priorkit.gen3d import config as gen3d_config
 
-            cfg = dataclasses.replace(cfg, albedo_fraction=1.0)
+            cfg.albedo_fraction = 1.0  # the silhouette has no shading
             saved = gen3d_config.GUIDANCES["sds"]
             gen3d_config.GUIDANCES["sds"] = silhouette_oracle(shape, colour)
             try:
@@ -228,6 +232,8 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
                    **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds,
                    "export_seconds": result.export_seconds, "threads": torch.get_num_threads(),
                    "steps": n_steps or cfg.steps_for(method), **({"overrides": overrides} if overrides else {}),
+                   "start": {"blob_radius": cfg.blob_radius, "blob_density": cfg.blob_density,
+                             "azimuth_start": cfg.azimuth_start},
                    **({"views_per_particle": cfg.vsd.views_per_particle, "lora_views": cfg.vsd.lora_views}
                       if method == "vsd" else {})}
             records.append(rec)
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True, type=Path, help="where to write the records")
     parser.add_argument("--quick", action="store_true", help="two prompts, 1/6 of the steps (a smoke run)")
-    parser.add_argument("--methods", default="sds,vsd", help="comma-separated subset of sds,vsd")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of sds,vsd (default: both)")
     parser.add_argument("--prior", default="shapes-v2", help="bundled name or folder of the text-to-image prior "
                         "(round 1's figures used 'shapes', the v1 prior, at CFG 60)")
     parser.add_argument("--steps", type=int, default=None, help="override the optimisation steps")
@@ -328,15 +334,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out-colours", action="store_true",
                         help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="set a GenerateConfig field for every run, e.g. --set azimuth_start=360 (repeatable)")
+                        help="set a GenerateConfig field for every run, e.g. --set blob_radius=0.6 (repeatable)")
     parser.add_argument("--oracle", action="store_true",
-                        help="SDS's loop with the prior replaced by a silhouette loss to the true shape: the "
-                             "pipeline's own error (method 'oracle'; SDS only)")
+                        help="SDS's loop with the prior replaced by a silhouette loss to the true shape, albedo "
+                             "renders throughout: the pipeline's own error (method 'oracle'; SDS only)")
     args = parser.parse_args(argv)
     if args.oracle:  # SDS's loop only
-        if args.methods not in ("sds", parser.get_default("methods")):
+        if args.methods not in (None, "sds"):
             parser.error("--oracle replaces SDS's prior: it runs --methods sds only")
         args.methods = "sds"
+    args.methods = args.methods or "sds,vsd"
     try:
         overrides = config_overrides(args.set)
     except ValueError as e:

@@ -34,18 +34,20 @@ class GenerateConfig:
     geometry instead of painting it, e.g. a torus' hole).
     field_resolution, blob_density, blob_radius, density_activation: the VoxelField, its initial density blob and
     its activation ("exp": logits are log-densities, so carving and growing take few steps; or "softplus"). The
-    blob lies inside the object, not around it: score distillation grows a surface out to the silhouette readily
-    but cannot carve opaque material back (removing the outer layer of an opaque region shows the same colour, so
-    its gradient is ~0), so a blob larger than the object stays where no view sees it as silhouette (radius 0.6
-    left the cone a bell and pushed a cube's face out by 0.09; BENCHMARKS.md, issue 23, session 25).
+    blob is about the object's size, not larger (0.45; the shapes world's objects reach 0.4-0.5 from the centre):
+    the loop grows a surface out to the silhouette readily, where each new layer is seen against the background, but
+    carves opaque material back slowly if at all (removing the outer layer of an opaque region shows the same colour,
+    so its gradient is ~0). Radius 0.6 left SDS's cone a bell and, under the benchmark's silhouette oracle with the
+    azimuth curriculum, a cube's face 0.09 out (BENCHMARKS.md, issue 23, session 25).
     n_samples: samples per ray (48: a spacing of 0.042, finer than the 0.051 voxel), at depths within
     ``scene_radius`` of the camera distance (None: the whole box
     [-1, 1]^3; every shape of the shapes world lies within 0.75 of the origin). skip_empty: on CPU, query the field
     only at samples in occupied cells of its own voxels (``priorkit.gen3d.occupancy``: a bound, < 1e-3 opacity).
     azimuth_start, azimuth_warmup: camera azimuths start within ``azimuth_start`` degrees around the front and
     widen to the full circle over the first ``azimuth_warmup`` of the steps (see ``priorkit.gen3d.loop.azimuth_span``;
-    360, the default: all around from the first step. A narrow start, useful with priors that take no camera,
-    leaves the depth of the front unseen while the field is still opaque, and it is never carved back).
+    360, the default: all around from the first step. A narrow start leaves the blob's depth behind the front unseen
+    while it is still opaque; it was chosen in round 1 with a prior that takes no camera, where it settled a cube's
+    orientation).
     albedo_fraction: share of the run with albedo-only shading (warm-up); shading_probs: probabilities of
     (albedo, lambertian, textureless) after it, under the shapes world's random lights; ambient: Lambertian term.
     background: "white" (the bundled prior's) or "learned".

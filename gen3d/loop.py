@@ -4,7 +4,7 @@
 Per step (Poole et al. 2022, sec. 3-4; Wang et al. 2023, Algorithm 1):
 
 1. draw random cameras (``priorkit.distill.core.cameras.random_cameras``, the prior's convention) for every
-   particle, ``guidance.views`` each, their azimuths widening from the front to the full circle (:func:`azimuth_span`);
+   particle, ``guidance.views`` each, all around (by default) or widening from the front (:func:`azimuth_span`);
 2. render every particle from its cameras (:class:`~priorkit.gen3d.renderer.Renderer`) over its background;
    shading is albedo for a warm-up, then randomly albedo / Lambertian / textureless under a random light
    (DreamFusion sec. 3.1);
@@ -73,8 +73,9 @@ def lr_factor(step: int, steps: int, final: float) -> float:
 def azimuth_span(step: int, steps: int, cfg: GenerateConfig) -> float:
     """Azimuth range of the training cameras at ``step``: ``azimuth_start`` degrees around the front, widened
     linearly to the full circle over the first ``azimuth_warmup`` of the run (threestudio's progressive camera
-    range). A shape whose look depends on the camera's azimuth (a cube) settles on one orientation while few
-    views constrain it, instead of a rotational average of the orientations each view prefers."""
+    range; the default ``azimuth_start`` 360 turns it off). With a prior that takes no camera a shape whose look
+    depends on the azimuth (a cube) settles on one orientation while few views constrain it; with the camera-aware
+    default prior the narrow start only leaves the initial blob's depth unseen (``GenerateConfig``)."""
     end = cfg.azimuth_warmup * steps
     if step >= end:
         return 360.0

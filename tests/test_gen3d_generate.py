@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -289,9 +290,10 @@ def test_gen3d_benchmark_reports_the_median_time_against_issue_23s_goals() -> No
 def test_gen3d_benchmark_set_casts_generate_config_fields_and_refuses_others() -> None:
     from benchmarks.gen3d import config_overrides
 
-    got = config_overrides(["azimuth_start=360", "skip_empty=false", "elevation_range=0,30", "field_resolution=48"])
-    assert got == {"azimuth_start": 360.0, "skip_empty": False, "elevation_range": (0.0, 30.0),
-                   "field_resolution": 48}
+    got = config_overrides(["azimuth_start=30", "skip_empty=false", "elevation_range=0,30", "field_resolution=48",
+                            "scene_radius=none"])
+    assert got == {"azimuth_start": 30.0, "skip_empty": False, "elevation_range": (0.0, 30.0),
+                   "field_resolution": 48, "scene_radius": None}
     assert isinstance(got["field_resolution"], int)
     GenerateConfig(**got)  # every value is one the config takes
     for bad in (["no_such_field=1"], ["azimuth_start"], ["sds=1"], ["skip_empty=maybe"], ["elevation_range=1"],
@@ -300,22 +302,61 @@ def test_gen3d_benchmark_set_casts_generate_config_fields_and_refuses_others() -
             config_overrides(bad)
 
 
-def test_gen3d_benchmark_oracle_loss_is_zero_at_the_true_render_and_pulls_towards_it() -> None:
+def test_gen3d_benchmark_oracle_pulls_each_render_to_its_shapes_truth_as_sds_weighs_views() -> None:
     from benchmarks.gen3d import silhouette_oracle
     from priorkit.distill.core.cameras import Camera
     from priorkit.distill.zoo import colours, shapes
 
+    cams = [Camera(azimuth=30.0, elevation=15.0), Camera(azimuth=200.0, elevation=40.0)] * 2
+    blue = torch.tensor(colours.all_colours()["blue"])[None, :, None, None]
+    truths = {}
+    for shape in ("cube", "cone"):
+        cover = shapes.silhouette([shape] * len(cams), cams, 16)
+        assert cover.mean() > 0.05 and (cover < 1).any()
+        truths[shape] = cover * blue + (1 - cover)
     cls = silhouette_oracle("cube", "blue")
     oracle = cls.__new__(cls)  # the oracle's loss never calls a prior: none is built
-    oracle.config = SDSConfig()
-    cams = [Camera(azimuth=30.0, elevation=15.0), Camera(azimuth=200.0, elevation=40.0)]
-    cover = shapes.silhouette(["cube"] * 2, cams, 16)
-    blue = torch.tensor(colours.all_colours()["blue"])[None, :, None, None]
-    truth = cover * blue + (1 - cover)
-    assert cover.mean() > 0.1 and (cover < 1).any()
-    loss, _ = oracle.loss(truth.clone(), cams)
+    loss, _ = oracle.loss(truths["cube"].clone(), cams, particles=2)
     assert float(loss) == pytest.approx(0.0, abs=1e-10)
-    images = torch.full_like(truth, 0.5).requires_grad_(True)
-    loss, _ = oracle.loss(images, cams, particles=2)
+    assert float(oracle.loss(truths["cone"].clone(), cams, particles=2)[0]) > 1.0  # the shape is the cube's
+    images = torch.full_like(truths["cube"], 0.5).requires_grad_(True)
+    loss, _ = oracle.loss(images, cams, particles=2)  # 4 renders of 2 particles: 2 views each
     loss.backward()
-    torch.testing.assert_close(images.grad, (images.detach() - truth) / 2)  # 0.5 |x - truth|^2 per particle
+    torch.testing.assert_close(images.grad, (images.detach() - truths["cube"]) / 2)
+
+
+def test_gen3d_benchmark_oracle_run_labels_its_records_and_puts_sds_back(tmp_path, monkeypatch) -> None:
+    import benchmarks.gen3d as bench
+    from priorkit.gen3d import config as gen3d_config
+
+    sds = gen3d_config.GUIDANCES["sds"]
+    monkeypatch.setattr(bench, "score_particle", lambda *a, **k: {"judge_accuracy": 1.0, "chamfer": 0.0})
+    monkeypatch.setattr("priorkit.distill.zoo.judge.load_judge", lambda *a, **k: None)
+    seen = {}
+
+    def fake_generate(prompt, method, den, steps=None, seed=0, out=None, progress=True, config=None):
+        seen.update(method=method, guidance=gen3d_config.GUIDANCES["sds"], albedo=config.albedo_fraction,
+                    blob=config.blob_radius)
+        if seen.get("raise"):
+            raise RuntimeError("killed")
+        return SimpleNamespace(fields=[None], meshes=[None], export_seconds=0.0)
+
+    monkeypatch.setattr("priorkit.gen3d.generate.generate", fake_generate)
+    monkeypatch.setattr("priorkit.distill.loading.load_denoiser", lambda name: None)
+    recs = bench.run(["sds"], False, tmp_path / "o.json", "shapes-v2", 2, 0, only=[1],
+                     overrides={"blob_radius": 0.6}, oracle=True)
+    assert seen["method"] == "sds" and seen["guidance"] is not sds and seen["albedo"] == 1.0 and seen["blob"] == 0.6
+    assert gen3d_config.GUIDANCES["sds"] is sds  # put back
+    assert recs[0]["method"] == "oracle" and recs[0]["shape"] == "cube" and recs[0]["start"]["blob_radius"] == 0.6
+    seen["raise"] = True
+    with pytest.raises(RuntimeError):
+        bench.run(["sds"], False, tmp_path / "o.json", "shapes-v2", 2, 0, only=[1], oracle=True)
+    assert gen3d_config.GUIDANCES["sds"] is sds  # put back after a failure too
+
+
+def test_gen3d_benchmark_oracle_refuses_vsd() -> None:
+    import benchmarks.gen3d as bench
+
+    for methods in ("vsd", "sds,vsd"):
+        with pytest.raises(SystemExit):
+            bench.main(["--json", "/tmp/never.json", "--oracle", "--methods", methods])
