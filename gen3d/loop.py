@@ -218,9 +218,10 @@ def train_step(step: int, steps: int, fields: list[Representation], backgrounds:
         renderer.update(step)
         cams = random_cameras(guidance.views, g, cfg.elevation_range, azimuth_span(step, steps, cfg))
         lights = random_lights(cams, g)
-        img, out = renderer(cams, resolution, background=bg, shading=shading, lights=lights, generator=g,
+        k = cfg.supersample  # k x k jittered rays per pixel, box-filtered: the prior sees an anti-aliased render
+        img, out = renderer(cams, resolution * k, background=bg, shading=shading, lights=lights, generator=g,
                             compute_normals=cfg.lambda_orientation > 0)
-        images.append(img)
+        images.append(torch.nn.functional.avg_pool2d(img, k) if k > 1 else img)
         cameras += cams
         reg = render_terms(reg, out.opacity, out.orientation, sparsity=cfg.lambda_sparsity,
                            entropy=cfg.lambda_entropy, orientation_weight=cfg.lambda_orientation)

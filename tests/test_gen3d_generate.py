@@ -360,3 +360,45 @@ def test_gen3d_benchmark_oracle_refuses_vsd() -> None:
     for methods in ("vsd", "sds,vsd"):
         with pytest.raises(SystemExit):
             bench.main(["--json", "/tmp/never.json", "--oracle", "--methods", methods])
+
+
+def test_supersampled_training_render_is_the_box_filter_of_a_finer_render() -> None:
+    """``supersample = k``: each training view is rendered at k x the prior's side and average-pooled, so the
+    prior (and any guidance) sees an anti-aliased image of the prior's size; k = 1 passes the render through."""
+    from priorkit.gen3d.field import VoxelField
+    from priorkit.gen3d.loop import train_step
+    from priorkit.gen3d.renderer import Renderer
+
+    class Spy:
+        """A guidance that records the images it is given and returns their mean as the loss."""
+
+        views, config = 2, SimpleNamespace(lambda_color_tv=0.0)
+
+        def loss(self, images, cameras, progress, g, particles=1):
+            self.images = images
+            return images.mean(), {}
+
+        def step(self):
+            pass
+
+    class Recording(Renderer):
+        def __call__(self, cameras, size, **kw):
+            img, out = super().__call__(cameras, size, **kw)
+            self.rendered = img
+            return img, out
+
+    for k in (1, 2):
+        field = VoxelField(resolution=12)
+        with torch.no_grad():
+            field.density_logits.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(0))
+        renderer, spy = Recording(field, n_samples=16), Spy()
+        cfg = GenerateConfig(supersample=k)
+        opt = torch.optim.Adam(field.parameters(), lr=1e-3)
+        train_step(0, 10, [field], [1.0], [renderer], spy, opt, 6, cfg, torch.Generator().manual_seed(0))
+        assert renderer.rendered.shape == (2, 3, 6 * k, 6 * k)
+        assert spy.images.shape == (2, 3, 6, 6)
+        coarse = renderer.rendered.reshape(2, 3, 6, k, 6, k).mean(dim=(3, 5))
+        torch.testing.assert_close(spy.images, coarse)
+    for bad in (0, 5, 1.5):
+        with pytest.raises(ValueError, match="supersample"):
+            GenerateConfig(supersample=bad)
