@@ -30,7 +30,10 @@ Turntable GIFs and meshes are written next to the JSON, in ``<json stem>_assets/
 the gradient of a silhouette loss to the true shape (albedo renders throughout, ``albedo_fraction=1``, against the
 shapes world's own anti-aliased renders of the same cameras, weighed per view as SDS's): what the loop reaches when
 its guidance knows the true silhouette, so a geometry error that survives it is not the prior's (records with
-method "oracle"). Every record names the start it ran with ("start": blob radius / density, azimuth_start).
+method "oracle"). ``--from-truth`` starts every particle from the prompt's true solid instead of the blob (the voxel
+field filled from the shape's SDF, log-density +/-20 within one voxel of its zero, in the colour's albedo): what the
+loop and the prior do to the right answer. Every record names the start it ran with ("start": blob radius / density,
+azimuth_start, and "truth": true with ``--from-truth``).
 Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
 same, in <= 900 s per set.
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import re
@@ -176,6 +180,21 @@ def silhouette_oracle(shape: str, colour: str) -> type:
     return SilhouetteOracle
 
 
+def truth_field(cfg: Any, shape: str, colour: str) -> torch.nn.Module:
+    """A particle of ``cfg``'s VoxelField holding the true solid of ``shape``: log-density ``20 clamp(-sdf / h, -1, 1)``
+    (h the voxel edge; zero at the surface, so the export's level lies a fraction of a voxel inside) and the colour's
+    albedo everywhere (``--from-truth``)."""
+    from priorkit.distill.zoo import colours
+    from priorkit.distill.zoo.shape_geometry import sdf
+
+    field = cfg.voxel_field()
+    h = float(field.voxel_size.mean())
+    albedo = torch.tensor(colours.all_colours()[colour], dtype=torch.float32)
+    field.fill_(lambda p: torch.exp(20.0 * (-sdf(shape, p) / h).clamp(-1.0, 1.0)),
+                lambda p: albedo.expand(len(p), 3))
+    return field
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -183,12 +202,13 @@ def slug(text: str) -> str:
 def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int | None, seed: int | list[int],
         only: list[int] | None = None, held_out_colours: bool = False, final_guidance: float | None = None,
         vsd_views: int | None = None, vsd_lora_views: int | None = None,
-        overrides: dict[str, Any] | None = None, oracle: bool = False) -> list[dict]:
+        overrides: dict[str, Any] | None = None, oracle: bool = False, from_truth: bool = False) -> list[dict]:
     """Every (prompt, method, seed): generate, export, score; records written after each asset. ``final_guidance``:
     SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default); ``vsd_views``: VSD's renders
     per particle and step (``VSDConfig.views_per_particle``; None: the default); ``vsd_lora_views``: of those, the
     renders in the LoRA's loss (``VSDConfig.lora_views``); ``overrides``: GenerateConfig fields set for every run
-    (``--set``); ``oracle``: the SDS loop under :func:`silhouette_oracle` instead of the prior (method "oracle")."""
+    (``--set``); ``oracle``: the SDS loop under :func:`silhouette_oracle` instead of the prior (method "oracle");
+    ``from_truth``: every particle starts as :func:`truth_field` instead of the blob."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
@@ -212,6 +232,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
             cfg.vsd = dataclasses.replace(cfg.vsd, lora_views=vsd_lora_views)
         n_steps = steps or (max(50, cfg.steps_for(method) // 6) if quick else None)
         out = assets / (f"{'oracle' if oracle else method}-{slug(prompt)}" + (f"-seed{seed}" if len(seeds) > 1 else ""))
+        start = {"representation": functools.partial(truth_field, cfg, shape, colour)} if from_truth else {}
         t0 = time.time()
         if oracle:  # the loop's own SDS entry, its prior's gradient swapped for the silhouette loss
             from priorkit.gen3d import config as gen3d_config
@@ -220,11 +241,13 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
             saved = gen3d_config.GUIDANCES["sds"]
             gen3d_config.GUIDANCES["sds"] = silhouette_oracle(shape, colour)
             try:
-                result = generate(prompt, "sds", den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
+                result = generate(prompt, "sds", den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg,
+                                  **start)
             finally:
                 gen3d_config.GUIDANCES["sds"] = saved
         else:
-            result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg)
+            result = generate(prompt, method, den, steps=n_steps, seed=seed, out=out, progress=True, config=cfg,
+                              **start)
         seconds = time.time() - t0
         for i, (field, mesh) in enumerate(zip(result.fields, result.meshes, strict=True)):
             rec = {"prompt": prompt, "method": "oracle" if oracle else method, "seed": seed, "particle": i,
@@ -233,7 +256,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
                    "export_seconds": result.export_seconds, "threads": torch.get_num_threads(),
                    "steps": n_steps or cfg.steps_for(method), **({"overrides": overrides} if overrides else {}),
                    "start": {"blob_radius": cfg.blob_radius, "blob_density": cfg.blob_density,
-                             "azimuth_start": cfg.azimuth_start},
+                             "azimuth_start": cfg.azimuth_start, **({"truth": True} if from_truth else {})},
                    **({"views_per_particle": cfg.vsd.views_per_particle, "lora_views": cfg.vsd.lora_views}
                       if method == "vsd" else {})}
             records.append(rec)
@@ -338,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--oracle", action="store_true",
                         help="SDS's loop with the prior replaced by a silhouette loss to the true shape, albedo "
                              "renders throughout: the pipeline's own error (method 'oracle'; SDS only)")
+    parser.add_argument("--from-truth", action="store_true",
+                        help="start every particle from the prompt's true solid instead of the density blob")
     args = parser.parse_args(argv)
     if args.oracle:  # SDS's loop only
         if args.methods not in (None, "sds"):
@@ -370,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--prompts takes indices in [0, {n - 1}]")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else args.seed
     records = run(methods, args.quick, args.json, args.prior, args.steps, seeds, only, args.held_out_colours,
-                  args.final_guidance, args.vsd_views, args.vsd_lora_views, overrides, args.oracle)
+                  args.final_guidance, args.vsd_views, args.vsd_lora_views, overrides, args.oracle,
+                  args.from_truth)
     print(table(records))
     print(seed_summary(records))
     print(speed_summary(records))

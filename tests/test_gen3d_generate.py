@@ -402,3 +402,32 @@ def test_supersampled_training_render_is_the_box_filter_of_a_finer_render() -> N
     for bad in (0, 5, 1.5):
         with pytest.raises(ValueError, match="supersample"):
             GenerateConfig(supersample=bad)
+
+
+def test_gen3d_benchmark_from_truth_starts_every_particle_as_the_true_solid(tmp_path, monkeypatch) -> None:
+    """``--from-truth``: the particle handed to the loop is the prompt's true solid in its colour — its export is
+    the true shape to within a voxel — and the records say so; without the flag the loop makes its own blob."""
+    import benchmarks.gen3d as bench
+    from priorkit.distill.zoo import colours
+    from priorkit.gen3d.export import extent_error, extract_mesh
+
+    monkeypatch.setattr(bench, "score_particle", lambda *a, **k: {"judge_accuracy": 1.0, "chamfer": 0.0})
+    monkeypatch.setattr("priorkit.distill.zoo.judge.load_judge", lambda *a, **k: None)
+    monkeypatch.setattr("priorkit.distill.loading.load_denoiser", lambda name: None)
+    made = []
+
+    def fake_generate(prompt, method, den, steps=None, seed=0, out=None, progress=True, config=None,
+                      representation=None):
+        made.append(representation() if representation is not None else None)
+        return SimpleNamespace(fields=[None], meshes=[None], export_seconds=0.0)
+
+    monkeypatch.setattr("priorkit.gen3d.generate.generate", fake_generate)
+    recs = bench.run(["sds"], False, tmp_path / "t.json", "shapes-v2", 2, 0, only=[1], from_truth=True)
+    assert recs[0]["start"]["truth"] is True
+    field = made[0]
+    mesh = extract_mesh(field, resolution=96)
+    assert extent_error(mesh, bench.shapes.true_mesh("cube")) < 0.03  # the cube, not the blob (the blob: 0.08)
+    rgb, _ = field(torch.zeros(1, 3))
+    torch.testing.assert_close(rgb[0], torch.tensor(colours.all_colours()["blue"]), atol=1e-3, rtol=0)
+    recs = bench.run(["sds"], False, tmp_path / "t.json", "shapes-v2", 2, 0, only=[1])
+    assert made[-1] is None and "truth" not in recs[0]["start"]
