@@ -129,20 +129,23 @@ def diversity(meshes: list[Any]) -> float | None:
 
 
 def config_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["blob_radius=0.6", ...]`` -> GenerateConfig field values, each cast to the type of the field's default
-    (numbers and booleans; tuples as comma-separated numbers; "none" as None). Raises ValueError on an unknown field
-    or a value that does not parse."""
+    """``["blob_radius=0.6", "sds.views=2", ...]`` -> GenerateConfig field values (a method's own settings, SDSConfig /
+    VSDConfig, as a dict under "sds" / "vsd"), each cast to the type of the field's default (numbers and booleans;
+    tuples as comma-separated numbers; "none" as None). Raises ValueError on an unknown field or a value that does not
+    parse."""
     from priorkit.gen3d.config import GenerateConfig
 
     default = GenerateConfig()
-    names = {f.name for f in dataclasses.fields(GenerateConfig)}
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        name = name.strip()
-        if not sep or name not in names or name in ("sds", "vsd"):
-            raise ValueError(f"--set takes FIELD=VALUE with a GenerateConfig field (not sds / vsd); got {pair!r}")
-        old = getattr(default, name)
+        method, dot, name = name.strip().rpartition(".")
+        owner = getattr(default, method, None) if dot else default
+        names = {f.name for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else set()
+        if not sep or method not in ("", "sds", "vsd") or name not in names or name in ("sds", "vsd"):
+            raise ValueError(f"--set takes FIELD=VALUE with a GenerateConfig field or sds.FIELD / vsd.FIELD with one "
+                             f"of the method's; got {pair!r}")
+        old = getattr(owner, name)
         try:
             if text.strip().lower() == "none":  # optional fields (e.g. scene_radius); GenerateConfig checks the rest
                 value: Any = None
@@ -156,8 +159,20 @@ def config_overrides(pairs: list[str]) -> dict[str, Any]:
                 value = type(old)(text)
         except ValueError:
             raise ValueError(f"--set {name}: cannot read {text!r} as {type(old).__name__}") from None
-        out[name] = value
+        (out.setdefault(method, {}) if method else out)[name] = value
     return out
+
+
+def apply_overrides(overrides: dict[str, Any] | None) -> Any:
+    """A GenerateConfig with :func:`config_overrides`' values (the methods' own under "sds" / "vsd")."""
+    from priorkit.gen3d.config import GenerateConfig
+
+    overrides = overrides or {}
+    cfg = GenerateConfig(**{k: v for k, v in overrides.items() if k not in ("sds", "vsd")})
+    for method in ("sds", "vsd"):
+        if method in overrides:
+            setattr(cfg, method, dataclasses.replace(getattr(cfg, method), **overrides[method]))
+    return cfg
 
 
 def silhouette_oracle(shape: str, colour: str) -> type:
@@ -211,7 +226,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
     ``from_truth``: every particle starts as :func:`truth_field` instead of the blob."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
-    from priorkit.gen3d.generate import GenerateConfig, generate, preview_image
+    from priorkit.gen3d.generate import generate, preview_image
 
     den = load_denoiser(prior)
     judge = load_judge()
@@ -223,7 +238,7 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
         items = [items[i] for i in only]
     seeds = [seed] if isinstance(seed, int) else list(seed)
     for seed, (prompt, shape, colour), method in itertools.product(seeds, items, methods):
-        cfg = GenerateConfig(**(overrides or {}))
+        cfg = apply_overrides(overrides)
         if final_guidance is not None:
             cfg.sds = dataclasses.replace(cfg.sds, final_guidance_scale=final_guidance)
         if vsd_views is not None:
@@ -357,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out-colours", action="store_true",
                         help="add two prompts with colour names the shapes prior v2 never saw (use --prior shapes-v2)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="set a GenerateConfig field for every run, e.g. --set blob_radius=0.6 (repeatable)")
+                        help="set a GenerateConfig field for every run, e.g. --set blob_radius=0.6, or a method's own "
+                             "with sds. / vsd., e.g. --set sds.views=2 (repeatable)")
     parser.add_argument("--oracle", action="store_true",
                         help="SDS's loop with the prior replaced by a silhouette loss to the true shape, albedo "
                              "renders throughout: the pipeline's own error (method 'oracle'; SDS only)")

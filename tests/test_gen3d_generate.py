@@ -296,8 +296,15 @@ def test_gen3d_benchmark_set_casts_generate_config_fields_and_refuses_others() -
                    "field_resolution": 48, "scene_radius": None}
     assert isinstance(got["field_resolution"], int)
     GenerateConfig(**got)  # every value is one the config takes
+    from benchmarks.gen3d import apply_overrides
+
+    nested = config_overrides(["sds.views=2", "sds.guidance_scale=10", "vsd.particles=2", "lr=0.1"])
+    assert nested == {"sds": {"views": 2, "guidance_scale": 10.0}, "vsd": {"particles": 2}, "lr": 0.1}
+    cfg = apply_overrides(nested)
+    assert (cfg.sds.views, cfg.sds.guidance_scale, cfg.vsd.particles, cfg.lr) == (2, 10.0, 2, 0.1)
+    assert cfg.sds.steps == SDSConfig().steps and apply_overrides(None) == GenerateConfig()
     for bad in (["no_such_field=1"], ["azimuth_start"], ["sds=1"], ["skip_empty=maybe"], ["elevation_range=1"],
-                ["field_resolution=4.5"]):
+                ["field_resolution=4.5"], ["sds.no_such=1"], ["foo.views=2"], ["sds.views=two"]):
         with pytest.raises(ValueError, match="--set"):
             config_overrides(bad)
 
