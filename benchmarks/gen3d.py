@@ -1,7 +1,8 @@
 """Text-to-3D on the bundled "shapes-v2" prior: SDS and VSD, scored by the judge and by Chamfer distance to the truth.
 
     python -m benchmarks.gen3d --json outputs/bench/gen3d.json [--quick] [--methods sds,vsd] [--threads 2]
-                               [--prompts 0,3] [--steps N] [--prior shapes]
+                               [--prompts 0,3] [--seeds 0,1,2] [--steps N] [--prior shapes]
+                               [--set FIELD=VALUE | sds.FIELD=VALUE ...] [--oracle] [--from-truth]
 
 Prompts: every shape of the shapes world in one colour ("a red sphere", "a blue cube", ...) plus two paraphrased
 prompts from ``shapes.PARAPHRASE_PROMPTS`` (words the prior never saw in training). For every prompt and method,
@@ -31,9 +32,9 @@ the gradient of a silhouette loss to the true shape (albedo renders throughout, 
 shapes world's own anti-aliased renders of the same cameras, weighed per view as SDS's): what the loop reaches when
 its guidance knows the true silhouette, so a geometry error that survives it is not the prior's (records with
 method "oracle"). ``--from-truth`` starts every particle from the prompt's true solid instead of the blob (the voxel
-field filled from the shape's SDF, log-density +/-20 within one voxel of its zero, in the colour's albedo): what the
-loop and the prior do to the right answer. Every record names the start it ran with ("start": blob radius / density,
-azimuth_start, and "truth": true with ``--from-truth``).
+field filled from the shape's SDF: log-density 20 inside, 0 at the surface, the field's floor outside, in the
+colour's albedo): what the loop and the prior do to the right answer. Every record names the start it ran with
+("start": blob radius / density and azimuth_start, or "truth": true and azimuth_start with ``--from-truth``).
 Goals: SDS judge accuracy >= 0.8 and Chamfer <= 0.06 per shape in <= 180 s per asset; VSD, every particle the
 same, in <= 900 s per set.
 """
@@ -130,9 +131,10 @@ def diversity(meshes: list[Any]) -> float | None:
 
 def config_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["blob_radius=0.6", "sds.views=2", ...]`` -> GenerateConfig field values (a method's own settings, SDSConfig /
-    VSDConfig, as a dict under "sds" / "vsd"), each cast to the type of the field's default (numbers and booleans;
-    tuples as comma-separated numbers; "none" as None). Raises ValueError on an unknown field or a value that does not
-    parse."""
+    VSDConfig, as a dict under "sds" / "vsd"), each cast to the type of the field's default, or of its annotation where
+    the default is None (numbers, booleans and strings; tuples as comma-separated numbers; "none" as None). Raises
+    ValueError on an unknown field, a group of settings (e.g. ``vsd.lora``) or a value that does not parse; the
+    configs check the values themselves when :func:`apply_overrides` builds them."""
     from priorkit.gen3d.config import GenerateConfig
 
     default = GenerateConfig()
@@ -146,9 +148,19 @@ def config_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set takes FIELD=VALUE with a GenerateConfig field or sds.FIELD / vsd.FIELD with one "
                              f"of the method's; got {pair!r}")
         old = getattr(owner, name)
+        if dataclasses.is_dataclass(old):
+            raise ValueError(f"--set {pair!r}: {name} is a group of settings, not one value")
+        hint = str(next(f.type for f in dataclasses.fields(owner) if f.name == name))
+        if old is None:  # an optional field: its type from the annotation ("float | None", "bool | None", ...)
+            kinds = [t for t in (bool, int, float, str) if t.__name__ in hint.replace(" ", "").split("|")]
+            old = kinds[0]() if kinds else None
         try:
-            if text.strip().lower() == "none":  # optional fields (e.g. scene_radius); GenerateConfig checks the rest
+            if text.strip().lower() == "none":  # optional fields only (e.g. scene_radius: "float | None")
+                if "None" not in hint:
+                    raise ValueError(text)
                 value: Any = None
+            elif old is None:
+                raise ValueError(text)
             elif isinstance(old, bool):
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
@@ -157,7 +169,7 @@ def config_overrides(pairs: list[str]) -> dict[str, Any]:
                 value = tuple(type(v)(x) for v, x in zip(old, text.split(","), strict=True))
             else:
                 value = type(old)(text)
-        except ValueError:
+        except (TypeError, ValueError):
             raise ValueError(f"--set {name}: cannot read {text!r} as {type(old).__name__}") from None
         (out.setdefault(method, {}) if method else out)[name] = value
     return out
@@ -196,12 +208,20 @@ def silhouette_oracle(shape: str, colour: str) -> type:
 
 
 def truth_field(cfg: Any, shape: str, colour: str) -> torch.nn.Module:
-    """A particle of ``cfg``'s VoxelField holding the true solid of ``shape``: log-density ``20 clamp(-sdf / h, -1, 1)``
-    (h the voxel edge; zero at the surface, so the export's level lies a fraction of a voxel inside) and the colour's
-    albedo everywhere (``--from-truth``)."""
+    """A particle of ``cfg``'s VoxelField holding the true solid of ``shape``: density ``exp(20 clamp(-sdf / h, -1,
+    1))`` (h the voxel edge; log-density 20 inside, 0 at the surface, so the export's level lies a fraction of a voxel
+    inside; outside it is stored at the field's floor, log-density -18.4) and the colour's albedo everywhere
+    (``--from-truth``; the exp density activation only, where these are log-densities). Every particle alike.
+
+    Raises:
+        ValueError: for another density activation.
+    """
     from priorkit.distill.zoo import colours
     from priorkit.distill.zoo.shape_geometry import sdf
 
+    if cfg.density_activation != "exp":
+        raise ValueError(f"--from-truth fills log-densities: it needs density_activation='exp', not "
+                         f"{cfg.density_activation!r}")
     field = cfg.voxel_field()
     h = float(field.voxel_size.mean())
     albedo = torch.tensor(colours.all_colours()[colour], dtype=torch.float32)
@@ -221,9 +241,10 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
     """Every (prompt, method, seed): generate, export, score; records written after each asset. ``final_guidance``:
     SDS's CFG cool-down target (``SDSConfig.final_guidance_scale``; None: the default); ``vsd_views``: VSD's renders
     per particle and step (``VSDConfig.views_per_particle``; None: the default); ``vsd_lora_views``: of those, the
-    renders in the LoRA's loss (``VSDConfig.lora_views``); ``overrides``: GenerateConfig fields set for every run
-    (``--set``); ``oracle``: the SDS loop under :func:`silhouette_oracle` instead of the prior (method "oracle");
-    ``from_truth``: every particle starts as :func:`truth_field` instead of the blob."""
+    renders in the LoRA's loss (``VSDConfig.lora_views``); ``overrides``: GenerateConfig fields set for every run,
+    the methods' own in dicts under "sds" / "vsd" (``--set``, :func:`config_overrides`); ``oracle``: the SDS loop
+    under :func:`silhouette_oracle` instead of the prior (method "oracle"); ``from_truth``: every particle starts as
+    :func:`truth_field` instead of the blob."""
     from priorkit.distill.loading import load_denoiser
     from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
     from priorkit.gen3d.generate import generate, preview_image
@@ -270,8 +291,9 @@ def run(methods: list[str], quick: bool, json_path: Path, prior: str, steps: int
                    **score_particle(field, mesh, shape, colour, judge, judge2), "seconds": seconds,
                    "export_seconds": result.export_seconds, "threads": torch.get_num_threads(),
                    "steps": n_steps or cfg.steps_for(method), **({"overrides": overrides} if overrides else {}),
-                   "start": {"blob_radius": cfg.blob_radius, "blob_density": cfg.blob_density,
-                             "azimuth_start": cfg.azimuth_start, **({"truth": True} if from_truth else {})},
+                   "start": ({"truth": True} if from_truth else {"blob_radius": cfg.blob_radius,
+                                                                   "blob_density": cfg.blob_density})
+                   | {"azimuth_start": cfg.azimuth_start},
                    **({"views_per_particle": cfg.vsd.views_per_particle, "lora_views": cfg.vsd.lora_views}
                       if method == "vsd" else {})}
             records.append(rec)
@@ -387,17 +409,29 @@ def main(argv: list[str] | None = None) -> None:
     args.methods = args.methods or "sds,vsd"
     try:
         overrides = config_overrides(args.set)
-    except ValueError as e:
+        checked = apply_overrides(overrides)  # every value through the configs' own checks, before any work
+        from priorkit.distill.score.guidance import WEIGHTINGS, annealed_range
+
+        for m in ("sds", "vsd"):  # what the guidance would refuse only once the prior is loaded
+            c = checked.method_config(m)
+            annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
+            if c.weighting not in WEIGHTINGS:
+                raise ValueError(f"--set {m}.weighting: use one of {WEIGHTINGS}; got {c.weighting!r}")
+    except (TypeError, ValueError) as e:
         parser.error(str(e))
+    if args.vsd_views is not None and "views_per_particle" in overrides.get("vsd", {}):
+        parser.error("give VSD's views once: --vsd-views or --set vsd.views_per_particle")
+    if args.final_guidance is not None and "final_guidance_scale" in overrides.get("sds", {}):
+        parser.error("give SDS's final guidance once: --final-guidance or --set sds.final_guidance_scale")
+    if args.from_truth and checked.density_activation != "exp":
+        parser.error("--from-truth fills log-densities: it needs density_activation=exp")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in ("sds", "vsd")]
     if bad or not methods:
         parser.error(f"--methods takes a comma-separated subset of sds,vsd; got {args.methods!r}")
     if args.vsd_views is not None and args.vsd_views < 1:
         parser.error(f"--vsd-views must be >= 1; got {args.vsd_views}")
-    from priorkit.gen3d.vsd import VSDConfig
-
-    views = args.vsd_views or VSDConfig().views_per_particle
+    views = args.vsd_views or checked.vsd.views_per_particle
     if args.vsd_lora_views is not None and not 1 <= args.vsd_lora_views <= views:
         parser.error(f"--vsd-lora-views must lie in [1, {views}] (the views per particle); got {args.vsd_lora_views}")
     if args.threads:

@@ -32,7 +32,7 @@ class GenerateConfig:
     supersample: each training view is rendered at ``supersample`` x ``resolution`` and box-filtered down, so the
     prior sees an anti-aliased image (the shapes world's renders are); 1, the default, renders one jittered ray per
     pixel. 2 brings the benchmark's silhouette oracle's cube / cylinder / torus extents from 0.072 / 0.048 / 0.26 to
-    0.058 / 0.042 / 0.19 but SDS's by only 0.002-0.024, at about twice the time (BENCHMARKS.md, issue 23, session 26).
+    0.058 / 0.042 / 0.19 but SDS's by only 0.002-0.024, at 1.6-1.8x the time (BENCHMARKS.md, issue 23, session 26).
     resolution / lr: render side in pixels, Adam lr of the voxel logits, decayed by a cosine to ``lr_final * lr``
     at the end; appearance parameters use ``color_lr_scale * lr`` (a slower albedo makes the prior's gradient carve
     geometry instead of painting it, e.g. a torus' hole).
@@ -111,7 +111,8 @@ class GenerateConfig:
     vsd_lambda_color_tv: InitVar[float | None] = None
 
     def __post_init__(self, *moved: Any) -> None:
-        if not isinstance(self.supersample, int) or not 1 <= self.supersample <= 4:
+        k = self.supersample
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 4:
             raise ValueError(f"supersample must be an integer in [1, 4]; got {self.supersample!r}")
         for name, value in zip(MOVED_FIELDS, moved, strict=True):
             if value is not None:

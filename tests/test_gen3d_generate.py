@@ -298,13 +298,17 @@ def test_gen3d_benchmark_set_casts_generate_config_fields_and_refuses_others() -
     GenerateConfig(**got)  # every value is one the config takes
     from benchmarks.gen3d import apply_overrides
 
-    nested = config_overrides(["sds.views=2", "sds.guidance_scale=10", "vsd.particles=2", "lr=0.1"])
-    assert nested == {"sds": {"views": 2, "guidance_scale": 10.0}, "vsd": {"particles": 2}, "lr": 0.1}
+    nested = config_overrides(["sds.views=2", "sds.guidance_scale=10", "vsd.particles=2", "lr=0.1",
+                               "sds.final_guidance_scale=5", "sds.grad_clip=none", "sds.camera_input=true"])
+    assert nested == {"sds": {"views": 2, "guidance_scale": 10.0, "final_guidance_scale": 5.0, "grad_clip": None,
+                              "camera_input": True}, "vsd": {"particles": 2}, "lr": 0.1}
+    assert isinstance(nested["sds"]["final_guidance_scale"], float)  # typed by its annotation (default None)
     cfg = apply_overrides(nested)
     assert (cfg.sds.views, cfg.sds.guidance_scale, cfg.vsd.particles, cfg.lr) == (2, 10.0, 2, 0.1)
     assert cfg.sds.steps == SDSConfig().steps and apply_overrides(None) == GenerateConfig()
     for bad in (["no_such_field=1"], ["azimuth_start"], ["sds=1"], ["skip_empty=maybe"], ["elevation_range=1"],
-                ["field_resolution=4.5"], ["sds.no_such=1"], ["foo.views=2"], ["sds.views=two"]):
+                ["field_resolution=4.5"], ["sds.no_such=1"], ["foo.views=2"], ["sds.views=two"], ["vsd.lora=4"],
+                ["sds.grad_clip=big"], ["sds.t_min=none"], ["lr=none"]):
         with pytest.raises(ValueError, match="--set"):
             config_overrides(bad)
 
@@ -406,7 +410,7 @@ def test_supersampled_training_render_is_the_box_filter_of_a_finer_render() -> N
         assert spy.images.shape == (2, 3, 6, 6)
         coarse = renderer.rendered.reshape(2, 3, 6, k, 6, k).mean(dim=(3, 5))
         torch.testing.assert_close(spy.images, coarse)
-    for bad in (0, 5, 1.5):
+    for bad in (0, 5, 1.5, True):
         with pytest.raises(ValueError, match="supersample"):
             GenerateConfig(supersample=bad)
 
@@ -430,7 +434,7 @@ def test_gen3d_benchmark_from_truth_starts_every_particle_as_the_true_solid(tmp_
 
     monkeypatch.setattr("priorkit.gen3d.generate.generate", fake_generate)
     recs = bench.run(["sds"], False, tmp_path / "t.json", "shapes-v2", 2, 0, only=[1], from_truth=True)
-    assert recs[0]["start"]["truth"] is True
+    assert recs[0]["start"] == {"truth": True, "azimuth_start": GenerateConfig().azimuth_start}  # no blob named
     field = made[0]
     mesh = extract_mesh(field, resolution=96)
     assert extent_error(mesh, bench.shapes.true_mesh("cube")) < 0.03  # the cube, not the blob (the blob: 0.08)
@@ -438,3 +442,5 @@ def test_gen3d_benchmark_from_truth_starts_every_particle_as_the_true_solid(tmp_
     torch.testing.assert_close(rgb[0], torch.tensor(colours.all_colours()["blue"]), atol=1e-3, rtol=0)
     recs = bench.run(["sds"], False, tmp_path / "t.json", "shapes-v2", 2, 0, only=[1])
     assert made[-1] is None and "truth" not in recs[0]["start"]
+    with pytest.raises(ValueError, match="exp"):  # the fill is in log-densities
+        bench.truth_field(GenerateConfig(density_activation="softplus"), "cube", "blue")
