@@ -410,13 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         overrides = config_overrides(args.set)
         checked = apply_overrides(overrides)  # every value through the configs' own checks, before any work
-        from priorkit.distill.score.guidance import WEIGHTINGS, annealed_range
-
-        for m in ("sds", "vsd"):  # what the guidance would refuse only once the prior is loaded
-            c = checked.method_config(m)
-            annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
-            if c.weighting not in WEIGHTINGS:
-                raise ValueError(f"--set {m}.weighting: use one of {WEIGHTINGS}; got {c.weighting!r}")
+        checked.sds.check()
+        checked.vsd.check()
     except (TypeError, ValueError) as e:
         parser.error(str(e))
     if args.vsd_views is not None and "views_per_particle" in overrides.get("vsd", {}):

@@ -50,6 +50,16 @@ class GuidanceConfig:
     particles: int = 1
     lambda_color_tv: float = 0.0
 
+    def check(self) -> None:
+        """Raise ValueError for settings no run can use (the methods' configs add their own); no prior needed."""
+        from priorkit.distill.score.guidance import WEIGHTINGS, annealed_range
+
+        if self.guidance_scale <= 0:
+            raise ValueError(f"guidance_scale must be > 0; got {self.guidance_scale}")
+        annealed_range(self.t_min, self.t_max, self.t_max_end, self.anneal, 0.0)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; use one of {WEIGHTINGS}")
+
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 

@@ -64,6 +64,18 @@ class SDSConfig(GuidanceConfig):
     guidance_cooldown: float = 0.4
     views: int = 4
 
+    def check(self) -> None:
+        """:meth:`GuidanceConfig.check` and the CFG schedule's own ranges."""
+        super().check()
+        if self.warmup_guidance_scale is not None and self.warmup_guidance_scale <= 0:
+            raise ValueError(f"warmup_guidance_scale must be > 0 or None; got {self.warmup_guidance_scale}")
+        if not 0.0 <= self.guidance_warmup <= 1.0:
+            raise ValueError(f"guidance_warmup must be in [0, 1]; got {self.guidance_warmup}")
+        if self.final_guidance_scale is not None and self.final_guidance_scale <= 0:
+            raise ValueError(f"final_guidance_scale must be > 0 or None; got {self.final_guidance_scale}")
+        if self.final_guidance_scale is not None and not 0.0 < self.guidance_cooldown <= 1.0 - self.guidance_warmup:
+            raise ValueError(f"guidance_cooldown must be in (0, 1 - guidance_warmup]; got {self.guidance_cooldown}")
+
 
 class SDS:
     """DreamFusion's SDS loss for renders of a field under a frozen prior (a ``priorkit.gen3d.guidance.Guidance``).
@@ -75,17 +87,7 @@ class SDS:
     def __init__(self, denoiser: Denoiser, prompt: str, config: SDSConfig | None = None) -> None:
         self.den, self.prompt, self.config = denoiser, prompt, config or SDSConfig()
         c = self.config
-        if c.guidance_scale <= 0:
-            raise ValueError(f"guidance_scale must be > 0; got {c.guidance_scale}")
-        if c.warmup_guidance_scale is not None and c.warmup_guidance_scale <= 0:
-            raise ValueError(f"warmup_guidance_scale must be > 0 or None; got {c.warmup_guidance_scale}")
-        if not 0.0 <= c.guidance_warmup <= 1.0:
-            raise ValueError(f"guidance_warmup must be in [0, 1]; got {c.guidance_warmup}")
-        if c.final_guidance_scale is not None and c.final_guidance_scale <= 0:
-            raise ValueError(f"final_guidance_scale must be > 0 or None; got {c.final_guidance_scale}")
-        if c.final_guidance_scale is not None and not 0.0 < c.guidance_cooldown <= 1.0 - c.guidance_warmup:
-            raise ValueError(f"guidance_cooldown must be in (0, 1 - guidance_warmup]; got {c.guidance_cooldown}")
-        annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
+        c.check()
         self.camera = uses_camera(denoiser, c)
 
     @property

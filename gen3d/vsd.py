@@ -88,6 +88,16 @@ class VSDConfig(GuidanceConfig):
     lora_t_max: float = 1.0
     lora_views: int | None = 1
 
+    def check(self) -> None:
+        """:meth:`GuidanceConfig.check` and the particles' views and weight."""
+        if not (isinstance(self.views_per_particle, int) and self.views_per_particle >= 1):
+            raise ValueError(f"views_per_particle must be a whole number >= 1; got {self.views_per_particle!r}")
+        if self.lora_views is not None and not (isinstance(self.lora_views, int) and 1 <= self.lora_views):
+            raise ValueError(f"lora_views must be None or a whole number >= 1; got {self.lora_views!r}")
+        if not self.particle_weight > 0:
+            raise ValueError(f"particle_weight must be > 0; got {self.particle_weight}")
+        super().check()
+
 
 class VSD:
     """ProlificDreamer's VSD for renders of n particle fields under a diffusers text-to-image prior (a
@@ -101,15 +111,7 @@ class VSD:
     def __init__(self, denoiser: Denoiser, prompt: str, config: VSDConfig | None = None) -> None:
         self.den, self.prompt, self.config = denoiser, prompt, config or VSDConfig()
         c = self.config
-        if not (isinstance(c.views_per_particle, int) and c.views_per_particle >= 1):
-            raise ValueError(f"views_per_particle must be a whole number >= 1; got {c.views_per_particle!r}")
-        if c.lora_views is not None and not (isinstance(c.lora_views, int) and 1 <= c.lora_views):
-            raise ValueError(f"lora_views must be None or a whole number >= 1; got {c.lora_views!r}")
-        if not c.particle_weight > 0:
-            raise ValueError(f"particle_weight must be > 0; got {c.particle_weight}")
-        if c.guidance_scale <= 0:
-            raise ValueError(f"guidance_scale must be > 0; got {c.guidance_scale}")
-        annealed_range(c.t_min, c.t_max, c.t_max_end, c.anneal, 0.0)
+        c.check()
         unet = getattr(denoiser, "unet", None)
         if unet is None:
             raise ValueError("VSD needs a diffusers prior (DiffusersDenoiser) to attach its LoRA to")

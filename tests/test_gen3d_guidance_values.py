@@ -68,6 +68,7 @@ def test_sds_and_vsd_give_a_camera_aware_prior_text_and_camera_for_both_branches
     (dict(final_guidance_scale=2.0, guidance_warmup=0.5, guidance_cooldown=0.6), "guidance_cooldown"),
     (dict(t_max_end=1.5), "t_max_end"),
     (dict(t_min=0.6, t_max=0.4), "t_min"),
+    (dict(weighting="nope"), "weighting"),
 ])
 def test_sds_refuses_bad_settings(tiny_prior, bad, match):  # noqa: F811
     with pytest.raises(ValueError, match=match):
@@ -81,7 +82,8 @@ def test_sds_accepts_the_edges_of_its_ranges(tiny_prior):  # noqa: F811
 
 
 @pytest.mark.parametrize("bad, match", [(dict(guidance_scale=0.0), "guidance_scale"),
-                                        (dict(t_max_end=-0.1), "t_max_end")])
+                                        (dict(t_max_end=-0.1), "t_max_end"), (dict(weighting="x"), "weighting"),
+                                        (dict(particle_weight=0.0), "particle_weight")])
 def test_vsd_refuses_bad_settings_and_accepts_one_view(tiny_prior, bad, match):  # noqa: F811
     with pytest.raises(ValueError, match=match):
         VSD(tiny_prior, "a cube", VSDConfig(**bad))
