@@ -8,10 +8,12 @@
 r(x) = -|x - (2, 0)|^2 / 2 (highest on the ring's right-hand component), and lambda in {1, 0.5}; the target
 p(x) exp(r(x) / lambda) is again a Gaussian mixture (distill.finetune.tilt). A bounded reward: DRaFT and DDPO, which
 maximise it without a KL term, collapse towards its maximum instead of running off to infinity. Every
-method fine-tunes the same score-residual network (distill.finetune.residual) for the same number of iterations
-and batch; samples come from the fine-tuned memoryless sampler on the grid it was trained on (``--steps``, default
-40; ``--eval-steps N`` samples on another grid: the control is a function of continuous t, but measured 2026-12-05 it
-is fitted to its training grid, W2 0.116 -> 0.137 at 200 steps). Records carry ``steps`` and ``eval_steps``.
+method fine-tunes the same score-residual network (distill.finetune.residual; ``--residual potential``, the default
+since 2026-12-07: the gradient of a scalar network, or ``vector``, the MLP of the earlier figures) for the same number
+of iterations and batch; samples come from the fine-tuned memoryless sampler on the grid it was trained on
+(``--steps``, default 40; ``--eval-steps N`` samples on another grid: the control is a function of continuous t, but
+measured 2026-12-05 it is fitted to its training grid, W2 0.116 -> 0.137 at 200 steps). Records carry ``steps``,
+``eval_steps``, ``residual`` and ``seed`` (``--seed``, the training seed).
 
 Records {"target", "method", "reward", "kl_or_w2", "seconds"}: ``kl_or_w2`` is the sliced W2 between 4000 samples
 and 4000 exact tilted samples; ``reward`` the mean reward of the samples. Reference rows per target:
@@ -32,11 +34,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.finetune_shapes import METHODS as SHAPES_METHODS
+from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.samplers import initial_noise
 from priorkit.distill.finetune.memoryless import memoryless_times, trajectory
-from priorkit.distill.finetune.residual import ResidualDenoiser, ScoreResidual
+from priorkit.distill.finetune.residual import PotentialResidual, ResidualDenoiser, ScoreResidual
 from priorkit.distill.finetune.reward import QuadraticReward
-from priorkit.distill.finetune.tilt import tilted_gmm
+from priorkit.distill.finetune.tilt import full_covariances, tilted_gmm
 from priorkit.distill.finetune.trainer import finetune, make_config
 from priorkit.distill.zoo.toy import gmm_target, sliced_w2
 
@@ -45,6 +48,24 @@ LAMBDAS = (1.0, 0.5)
 STEPS = 40
 N_EVAL = 4000
 LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3}
+RESIDUALS = ("potential", "vector")
+
+
+def mixture_std(gmm: GaussianMixture) -> float:
+    """The mixture's standard deviation per axis, averaged over the axes (the residual network's input scale)."""
+    w = gmm.log_weights.exp()
+    mean = w @ gmm.means
+    second = w @ (torch.diagonal(full_covariances(gmm), dim1=-2, dim2=-1) + gmm.means**2)
+    return float((second - mean**2).clamp_min(0).mean().sqrt())
+
+
+def residual_network(kind: str, base: GaussianMixture) -> torch.nn.Module:
+    """The score-residual network every method fine-tunes (float64)."""
+    if kind == "potential":
+        return PotentialResidual(base.schedule, base.dim, data_std=mixture_std(base)).double()
+    if kind == "vector":
+        return ScoreResidual(base.dim).double()
+    raise ValueError(f"unknown residual network {kind!r}; expected one of {', '.join(RESIDUALS)}")
 
 
 def w2(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -60,7 +81,10 @@ def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.
 
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
-        eval_steps: int = STEPS, steps: int = STEPS) -> list[dict]:
+        eval_steps: int = STEPS, steps: int = STEPS, residual: str = "potential", seed: int = 0,
+        grad_clip: float = 1.0) -> list[dict]:
+    """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
+    (the exact sample sets and the evaluation noise stay fixed)."""
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
@@ -86,12 +110,13 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
              "seconds": 0.0}]
         pictures[(lam, "exact")] = ref
         for method in methods:
-            torch.manual_seed(0)
-            model = ResidualDenoiser(base, ScoreResidual(2).double())
+            torch.manual_seed(seed)
+            model = ResidualDenoiser(base, residual_network(residual, base))
             cfg = make_config(method, lam=lam, steps=steps if method != "draft" else 20, batch=256)
             t0 = time.perf_counter()
             model, _ = finetune(method, model, base, reward, cfg, iterations=iterations, lr=LR[method],
-                                dtype=torch.float64, desc=f"{method} lambda={lam:g}")
+                                dtype=torch.float64, desc=f"{method} lambda={lam:g}", seed=seed,
+                                grad_clip=grad_clip)
             seconds = time.perf_counter() - t0
             x = samples(model, steps=eval_steps)
             pictures[(lam, method)] = x
@@ -101,7 +126,8 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
             print(f"{name} {method}: W2 {rec['kl_or_w2']:.4f} (floor {floor:.4f}), reward {rec['reward']:.3f}, "
                   f"{seconds:.0f}s", flush=True)
     scatter(pictures, lambdas, methods, out_dir / "finetune_2d.png")
-    return [{**r, "eval_steps": eval_steps, "steps": steps} for r in records]
+    return [{**r, "eval_steps": eval_steps, "steps": steps, "residual": residual, "seed": seed,
+             "grad_clip": grad_clip} for r in records]
 
 
 def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...], path: Path) -> None:
@@ -146,6 +172,11 @@ def main() -> None:
                     f"{STEPS}; DRaFT keeps its 20)")
     ap.add_argument("--eval-steps", type=int, default=None, help="memoryless steps of the evaluation samples "
                     "(default: --steps, the training grid)")
+    ap.add_argument("--residual", choices=RESIDUALS, default="potential",
+                    help="2d: the score-residual network (potential: grad of a scalar network of Fourier features; "
+                         "vector: the MLP of the figures before 2026-12-07)")
+    ap.add_argument("--seed", type=int, default=0, help="2d: the training seed (initialisation and draws)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="2d: the gradient norm's cap (0: none)")
     ap.add_argument("--evals", type=int, default=4, help="shapes: evaluations along each run (the curve's points)")
     ap.add_argument("--lr", type=float, default=3e-4, help="shapes: the LoRA's learning rate")
     ap.add_argument("--batch", type=int, default=8, help="shapes: samples per iteration")
@@ -183,7 +214,7 @@ def main() -> None:
         return
     iterations = 5 if args.quick else (args.iterations or 600)
     records = run(iterations, methods, tuple(args.lambdas or LAMBDAS), json_path.parent, args.eval_steps or args.steps,
-                  args.steps)
+                  args.steps, args.residual, args.seed, args.grad_clip)
     json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:

@@ -10,7 +10,7 @@ from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.schedule import FlowMatching, VPCosine
 from priorkit.distill.finetune.adjoint_matching import AdjointMatchingConfig, adjoint_targets, regression_loss
 from priorkit.distill.finetune.memoryless import lean_adjoint, memoryless_times, reward_gradient, trajectory
-from priorkit.distill.finetune.residual import ResidualDenoiser, ScoreResidual
+from priorkit.distill.finetune.residual import PotentialResidual, ResidualDenoiser, ScoreResidual
 from priorkit.distill.finetune.reward import CallableReward, JudgeReward, LinearReward, QuadraticReward, judge_prompts
 from priorkit.distill.finetune.tilt import tilted_gmm
 from priorkit.distill.finetune.trainer import finetune, make_config
@@ -99,6 +99,72 @@ def test_residual_model_adds_its_residual_to_the_base_score(schedule):
     assert torch.equal(seen["x"], x) and float(seen["t"].reshape(-1)[0]) == 0.37
     delta = torch.stack([torch.full((5,), 0.3, dtype=F64), -x[:, 1] ** 2], dim=1)
     torch.testing.assert_close(-pred.eps / s + pred_base.eps / s, delta, rtol=1e-10, atol=1e-12)
+
+
+def test_potential_residual_is_the_gradient_of_its_potential():
+    """delta = grad_x phi: against central differences of phi; zero at the start; the graph kept (parameters get
+    gradients through delta) only when grad mode is on."""
+    schedule = FlowMatching()
+    net = PotentialResidual(schedule, 2, hidden=16, data_std=1.4).double()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.tensor(0.45, dtype=F64)
+    assert torch.equal(net(x, t), torch.zeros_like(x))
+    torch.nn.init.normal_(net.out.weight, generator=torch.Generator().manual_seed(1))
+    h = 1e-5
+    fd = torch.stack([(net.potential(x + h * e, t) - net.potential(x - h * e, t)) / (2 * h)
+                      for e in torch.eye(2, dtype=F64)], dim=1)
+    torch.testing.assert_close(net(x, t), fd, rtol=1e-6, atol=1e-8)
+    with torch.no_grad():
+        assert not net(x, t).requires_grad
+    net(x, t).pow(2).sum().backward()
+    assert net.net[0].weight.grad is not None and net.net[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="data_std"):
+        PotentialResidual(schedule, 2, data_std=0.0)
+
+
+def _relative_fit_error(net, base, tilted, iterations: int) -> float:  # noqa: ANN001
+    """Fit ``net`` to the exact residual (tilted score - base score) on noisy tilted samples at log-SNR in [-2, 4]
+    (where the ring's components separate); its relative squared error on fresh samples."""
+    s = base.schedule
+    levels = s.t_from_log_snr(torch.linspace(-2.0, 4.0, 13, dtype=F64))
+
+    def batch(t, n, g):  # noqa: ANN001, ANN202
+        x = s.alpha(t) * tilted.sample(n, g) + s.sigma(t) * torch.randn(n, 2, generator=g, dtype=F64)
+        return x, (base(x, t, check=False).eps - tilted(x, t, check=False).eps) / s.sigma(t)
+
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(iterations):
+        loss = 0.0
+        for k in torch.randint(len(levels), (4,), generator=g).tolist():
+            x, y = batch(levels[k], 64, g)
+            loss = loss + (net(x, levels[k]) - y).pow(2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    err = ref = 0.0
+    for t in levels:
+        x, y = batch(t, 200, g)
+        with torch.no_grad():
+            err += float((net(x, t) - y).pow(2).sum(1).mean())
+        ref += float(y.pow(2).sum(1).mean())
+    return err / ref
+
+
+@pytest.mark.slow
+def test_potential_residual_holds_a_mixture_tilt_better_than_the_vector_mlp():
+    """Where the ring's components separate the tilt's residual jumps between components; the gradient of a
+    scalar network of Fourier features fits it with well under half the vector MLP's error on the same budget
+    (measured: 0.050 against 0.136 relative squared error; without the Fourier features 0.082)."""
+    base = gmm_target()
+    tilted = tilted_gmm(base, QuadraticReward(torch.tensor([2.0, 0.0], dtype=F64), torch.eye(2, dtype=F64)), 1.0)
+    torch.manual_seed(0)
+    vector = _relative_fit_error(ScoreResidual(2, hidden=64).double(), base, tilted, 400)
+    torch.manual_seed(0)
+    potential = _relative_fit_error(PotentialResidual(base.schedule, 2, hidden=64, data_std=1.42).double(), base,
+                                    tilted, 400)
+    assert potential < 0.5 * vector, (potential, vector)
+    assert potential < 0.08, potential
 
 
 @torch.no_grad()

@@ -3,16 +3,23 @@
 eps_ft(x, t) = eps_base(x, t) - sigma(t) delta(x, t), i.e. score_ft = score_base + delta: the residual is exactly the
 quantity reward fine-tuning changes (for a tilt, delta = grad log h). The residual's last layer starts at zero, so
 the fine-tuned model starts as the base model.
+
+Two residual networks: :class:`ScoreResidual` (an MLP of x and t giving the vector) and :class:`PotentialResidual`
+(the gradient of a scalar network of scaled, Fourier-featured x and log-SNR: delta = grad log h is a gradient field,
+and on a mixture log h is continuous with sharp bends where its components separate, which a scalar network holds far
+better than an MLP holds the vector's jumps — measured 2026-12-07 in BENCHMARKS.md, "Reward fine-tuning", session 27).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.prediction import Prediction
-from priorkit.distill.core.schedule import broadcast_to
+from priorkit.distill.core.schedule import Schedule, broadcast_to
 from priorkit.distill.zoo.toy import fourier_embedding
 
 
@@ -34,6 +41,56 @@ class ScoreResidual(nn.Module):
         w = self.out.weight
         emb = fourier_embedding(t.reshape(-1).expand(x.shape[0]), self.embed_dim, scale=100.0).to(w.dtype)
         return self.out(self.net(torch.cat([x.to(w.dtype), emb], dim=-1))).to(x.dtype)
+
+
+class PotentialResidual(nn.Module):
+    """delta(x, t) = grad_x phi(x, t): a scalar MLP phi of Fourier features of c_in(t) x (octaves pi 2^k / 4,
+    c_in = 1 / sqrt(alpha^2 data_std^2 + sigma^2), the input scaled to unit size at every noise level) and of the
+    log-SNR; zero at initialisation. Differentiable in its parameters (the gradient keeps its graph) whenever grad
+    mode is on."""
+
+    def __init__(self, schedule: Schedule, dim: int, hidden: int = 128, depth: int = 3, octaves: int = 6,
+                 data_std: float = 1.0, time_frequencies: int = 8) -> None:
+        super().__init__()
+        if data_std <= 0 or octaves < 0 or time_frequencies < 0:
+            raise ValueError(f"need data_std > 0, octaves >= 0, time_frequencies >= 0; got {data_std}, {octaves}, "
+                             f"{time_frequencies}")
+        self.schedule, self.data_std = schedule, data_std
+        self.octaves, self.time_frequencies = octaves, time_frequencies
+        width = dim * (1 + 2 * octaves) + 1 + 2 * time_frequencies
+        layers: list[nn.Module] = [nn.Linear(width, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def features(self, x: Tensor, t: Tensor) -> Tensor:
+        """(B, D) -> (B, D (1 + 2 octaves) + 1 + 2 time_frequencies)."""
+        t = t.reshape(-1).to(torch.float64).expand(x.shape[0])
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        xin = x * (1.0 / torch.sqrt(a**2 * self.data_std**2 + s**2)).to(x.dtype)[:, None]
+        parts = [xin]
+        if self.octaves:
+            freqs = math.pi / 4 * 2.0 ** torch.arange(self.octaves, dtype=x.dtype, device=x.device)
+            arg = (xin[:, :, None] * freqs).flatten(1)
+            parts += [torch.sin(arg), torch.cos(arg)]
+        lam = (self.schedule.log_snr(t) / 8).to(x.dtype)[:, None]
+        k = torch.arange(1, self.time_frequencies + 1, dtype=x.dtype, device=x.device)
+        return torch.cat(parts + [lam, torch.sin(lam * k), torch.cos(lam * k)], dim=-1)
+
+    def potential(self, x: Tensor, t: Tensor) -> Tensor:
+        """phi(x, t) (B,)."""
+        w = self.out.weight
+        return self.out(self.net(self.features(x.to(w.dtype), t))).squeeze(-1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xx = x if x.requires_grad else x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.potential(xx, t).sum(), xx, create_graph=keep_graph)
+        return grad.to(x.dtype)
 
 
 class ResidualDenoiser(WrappedDenoiser):

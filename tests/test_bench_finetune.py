@@ -1,0 +1,37 @@
+"""benchmarks.finetune (2D): the records' fields, the residual network chosen, the reference rows' order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import finetune as bench
+from priorkit.distill.finetune.residual import PotentialResidual, ScoreResidual
+from priorkit.distill.zoo.toy import gmm_target
+
+
+def test_mixture_std_is_the_per_axis_spread_of_the_ring():
+    base = gmm_target()  # radius 2, std 0.2: per-axis variance 2^2 / 2 + 0.2^2
+    assert bench.mixture_std(base) == pytest.approx((2.0 + 0.04) ** 0.5, rel=1e-12)
+    assert bench.mixture_std(base) == pytest.approx(
+        float(base.sample(200_000, torch.Generator().manual_seed(0)).std(0).mean()), rel=0.01)
+
+
+def test_residual_network_by_name():
+    base = gmm_target()
+    assert isinstance(bench.residual_network("potential", base), PotentialResidual)
+    assert isinstance(bench.residual_network("vector", base), ScoreResidual)
+    with pytest.raises(ValueError, match="unknown residual"):
+        bench.residual_network("scalar", base)
+
+
+def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path):
+    records = bench.run(2, ("adjoint_matching",), (1.0,), tmp_path, residual="potential", seed=3, grad_clip=0.0)
+    assert [r["method"] for r in records] == ["exact_resample", "base_sampler_floor", "tilted_sampler_floor", "base",
+                                              "adjoint_matching"]
+    for r in records:
+        assert {"target", "method", "reward", "kl_or_w2", "seconds"} <= set(r)
+        assert (r["residual"], r["seed"], r["grad_clip"], r["steps"]) == ("potential", 3, 0.0, bench.STEPS)
+    floor, model = records[0]["kl_or_w2"], records[-1]["kl_or_w2"]
+    assert 0 < floor < model  # 2 iterations cannot reach the exact resample
+    assert (tmp_path / "finetune_2d.png").exists()
