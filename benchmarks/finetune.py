@@ -8,9 +8,10 @@
 r(x) = -|x - (2, 0)|^2 / 2 (highest on the ring's right-hand component), and lambda in {1, 0.5}; the target
 p(x) exp(r(x) / lambda) is again a Gaussian mixture (distill.finetune.tilt). A bounded reward: DRaFT and DDPO, which
 maximise it without a KL term, collapse towards its maximum instead of running off to infinity. Every
-method fine-tunes the same score-residual network (distill.finetune.residual; ``--residual potential``, the default
-since 2026-12-07: the gradient of a scalar network, or ``vector``, the MLP of the earlier figures) for the same number
-of iterations and batch; samples come from the fine-tuned memoryless sampler on the grid it was trained on
+method fine-tunes the same score-residual network (distill.finetune.residual: ``--residual both``, the default since
+2026-12-07, the gradient of a scalar network plus a vector network on Fourier features; ``gradient`` or ``vector``
+alone; ``mlp``, the network of the earlier figures) for the same number of iterations and batch; samples come from
+the fine-tuned memoryless sampler on the grid it was trained on
 (``--steps``, default 40; ``--eval-steps N`` samples on another grid: the control is a function of continuous t, but
 measured 2026-12-05 it is fitted to its training grid, W2 0.116 -> 0.137 at 200 steps). Records carry ``steps``,
 ``eval_steps``, ``residual`` and ``seed`` (``--seed``, the training seed).
@@ -37,7 +38,7 @@ from benchmarks.finetune_shapes import METHODS as SHAPES_METHODS
 from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.samplers import initial_noise
 from priorkit.distill.finetune.memoryless import memoryless_times, trajectory
-from priorkit.distill.finetune.residual import PotentialResidual, ResidualDenoiser, ScoreResidual
+from priorkit.distill.finetune.residual import FourierResidual, ResidualDenoiser, ScoreResidual
 from priorkit.distill.finetune.reward import QuadraticReward
 from priorkit.distill.finetune.tilt import full_covariances, tilted_gmm
 from priorkit.distill.finetune.trainer import finetune, make_config
@@ -48,7 +49,7 @@ LAMBDAS = (1.0, 0.5)
 STEPS = 40
 N_EVAL = 4000
 LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3}
-RESIDUALS = ("potential", "vector")
+RESIDUALS = ("both", "gradient", "vector", "mlp")  # FourierResidual's parts, or ScoreResidual
 
 
 def mixture_std(gmm: GaussianMixture) -> float:
@@ -61,9 +62,9 @@ def mixture_std(gmm: GaussianMixture) -> float:
 
 def residual_network(kind: str, base: GaussianMixture) -> torch.nn.Module:
     """The score-residual network every method fine-tunes (float64)."""
-    if kind == "potential":
-        return PotentialResidual(base.schedule, base.dim, data_std=mixture_std(base)).double()
-    if kind == "vector":
+    if kind in FourierResidual.PARTS:
+        return FourierResidual(base.schedule, base.dim, parts=kind, data_std=mixture_std(base)).double()
+    if kind == "mlp":
         return ScoreResidual(base.dim).double()
     raise ValueError(f"unknown residual network {kind!r}; expected one of {', '.join(RESIDUALS)}")
 
@@ -81,7 +82,7 @@ def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.
 
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
-        eval_steps: int = STEPS, steps: int = STEPS, residual: str = "potential", seed: int = 0,
+        eval_steps: int = STEPS, steps: int = STEPS, residual: str = "both", seed: int = 0,
         grad_clip: float = 1.0) -> list[dict]:
     """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
     (the exact sample sets and the evaluation noise stay fixed)."""
@@ -172,9 +173,9 @@ def main() -> None:
                     f"{STEPS}; DRaFT keeps its 20)")
     ap.add_argument("--eval-steps", type=int, default=None, help="memoryless steps of the evaluation samples "
                     "(default: --steps, the training grid)")
-    ap.add_argument("--residual", choices=RESIDUALS, default="potential",
-                    help="2d: the score-residual network (potential: grad of a scalar network of Fourier features; "
-                         "vector: the MLP of the figures before 2026-12-07)")
+    ap.add_argument("--residual", choices=RESIDUALS, default="both",
+                    help="2d: the score-residual network (FourierResidual's parts: both, gradient, vector; mlp: "
+                         "ScoreResidual, the network of the figures before 2026-12-07)")
     ap.add_argument("--seed", type=int, default=0, help="2d: the training seed (initialisation and draws)")
     ap.add_argument("--grad-clip", type=float, default=1.0, help="2d: the gradient norm's cap (0: none)")
     ap.add_argument("--evals", type=int, default=4, help="shapes: evaluations along each run (the curve's points)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import finetune as bench
-from priorkit.distill.finetune.residual import PotentialResidual, ScoreResidual
+from priorkit.distill.finetune.residual import FourierResidual, ScoreResidual
 from priorkit.distill.zoo.toy import gmm_target
 
 
@@ -19,19 +19,23 @@ def test_mixture_std_is_the_per_axis_spread_of_the_ring():
 
 def test_residual_network_by_name():
     base = gmm_target()
-    assert isinstance(bench.residual_network("potential", base), PotentialResidual)
-    assert isinstance(bench.residual_network("vector", base), ScoreResidual)
+    for parts in ("both", "gradient", "vector"):
+        net = bench.residual_network(parts, base)
+        assert isinstance(net, FourierResidual)
+        assert (net.phi is not None, net.vector is not None) == (parts != "vector", parts != "gradient")
+        assert net.data_std == bench.mixture_std(base)
+    assert isinstance(bench.residual_network("mlp", base), ScoreResidual)
     with pytest.raises(ValueError, match="unknown residual"):
         bench.residual_network("scalar", base)
 
 
 def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path):
-    records = bench.run(2, ("adjoint_matching",), (1.0,), tmp_path, residual="potential", seed=3, grad_clip=0.0)
+    records = bench.run(2, ("adjoint_matching",), (1.0,), tmp_path, residual="both", seed=3, grad_clip=0.0)
     assert [r["method"] for r in records] == ["exact_resample", "base_sampler_floor", "tilted_sampler_floor", "base",
                                               "adjoint_matching"]
     for r in records:
         assert {"target", "method", "reward", "kl_or_w2", "seconds"} <= set(r)
-        assert (r["residual"], r["seed"], r["grad_clip"], r["steps"]) == ("potential", 3, 0.0, bench.STEPS)
+        assert (r["residual"], r["seed"], r["grad_clip"], r["steps"]) == ("both", 3, 0.0, bench.STEPS)
     floor, model = records[0]["kl_or_w2"], records[-1]["kl_or_w2"]
     assert 0 < floor < model  # 2 iterations cannot reach the exact resample
     assert (tmp_path / "finetune_2d.png").exists()

@@ -4,10 +4,11 @@ eps_ft(x, t) = eps_base(x, t) - sigma(t) delta(x, t), i.e. score_ft = score_base
 quantity reward fine-tuning changes (for a tilt, delta = grad log h). The residual's last layer starts at zero, so
 the fine-tuned model starts as the base model.
 
-Two residual networks: :class:`ScoreResidual` (an MLP of x and t giving the vector) and :class:`PotentialResidual`
-(the gradient of a scalar network of scaled, Fourier-featured x and log-SNR: delta = grad log h is a gradient field,
-and on a mixture log h is continuous with sharp bends where its components separate, which a scalar network holds far
-better than an MLP holds the vector's jumps — measured 2026-12-07 in BENCHMARKS.md, "Reward fine-tuning", session 27).
+Two residual networks: :class:`ScoreResidual` (an MLP of x and t giving the vector) and :class:`FourierResidual`
+(of Fourier features of the scaled x and of the log-SNR: the gradient of a scalar network, a vector network, or their
+sum). delta = grad log h is a gradient field, and on a mixture log h is continuous with sharp bends where the
+components separate, which a scalar network holds far better than an MLP holds the vector's jumps (measured
+2026-12-07: BENCHMARKS.md, "Adjoint matching with a residual that can hold the tilt", session 27).
 """
 
 from __future__ import annotations
@@ -43,28 +44,40 @@ class ScoreResidual(nn.Module):
         return self.out(self.net(torch.cat([x.to(w.dtype), emb], dim=-1))).to(x.dtype)
 
 
-class PotentialResidual(nn.Module):
-    """delta(x, t) = grad_x phi(x, t): a scalar MLP phi of Fourier features of c_in(t) x (octaves pi 2^k / 4,
-    c_in = 1 / sqrt(alpha^2 data_std^2 + sigma^2), the input scaled to unit size at every noise level) and of the
-    log-SNR; zero at initialisation. Differentiable in its parameters (the gradient keeps its graph) whenever grad
-    mode is on."""
+def _mlp(width: int, hidden: int, depth: int, out: int) -> nn.Sequential:
+    """SiLU MLP whose last layer starts at zero."""
+    layers: list[nn.Module] = [nn.Linear(width, hidden), nn.SiLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+    last = nn.Linear(hidden, out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
 
-    def __init__(self, schedule: Schedule, dim: int, hidden: int = 128, depth: int = 3, octaves: int = 6,
-                 data_std: float = 1.0, time_frequencies: int = 8) -> None:
+
+class FourierResidual(nn.Module):
+    """delta(x, t) = grad_x phi(x, t) + v(x, t), from Fourier features of c_in(t) x (octaves pi 2^k / 4, c_in =
+    1 / sqrt(alpha^2 data_std^2 + sigma^2): the input at unit size at every noise level) and of the log-SNR.
+
+    ``parts``: "gradient" (phi only: a scalar MLP, delta a gradient field as the tilt's residual grad log h is),
+    "vector" (v only: an MLP giving the vector) or "both" (two MLPs, the sum). Zero at initialisation; the gradient
+    keeps its graph (differentiable in the parameters) whenever grad mode is on."""
+
+    PARTS = ("gradient", "vector", "both")
+
+    def __init__(self, schedule: Schedule, dim: int, *, parts: str = "both", hidden: int = 128, depth: int = 3,
+                 octaves: int = 6, data_std: float = 1.0, time_frequencies: int = 8) -> None:
         super().__init__()
+        if parts not in self.PARTS:
+            raise ValueError(f"parts must be one of {', '.join(self.PARTS)}; got {parts!r}")
         if data_std <= 0 or octaves < 0 or time_frequencies < 0:
             raise ValueError(f"need data_std > 0, octaves >= 0, time_frequencies >= 0; got {data_std}, {octaves}, "
                              f"{time_frequencies}")
         self.schedule, self.data_std = schedule, data_std
         self.octaves, self.time_frequencies = octaves, time_frequencies
         width = dim * (1 + 2 * octaves) + 1 + 2 * time_frequencies
-        layers: list[nn.Module] = [nn.Linear(width, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        self.net = nn.Sequential(*layers)
-        self.out = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.phi = _mlp(width, hidden, depth, 1) if parts in ("gradient", "both") else None
+        self.vector = _mlp(width, hidden, depth, dim) if parts in ("vector", "both") else None
 
     def features(self, x: Tensor, t: Tensor) -> Tensor:
         """(B, D) -> (B, D (1 + 2 octaves) + 1 + 2 time_frequencies)."""
@@ -81,16 +94,22 @@ class PotentialResidual(nn.Module):
         return torch.cat(parts + [lam, torch.sin(lam * k), torch.cos(lam * k)], dim=-1)
 
     def potential(self, x: Tensor, t: Tensor) -> Tensor:
-        """phi(x, t) (B,)."""
-        w = self.out.weight
-        return self.out(self.net(self.features(x.to(w.dtype), t))).squeeze(-1)
+        """phi(x, t) (B,) (zero without a gradient part)."""
+        if self.phi is None:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return self.phi(self.features(x.to(self.phi[0].weight.dtype), t)).squeeze(-1)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            xx = x if x.requires_grad else x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.potential(xx, t).sum(), xx, create_graph=keep_graph)
-        return grad.to(x.dtype)
+        out = torch.zeros_like(x)
+        if self.phi is not None:
+            keep_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                xx = x if x.requires_grad else x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.potential(xx, t).sum(), xx, create_graph=keep_graph)
+            out = out + grad.to(x.dtype)
+        if self.vector is not None:
+            out = out + self.vector(self.features(x.to(self.vector[0].weight.dtype), t)).to(x.dtype)
+        return out
 
 
 class ResidualDenoiser(WrappedDenoiser):
