@@ -83,7 +83,7 @@ def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
         eval_steps: int = STEPS, steps: int = STEPS, residual: str = "both", seed: int = 0,
-        grad_clip: float = 1.0) -> list[dict]:
+        grad_clip: float = 1.0, ema: float = 0.0) -> list[dict]:
     """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
     (the exact sample sets and the evaluation noise stay fixed)."""
     base = gmm_target()
@@ -117,7 +117,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
             t0 = time.perf_counter()
             model, _ = finetune(method, model, base, reward, cfg, iterations=iterations, lr=LR[method],
                                 dtype=torch.float64, desc=f"{method} lambda={lam:g}", seed=seed,
-                                grad_clip=grad_clip)
+                                grad_clip=grad_clip, ema_decay=ema)
             seconds = time.perf_counter() - t0
             x = samples(model, steps=eval_steps)
             pictures[(lam, method)] = x
@@ -128,7 +128,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
                   f"{seconds:.0f}s", flush=True)
     scatter(pictures, lambdas, methods, out_dir / "finetune_2d.png")
     return [{**r, "eval_steps": eval_steps, "steps": steps, "residual": residual, "seed": seed,
-             "grad_clip": grad_clip} for r in records]
+             "grad_clip": grad_clip, "ema": ema} for r in records]
 
 
 def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...], path: Path) -> None:
@@ -178,6 +178,8 @@ def main() -> None:
                          "ScoreResidual, the network of the figures before 2026-12-07)")
     ap.add_argument("--seed", type=int, default=0, help="2d: the training seed (initialisation and draws)")
     ap.add_argument("--grad-clip", type=float, default=1.0, help="2d: the gradient norm's cap (0: none)")
+    ap.add_argument("--ema", type=float, default=0.0, help="2d: EMA decay of the fine-tuned parameters (0: the last "
+                    "iterate)")
     ap.add_argument("--evals", type=int, default=4, help="shapes: evaluations along each run (the curve's points)")
     ap.add_argument("--lr", type=float, default=3e-4, help="shapes: the LoRA's learning rate")
     ap.add_argument("--batch", type=int, default=8, help="shapes: samples per iteration")
@@ -215,7 +217,7 @@ def main() -> None:
         return
     iterations = 5 if args.quick else (args.iterations or 600)
     records = run(iterations, methods, tuple(args.lambdas or LAMBDAS), json_path.parent, args.eval_steps or args.steps,
-                  args.steps, args.residual, args.seed, args.grad_clip)
+                  args.steps, args.residual, args.seed, args.grad_clip, args.ema)
     json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:

@@ -229,6 +229,25 @@ def test_finetune_calls_back_at_every_checkpoint_with_the_current_model():
     assert torch.equal(seen[-1][1], model.residual.out.weight)
 
 
+def test_finetune_returns_the_parameters_average_when_asked():
+    """ema_decay > 0: the returned model is the exponential moving average of the iterates (by value: one step of
+    decay d from the start is start + (1 - d') (iterate - start), d' the warm-started decay), the trained model the
+    last iterate; 0: the last iterate itself."""
+    base = gmm_target()
+    reward = LinearReward(torch.tensor([1.0, 0.0], dtype=F64))
+    cfg = make_config("draft", steps=4, batch=16, k=1)
+    torch.manual_seed(0)
+    raw = ResidualDenoiser(base, ScoreResidual(2, hidden=16).double())
+    start = raw.residual.out.weight.detach().clone()
+    same, _ = finetune("draft", raw, base, reward, cfg, iterations=1, lr=1e-2, dtype=F64)
+    assert same is raw and not torch.equal(raw.residual.out.weight, start)
+    torch.manual_seed(0)
+    raw = ResidualDenoiser(base, ScoreResidual(2, hidden=16).double())
+    averaged, _ = finetune("draft", raw, base, reward, cfg, iterations=1, lr=1e-2, dtype=F64, ema_decay=0.99)
+    d = min(0.99, 1 / 10)  # the EMA's warm start at step 0
+    torch.testing.assert_close(averaged.residual.out.weight, start + (1 - d) * (raw.residual.out.weight - start))
+
+
 def test_judge_prompts_draw_every_shape_and_colour_reproducibly():
     draw = judge_prompts()
     a, b = draw(400, torch.Generator().manual_seed(1)), draw(400, torch.Generator().manual_seed(1))

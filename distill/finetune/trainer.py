@@ -55,12 +55,14 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
              cond_fn: Callable[[int, torch.Generator], Condition] | None = None, seed: int = 0,
              params: list[nn.Parameter] | None = None, dtype: torch.dtype = torch.float32,
              desc: str | None = None, checkpoint_every: int | None = None, grad_clip: float = 1.0,
+             ema_decay: float = 0.0,
              on_checkpoint: Callable[[nn.Module, int], None] | None = None) -> tuple[Denoiser, list[dict[str, float]]]:
     """Fine-tune ``finetuned`` (its trainable parameters, or ``params``) towards ``reward`` for ``iterations``
     steps; ``cond_fn(batch, generator)`` draws the conditions (prompts) of each iteration. Returns the fine-tuned
     model (final weights) and the log (loss and mean reward every few steps). ``on_checkpoint(model, step)`` runs
     after each checkpoint (every ``checkpoint_every`` steps; default a quarter of the run). ``grad_clip``: the gradient
-norm's cap (0: none)."""
+norm's cap (0: none); ``ema_decay`` > 0 returns the parameters' exponential moving average (Polyak averaging of the
+noisy end of a run) instead of the last iterate — the sampling inside each iteration always uses the current model."""
     m = METHODS[method]
     rewards: dict[int, float] = {}  # step -> mean reward of its batch
 
@@ -71,7 +73,8 @@ norm's cap (0: none)."""
         return loss
 
     every = checkpoint_every or max(10, iterations // 4)
-    cfg = TrainConfig(steps=iterations, lr=lr, warmup=min(20, iterations // 10), ema_decay=0.0, grad_clip=grad_clip,
+    cfg = TrainConfig(steps=iterations, lr=lr, warmup=min(20, iterations // 10), ema_decay=ema_decay,
+                      grad_clip=grad_clip,
                       checkpoint_every=every, log_every=max(1, iterations // 20), seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         model, log = train(finetuned, loss_fn, cfg, out or tmp, resume=resume, desc=desc or f"finetune {method}",
