@@ -160,19 +160,21 @@ def _relative_fit_error(net, base, tilted, iterations: int) -> float:  # noqa: A
 
 
 @pytest.mark.slow
-def test_gradient_residual_holds_a_mixture_tilt_better_than_the_vector_mlp():
-    """Where the ring's components separate the tilt's residual jumps between components; the gradient of a
-    scalar network of Fourier features fits it with well under half the vector MLP's error on the same budget
-    (measured: 0.050 against 0.136 relative squared error; without the Fourier features 0.082)."""
+def test_fourier_residuals_hold_a_mixture_tilt_better_than_the_plain_mlp():
+    """Where the ring's components separate the tilt's residual jumps between components; on the same budget the
+    Fourier-feature networks fit it far better than the plain MLP (measured, relative squared error: MLP 0.136,
+    Fourier vector 0.084, gradient of a scalar 0.053)."""
     base = gmm_target()
     tilted = tilted_gmm(base, QuadraticReward(torch.tensor([2.0, 0.0], dtype=F64), torch.eye(2, dtype=F64)), 1.0)
     torch.manual_seed(0)
-    vector = _relative_fit_error(ScoreResidual(2, hidden=64).double(), base, tilted, 400)
-    torch.manual_seed(0)
-    potential = _relative_fit_error(FourierResidual(base.schedule, 2, parts="gradient", hidden=64,
-                                                    data_std=1.42).double(), base, tilted, 400)
-    assert potential < 0.5 * vector, (potential, vector)
-    assert potential < 0.08, potential
+    mlp = _relative_fit_error(ScoreResidual(2, hidden=64).double(), base, tilted, 400)
+    errors = {}
+    for parts in ("vector", "gradient"):
+        torch.manual_seed(0)
+        net = FourierResidual(base.schedule, 2, parts=parts, hidden=64, data_std=1.42).double()
+        errors[parts] = _relative_fit_error(net, base, tilted, 400)
+    assert errors["vector"] < 0.75 * mlp and errors["gradient"] < 0.5 * mlp, (errors, mlp)
+    assert errors["gradient"] < 0.08, errors
 
 
 @torch.no_grad()

@@ -5,10 +5,11 @@ quantity reward fine-tuning changes (for a tilt, delta = grad log h). The residu
 the fine-tuned model starts as the base model.
 
 Two residual networks: :class:`ScoreResidual` (an MLP of x and t giving the vector) and :class:`FourierResidual`
-(of Fourier features of the scaled x and of the log-SNR: the gradient of a scalar network, a vector network, or their
-sum). delta = grad log h is a gradient field, and on a mixture log h is continuous with sharp bends where the
-components separate, which a scalar network holds far better than an MLP holds the vector's jumps (measured
-2026-12-07: BENCHMARKS.md, "Adjoint matching with a residual that can hold the tilt", session 27).
+(of Fourier features of the scaled x and of the log-SNR: a vector network, the gradient of a scalar network, or their
+sum). On the 2D tilt benchmark's ring the Fourier features are what lets the network hold the residual's jumps where
+the components separate; fitted to the exact residual, the gradient form is closer still, but in adjoint matching on
+the benchmark's grid the vector form measures best (BENCHMARKS.md, "Adjoint matching with a residual network that can
+hold the tilt", session 27).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class FourierResidual(nn.Module):
 
     PARTS = ("gradient", "vector", "both")
 
-    def __init__(self, schedule: Schedule, dim: int, *, parts: str = "both", hidden: int = 128, depth: int = 3,
+    def __init__(self, schedule: Schedule, dim: int, *, parts: str = "vector", hidden: int = 128, depth: int = 3,
                  octaves: int = 6, data_std: float = 1.0, time_frequencies: int = 8) -> None:
         super().__init__()
         if parts not in self.PARTS:
