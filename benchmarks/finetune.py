@@ -14,7 +14,8 @@ scalar network of the same, or ``both``, their sum; ``mlp``, the network of the 
 of iterations and batch; samples come from the fine-tuned memoryless sampler on the grid it was trained on
 (``--steps``, default 40; ``--eval-steps N`` samples on another grid: the control is a function of continuous t, but
 measured 2026-12-05 it is fitted to its training grid, W2 0.116 -> 0.137 at 200 steps). Records carry ``steps``,
-``eval_steps``, ``residual`` and ``seed`` (``--seed``, the training seed).
+``eval_steps``, ``residual``, ``seed`` (``--seed``, the training seed), ``grad_clip`` and ``ema`` (the settings of the
+run; the reference rows carry them too, unaffected by them).
 
 Records {"target", "method", "reward", "kl_or_w2", "seconds"}: ``kl_or_w2`` is the sliced W2 between 4000 samples
 and 4000 exact tilted samples; ``reward`` the mean reward of the samples. Reference rows per target:
@@ -53,7 +54,7 @@ RESIDUALS = ("vector", "gradient", "both", "mlp")  # FourierResidual's parts, or
 
 
 def mixture_std(gmm: GaussianMixture) -> float:
-    """The mixture's standard deviation per axis, averaged over the axes (the residual network's input scale)."""
+    """sqrt of the mixture's variance averaged over the axes (the residual network's input scale)."""
     w = gmm.log_weights.exp()
     mean = w @ gmm.means
     second = w @ (torch.diagonal(full_covariances(gmm), dim1=-2, dim2=-1) + gmm.means**2)
@@ -189,6 +190,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.grad_clip < 0 or not 0 <= args.ema < 1:
+        ap.error(f"--grad-clip must be >= 0 and --ema in [0, 1); got {args.grad_clip}, {args.ema}")
+    two_d_only = {"--residual": args.residual != "vector", "--seed": args.seed != 0,
+                  "--grad-clip": args.grad_clip != 1.0, "--ema": args.ema != 0.0}
+    if args.target != "2d" and (given := [k for k, v in two_d_only.items() if v]):
+        ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
     methods = tuple(args.methods or known)
     if unknown := [m for m in methods if m not in known]:

@@ -35,7 +35,18 @@ def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path):
                                               "adjoint_matching"]
     for r in records:
         assert {"target", "method", "reward", "kl_or_w2", "seconds"} <= set(r)
-        assert (r["residual"], r["seed"], r["grad_clip"], r["steps"]) == ("both", 3, 0.0, bench.STEPS)
+        assert (r["residual"], r["seed"], r["grad_clip"], r["ema"], r["steps"], r["eval_steps"]) == (
+            "both", 3, 0.0, 0.0, bench.STEPS, bench.STEPS)
     floor, model = records[0]["kl_or_w2"], records[-1]["kl_or_w2"]
     assert 0 < floor < model  # 2 iterations cannot reach the exact resample
     assert (tmp_path / "finetune_2d.png").exists()
+
+
+def test_the_2d_only_flags_are_refused_elsewhere_and_checked(monkeypatch, capsys):
+    for argv in (["--target", "shapes", "--seed", "2"], ["--target", "shapes-v2", "--residual", "mlp"],
+                 ["--grad-clip", "-1"], ["--ema", "1"]):
+        monkeypatch.setattr("sys.argv", ["finetune", *argv])
+        with pytest.raises(SystemExit) as e:
+            bench.main()
+        assert e.value.code == 2
+    assert "2d only" in capsys.readouterr().err

@@ -8,8 +8,8 @@ Two residual networks: :class:`ScoreResidual` (an MLP of x and t giving the vect
 (of Fourier features of the scaled x and of the log-SNR: a vector network, the gradient of a scalar network, or their
 sum). On the 2D tilt benchmark's ring the Fourier features are what lets the network hold the residual's jumps where
 the components separate; fitted to the exact residual, the gradient form is closer still, but in adjoint matching on
-the benchmark's grid the vector form measures best (BENCHMARKS.md, "Adjoint matching with a residual network that can
-hold the tilt", session 27).
+the benchmark's 40-step grid the vector form measures best at lambda 1 and is no better than the plain MLP at lambda
+0.5 (BENCHMARKS.md, "Adjoint matching with a residual network that can hold the tilt", session 27).
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def _mlp(width: int, hidden: int, depth: int, out: int) -> nn.Sequential:
 
 
 class FourierResidual(nn.Module):
-    """delta(x, t) = grad_x phi(x, t) + v(x, t), from Fourier features of c_in(t) x (octaves pi 2^k / 4, c_in =
-    1 / sqrt(alpha^2 data_std^2 + sigma^2): the input at unit size at every noise level) and of the log-SNR.
+    """delta(x, t) = grad_x phi(x, t) and / or v(x, t) (``parts``), from Fourier features of c_in(t) x (octaves
+    pi 2^k / 4, c_in = 1 / sqrt(alpha^2 data_std^2 + sigma^2): the input at unit size at every noise level) and of
+    the log-SNR.
 
-    ``parts``: "gradient" (phi only: a scalar MLP, delta a gradient field as the tilt's residual grad log h is),
-    "vector" (v only: an MLP giving the vector) or "both" (two MLPs, the sum). Zero at initialisation; the gradient
-    keeps its graph (differentiable in the parameters) whenever grad mode is on."""
+    ``parts``: "vector" (the default: v only, an MLP giving the vector), "gradient" (phi only: a scalar MLP, delta a
+    gradient field as the tilt's residual grad log h is) or "both" (two MLPs, the sum). Zero at initialisation; the
+    gradient keeps its graph (differentiable in the parameters) whenever grad mode is on."""
 
     PARTS = ("gradient", "vector", "both")
 

@@ -3,6 +3,7 @@ through the core training loop (:func:`priorkit.distill.core.training.train`).""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -59,10 +60,16 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
              on_checkpoint: Callable[[nn.Module, int], None] | None = None) -> tuple[Denoiser, list[dict[str, float]]]:
     """Fine-tune ``finetuned`` (its trainable parameters, or ``params``) towards ``reward`` for ``iterations``
     steps; ``cond_fn(batch, generator)`` draws the conditions (prompts) of each iteration. Returns the fine-tuned
-    model (final weights) and the log (loss and mean reward every few steps). ``on_checkpoint(model, step)`` runs
-    after each checkpoint (every ``checkpoint_every`` steps; default a quarter of the run). ``grad_clip``: the gradient
-norm's cap (0: none); ``ema_decay`` > 0 returns the parameters' exponential moving average (Polyak averaging of the
-noisy end of a run) instead of the last iterate — the sampling inside each iteration always uses the current model."""
+    model and the log (loss and mean reward every few steps): ``finetuned`` itself at its final weights, or with
+    ``ema_decay`` > 0 a frozen copy (eval mode) holding the exponential moving average of its parameters (Polyak
+    averaging of a noisy run's end; the copy is of the whole model, so it costs a second model's memory) — the
+    sampling inside each iteration always uses the current weights. ``on_checkpoint(model, step)`` runs after each
+    checkpoint (every ``checkpoint_every`` steps; default a quarter of the run). ``grad_clip``: the gradient norm's
+    cap (0: none)."""
+    if not grad_clip >= 0 or not math.isfinite(grad_clip):
+        raise ValueError(f"grad_clip must be a finite number >= 0 (0: no clipping); got {grad_clip}")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) (0: the last iterate); got {ema_decay}")
     m = METHODS[method]
     rewards: dict[int, float] = {}  # step -> mean reward of its batch
 
