@@ -102,15 +102,18 @@ class FourierResidual(nn.Module):
         return self.phi(self.features(x.to(self.phi[0].weight.dtype), t)).squeeze(-1)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        out = torch.zeros_like(x)
-        if self.phi is not None:
-            keep_graph = torch.is_grad_enabled()
-            with torch.enable_grad():
-                xx = x if x.requires_grad else x.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(self.potential(xx, t).sum(), xx, create_graph=keep_graph)
-            out = out + grad.to(x.dtype)
+        keep_graph = torch.is_grad_enabled()
+        dtype = (self.phi if self.phi is not None else self.vector)[0].weight.dtype
+        if self.phi is None:
+            return self.vector(self.features(x.to(dtype), t)).to(x.dtype)
+        with torch.enable_grad():  # the features once, shared by both parts
+            xx = x if x.requires_grad else x.detach().requires_grad_(True)
+            f = self.features(xx.to(dtype), t)
+            (grad,) = torch.autograd.grad(self.phi(f).sum(), xx, create_graph=keep_graph)
+        out = grad.to(x.dtype)
         if self.vector is not None:
-            out = out + self.vector(self.features(x.to(self.vector[0].weight.dtype), t)).to(x.dtype)
+            with torch.set_grad_enabled(keep_graph):
+                out = out + self.vector(f if keep_graph else f.detach()).to(x.dtype)
         return out
 
 
