@@ -14,8 +14,9 @@ scalar network of the same, or ``both``, their sum; ``mlp``, the network of the 
 of iterations and batch; samples come from the fine-tuned memoryless sampler on the grid it was trained on
 (``--steps``, default 40; ``--eval-steps N`` samples on another grid: the control is a function of continuous t, but
 measured 2026-12-05 it is fitted to its training grid, W2 0.116 -> 0.137 at 200 steps). Records carry ``steps``,
-``eval_steps``, ``residual``, ``seed`` (``--seed``, the training seed), ``grad_clip`` and ``ema`` (the settings of the
-run; the reference rows carry them too, unaffected by them).
+``eval_steps``, ``residual``, ``seed`` (``--seed``, the training seed), ``grad_clip``, ``ema`` and ``batch``
+(``--batch``, trajectories per iteration; the settings of the run; the reference rows carry them too, unaffected by
+them).
 
 Records {"target", "method", "reward", "kl_or_w2", "seconds"}: ``kl_or_w2`` is the sliced W2 between 4000 samples
 and 4000 exact tilted samples; ``reward`` the mean reward of the samples. Reference rows per target:
@@ -49,6 +50,7 @@ METHODS = ("adjoint_matching", "draft", "ddpo")
 LAMBDAS = (1.0, 0.5)
 STEPS = 40
 N_EVAL = 4000
+BATCH = 256  # trajectories per iteration (every method)
 LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3}
 RESIDUALS = ("vector", "gradient", "both", "mlp")  # FourierResidual's parts, or ScoreResidual
 
@@ -84,9 +86,9 @@ def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
         eval_steps: int = STEPS, steps: int = STEPS, residual: str = "vector", seed: int = 0,
-        grad_clip: float = 1.0, ema: float = 0.0) -> list[dict]:
+        grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH) -> list[dict]:
     """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
-    (the exact sample sets and the evaluation noise stay fixed)."""
+    (the exact sample sets and the evaluation noise stay fixed); ``batch`` trajectories per iteration."""
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
@@ -114,7 +116,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
         for method in methods:
             torch.manual_seed(seed)
             model = ResidualDenoiser(base, residual_network(residual, base))
-            cfg = make_config(method, lam=lam, steps=steps if method != "draft" else 20, batch=256)
+            cfg = make_config(method, lam=lam, steps=steps if method != "draft" else 20, batch=batch)
             t0 = time.perf_counter()
             model, _ = finetune(method, model, base, reward, cfg, iterations=iterations, lr=LR[method],
                                 dtype=torch.float64, desc=f"{method} lambda={lam:g}", seed=seed,
@@ -129,7 +131,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
                   f"{seconds:.0f}s", flush=True)
     scatter(pictures, lambdas, methods, out_dir / "finetune_2d.png")
     return [{**r, "eval_steps": eval_steps, "steps": steps, "residual": residual, "seed": seed,
-             "grad_clip": grad_clip, "ema": ema} for r in records]
+             "grad_clip": grad_clip, "ema": ema, "batch": batch} for r in records]
 
 
 def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...], path: Path) -> None:
@@ -183,13 +185,15 @@ def main() -> None:
                     "iterate)")
     ap.add_argument("--evals", type=int, default=4, help="shapes: evaluations along each run (the curve's points)")
     ap.add_argument("--lr", type=float, default=3e-4, help="shapes: the LoRA's learning rate")
-    ap.add_argument("--batch", type=int, default=8, help="shapes: samples per iteration")
+    ap.add_argument("--batch", type=int, default=None, help=f"samples per iteration (default {BATCH} (2d), 8 (shapes))")
     ap.add_argument("--no-base", action="store_true", help="shapes: skip the untuned model's rows (CFG 1 and 3)")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batch is not None and args.batch < 1:
+        ap.error(f"--batch must be >= 1; got {args.batch}")
     if args.grad_clip < 0 or not 0 <= args.ema < 1:
         ap.error(f"--grad-clip must be >= 0 and --ema in [0, 1); got {args.grad_clip}, {args.ema}")
     two_d_only = {"--residual": args.residual != "vector", "--seed": args.seed != 0,
@@ -209,7 +213,7 @@ def main() -> None:
         iterations = 2 if args.quick else (args.iterations or 200)
         lam = args.lambdas[0] if args.lambdas else 0.5
         records = run_shapes(methods, iterations, min(args.evals, iterations), json_path.parent, json_path,
-                             lr=args.lr, lam=lam, batch=2 if args.quick else args.batch,
+                             lr=args.lr, lam=lam, batch=2 if args.quick else (args.batch or 8),
                              per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1",
                              base_rows=not args.no_base)
         held = args.target == "shapes-v2"
@@ -224,7 +228,7 @@ def main() -> None:
         return
     iterations = 5 if args.quick else (args.iterations or 600)
     records = run(iterations, methods, tuple(args.lambdas or LAMBDAS), json_path.parent, args.eval_steps or args.steps,
-                  args.steps, args.residual, args.seed, args.grad_clip, args.ema)
+                  args.steps, args.residual, args.seed, args.grad_clip, args.ema, args.batch or BATCH)
     json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:
