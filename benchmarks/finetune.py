@@ -84,6 +84,25 @@ def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.
     return trajectory(model, x, times, generator=torch.Generator().manual_seed(seed + 1))[-1]
 
 
+def exact_sets(base: GaussianMixture, reward: QuadraticReward, lambdas: tuple[float, ...]
+               ) -> tuple[torch.Tensor, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """Exact base samples and two exact tilted sample sets per lambda, the same whichever lambdas a run measures: the
+    default lambdas' sets drawn in their order from one seed (as every record before 2026-12-07 drew them), any other
+    lambda's from a seed of its own."""
+    g = torch.Generator().manual_seed(1)
+    base_exact = base.sample(N_EVAL, g)
+    sets = {}
+    for lam in LAMBDAS:
+        target = tilted_gmm(base, reward, lam)
+        sets[lam] = (target.sample(N_EVAL, g), target.sample(N_EVAL, g))
+    for lam in lambdas:
+        if lam not in sets:
+            own = torch.Generator().manual_seed(int(round(lam * 1_000_000)) + 2)
+            target = tilted_gmm(base, reward, lam)
+            sets[lam] = (target.sample(N_EVAL, own), target.sample(N_EVAL, own))
+    return base_exact, sets
+
+
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
         eval_steps: int = STEPS, steps: int = STEPS, residual: str = "vector", seed: int = 0,
         grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH) -> list[dict]:
@@ -92,14 +111,12 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
-    g = torch.Generator().manual_seed(1)
-    base_exact = base.sample(N_EVAL, g)
+    base_exact, exact = exact_sets(base, reward, lambdas)
     base_floor = w2(samples(base, steps=eval_steps), base_exact)
     pictures = {}
     for lam in lambdas:
         name = f"ring8/quadratic/lambda={lam:g}"
-        target = tilted_gmm(base, reward, lam)
-        ref, ref2 = target.sample(N_EVAL, g), target.sample(N_EVAL, g)
+        target, (ref, ref2) = tilted_gmm(base, reward, lam), exact[lam]
         floor = w2(ref2, ref)
         xb = samples(base, steps=eval_steps)
         xt = samples(target, steps=eval_steps)  # the exact fine-tuned model (the tilted mixture) on the same sampler

@@ -59,3 +59,18 @@ def test_the_2d_only_flags_are_refused_elsewhere_and_checked(monkeypatch, capsys
             bench.main()
         assert e.value.code == 2
     assert "2d only" in capsys.readouterr().err
+
+
+def test_the_exact_sets_do_not_depend_on_which_lambdas_are_run():
+    """A run of lambda 0.5 alone scores against the same exact samples as the full run (they once came from one
+    generator in the order the lambdas were run, so the floor of a 0.5-only run was 0.020, not the records' 0.030)."""
+    base, reward = gmm_target(), bench.QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64),
+                                                       torch.eye(2, dtype=torch.float64))
+    full_base, full = bench.exact_sets(base, reward, (1.0, 0.5))
+    alone_base, alone = bench.exact_sets(base, reward, (0.5, 0.25))
+    assert torch.equal(full_base, alone_base)
+    for a, b in zip(full[0.5], alone[0.5], strict=True):
+        assert torch.equal(a, b)
+    assert round(bench.w2(*full[1.0][::-1]), 4) == 0.0483 and round(bench.w2(*full[0.5][::-1]), 4) == 0.0302  # records
+    other, again = alone[0.25], bench.exact_sets(base, reward, (0.25,))[1][0.25]
+    assert torch.equal(other[0], again[0]) and not torch.equal(other[0], full[0.5][0])
