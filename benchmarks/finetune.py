@@ -14,9 +14,9 @@ scalar network of the same, or ``both``, their sum; ``mlp``, the network of the 
 of iterations and batch; samples come from the fine-tuned memoryless sampler on the grid it was trained on
 (``--steps``, default 40; ``--eval-steps N`` samples on another grid: the control is a function of continuous t, but
 measured 2026-12-05 it is fitted to its training grid, W2 0.116 -> 0.137 at 200 steps). Records carry ``steps``,
-``eval_steps``, ``residual``, ``seed`` (``--seed``, the training seed), ``grad_clip``, ``ema`` and ``batch``
-(``--batch``, trajectories per iteration; the settings of the run; the reference rows carry them too, unaffected by
-them).
+``eval_steps``, ``spacing`` (``--spacing``, the memoryless grid's), ``residual``, ``seed`` (``--seed``, the training
+seed), ``grad_clip``, ``ema`` and ``batch`` (``--batch``, trajectories per iteration): the settings of the run; the
+reference rows carry them too, unaffected by them except the grid's (the floors are sampled on it).
 
 Records {"target", "method", "reward", "kl_or_w2", "seconds"}: ``kl_or_w2`` is the sliced W2 between 4000 samples
 and 4000 exact tilted samples; ``reward`` the mean reward of the samples. Reference rows per target:
@@ -52,6 +52,7 @@ STEPS = 40
 N_EVAL = 4000
 BATCH = 256  # trajectories per iteration (every method)
 LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3}
+SPACINGS = ("logsnr", "time", "karras")  # the memoryless grid's (memoryless_times)
 RESIDUALS = ("vector", "gradient", "both", "mlp")  # FourierResidual's parts, or ScoreResidual
 
 
@@ -77,8 +78,9 @@ def w2(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS) -> torch.Tensor:  # noqa: ANN001
-    times = memoryless_times(model, steps)
+def samples(model, n: int = N_EVAL, seed: int = 5, steps: int = STEPS,  # noqa: ANN001
+            spacing: str = "logsnr") -> torch.Tensor:
+    times = memoryless_times(model, steps, spacing=spacing)
     x = initial_noise(model, (n, 2), t_max=float(times[0]), generator=torch.Generator().manual_seed(seed),
                       dtype=torch.float64)
     return trajectory(model, x, times, generator=torch.Generator().manual_seed(seed + 1))[-1]
@@ -105,21 +107,22 @@ def exact_sets(base: GaussianMixture, reward: QuadraticReward, lambdas: tuple[fl
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
         eval_steps: int = STEPS, steps: int = STEPS, residual: str = "vector", seed: int = 0,
-        grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH) -> list[dict]:
+        grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH, spacing: str = "logsnr") -> list[dict]:
     """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
-    (the exact sample sets and the evaluation noise stay fixed); ``batch`` trajectories per iteration."""
+    (the exact sample sets and the evaluation noise stay fixed); ``batch`` trajectories per iteration; ``spacing`` the
+    memoryless grid's (training and evaluation alike)."""
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
     base_exact, exact = exact_sets(base, reward, lambdas)
-    base_floor = w2(samples(base, steps=eval_steps), base_exact)
+    base_floor = w2(samples(base, steps=eval_steps, spacing=spacing), base_exact)
     pictures = {}
     for lam in lambdas:
         name = f"ring8/quadratic/lambda={lam:g}"
         target, (ref, ref2) = tilted_gmm(base, reward, lam), exact[lam]
         floor = w2(ref2, ref)
-        xb = samples(base, steps=eval_steps)
-        xt = samples(target, steps=eval_steps)  # the exact fine-tuned model (the tilted mixture) on the same sampler
+        xb = samples(base, steps=eval_steps, spacing=spacing)
+        xt = samples(target, steps=eval_steps, spacing=spacing)  # the exact fine-tuned model on the same sampler
         records += [
             {"target": name, "method": "exact_resample", "reward": float(reward(ref2).mean()),
              "kl_or_w2": floor, "seconds": 0.0},
@@ -133,13 +136,14 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
         for method in methods:
             torch.manual_seed(seed)
             model = ResidualDenoiser(base, residual_network(residual, base))
-            cfg = make_config(method, lam=lam, steps=steps if method != "draft" else 20, batch=batch)
+            cfg = make_config(method, lam=lam, steps=steps if method != "draft" else 20, batch=batch,
+                              spacing=spacing)
             t0 = time.perf_counter()
             model, _ = finetune(method, model, base, reward, cfg, iterations=iterations, lr=LR[method],
                                 dtype=torch.float64, desc=f"{method} lambda={lam:g}", seed=seed,
                                 grad_clip=grad_clip, ema_decay=ema)
             seconds = time.perf_counter() - t0
-            x = samples(model, steps=eval_steps)
+            x = samples(model, steps=eval_steps, spacing=spacing)
             pictures[(lam, method)] = x
             rec = {"target": name, "method": method, "reward": float(reward(x).mean()), "kl_or_w2": w2(x, ref),
                    "seconds": seconds}
@@ -148,7 +152,8 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
                   f"{seconds:.0f}s", flush=True)
     scatter(pictures, lambdas, methods, out_dir / "finetune_2d.png")
     return [{**r, "eval_steps": eval_steps, "steps": steps, "residual": residual, "seed": seed,
-             "grad_clip": grad_clip, "ema": ema, "batch": batch} for r in records]
+             "grad_clip": grad_clip, "ema": ema, "batch": batch, "spacing": spacing}
+            for r in records]
 
 
 def scatter(pictures: dict, lambdas: tuple[float, ...], methods: tuple[str, ...], path: Path) -> None:
@@ -196,6 +201,8 @@ def main() -> None:
     ap.add_argument("--residual", choices=RESIDUALS, default="vector",
                     help="2d: the score-residual network (FourierResidual's parts: both, gradient, vector; mlp: "
                          "ScoreResidual, the network of the figures before 2026-12-07)")
+    ap.add_argument("--spacing", choices=SPACINGS, default="logsnr", help="2d: the memoryless grid's spacing "
+                    "(training and evaluation; DRaFT keeps its own 20-step log-SNR grid)")
     ap.add_argument("--seed", type=int, default=0, help="2d: the training seed (initialisation and draws)")
     ap.add_argument("--grad-clip", type=float, default=1.0, help="2d: the gradient norm's cap (0: none)")
     ap.add_argument("--ema", type=float, default=0.0, help="2d: EMA decay of the fine-tuned parameters (0: the last "
@@ -214,7 +221,8 @@ def main() -> None:
     if args.grad_clip < 0 or not 0 <= args.ema < 1:
         ap.error(f"--grad-clip must be >= 0 and --ema in [0, 1); got {args.grad_clip}, {args.ema}")
     two_d_only = {"--residual": args.residual != "vector", "--seed": args.seed != 0,
-                  "--grad-clip": args.grad_clip != 1.0, "--ema": args.ema != 0.0}
+                  "--spacing": args.spacing != "logsnr", "--grad-clip": args.grad_clip != 1.0,
+                  "--ema": args.ema != 0.0}
     if args.target != "2d" and (given := [k for k, v in two_d_only.items() if v]):
         ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
@@ -245,7 +253,7 @@ def main() -> None:
         return
     iterations = 5 if args.quick else (args.iterations or 600)
     records = run(iterations, methods, tuple(args.lambdas or LAMBDAS), json_path.parent, args.eval_steps or args.steps,
-                  args.steps, args.residual, args.seed, args.grad_clip, args.ema, args.batch or BATCH)
+                  args.steps, args.residual, args.seed, args.grad_clip, args.ema, args.batch or BATCH, args.spacing)
     json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:

@@ -41,6 +41,7 @@ from priorkit.distill.zoo.judge import frechet_distance, judge_features, load_ju
 METHODS: dict[str, tuple[str, dict]] = {
     "draft_k1": ("draft", {"k": 1}),
     "adjoint_matching": ("adjoint_matching", {"steps": 20, "time_samples": 10}),
+    "adjoint_matching_eps": ("adjoint_matching", {"steps": 20, "time_samples": 10, "weighting": "eps"}),
     "ddpo": ("ddpo", {"time_samples": 10}),
     "draft": ("draft", {"checkpoint": True}),
 }

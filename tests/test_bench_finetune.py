@@ -33,19 +33,20 @@ def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path, monkeypatch):
     batches = []
 
     def finetune(*args, **kwargs):  # the real training, with the batch it was given recorded
-        batches.append(args[4].batch)
+        batches.append((args[4].batch, args[4].spacing))
         return real(*args, **kwargs)
 
     real = bench.finetune
     monkeypatch.setattr(bench, "finetune", finetune)
-    records = bench.run(2, ("adjoint_matching",), (1.0,), tmp_path, residual="both", seed=3, grad_clip=0.0, batch=32)
-    assert batches == [32]
+    records = bench.run(2, ("adjoint_matching",), (1.0,), tmp_path, residual="both", seed=3, grad_clip=0.0, batch=32,
+                        spacing="time")
+    assert batches == [(32, "time")]
     assert [r["method"] for r in records] == ["exact_resample", "base_sampler_floor", "tilted_sampler_floor", "base",
                                               "adjoint_matching"]
     for r in records:
         assert {"target", "method", "reward", "kl_or_w2", "seconds"} <= set(r)
-        assert (r["residual"], r["seed"], r["grad_clip"], r["ema"], r["steps"], r["eval_steps"], r["batch"]) == (
-            "both", 3, 0.0, 0.0, bench.STEPS, bench.STEPS, 32)
+        assert (r["residual"], r["seed"], r["grad_clip"], r["ema"], r["steps"], r["eval_steps"], r["batch"],
+                r["spacing"]) == ("both", 3, 0.0, 0.0, bench.STEPS, bench.STEPS, 32, "time")
     floor, model = records[0]["kl_or_w2"], records[-1]["kl_or_w2"]
     assert 0 < floor < model  # 2 iterations cannot reach the exact resample
     assert (tmp_path / "finetune_2d.png").exists()
@@ -53,7 +54,8 @@ def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path, monkeypatch):
 
 def test_the_2d_only_flags_are_refused_elsewhere_and_checked(monkeypatch, capsys):
     for argv in (["--target", "shapes", "--seed", "2"], ["--target", "shapes-v2", "--residual", "mlp"],
-                 ["--grad-clip", "-1"], ["--ema", "1"], ["--batch", "0"]):
+                 ["--grad-clip", "-1"], ["--ema", "1"], ["--batch", "0"],
+                 ["--target", "shapes", "--spacing", "time"], ["--spacing", "ddpm"]):
         monkeypatch.setattr("sys.argv", ["finetune", *argv])
         with pytest.raises(SystemExit) as e:
             bench.main()

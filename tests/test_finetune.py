@@ -454,3 +454,56 @@ def test_the_memoryless_sampler_of_the_exact_tilt_reaches_the_tilted_samples():
     assert fine < 2.0 * floor  # measured 0.012 against a floor of 0.016 (20000 samples)
     assert coarse > 2.0 * fine  # 40 steps under-disperse the sharp tilt: the floor of a 40-step fine-tuned sampler
     assert w2(sampled(base, 400), ref) > 20 * floor
+
+
+def test_the_memoryless_grid_takes_its_spacing_into_training(monkeypatch):
+    """AdjointMatchingConfig.spacing / DDPOConfig.spacing set the memoryless grid the trajectories run on."""
+    from priorkit.distill.finetune.ddpo import DDPOConfig, ddpo_loss
+
+    base = gmm_target()
+    logsnr, time_ = memoryless_times(base, 8), memoryless_times(base, 8, spacing="time")
+    torch.testing.assert_close(time_, torch.linspace(float(time_[0]), 1e-3, 9, dtype=F64))
+    assert float(logsnr[0]) == float(time_[0]) and not torch.allclose(logsnr, time_)
+    reward = LinearReward(torch.tensor([1.0, 0.0], dtype=F64))
+    for spacing, grid in (("logsnr", logsnr), ("time", time_)):
+        cfg = AdjointMatchingConfig(steps=8, batch=4, spacing=spacing)
+        times, *_ = adjoint_targets(base, base, reward, cfg, torch.Generator().manual_seed(0), dtype=F64)
+        torch.testing.assert_close(times, grid)
+    seen = []
+    real = memoryless_times
+
+    def spy(den, steps, t_end=1e-3, spacing="logsnr"):  # noqa: ANN001, ANN202
+        seen.append(spacing)
+        return real(den, steps, t_end, spacing)
+
+    monkeypatch.setattr("priorkit.distill.finetune.ddpo.memoryless_times", spy)
+    ddpo_loss(base, base, reward, DDPOConfig(steps=4, batch=4, spacing="time"), torch.Generator().manual_seed(0),
+              dtype=F64)
+    assert seen == ["time"]
+
+
+def test_the_eps_weighting_is_sigma_squared_times_the_score_loss(monkeypatch):
+    """weighting="eps" regresses in the denoising loss's units: sigma_t^2 times the score-unit loss at each time; an
+    unknown weighting is refused; the config's weighting reaches the loss."""
+    import priorkit.distill.finetune.adjoint_matching as am
+
+    base = gmm_target()
+    reward = LinearReward(torch.tensor([1.0, 0.0], dtype=F64))
+    cfg = AdjointMatchingConfig(steps=6, batch=8)
+    times, states, adj, _ = adjoint_targets(base, base, reward, cfg, torch.Generator().manual_seed(0), dtype=F64)
+    model = ResidualDenoiser(base, ScoreResidual(2).double())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    for i in (0, 3, 5):
+        score = regression_loss(model, base, times, states, adj, [i]).item()
+        eps = regression_loss(model, base, times, states, adj, [i], weighting="eps").item()
+        assert eps == pytest.approx(float(base.schedule.sigma(times[i])) ** 2 * score, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown weighting"):
+        regression_loss(model, base, times, states, adj, [0], weighting="snr")
+    seen = []
+    real = am.regression_loss
+    monkeypatch.setattr(am, "regression_loss", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    am.adjoint_matching_loss(model, base, reward, AdjointMatchingConfig(steps=4, batch=4, weighting="eps"),
+                             torch.Generator().manual_seed(0), dtype=F64)
+    assert seen == ["eps"]

@@ -28,6 +28,7 @@ class DDPOConfig:
     batch: int = 256
     clip: float = 1e-4  # the paper's ratio clip range
     time_samples: int = 10  # steps of each trajectory in the loss per iteration (random subset)
+    spacing: str = "logsnr"  # the memoryless grid's spacing (memoryless_times)
 
 
 def log_prob(mean: Tensor, c: Tensor, x_next: Tensor) -> Tensor:
@@ -40,7 +41,7 @@ def log_prob(mean: Tensor, c: Tensor, x_next: Tensor) -> Tensor:
 def ddpo_loss(finetuned: Denoiser, base: Denoiser, reward: Reward, cfg: DDPOConfig, generator: torch.Generator,
               cond: Condition = None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Clipped policy-gradient loss on fresh trajectories of the fine-tuned sampler; returns (loss, rewards (B,))."""
-    times = memoryless_times(finetuned, cfg.steps)
+    times = memoryless_times(finetuned, cfg.steps, spacing=cfg.spacing)
     x = initial_noise(finetuned, (cfg.batch, *finetuned.sample_shape), t_max=float(times[0]), generator=generator,
                       dtype=dtype)
     states = trajectory(finetuned, x, times, cond, generator)

@@ -25,10 +25,11 @@ from priorkit.distill.core.samplers.ddim import ddim_coefficients
 from priorkit.distill.core.schedule import Schedule, broadcast_to
 
 
-def memoryless_times(den: Denoiser, steps: int, t_end: float = 1e-3) -> Tensor:
+def memoryless_times(den: Denoiser, steps: int, t_end: float = 1e-3, spacing: str = "logsnr") -> Tensor:
     """``steps + 1`` decreasing times (float64) from the schedule's noise end to ``t_end`` > 0, uniform in log-SNR
-    (the last state keeps a little noise: its reward is read there; sigma(t_end) is negligible)."""
-    return time_grid(den.schedule, steps, "logsnr", t_max=start_time(den.schedule), end=t_end)
+    or in ``spacing`` ("time", "karras": :func:`time_grid`'s); the last state keeps a little noise: its reward is read
+    there (sigma(t_end) is negligible)."""
+    return time_grid(den.schedule, steps, spacing, t_max=start_time(den.schedule), end=t_end)
 
 
 def start_time(schedule: Schedule) -> float:
