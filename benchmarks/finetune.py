@@ -39,7 +39,7 @@ import torch
 from benchmarks.finetune_shapes import METHODS as SHAPES_METHODS
 from priorkit.distill.core.gmm import GaussianMixture
 from priorkit.distill.core.samplers import initial_noise
-from priorkit.distill.finetune.memoryless import memoryless_times, trajectory
+from priorkit.distill.finetune.memoryless import SPACINGS, memoryless_times, trajectory
 from priorkit.distill.finetune.residual import FourierResidual, ResidualDenoiser, ScoreResidual
 from priorkit.distill.finetune.reward import QuadraticReward
 from priorkit.distill.finetune.tilt import full_covariances, tilted_gmm
@@ -52,7 +52,6 @@ STEPS = 40
 N_EVAL = 4000
 BATCH = 256  # trajectories per iteration (every method)
 LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3}
-SPACINGS = ("logsnr", "time", "karras")  # the memoryless grid's (memoryless_times)
 RESIDUALS = ("vector", "gradient", "both", "mlp")  # FourierResidual's parts, or ScoreResidual
 
 
@@ -110,7 +109,8 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
         grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH, spacing: str = "logsnr") -> list[dict]:
     """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
     (the exact sample sets and the evaluation noise stay fixed); ``batch`` trajectories per iteration; ``spacing`` the
-    memoryless grid's (training and evaluation alike)."""
+    memoryless grid's (training and evaluation; DRaFT trains on its own 20-step log-SNR grid, and every method is
+    scored on this one)."""
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
@@ -216,6 +216,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lambdas and min(args.lambdas) <= 0:
+        ap.error(f"--lambdas must be > 0; got {args.lambdas}")
     if args.batch is not None and args.batch < 1:
         ap.error(f"--batch must be >= 1; got {args.batch}")
     if args.grad_clip < 0 or not 0 <= args.ema < 1:

@@ -38,9 +38,17 @@ def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path, monkeypatch):
 
     real = bench.finetune
     monkeypatch.setattr(bench, "finetune", finetune)
+    grids, real_times = [], bench.memoryless_times
+
+    def times(den, steps, t_end=1e-3, spacing="logsnr"):  # noqa: ANN001, ANN202  (every evaluation's grid)
+        grids.append(spacing)
+        return real_times(den, steps, t_end, spacing)
+
+    monkeypatch.setattr(bench, "memoryless_times", times)
     records = bench.run(2, ("adjoint_matching",), (1.0,), tmp_path, residual="both", seed=3, grad_clip=0.0, batch=32,
                         spacing="time")
     assert batches == [(32, "time")]
+    assert grids == ["time"] * 4  # the base floor, the base, the exact tilted model and the fine-tuned model
     assert [r["method"] for r in records] == ["exact_resample", "base_sampler_floor", "tilted_sampler_floor", "base",
                                               "adjoint_matching"]
     for r in records:
@@ -53,14 +61,34 @@ def test_a_tiny_run_writes_every_row_with_its_settings(tmp_path, monkeypatch):
 
 
 def test_the_2d_only_flags_are_refused_elsewhere_and_checked(monkeypatch, capsys):
-    for argv in (["--target", "shapes", "--seed", "2"], ["--target", "shapes-v2", "--residual", "mlp"],
-                 ["--grad-clip", "-1"], ["--ema", "1"], ["--batch", "0"],
-                 ["--target", "shapes", "--spacing", "time"], ["--spacing", "ddpm"]):
+    for argv, message in ((["--target", "shapes", "--seed", "2"], "--seed: 2d only"),
+                          (["--target", "shapes-v2", "--residual", "mlp"], "--residual: 2d only"),
+                          (["--target", "shapes", "--spacing", "time"], "--spacing: 2d only"),
+                          (["--grad-clip", "-1"], "--grad-clip must be"), (["--ema", "1"], "--ema in"),
+                          (["--batch", "0"], "--batch must be >= 1"), (["--lambdas", "0"], "--lambdas must be > 0"),
+                          (["--spacing", "ddpm"], "invalid choice")):
         monkeypatch.setattr("sys.argv", ["finetune", *argv])
         with pytest.raises(SystemExit) as e:
             bench.main()
         assert e.value.code == 2
-    assert "2d only" in capsys.readouterr().err
+        assert message in capsys.readouterr().err, argv
+
+
+def test_the_default_batch_is_256_in_2d_and_8_on_the_shapes(monkeypatch, tmp_path):
+    import benchmarks.finetune_shapes as shapes_bench
+
+    seen = {}
+    monkeypatch.setattr(bench, "run", lambda *a: seen.setdefault("2d", a[10]) and [])
+    monkeypatch.setattr(shapes_bench, "run", lambda *a, **k: seen.setdefault("shapes", k["batch"]) and [])
+    for argv in ([], ["--target", "shapes"]):
+        monkeypatch.setattr("sys.argv", ["finetune", "--json", str(tmp_path / "f.json"), *argv])
+        bench.main()
+    assert seen == {"2d": bench.BATCH, "shapes": 8} and bench.BATCH == 256
+
+
+def test_a_lambda_run_alone_scores_against_the_full_runs_samples(tmp_path):
+    records = bench.run(1, (), (0.5,), tmp_path)
+    assert round(records[0]["kl_or_w2"], 4) == 0.0302  # the full run's exact_resample at lambda 0.5
 
 
 def test_the_exact_sets_do_not_depend_on_which_lambdas_are_run():

@@ -507,3 +507,22 @@ def test_the_eps_weighting_is_sigma_squared_times_the_score_loss(monkeypatch):
     am.adjoint_matching_loss(model, base, reward, AdjointMatchingConfig(steps=4, batch=4, weighting="eps"),
                              torch.Generator().manual_seed(0), dtype=F64)
     assert seen == ["eps"]
+
+
+def test_bad_spacings_and_weightings_are_refused_when_the_config_is_made():
+    from priorkit.distill.finetune.ddpo import DDPOConfig
+
+    for make in (lambda: AdjointMatchingConfig(spacing="ddpm"), lambda: DDPOConfig(spacing="linear"),
+                 lambda: memoryless_times(gmm_target(), 4, spacing="ddpm")):
+        with pytest.raises(ValueError, match="unknown memoryless spacing"):
+            make()
+    with pytest.raises(ValueError, match="unknown weighting"):
+        AdjointMatchingConfig(weighting="snr")
+
+
+def test_the_shapes_benchmarks_eps_variant_is_adjoint_matching_with_the_eps_weighting():
+    from benchmarks.finetune_shapes import METHODS
+
+    name, overrides = METHODS["adjoint_matching_eps"]
+    cfg = make_config(name, lam=0.5, batch=8, **overrides)
+    assert (name, cfg.weighting, cfg.steps) == ("adjoint_matching", "eps", METHODS["adjoint_matching"][1]["steps"])

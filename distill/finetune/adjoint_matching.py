@@ -10,9 +10,9 @@ fine-tuned model's score residual on it:
 whose minimiser is score_ft - score_base = -E[a_i | x_i] = grad log h: the fine-tuned model then samples
 p*(x) ∝ p(x) exp(r(x) / lambda) exactly (up to the sampler's discretisation). Any positive weight per time keeps
 that minimiser; the paper regresses the control u = g (score_ft - score_base), i.e. weights g(t)^2, which is singular
-at both ends of a flow-matching schedule, so here the weight is 1 in score units with times uniform in log-SNR
-(``weighting="score"``), or sigma_t^2 (``"eps"``: the denoising loss's units, which weigh the low-noise times, where
-the adjoint is close to the raw reward gradient, far less).
+at both ends of a flow-matching schedule, so here the weight is 1 in score units on the memoryless grid's times
+(uniform in log-SNR by default; ``weighting="score"``), or sigma_t^2 (``"eps"``: the denoising loss's units, which
+weigh the low-noise times, where the adjoint is close to the raw reward gradient, far less).
 """
 
 from __future__ import annotations
@@ -25,8 +25,22 @@ from torch import Tensor
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers import initial_noise
 from priorkit.distill.core.schedule import broadcast_to
-from priorkit.distill.finetune.memoryless import lean_adjoint, memoryless_times, reward_gradient, trajectory
+from priorkit.distill.finetune.memoryless import (
+    check_spacing,
+    lean_adjoint,
+    memoryless_times,
+    reward_gradient,
+    trajectory,
+)
 from priorkit.distill.finetune.reward import Reward
+
+WEIGHTINGS = ("score", "eps")  # the regression's weight per time (regression_loss)
+
+
+def check_weighting(weighting: str) -> None:
+    """Refuse a weighting that is not one of :data:`WEIGHTINGS` (one-line ValueError)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
 
 
 @dataclass
@@ -39,6 +53,10 @@ class AdjointMatchingConfig:
     time_samples: int = 20  # states of each trajectory regressed on per iteration (random subset; all if >= steps)
     spacing: str = "logsnr"  # the memoryless grid's spacing (memoryless_times): "logsnr", "time" or "karras"
     weighting: str = "score"  # the regression's weight per time: "score" (1) or "eps" (sigma_t^2; see the module doc)
+
+    def __post_init__(self) -> None:
+        check_spacing(self.spacing)
+        check_weighting(self.weighting)
 
 
 def adjoint_targets(finetuned: Denoiser, base: Denoiser, reward: Reward, cfg: AdjointMatchingConfig,
@@ -53,15 +71,11 @@ def adjoint_targets(finetuned: Denoiser, base: Denoiser, reward: Reward, cfg: Ad
     return times, states, lean_adjoint(base, states, times, -grad / cfg.lam, cond), r
 
 
-WEIGHTINGS = ("score", "eps")
-
-
 def regression_loss(finetuned: Denoiser, base: Denoiser, times: Tensor, states: list[Tensor], adj: list[Tensor],
                     pick: list[int], cond: Condition = None, weighting: str = "score") -> Tensor:
     """mean over the states ``pick`` of w(t_i) || (score_ft - score_base)(x_i, t_i) + a_i ||^2 (the module's loss),
     w = 1 (``weighting="score"``) or sigma_t^2 (``"eps"``: || (eps_ft - eps_base) - sigma_t a_i ||^2)."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+    check_weighting(weighting)
     loss = torch.zeros((), dtype=torch.float32)
     for i in pick:
         t, xi = times[i], states[i]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.samplers import initial_noise
-from priorkit.distill.finetune.memoryless import memoryless_times, step_mean, trajectory
+from priorkit.distill.finetune.memoryless import check_spacing, memoryless_times, step_mean, trajectory
 from priorkit.distill.finetune.reward import Reward
 
 
@@ -29,6 +29,9 @@ class DDPOConfig:
     clip: float = 1e-4  # the paper's ratio clip range
     time_samples: int = 10  # steps of each trajectory in the loss per iteration (random subset)
     spacing: str = "logsnr"  # the memoryless grid's spacing (memoryless_times)
+
+    def __post_init__(self) -> None:
+        check_spacing(self.spacing)
 
 
 def log_prob(mean: Tensor, c: Tensor, x_next: Tensor) -> Tensor:

@@ -24,11 +24,20 @@ from priorkit.distill.core.samplers.base import NOISE_END_LOG_SNR, time_grid
 from priorkit.distill.core.samplers.ddim import ddim_coefficients
 from priorkit.distill.core.schedule import Schedule, broadcast_to
 
+SPACINGS = ("logsnr", "time", "karras")  # the memoryless grids (time_grid's spacings)
+
+
+def check_spacing(spacing: str) -> None:
+    """Refuse a memoryless grid spacing that is not one of :data:`SPACINGS` (one-line ValueError)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown memoryless spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+
 
 def memoryless_times(den: Denoiser, steps: int, t_end: float = 1e-3, spacing: str = "logsnr") -> Tensor:
     """``steps + 1`` decreasing times (float64) from the schedule's noise end to ``t_end`` > 0, uniform in log-SNR
     or in ``spacing`` ("time", "karras": :func:`time_grid`'s); the last state keeps a little noise: its reward is read
     there (sigma(t_end) is negligible)."""
+    check_spacing(spacing)
     return time_grid(den.schedule, steps, spacing, t_max=start_time(den.schedule), end=t_end)
 
 
