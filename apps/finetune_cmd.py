@@ -35,6 +35,9 @@ def finetune_cmd(
     lr: Annotated[float, typer.Option()] = 1e-4,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 8,
     k: Annotated[int, typer.Option(min=0, help="DRaFT-K: backpropagate through the last K steps (0: all)")] = 0,
+    weighting: Annotated[str, typer.Option(help="adjoint matching: the regression's weight per time, score (1) or eps "
+                                           "(sigma^2; the one measured to move the shapes-v2 prior, BENCHMARKS.md)")
+                         ] = "score",
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
@@ -47,6 +50,10 @@ def finetune_cmd(
         _fail(f"unknown reward {reward!r}; expected one of {', '.join(REWARD_NAMES)}")
     if lam <= 0:
         _fail(f"--lam must be > 0; got {lam}")
+    if weighting not in ("score", "eps"):
+        _fail(f"--weighting must be score or eps; got {weighting!r}")
+    if weighting != "score" and method != "adjoint_matching":
+        _fail(f"--weighting is adjoint_matching's; {method} has none")
     has_run = (out / "run" / "checkpoint").is_dir()
     if resume and not has_run:
         typer.echo(f"no checkpoint in {out / 'run'}: starting from scratch", err=True)
@@ -63,7 +70,8 @@ def finetune_cmd(
     try:
         run_settings(out / "run", {"method": method, "prior": prior, "reward": reward, "iterations": iterations,
                                    "lam": lam, "batch": batch, "steps": steps, "lr": lr, "rank": rank, "k": k,
-                                   "seed": seed}, resume)
+                                   "seed": seed, **({"weighting": weighting} if weighting != "score" else {})},
+                     resume)
     except ValueError as err:
         _fail(err)
 
@@ -95,7 +103,7 @@ def finetune_cmd(
 
     torch.manual_seed(seed)
     model, params = with_lora(base, rank=rank)
-    config = make_config(method, lam=lam, batch=batch, steps=steps, k=k or None)
+    config = make_config(method, lam=lam, batch=batch, steps=steps, k=k or None, weighting=weighting)
     meta = {"method": method, "reward": reward, "lam": lam, "iterations": iterations, "base": prior,
             "rank": rank, "config": {k_: v for k_, v in vars(config).items()}}
     try:

@@ -422,6 +422,24 @@ def test_finetune_command_writes_a_loadable_prior_and_refuses_to_overwrite(tmp_p
     assert result.exit_code == 2 and "--resume" in result.output
     result = runner.invoke(app, ["finetune", "rl", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown fine-tuning method" in result.output
+    for argv, message in ((["adjoint_matching", "--weighting", "snr"], "--weighting must be"),
+                          (["draft", "--weighting", "eps"], "adjoint_matching's")):
+        result = runner.invoke(app, ["finetune", *argv, "--out", str(tmp_path / "y")])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_finetune_command_passes_the_eps_weighting_to_adjoint_matching(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from priorkit.apps.cli import app
+
+    out = tmp_path / "am"
+    result = CliRunner().invoke(app, ["finetune", "adjoint_matching", "--out", str(out), "--iterations", "1",
+                                      "--batch", "2", "--steps", "2", "--weighting", "eps"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "priorkit.json").read_text())["finetune"]["config"]["weighting"] == "eps"
 
 
 def test_the_memoryless_sampler_of_the_exact_tilt_reaches_the_tilted_samples():
