@@ -36,7 +36,8 @@ def finetune_cmd(
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 8,
     k: Annotated[int, typer.Option(min=0, help="DRaFT-K: backpropagate through the last K steps (0: all)")] = 0,
     weighting: Annotated[str, typer.Option(help="adjoint matching: the regression's weight per time, score (1) or eps "
-                                           "(sigma^2; the one measured to move the shapes-v2 prior, BENCHMARKS.md)")
+                                           "(sigma_t^2, the denoising loss's units; in one shapes-v2 benchmark run at "
+                                           "lr 3e-3 it moved the prior where score did not, BENCHMARKS.md session 28)")
                          ] = "score",
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
@@ -70,6 +71,7 @@ def finetune_cmd(
     try:
         run_settings(out / "run", {"method": method, "prior": prior, "reward": reward, "iterations": iterations,
                                    "lam": lam, "batch": batch, "steps": steps, "lr": lr, "rank": rank, "k": k,
+                                   # weighting left out for score: runs made before the option match
                                    "seed": seed, **({"weighting": weighting} if weighting != "score" else {})},
                      resume)
     except ValueError as err:

@@ -440,6 +440,10 @@ def test_finetune_command_passes_the_eps_weighting_to_adjoint_matching(tmp_path)
                                       "--batch", "2", "--steps", "2", "--weighting", "eps"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "priorkit.json").read_text())["finetune"]["config"]["weighting"] == "eps"
+    assert json.loads((out / "run" / "settings.json").read_text())["weighting"] == "eps"
+    result = CliRunner().invoke(app, ["finetune", "adjoint_matching", "--out", str(out), "--iterations", "1",
+                                      "--batch", "2", "--steps", "2", "--resume"])  # the weighting left out
+    assert result.exit_code == 2 and "weighting" in result.output, result.output
 
 
 def test_the_memoryless_sampler_of_the_exact_tilt_reaches_the_tilted_samples():
