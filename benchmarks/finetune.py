@@ -192,8 +192,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=None,
                     help=f"2d: {', '.join(METHODS)}; shapes: {', '.join(SHAPES_METHODS)} (default: all)")
     ap.add_argument("--lambdas", nargs="+", type=float, default=None,
-                    help=f"reward temperatures (default {', '.join(map(str, LAMBDAS))}; shapes: the first only, "
-                         "default 0.5)")
+                    help=f"reward temperatures (default {', '.join(map(str, LAMBDAS))}; shapes: the first for the "
+                         "fine-tuning, default 0.5, every one for the exact-tilt rows)")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"memoryless steps of the fine-tuned sampler (default "
                     f"{STEPS}; DRaFT keeps its 20)")
     ap.add_argument("--eval-steps", type=int, default=None, help="memoryless steps of the evaluation samples "
@@ -211,6 +211,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="shapes: the LoRA's learning rate")
     ap.add_argument("--batch", type=int, default=None, help=f"samples per iteration (default {BATCH} (2d), 8 (shapes))")
     ap.add_argument("--no-base", action="store_true", help="shapes: skip the untuned model's rows (CFG 1 and 3)")
+    ap.add_argument("--tilt-samples", type=int, default=0,
+                    help="shapes-v2: add the exact-tilt rows (what a perfect fine-tuning reaches, one per --lambdas "
+                         "value), estimated by importance resampling of this many base samples per prompt (16: "
+                         "~40 min on one thread; 0: none)")
+    ap.add_argument("--rows-only", action="store_true",
+                    help="shapes: the reference rows only (base, exact tilt), no fine-tuning")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -225,6 +231,12 @@ def main() -> None:
     two_d_only = {"--residual": args.residual != "vector", "--seed": args.seed != 0,
                   "--spacing": args.spacing != "logsnr", "--grad-clip": args.grad_clip != 1.0,
                   "--ema": args.ema != 0.0}
+    if args.tilt_samples < 0 or (args.tilt_samples and args.target != "shapes-v2"):
+        ap.error(f"--tilt-samples must be >= 0 and is for --target shapes-v2; got {args.tilt_samples}")
+    if args.tilt_samples == 1:
+        ap.error("--tilt-samples 1 cannot tilt anything (one sample per prompt): use 0 or >= 2")
+    if args.rows_only and not args.target.startswith("shapes"):
+        ap.error("--rows-only is for the shapes targets")
     if args.target != "2d" and (given := [k for k, v in two_d_only.items() if v]):
         ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
@@ -239,17 +251,21 @@ def main() -> None:
 
         iterations = 2 if args.quick else (args.iterations or 200)
         lam = args.lambdas[0] if args.lambdas else 0.5
-        records = run_shapes(methods, iterations, min(args.evals, iterations), json_path.parent, json_path,
+        records = run_shapes(() if args.rows_only else methods, iterations, min(args.evals, iterations),
+                             json_path.parent, json_path,
                              lr=args.lr, lam=lam, batch=2 if args.quick else (args.batch or 8),
                              per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1",
-                             base_rows=not args.no_base)
+                             base_rows=not args.no_base, tilt_samples=args.tilt_samples,
+                             tilt_lams=tuple(args.lambdas) if args.lambdas else None)
         held = args.target == "shapes-v2"
         print("| method | iteration | CFG | judge accuracy |" + (" held-out names |" if held else "")
               + " mean reward | judge FID | seconds |")
         print("|---|---|---|---|" + ("---|" if held else "") + "---|---|---|")
         for r in records:
             extra = f" {r['heldout_accuracy']:.4f} |" if held else ""
-            print(f"| {r['method']} | {r['iteration']} | {r['guidance']:g} | {r['accuracy']:.4f} |{extra} "
+            label = {"exact_tilt": f"exact tilt (lambda {r['lam']:g})",
+                     "base_pool": "base (the exact-tilt rows' pool)"}.get(r["method"], r["method"])
+            print(f"| {label} | {r['iteration']} | {r['guidance']:g} | {r['accuracy']:.4f} |{extra} "
                   f"{r['reward']:.3f} | {r['kl_or_w2']:.3f} | {r['seconds']:.0f} |")
         print(f"wrote {json_path}")
         return

@@ -101,13 +101,80 @@ def evaluate_v2(den, judge, guidance: float, per_prompt: int = V2_EVAL_PER_PROMP
     return {"accuracy": accuracy, "heldout_accuracy": heldout, "reward": reward, "kl_or_w2": fid}, img
 
 
+TILT_SEEDS, TILT_REPEATS = (31, 37), 8  # the exact-tilt rows' base samples (names, held-out names); resamplings
+
+
+@torch.no_grad()
+def tilt_pool(den, judge, prompts: list[tuple[str, str, str]], k: int, seed: int  # noqa: ANN001
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``k`` samples of ``den`` at CFG 1 per (prompt, shape, colour) of ``prompts``: images in [0, 1] (P k, 3, H, W),
+    their albedo rewards (P, k) and the v2 accuracy rule's hits (P, k), both float64."""
+    from benchmarks.priors import STEPS, v2_hits
+
+    reward, g = AlbedoJudgeReward(judge), torch.Generator().manual_seed(seed)
+    images, rewards, hits = [], [], []
+    for i in range(0, len(prompts), 8):
+        chunk = prompts[i:i + 8]
+        cond = [p for p, _, _ in chunk for _ in range(k)]
+        x = initial_noise(den, (len(cond), *den.sample_shape), generator=g)
+        y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=1.0, progress=False)
+        img = ((y.clamp(-1, 1) + 1) / 2).float()
+        images.append(img)
+        rewards.append(reward(img * 2 - 1, cond))
+        hits.append(v2_hits(judge, img, [(s, c) for _, s, c in chunk for _ in range(k)]))
+        print(f"exact tilt: {i + len(chunk)} / {len(prompts)} prompts sampled x {k}", flush=True)
+    return (torch.cat(images), torch.cat(rewards).view(len(prompts), k).double(),
+            torch.cat(hits).view(len(prompts), k).double())
+
+
+def tilted_reference(den, judge, lams: tuple[float, ...], k: int,  # noqa: ANN001
+                     per_prompt: int = V2_EVAL_PER_PROMPT) -> list[tuple[dict, torch.Tensor]]:
+    """What a perfect fine-tuning would reach: the exact tilt p(x | c) exp(r(x, c) / lambda) of ``den`` at CFG 1,
+    estimated by self-normalised importance resampling of ``k`` of its samples per evaluation prompt (both sets,
+    seeds TILT_SEEDS). Per lambda: the accuracies and the mean reward as weighted expectations, the Frechet distance
+    as the mean over TILT_REPEATS resamplings of ``per_prompt`` samples a prompt (the evaluation's size, against the
+    same renders; ``kl_or_w2_spread`` their standard deviation), ``ess`` the mean effective sample size of a
+    prompt's k (the estimate leans towards the base where it is small). A first record, "base_pool" (lambda None),
+    scores the same pool resampled uniformly: the base's figures on the same draws, the rows' paired baseline.
+    Returns (record, the first resampling's images) for it and per lambda."""
+    from priorkit.distill.finetune.tilt import effective_sample_size, tilt_weights, tilted_resample
+    from priorkit.distill.zoo.shapes_v2 import renders_for
+
+    t0 = time.perf_counter()
+    names, held = v2_eval_prompts()
+    img, r, hit = tilt_pool(den, judge, names, k, TILT_SEEDS[0])
+    _, r_held, hit_held = tilt_pool(den, judge, held, k, TILT_SEEDS[1])
+    feats = judge_features(judge, img).view(len(names), k, -1)
+    real = judge_features(judge, renders_for([(s, c) for _, s, c in names], per_prompt, seed=EVAL_SEED))
+    seconds, rows = time.perf_counter() - t0, torch.arange(len(names)).unsqueeze(1)
+    out = []
+    for lam in (None, *lams):  # None: the base pool itself, resampled uniformly (the rows' paired baseline)
+        score = torch.zeros_like(r) if lam is None else r
+        w, g = tilt_weights(score, lam or 1.0), torch.Generator().manual_seed(0)
+        picks = [tilted_resample(score, lam or 1.0, per_prompt, g) for _ in range(TILT_REPEATS)]
+        fids = [frechet_distance(feats[rows, idx].flatten(0, 1), real) for idx in picks]
+        w_held = tilt_weights(torch.zeros_like(r_held) if lam is None else r_held, lam or 1.0)
+        rec = {"method": "exact_tilt" if lam else "base_pool", "iteration": 0, "guidance": 1.0, "seconds": seconds,
+               "lam": lam, "accuracy": float((w * hit).sum(1).mean()),
+               "heldout_accuracy": float((w_held * hit_held).sum(1).mean()),
+               "reward": float((w * r).sum(1).mean()), "kl_or_w2": sum(fids) / len(fids),
+               "kl_or_w2_spread": float(torch.tensor(fids).std()), "tilt_samples": k,
+               "ess": float(effective_sample_size(w).mean())}
+        out.append((rec, img.view(len(names), k, *img.shape[1:])[rows, picks[0]].flatten(0, 1)))
+    return out
+
+
 def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, json_path: Path, *, lr: float = 3e-4,
         lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str | None = None, per_prompt: int | None = None,
-        world: str = "v1", base_rows: bool = True) -> list[dict]:
+        world: str = "v1", base_rows: bool = True, tilt_samples: int = 0,
+        tilt_lams: tuple[float, ...] | None = None) -> list[dict]:
     """Base rows, then each method's curve; the JSON is rewritten after every evaluation (a partial run keeps its
     records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run); ``world`` "v1" (the
     judge reward on the 40 basic prompts) or "v2" (module docstring); ``base_rows=False`` skips the untuned model's
-    two rows (a longer run of one method beside an earlier full run)."""
+    two rows (a longer run of one method beside an earlier full run); ``tilt_samples`` > 0 (v2 only) adds the
+    exact-tilt rows (:func:`tilted_reference`, one per lambda of ``tilt_lams``, default ``(lam,)``)."""
+    if tilt_samples and world != "v2":
+        raise ValueError("the exact-tilt rows are for the v2 world (--target shapes-v2)")
     from priorkit.distill.zoo.judge import DEFAULT_DIR
 
     v2 = world == "v2"
@@ -136,6 +203,11 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
     for guidance in (1.0, 3.0) if base_rows else ():
         m, img = score(base, guidance)
         add({"method": "base", "iteration": 0, "guidance": guidance, "seconds": 0.0, **m}, img)
+    if tilt_samples:
+        for rec, img in tilted_reference(base, judge, tilt_lams or (lam,), tilt_samples, per_prompt):
+            add(rec, img)
+            if rec["lam"] is not None:
+                pictures[f"exact_tilt_lam{rec['lam']:g}"] = pictures.pop("exact_tilt")
     for label in methods:
         name, overrides = METHODS[label]
         torch.manual_seed(0)

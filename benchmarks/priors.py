@@ -177,8 +177,6 @@ def is_v2(prior: str) -> bool:
 def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: int,  # noqa: ANN001
                 guidance: float = GUIDANCE) -> tuple[float, torch.Tensor]:
     """Shape right (judge) and albedo within the colour threshold of the named colour, over n samples a prompt."""
-    from priorkit.distill.zoo import colours
-
     g = torch.Generator().manual_seed(seed)
     hits, images = 0, []
     for i in range(0, len(prompts), 16):
@@ -187,14 +185,21 @@ def v2_accuracy(den, judge, prompts: list[tuple[str, str, str]], n: int, seed: i
         x = initial_noise(den, (len(cond), *den.sample_shape), generator=g)
         y = sample(den, x, steps=STEPS, solver="dpm++2m", cond=cond, guidance=guidance, progress=False)
         img = ((y.clamp(-1, 1) + 1) / 2).float()
-        s_idx, _ = judge.predict(img)
-        target = torch.tensor([colours.all_colours()[c] for _, _, c in chunk for _ in range(n)])
-        ok_colour = torch.from_numpy(colours.delta_e(judge.albedo(img).numpy(), target.numpy())
-                                     < colours.DELTA_E_THRESHOLD)
-        ok_shape = s_idx == torch.tensor([shapes.SHAPES.index(s) for _, s, _ in chunk for _ in range(n)])
-        hits += int((ok_shape & ok_colour).sum())
+        hits += int(v2_hits(judge, img, [(s, c) for _, s, c in chunk for _ in range(n)]).sum())
         images.append(img)
     return hits / (n * len(prompts)), torch.cat(images)
+
+
+def v2_hits(judge, images: torch.Tensor, pairs: list[tuple[str, str]]) -> torch.Tensor:  # noqa: ANN001
+    """Per image in [0, 1] (B, 3, H, W) asked for (shape, colour name): shape right (judge) and albedo within the
+    colour threshold (CIEDE2000 < 15) of the named colour — the v2 accuracy rule, as a (B,) bool tensor."""
+    from priorkit.distill.zoo import colours
+
+    s_idx, _ = judge.predict(images)
+    target = torch.tensor([colours.all_colours()[c] for _, c in pairs])
+    ok_colour = torch.from_numpy(colours.delta_e(judge.albedo(images).numpy(), target.numpy())
+                                 < colours.DELTA_E_THRESHOLD)
+    return (s_idx == torch.tensor([shapes.SHAPES.index(s) for s, _ in pairs])) & ok_colour
 
 
 @torch.no_grad()

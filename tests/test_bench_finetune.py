@@ -104,3 +104,34 @@ def test_the_exact_sets_do_not_depend_on_which_lambdas_are_run():
     assert round(bench.w2(*full[1.0][::-1]), 4) == 0.0483 and round(bench.w2(*full[0.5][::-1]), 4) == 0.0302  # records
     other, again = alone[0.25], bench.exact_sets(base, reward, (0.25,))[1][0.25]
     assert torch.equal(other[0], again[0]) and not torch.equal(other[0], full[0.5][0])
+
+
+def test_the_exact_tilt_rows_weigh_the_base_samples_by_exp_r_over_lambda(monkeypatch):
+    """The shapes-v2 exact-tilt rows on the bundled prior and judge (3 + 2 prompts, 4 samples each, 2 solver steps):
+    a huge lambda gives the base pool's own figures, a tiny one those of each prompt's best-rewarded sample."""
+    import benchmarks.finetune_shapes as fs
+    import benchmarks.priors as priors
+    from priorkit.distill.loading import load_denoiser
+    from priorkit.distill.zoo.judge import DEFAULT_DIR, load_judge
+
+    names, held = fs.v2_eval_prompts()
+    monkeypatch.setattr(fs, "v2_eval_prompts", lambda: (names[:3], held[:2]))
+    monkeypatch.setattr(priors, "STEPS", 2)
+    monkeypatch.setattr(fs, "TILT_REPEATS", 2)
+    den, judge = load_denoiser("shapes-v2"), load_judge(DEFAULT_DIR.parent / "judge-v2")
+    img, r, hit = fs.tilt_pool(den, judge, names[:3], 4, fs.TILT_SEEDS[0])  # the draws the rows make
+    assert img.shape == (12, 3, 32, 32) and r.shape == hit.shape == (3, 4)
+    (pool, _), (flat, _), (sharp, shown) = fs.tilted_reference(den, judge, (1e9, 1e-9), 4)
+    assert pool["method"] == "base_pool" and pool["lam"] is None
+    assert {k: pool[k] for k in ("accuracy", "reward", "ess")} == pytest.approx(
+        {k: flat[k] for k in ("accuracy", "reward", "ess")})
+    assert flat["accuracy"] == pytest.approx(float(hit.mean()))
+    assert flat["reward"] == pytest.approx(float(r.mean()))
+    assert flat["ess"] == pytest.approx(4.0)
+    best = r.argmax(1)
+    assert sharp["accuracy"] == pytest.approx(float(hit[torch.arange(3), best].mean()))
+    assert sharp["reward"] == pytest.approx(float(r.max(1).values.mean()))
+    assert sharp["ess"] == pytest.approx(1.0)
+    assert torch.equal(shown[::2], img.view(3, 4, 3, 32, 32)[torch.arange(3), best])  # the best drawn first
+    assert flat["method"] == "exact_tilt" and flat["lam"] == 1e9 and flat["tilt_samples"] == 4
+    assert flat["kl_or_w2"] > 0 and sharp["kl_or_w2_spread"] >= 0

@@ -12,7 +12,7 @@ from priorkit.distill.finetune.adjoint_matching import AdjointMatchingConfig, ad
 from priorkit.distill.finetune.memoryless import lean_adjoint, memoryless_times, reward_gradient, trajectory
 from priorkit.distill.finetune.residual import FourierResidual, ResidualDenoiser, ScoreResidual
 from priorkit.distill.finetune.reward import CallableReward, JudgeReward, LinearReward, QuadraticReward, judge_prompts
-from priorkit.distill.finetune.tilt import tilted_gmm
+from priorkit.distill.finetune.tilt import effective_sample_size, tilt_weights, tilted_gmm, tilted_resample
 from priorkit.distill.finetune.trainer import finetune, make_config
 from priorkit.distill.zoo.shapes import COLOUR_NAMES, SHAPES
 from priorkit.distill.zoo.toy import gmm_target, sliced_w2
@@ -38,6 +38,38 @@ def test_tilted_mixture_is_p_times_exp_r_over_lambda(kind):
     # and Z is the exact normaliser: E_p[exp(r / lambda)] by Monte Carlo
     z_mc = torch.exp(reward(base.sample(400_000, g)) / lam).mean()
     assert float(torch.exp(-diff.mean())) == pytest.approx(float(z_mc), rel=0.02)
+
+
+def test_importance_weights_of_base_samples_give_the_exact_tilt():
+    """Self-normalised weights softmax(r / lambda) of samples of p estimate p exp(r / lambda): the weighted mean and
+    covariance of 200k base samples match the exact tilted mixture's (quadratic reward, lambda 0.5)."""
+    g = torch.Generator().manual_seed(3)
+    base = GaussianMixture.random(2, 3, generator=g, schedule=FlowMatching())
+    reward = QuadraticReward(torch.tensor([1.0, -0.5], dtype=F64), torch.eye(2, dtype=F64))
+    x = base.sample(200_000, g)
+    w = tilt_weights(reward(x).unsqueeze(0), 0.5)[0]
+    mean = (w[:, None] * x).sum(0)
+    cov = (w[:, None, None] * (x - mean)[:, :, None] * (x - mean)[:, None, :]).sum(0)
+    exact = tilted_gmm(base, reward, 0.5).sample(400_000, g)
+    assert torch.allclose(mean, exact.mean(0), atol=0.02)
+    assert torch.allclose(cov, exact.T.cov(), atol=0.03)
+    assert not torch.allclose(mean, x.mean(0), atol=0.1)  # the tilt moves the mean: the test can tell
+
+
+def test_tilted_resample_draws_by_the_weights():
+    r = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 3.0]], dtype=F64)
+    assert torch.allclose(effective_sample_size(tilt_weights(r, 1.0))[0], torch.tensor(4.0, dtype=F64))
+    assert float(effective_sample_size(tilt_weights(r, 1e-3))[1]) == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    first = torch.stack([tilted_resample(r, 1.0, 1, g)[:, 0] for _ in range(20_000)])  # (draws, rows)
+    freq = torch.bincount(first[:, 1], minlength=4).double() / first.shape[0]
+    assert torch.allclose(freq, tilt_weights(r, 1.0)[1], atol=0.01)  # softmax(0, 1, 2, 3) = .03, .09, .24, .64
+    assert torch.equal(tilted_resample(r, 1.0, 4, g).sort(-1).values, torch.arange(4).expand(2, 4))
+    assert torch.equal(tilted_resample(r, 1e-3, 1, g)[1], torch.tensor([3]))
+    with pytest.raises(ValueError, match="n must lie in"):
+        tilted_resample(r, 1.0, 5)
+    with pytest.raises(ValueError, match="lambda must be > 0"):
+        tilt_weights(r, 0.0)
 
 
 @pytest.mark.parametrize("steps", [5, 200])

@@ -2,7 +2,8 @@
 
 * ``reward``: the `Reward` interface and built-ins (the judge's log-probability of a prompt, brightness, a target
   colour, linear and quadratic rewards for exact 2D tests, any callable).
-* ``tilt``: the exact tilted distribution p(x) exp(r(x) / lambda) of a Gaussian mixture (linear / quadratic r).
+* ``tilt``: the tilted distribution p(x) exp(r(x) / lambda): exactly for a Gaussian mixture (linear / quadratic r),
+  by importance resampling of any model's samples.
 * ``memoryless``: the memoryless sampler (DDIM eta = 1: the reverse SDE whose noise end is independent of its data
   end), its trajectories, and the lean adjoint along them.
 * ``residual``: a fine-tuned model as a frozen base plus a trainable score residual (2D and small models).
