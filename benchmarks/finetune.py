@@ -263,8 +263,8 @@ def main() -> None:
         print("|---|---|---|---|" + ("---|" if held else "") + "---|---|---|")
         for r in records:
             extra = f" {r['heldout_accuracy']:.4f} |" if held else ""
-            label = {"exact_tilt": f"exact tilt (lambda {r['lam']:g})",
-                     "base_pool": "base (the exact-tilt rows' pool)"}.get(r["method"], r["method"])
+            label = (f"exact tilt (lambda {r['lam']:g})" if r["method"] == "exact_tilt" else
+                     "base (the exact-tilt rows' pool)" if r["method"] == "base_pool" else r["method"])
             print(f"| {label} | {r['iteration']} | {r['guidance']:g} | {r['accuracy']:.4f} |{extra} "
                   f"{r['reward']:.3f} | {r['kl_or_w2']:.3f} | {r['seconds']:.0f} |")
         print(f"wrote {json_path}")

@@ -135,3 +135,23 @@ def test_the_exact_tilt_rows_weigh_the_base_samples_by_exp_r_over_lambda(monkeyp
     assert torch.equal(shown[::2], img.view(3, 4, 3, 32, 32)[torch.arange(3), best])  # the best drawn first
     assert flat["method"] == "exact_tilt" and flat["lam"] == 1e9 and flat["tilt_samples"] == 4
     assert flat["kl_or_w2"] > 0 and sharp["kl_or_w2_spread"] >= 0
+
+
+def test_the_rows_only_run_passes_its_lambdas_and_prints_every_row(monkeypatch, tmp_path, capsys):
+    import benchmarks.finetune_shapes as shapes_bench
+
+    seen = {}
+    rows = [{"method": m, "iteration": 0, "guidance": 1.0, "accuracy": 0.5, "heldout_accuracy": 0.4, "reward": -1.0,
+             "kl_or_w2": 1.2, "seconds": 3.0, "lam": lam} for m, lam in (("base_pool", None), ("exact_tilt", 0.5))]
+
+    def run(methods, *a, **k):
+        seen.update(methods=methods, **k)
+        return rows
+
+    monkeypatch.setattr(shapes_bench, "run", run)
+    monkeypatch.setattr("sys.argv", ["finetune", "--target", "shapes-v2", "--rows-only", "--tilt-samples", "16",
+                                     "--lambdas", "1", "0.5", "--json", str(tmp_path / "f.json")])
+    bench.main()
+    assert seen["methods"] == () and seen["tilt_samples"] == 16 and seen["tilt_lams"] == (1.0, 0.5)
+    out = capsys.readouterr().out
+    assert "| base (the exact-tilt rows' pool) | 0 | 1 | 0.5000 |" in out and "| exact tilt (lambda 0.5) |" in out
