@@ -237,6 +237,10 @@ def main() -> None:
         ap.error("--tilt-samples 1 cannot tilt anything (one sample per prompt): use 0 or >= 2")
     if args.rows_only and not args.target.startswith("shapes"):
         ap.error("--rows-only is for the shapes targets")
+    if args.rows_only and args.methods:
+        ap.error("--rows-only runs no fine-tuning: drop --methods")
+    if args.rows_only and args.no_base and not args.tilt_samples:
+        ap.error("--rows-only --no-base without --tilt-samples would run nothing")
     if args.target != "2d" and (given := [k for k, v in two_d_only.items() if v]):
         ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS

@@ -140,6 +140,10 @@ def tilted_reference(den, judge, lams: tuple[float, ...], k: int,  # noqa: ANN00
     from priorkit.distill.finetune.tilt import effective_sample_size, tilt_weights, tilted_resample
     from priorkit.distill.zoo.shapes_v2 import renders_for
 
+    if not lams or min(lams) <= 0:  # before the pools' half hour
+        raise ValueError(f"the exact-tilt rows need lambdas > 0; got {lams}")
+    if not 1 <= per_prompt <= k:
+        raise ValueError(f"the rows resample {per_prompt} of {k} samples a prompt: k must be >= {per_prompt}")
     t0 = time.perf_counter()
     names, held = v2_eval_prompts()
     img, r, hit = tilt_pool(den, judge, names, k, TILT_SEEDS[0])
@@ -149,13 +153,13 @@ def tilted_reference(den, judge, lams: tuple[float, ...], k: int,  # noqa: ANN00
     seconds, rows = time.perf_counter() - t0, torch.arange(len(names)).unsqueeze(1)
     out = []
     for lam in (None, *lams):  # None: the base pool itself, resampled uniformly (the rows' paired baseline)
-        score = torch.zeros_like(r) if lam is None else r
-        w, g = tilt_weights(score, lam or 1.0), torch.Generator().manual_seed(0)
-        picks = [tilted_resample(score, lam or 1.0, per_prompt, g) for _ in range(TILT_REPEATS)]
+        score, temp = (torch.zeros_like(r), 1.0) if lam is None else (r, lam)
+        w, g = tilt_weights(score, temp), torch.Generator().manual_seed(0)
+        picks = [tilted_resample(score, temp, per_prompt, g) for _ in range(TILT_REPEATS)]
         fids = [frechet_distance(feats[rows, idx].flatten(0, 1), real) for idx in picks]
-        w_held = tilt_weights(torch.zeros_like(r_held) if lam is None else r_held, lam or 1.0)
-        rec = {"method": "exact_tilt" if lam else "base_pool", "iteration": 0, "guidance": 1.0, "seconds": seconds,
-               "lam": lam, "accuracy": float((w * hit).sum(1).mean()),
+        w_held = tilt_weights(torch.zeros_like(r_held) if lam is None else r_held, temp)
+        rec = {"method": "base_pool" if lam is None else "exact_tilt", "iteration": 0, "guidance": 1.0,
+               "seconds": seconds, "lam": lam, "accuracy": float((w * hit).sum(1).mean()),
                "heldout_accuracy": float((w_held * hit_held).sum(1).mean()),
                "reward": float((w * r).sum(1).mean()), "kl_or_w2": sum(fids) / len(fids),
                "kl_or_w2_spread": float(torch.tensor(fids).std()), "tilt_samples": k,

@@ -120,12 +120,18 @@ def test_the_exact_tilt_rows_weigh_the_base_samples_by_exp_r_over_lambda(monkeyp
     monkeypatch.setattr(fs, "TILT_REPEATS", 2)
     den, judge = load_denoiser("shapes-v2"), load_judge(DEFAULT_DIR.parent / "judge-v2")
     img, r, hit = fs.tilt_pool(den, judge, names[:3], 4, fs.TILT_SEEDS[0])  # the draws the rows make
+    _, r_held, hit_held = fs.tilt_pool(den, judge, held[:2], 4, fs.TILT_SEEDS[1])
     assert img.shape == (12, 3, 32, 32) and r.shape == hit.shape == (3, 4)
+    pairs = [(sh, c) for _, sh, c in names[:3] for _ in range(4)]  # each hit is the v2 rule on its own image
+    assert torch.equal(hit.flatten().bool(), priors.v2_hits(judge, img, pairs))
     (pool, _), (flat, _), (sharp, shown) = fs.tilted_reference(den, judge, (1e9, 1e-9), 4)
     assert pool["method"] == "base_pool" and pool["lam"] is None
     assert {k: pool[k] for k in ("accuracy", "reward", "ess")} == pytest.approx(
         {k: flat[k] for k in ("accuracy", "reward", "ess")})
     assert flat["accuracy"] == pytest.approx(float(hit.mean()))
+    assert flat["heldout_accuracy"] == pytest.approx(float(hit_held.mean()))
+    assert sharp["heldout_accuracy"] == pytest.approx(float(hit_held[torch.arange(2), r_held.argmax(1)].mean()))
+    assert pool["kl_or_w2"] == pytest.approx(flat["kl_or_w2"])  # uniform weights: the same draws, the same distance
     assert flat["reward"] == pytest.approx(float(r.mean()))
     assert flat["ess"] == pytest.approx(4.0)
     best = r.argmax(1)
@@ -135,6 +141,8 @@ def test_the_exact_tilt_rows_weigh_the_base_samples_by_exp_r_over_lambda(monkeyp
     assert torch.equal(shown[::2], img.view(3, 4, 3, 32, 32)[torch.arange(3), best])  # the best drawn first
     assert flat["method"] == "exact_tilt" and flat["lam"] == 1e9 and flat["tilt_samples"] == 4
     assert flat["kl_or_w2"] > 0 and sharp["kl_or_w2_spread"] >= 0
+    with pytest.raises(ValueError, match="lambdas > 0"):
+        fs.tilted_reference(den, judge, (0.0,), 4)
 
 
 def test_the_rows_only_run_passes_its_lambdas_and_prints_every_row(monkeypatch, tmp_path, capsys):
@@ -155,3 +163,16 @@ def test_the_rows_only_run_passes_its_lambdas_and_prints_every_row(monkeypatch, 
     assert seen["methods"] == () and seen["tilt_samples"] == 16 and seen["tilt_lams"] == (1.0, 0.5)
     out = capsys.readouterr().out
     assert "| base (the exact-tilt rows' pool) | 0 | 1 | 0.5000 |" in out and "| exact tilt (lambda 0.5) |" in out
+
+
+def test_the_tilt_flags_are_checked(monkeypatch, capsys):
+    for argv, message in ((["--target", "2d", "--tilt-samples", "4"], "is for --target shapes-v2"),
+                          (["--target", "shapes-v2", "--tilt-samples", "-1"], "must be >= 0"),
+                          (["--target", "shapes-v2", "--tilt-samples", "1"], "cannot tilt anything"),
+                          (["--target", "2d", "--rows-only"], "is for the shapes targets"),
+                          (["--target", "shapes-v2", "--rows-only", "--methods", "draft_k1"], "drop --methods"),
+                          (["--target", "shapes-v2", "--rows-only", "--no-base"], "would run nothing")):
+        monkeypatch.setattr("sys.argv", ["finetune", *argv])
+        with pytest.raises(SystemExit):
+            bench.main()
+        assert message in capsys.readouterr().err

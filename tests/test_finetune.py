@@ -60,10 +60,16 @@ def test_tilted_resample_draws_by_the_weights():
     r = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 3.0]], dtype=F64)
     assert torch.allclose(effective_sample_size(tilt_weights(r, 1.0))[0], torch.tensor(4.0, dtype=F64))
     assert float(effective_sample_size(tilt_weights(r, 1e-3))[1]) == pytest.approx(1.0)
+    w = torch.softmax(torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=F64), 0)
+    assert float(effective_sample_size(tilt_weights(r, 1.0))[1]) == pytest.approx(float(1 / (w**2).sum()))  # 2.08
     g = torch.Generator().manual_seed(0)
     first = torch.stack([tilted_resample(r, 1.0, 1, g)[:, 0] for _ in range(20_000)])  # (draws, rows)
     freq = torch.bincount(first[:, 1], minlength=4).double() / first.shape[0]
     assert torch.allclose(freq, tilt_weights(r, 1.0)[1], atol=0.01)  # softmax(0, 1, 2, 3) = .03, .09, .24, .64
+    pairs = torch.stack([tilted_resample(r[1:], 1.0, 2, g)[0] for _ in range(20_000)])  # without replacement:
+    second = pairs[pairs[:, 0] == 3, 1]  # given the first pick 3, the second is drawn from the rest by weight
+    expect = w[:3] / w[:3].sum()
+    assert torch.allclose(torch.bincount(second, minlength=4)[:3].double() / len(second), expect, atol=0.02)
     assert torch.equal(tilted_resample(r, 1.0, 4, g).sort(-1).values, torch.arange(4).expand(2, 4))
     assert torch.equal(tilted_resample(r, 1e-3, 1, g)[1], torch.tensor([3]))
     with pytest.raises(ValueError, match="n must lie in"):
