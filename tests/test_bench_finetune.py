@@ -143,6 +143,8 @@ def test_the_exact_tilt_rows_weigh_the_base_samples_by_exp_r_over_lambda(monkeyp
     assert flat["kl_or_w2"] > 0 and sharp["kl_or_w2_spread"] >= 0
     with pytest.raises(ValueError, match="lambdas > 0"):
         fs.tilted_reference(den, judge, (0.0,), 4)
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        fs.tilted_reference(den, judge, (1.0,), 1)
 
 
 def test_the_rows_only_run_passes_its_lambdas_and_prints_every_row(monkeypatch, tmp_path, capsys):
