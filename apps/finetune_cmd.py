@@ -1,5 +1,6 @@
 """``priorkit finetune METHOD --prior shapes --reward judge --out DIR``: reward fine-tuning of a bundled or diffusers
-prior through a LoRA (adjoint matching, DRaFT, DDPO); the result is a prior folder that loads like any other."""
+prior through a LoRA (adjoint matching, DRaFT, DDPO, reward-weighted denoising); the result is a prior folder that
+loads like any other."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import typer
 from priorkit.apps.cli_checks import check_writable, os_error_line
 from priorkit.apps.cli_checks import fail as _fail
 
-METHOD_NAMES = ("adjoint_matching", "draft", "ddpo")
+METHOD_NAMES = ("adjoint_matching", "draft", "ddpo", "reward_weighted")
 REWARD_NAMES = ("judge", "albedo", "brightness")
 
 
@@ -31,7 +32,8 @@ def finetune_cmd(
     lam: Annotated[float, typer.Option(help="reward temperature: adjoint matching targets p exp(r / lam); DRaFT "
                                             "divides its loss by it")] = 0.5,
     batch: Annotated[int, typer.Option(min=1)] = 16,
-    steps: Annotated[int, typer.Option(min=2, help="sampler steps during fine-tuning")] = 20,
+    steps: Annotated[int, typer.Option(min=2, help="sampler steps during fine-tuning (reward_weighted: of its pool)")
+                     ] = 20,
     lr: Annotated[float, typer.Option()] = 1e-4,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 8,
     k: Annotated[int, typer.Option(min=0, help="DRaFT-K: backpropagate through the last K steps (0: all)")] = 0,
@@ -39,6 +41,9 @@ def finetune_cmd(
                                            "(sigma_t^2, the denoising loss's units; in one shapes-v2 benchmark run at "
                                            "lr 3e-3 it moved the prior where score did not, BENCHMARKS.md session 28)")
                          ] = "score",
+    pool: Annotated[tuple[int, int], typer.Option(min=1, help="reward_weighted: its pool of base samples, K for "
+                                                              "each of P prompts (P K; drawn once, kept in OUT/run)")
+                    ] = (256, 16),
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
@@ -55,6 +60,8 @@ def finetune_cmd(
         _fail(f"--weighting must be score or eps; got {weighting!r}")
     if weighting != "score" and method != "adjoint_matching":
         _fail(f"--weighting is adjoint_matching's; {method} has none")
+    if tuple(pool) != (256, 16) and method != "reward_weighted":
+        _fail(f"--pool is reward_weighted's; {method} samples its own model as it trains")
     has_run = (out / "run" / "checkpoint").is_dir()
     if resume and not has_run:
         typer.echo(f"no checkpoint in {out / 'run'}: starting from scratch", err=True)
@@ -72,7 +79,8 @@ def finetune_cmd(
         run_settings(out / "run", {"method": method, "prior": prior, "reward": reward, "iterations": iterations,
                                    "lam": lam, "batch": batch, "steps": steps, "lr": lr, "rank": rank, "k": k,
                                    # weighting left out for score: runs made before the option match
-                                   "seed": seed, **({"weighting": weighting} if weighting != "score" else {})},
+                                   "seed": seed, **({"weighting": weighting} if weighting != "score" else {}),
+                                   **({"pool": list(pool)} if method == "reward_weighted" else {})},
                      resume)
     except ValueError as err:
         _fail(err)
@@ -105,7 +113,8 @@ def finetune_cmd(
 
     torch.manual_seed(seed)
     model, params = with_lora(base, rank=rank)
-    config = make_config(method, lam=lam, batch=batch, steps=steps, k=k or None, weighting=weighting)
+    config = make_config(method, lam=lam, batch=batch, steps=steps, k=k or None, weighting=weighting,
+                         prompts=pool[0], per_prompt=pool[1])
     meta = {"method": method, "reward": reward, "lam": lam, "iterations": iterations, "base": prior,
             "rank": rank, "config": {k_: v for k_, v in vars(config).items()}}
     try:

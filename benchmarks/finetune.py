@@ -46,12 +46,12 @@ from priorkit.distill.finetune.tilt import full_covariances, tilted_gmm
 from priorkit.distill.finetune.trainer import finetune, make_config
 from priorkit.distill.zoo.toy import gmm_target, sliced_w2
 
-METHODS = ("adjoint_matching", "draft", "ddpo")
+METHODS = ("adjoint_matching", "draft", "ddpo", "reward_weighted")
 LAMBDAS = (1.0, 0.5)
 STEPS = 40
 N_EVAL = 4000
 BATCH = 256  # trajectories per iteration (every method)
-LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3}
+LR = {"adjoint_matching": 2e-3, "draft": 1e-3, "ddpo": 1e-3, "reward_weighted": 2e-3}
 RESIDUALS = ("vector", "gradient", "both", "mlp")  # FourierResidual's parts, or ScoreResidual
 
 
@@ -106,11 +106,13 @@ def exact_sets(base: GaussianMixture, reward: QuadraticReward, lambdas: tuple[fl
 
 def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], out_dir: Path,
         eval_steps: int = STEPS, steps: int = STEPS, residual: str = "vector", seed: int = 0,
-        grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH, spacing: str = "logsnr") -> list[dict]:
+        grad_clip: float = 1.0, ema: float = 0.0, batch: int = BATCH, spacing: str = "logsnr",
+        pool: tuple[int, int] = (256, 16)) -> list[dict]:
     """Every method at every lambda; ``seed`` sets the residual network's initialisation and the training draws
     (the exact sample sets and the evaluation noise stay fixed); ``batch`` trajectories per iteration; ``spacing`` the
     memoryless grid's (training and evaluation; DRaFT trains on its own 20-step log-SNR grid, and every method is
-    scored on this one)."""
+    scored on this one); ``pool`` reward_weighted's (P, K): one row of P K base samples, drawn with ``steps``
+    DPM-Solver++ steps."""
     base = gmm_target()
     reward = QuadraticReward(torch.tensor([2.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     records: list[dict] = []
@@ -137,7 +139,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
             torch.manual_seed(seed)
             model = ResidualDenoiser(base, residual_network(residual, base))
             cfg = make_config(method, lam=lam, steps=steps if method != "draft" else 20, batch=batch,
-                              spacing=spacing)
+                              spacing=spacing, prompts=pool[0], per_prompt=pool[1])
             t0 = time.perf_counter()
             model, _ = finetune(method, model, base, reward, cfg, iterations=iterations, lr=LR[method],
                                 dtype=torch.float64, desc=f"{method} lambda={lam:g}", seed=seed,
@@ -146,7 +148,7 @@ def run(iterations: int, methods: tuple[str, ...], lambdas: tuple[float, ...], o
             x = samples(model, steps=eval_steps, spacing=spacing)
             pictures[(lam, method)] = x
             rec = {"target": name, "method": method, "reward": float(reward(x).mean()), "kl_or_w2": w2(x, ref),
-                   "seconds": seconds}
+                   "seconds": seconds, **({"pool": list(pool)} if method == "reward_weighted" else {})}
             records.append(rec)
             print(f"{name} {method}: W2 {rec['kl_or_w2']:.4f} (floor {floor:.4f}), reward {rec['reward']:.3f}, "
                   f"{seconds:.0f}s", flush=True)
@@ -217,6 +219,9 @@ def main() -> None:
                          "~40 min on one thread; 0: none)")
     ap.add_argument("--rows-only", action="store_true",
                     help="shapes: the reference rows only (base, exact tilt), no fine-tuning")
+    ap.add_argument("--pool", nargs=2, type=int, default=None, metavar=("P", "K"),
+                    help="reward_weighted: its pool of base samples, K for each of P prompts (default 256 16; 2d: one "
+                         "unconditional row of P K)")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -224,6 +229,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.lambdas and min(args.lambdas) <= 0:
         ap.error(f"--lambdas must be > 0; got {args.lambdas}")
+    if args.pool is not None and min(args.pool) < 1:
+        ap.error(f"--pool P K must be >= 1 each; got {args.pool}")
+    pool = (2, 2) if args.quick else tuple(args.pool or (256, 16))
     if args.batch is not None and args.batch < 1:
         ap.error(f"--batch must be >= 1; got {args.batch}")
     if args.grad_clip < 0 or not 0 <= args.ema < 1:
@@ -260,7 +268,7 @@ def main() -> None:
                              lr=args.lr, lam=lam, batch=2 if args.quick else (args.batch or 8),
                              per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1",
                              base_rows=not args.no_base, tilt_samples=args.tilt_samples,
-                             tilt_lams=tuple(args.lambdas) if args.lambdas else None)
+                             tilt_lams=tuple(args.lambdas) if args.lambdas else None, pool=pool)
         held = args.target == "shapes-v2"
         print("| method | iteration | CFG | judge accuracy |" + (" held-out names |" if held else "")
               + " mean reward | judge FID | seconds |")
@@ -275,7 +283,8 @@ def main() -> None:
         return
     iterations = 5 if args.quick else (args.iterations or 600)
     records = run(iterations, methods, tuple(args.lambdas or LAMBDAS), json_path.parent, args.eval_steps or args.steps,
-                  args.steps, args.residual, args.seed, args.grad_clip, args.ema, args.batch or BATCH, args.spacing)
+                  args.steps, args.residual, args.seed, args.grad_clip, args.ema, args.batch or BATCH, args.spacing,
+                  pool)
     json_path.write_text(json.dumps(records, indent=1))
     print("| target | method | reward | sliced W2 | seconds |\n|---|---|---|---|---|")
     for r in records:

@@ -44,6 +44,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "adjoint_matching_eps": ("adjoint_matching", {"steps": 20, "time_samples": 10, "weighting": "eps"}),
     "ddpo": ("ddpo", {"time_samples": 10}),
     "draft": ("draft", {"checkpoint": True}),
+    "reward_weighted": ("reward_weighted", {}),  # its pool: run(pool=...)
 }
 EVAL_SEED, EVAL_PER_PROMPT, EVAL_STEPS = 5, 8, 25
 PROMPTS = [(shapes.caption(s, c), s, c) for s in shapes.SHAPES for c in shapes.COLOUR_NAMES]
@@ -171,12 +172,14 @@ def tilted_reference(den, judge, lams: tuple[float, ...], k: int,  # noqa: ANN00
 def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, json_path: Path, *, lr: float = 3e-4,
         lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str | None = None, per_prompt: int | None = None,
         world: str = "v1", base_rows: bool = True, tilt_samples: int = 0,
-        tilt_lams: tuple[float, ...] | None = None) -> list[dict]:
+        tilt_lams: tuple[float, ...] | None = None, pool: tuple[int, int] = (256, 16)) -> list[dict]:
     """Base rows, then each method's curve; the JSON is rewritten after every evaluation (a partial run keeps its
     records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run); ``world`` "v1" (the
     judge reward on the 40 basic prompts) or "v2" (module docstring); ``base_rows=False`` skips the untuned model's
     two rows (a longer run of one method beside an earlier full run); ``tilt_samples`` > 0 (v2 only) adds the
-    exact-tilt rows (:func:`tilted_reference`, one per lambda of ``tilt_lams``, default ``(lam,)``)."""
+    exact-tilt rows (:func:`tilted_reference`, one per lambda of ``tilt_lams``, default ``(lam,)``); ``pool``
+    reward_weighted's base samples (P prompts of the fine-tuning set, K each; their drawing counts in its
+    ``seconds``)."""
     if tilt_samples and world != "v2":
         raise ValueError("the exact-tilt rows are for the v2 world (--target shapes-v2)")
     from priorkit.distill.zoo.judge import DEFAULT_DIR
@@ -216,14 +219,15 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
         name, overrides = METHODS[label]
         torch.manual_seed(0)
         model, params = with_lora(base, rank=rank)
-        config = make_config(name, lam=lam, batch=batch, **overrides)
+        config = make_config(name, lam=lam, batch=batch, prompts=pool[0], per_prompt=pool[1], **overrides)
         clock = {"train": 0.0, "since": time.perf_counter()}
 
         def on_checkpoint(m_, step: int, label: str = label, clock: dict = clock) -> None:
             clock["train"] += time.perf_counter() - clock["since"]
             m_.eval()
             metrics, img = score(m_, 1.0)
-            add({"method": label, "iteration": step, "guidance": 1.0, "seconds": clock["train"], **metrics}, img)
+            add({"method": label, "iteration": step, "guidance": 1.0, "seconds": clock["train"], **metrics,
+                 **({"pool": list(pool)} if METHODS[label][0] == "reward_weighted" else {})}, img)
             clock["since"] = time.perf_counter()
 
         finetune(name, model, base, reward, config, iterations=iterations, lr=lr, cond_fn=cond_fn, seed=0,

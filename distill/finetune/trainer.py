@@ -19,6 +19,7 @@ from priorkit.distill.finetune.adjoint_matching import AdjointMatchingConfig, ad
 from priorkit.distill.finetune.ddpo import DDPOConfig, ddpo_loss
 from priorkit.distill.finetune.draft import DRaFTConfig, draft_loss
 from priorkit.distill.finetune.reward import Reward
+from priorkit.distill.finetune.reward_weighted import RewardWeightedConfig, prepare_pool, reward_weighted_loss
 
 LossFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -26,12 +27,16 @@ LossFn = Callable[..., tuple[Tensor, Tensor]]
 @dataclass(frozen=True)
 class FinetuneMethod:
     """A reward fine-tuning method: its loss (finetuned, base, reward, config, generator, cond, dtype) ->
-    (loss, rewards) and its config dataclass."""
+    (loss, rewards) and its config dataclass. A method that learns from a fixed pool of base samples instead has a
+    ``prepare`` (base, reward, config, conditions or None, generator, dtype, pool file or None) -> pool, drawn once
+    before the run (and kept in the run's folder, so a resumed run reads it back), and a ``loss`` (finetuned, pool,
+    config, generator) -> (loss, rewards)."""
 
     name: str
     loss: LossFn
     config: type
     description: str
+    prepare: Callable[..., Any] | None = None
 
 
 METHODS: dict[str, FinetuneMethod] = {m.name: m for m in (
@@ -39,6 +44,9 @@ METHODS: dict[str, FinetuneMethod] = {m.name: m for m in (
                    "memoryless SOC: regress the score residual on the lean adjoint (targets p exp(r/lambda))"),
     FinetuneMethod("draft", draft_loss, DRaFTConfig, "backprop the reward through the sampler (K, LV variants)"),
     FinetuneMethod("ddpo", ddpo_loss, DDPOConfig, "policy gradient over the sampler's Gaussian steps"),
+    FinetuneMethod("reward_weighted", reward_weighted_loss, RewardWeightedConfig,
+                   "denoising loss on base samples weighted by exp(r/lambda) (targets p exp(r/lambda))",
+                   prepare=prepare_pool),
 )}
 
 
@@ -72,10 +80,14 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
         raise ValueError(f"ema_decay must be in [0, 1) (0: the last iterate); got {ema_decay}")
     m = METHODS[method]
     rewards: dict[int, float] = {}  # step -> mean reward of its batch
+    state: dict[str, Any] = {}
 
     def loss_fn(model: nn.Module, step: int, g: torch.Generator) -> Tensor:
-        cond = cond_fn(config.batch, g) if cond_fn is not None else None
-        loss, r = m.loss(model, base, reward, config, g, cond, dtype)
+        if m.prepare is not None:
+            loss, r = m.loss(model, state["pool"], config, g)
+        else:
+            cond = cond_fn(config.batch, g) if cond_fn is not None else None
+            loss, r = m.loss(model, base, reward, config, g, cond, dtype)
         rewards[step] = float(r.float().mean())
         return loss
 
@@ -84,6 +96,11 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
                       grad_clip=grad_clip,
                       checkpoint_every=every, log_every=max(1, iterations // 20), seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
+        if m.prepare is not None:  # drawn from its own seed, so a resumed run without the file draws the same pool
+            g = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)
+            conditions = cond_fn(config.prompts, g) if cond_fn is not None else None
+            state["pool"] = m.prepare(base, reward, config, conditions, g, dtype,
+                                      Path(out) / "pool.safetensors" if out is not None else None)
         model, log = train(finetuned, loss_fn, cfg, out or tmp, resume=resume, desc=desc or f"finetune {method}",
                            params=params, on_checkpoint=on_checkpoint)
     previous = 0

@@ -1,0 +1,162 @@
+"""Reward-weighted denoising: fine-tune on the base model's own samples, each weighted by exp(r / lambda)
+(reward-weighted regression, Peng, Kumar, Zhang & Levine 2019; for text-to-image, Lee et al. 2023, "Aligning
+Text-to-Image Models using Human Feedback").
+
+For a fixed condition c,
+
+    E_{x ~ p(.|c)} [ w(x) || f(x_t, t) - target(x, eps) ||^2 ],   w(x) = exp(r(x, c) / lambda) / Z(c),
+
+is the denoising loss of the tilted distribution p*(x | c) ∝ p(x | c) exp(r(x, c) / lambda), so its minimiser is the
+denoiser of p*: the target of adjoint matching, reached by regression on base samples instead of a control problem,
+with no gradient of the reward. The samples are a fixed pool drawn once from the base model (``per_prompt`` for each
+of ``prompts`` conditions), their weights self-normalised per condition over the pool (distill.finetune.tilt: the
+estimate leans towards the base where a condition's effective sample size is small). Each iteration draws ``batch``
+pool entries, conditions uniformly and samples in proportion to their weights (an unbiased estimate of the weighted
+loss at every batch's gradient scale), and takes the model's own denoising loss at a uniform time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from priorkit.distill.core.denoiser import Condition, Denoiser, select_rows
+from priorkit.distill.core.samplers import initial_noise, sample
+from priorkit.distill.core.schedule import add_noise
+from priorkit.distill.finetune.reward import Reward
+from priorkit.distill.finetune.tilt import effective_sample_size, tilt_weights
+from priorkit.distill.score.guidance import diffusion_loss
+
+
+@dataclass
+class RewardWeightedConfig:
+    """Defaults of reward-weighted denoising."""
+
+    lam: float = 1.0  # reward temperature: target p(x) exp(r(x) / lam)
+    batch: int = 64  # pool entries in each iteration's denoising loss
+    prompts: int = 256  # conditions in the pool (drawn once by the run's cond_fn)
+    per_prompt: int = 16  # base samples per condition (the self-normalisation's size); unconditional: one
+    # row of prompts x per_prompt samples
+    steps: int = 25  # the pool sampler's steps (DPM-Solver++(2M), CFG 1)
+    chunk: int = 64  # samples per sampler call while the pool is drawn
+
+    def __post_init__(self) -> None:
+        if not self.lam > 0:
+            raise ValueError(f"lambda must be > 0; got {self.lam}")
+        for name in ("batch", "prompts", "per_prompt", "steps", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+
+
+@dataclass
+class Pool:
+    """Base samples (P k, ...), their conditions (P k rows; None unconditional), rewards (P, k) and the tilt's
+    weights (P, k, float64, rows sum to 1)."""
+
+    x: Tensor
+    cond: Condition
+    rewards: Tensor
+    weights: Tensor
+
+    @property
+    def ess(self) -> float:
+        """Mean effective sample size of a condition's k samples."""
+        return float(effective_sample_size(self.weights).mean())
+
+
+@torch.no_grad()
+def draw_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | None,
+              generator: torch.Generator, dtype: torch.dtype = torch.float32, progress: bool = True) -> Pool:
+    """``cfg.per_prompt`` samples of ``base`` (CFG 1) for each of ``conditions`` (a list of P conditions), or with
+    None one unconditional row of ``cfg.prompts * cfg.per_prompt``; their rewards and tilt weights at ``cfg.lam``."""
+    rows = conditions if conditions is not None else [None]
+    k = cfg.per_prompt if conditions is not None else cfg.prompts * cfg.per_prompt
+    cond = None if conditions is None else [c for c in rows for _ in range(k)]
+    xs, rs = [], []
+    n = len(rows) * k
+    with tqdm(total=n, desc="reward-weighted pool (base samples)", unit="sample", disable=not progress) as bar:
+        for i in range(0, n, cfg.chunk):
+            part = None if cond is None else cond[i:i + cfg.chunk]
+            m = min(cfg.chunk, n - i)
+            z = initial_noise(base, (m, *base.sample_shape), generator=generator, dtype=dtype)
+            x = sample(base, z, steps=cfg.steps, solver="dpm++2m", cond=part, progress=False)
+            xs.append(x)
+            rs.append(reward(x, part).detach().double())
+            bar.update(m)
+    r = torch.cat(rs).view(len(rows), k)
+    if not torch.isfinite(r).all():
+        raise FloatingPointError("the reward is not finite on some of the base samples; the pool cannot be weighted")
+    return Pool(torch.cat(xs), cond, r, tilt_weights(r, cfg.lam))
+
+
+def save_pool(pool: Pool, path: Path) -> None:
+    """Write the pool as safetensors (conditions as JSON in the metadata; strings or None only)."""
+    import json
+
+    from safetensors.torch import save
+
+    from priorkit.distill.core.atomic import write_bytes
+
+    if pool.cond is not None and not all(isinstance(c, str) for c in pool.cond):
+        return  # only text conditions are kept; others are drawn again on resume
+    meta = {"cond": json.dumps(pool.cond)}
+    write_bytes(path, save({"x": pool.x.contiguous(), "rewards": pool.rewards.contiguous(),
+                            "weights": pool.weights.contiguous()}, metadata=meta))
+
+
+def load_pool(path: Path) -> Pool:
+    """A pool written by :func:`save_pool`."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        cond = json.loads(f.metadata()["cond"])
+        return Pool(f.get_tensor("x"), cond, f.get_tensor("rewards"), f.get_tensor("weights"))
+
+
+def pool_batch(pool: Pool, batch: int, generator: torch.Generator) -> tuple[Tensor, Condition, Tensor]:
+    """``batch`` entries: conditions uniformly, then a sample of each in proportion to its weight (with
+    replacement) -> (x0, cond, rewards)."""
+    p, k = pool.weights.shape  # condition p's sample i has probability w_pi / P
+    flat = torch.multinomial((pool.weights.flatten() / p).clamp_min(0), batch, replacement=True, generator=generator)
+    rows, cols = flat // k, flat % k
+    return pool.x[flat], select_rows(pool.cond, flat), pool.rewards[rows, cols]
+
+
+def reward_weighted_loss(finetuned: Denoiser, pool: Pool, cfg: RewardWeightedConfig, generator: torch.Generator
+                         ) -> tuple[Tensor, Tensor]:
+    """The module's weighted denoising loss on one batch of the pool; returns (loss, the batch's rewards)."""
+    x0, cond, r = pool_batch(pool, cfg.batch, generator)
+    s = finetuned.schedule
+    t = (s.t_min + (s.t_max - s.t_min) * torch.rand(cfg.batch, generator=generator, dtype=torch.float64)).to(x0)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    if type(finetuned).predict_native is not Denoiser.predict_native:  # the model's own training loss
+        return diffusion_loss(finetuned, x0, t, eps, cond), r
+    x_t = add_noise(s, x0, t, eps)  # a wrapper (e.g. a base plus a trainable residual): its eps prediction
+    return (finetuned(x_t, t, cond, check=False).eps - eps).pow(2).mean(), r
+
+
+def prepare_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | None,
+                 generator: torch.Generator, dtype: torch.dtype = torch.float32, path: Path | None = None) -> Pool:
+    """The run's pool: read from ``path`` when a previous run of the same settings wrote it there (the pool of a
+    run with other settings is refused), else drawn (:func:`draw_pool`) and written to ``path``."""
+    if path is not None and path.is_file():
+        pool = load_pool(path)
+        k = pool.rewards.shape[1]
+        shape = (len(conditions), cfg.per_prompt) if conditions is not None else (1, cfg.prompts * cfg.per_prompt)
+        same = tuple(pool.rewards.shape) == shape \
+            and (pool.cond is None) == (conditions is None) \
+            and (pool.cond is None or pool.cond[::k] == list(conditions))
+        if not same:
+            raise ValueError(f"{path} holds the pool of a run with other settings; remove it or use another folder")
+        return Pool(pool.x.to(dtype), pool.cond, pool.rewards, tilt_weights(pool.rewards, cfg.lam))
+    pool = draw_pool(base, reward, cfg, conditions, generator, dtype)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_pool(pool, path)
+    return pool

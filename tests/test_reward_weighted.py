@@ -1,0 +1,146 @@
+"""Reward-weighted denoising (distill.finetune.reward_weighted): its loss is the tilted distribution's denoising
+loss, proven on the exact tilted Gaussian mixture; its pool, resume and command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from priorkit.distill.core.denoiser import WrappedDenoiser
+from priorkit.distill.finetune.residual import ResidualDenoiser, ScoreResidual
+from priorkit.distill.finetune.reward import QuadraticReward
+from priorkit.distill.finetune.reward_weighted import (
+    Pool,
+    RewardWeightedConfig,
+    draw_pool,
+    pool_batch,
+    prepare_pool,
+    reward_weighted_loss,
+)
+from priorkit.distill.finetune.tilt import tilt_weights, tilted_gmm
+from priorkit.distill.finetune.trainer import finetune, make_config
+from priorkit.distill.zoo.toy import gmm_target, sliced_w2
+
+F64 = torch.float64
+
+
+def _reward() -> QuadraticReward:
+    return QuadraticReward(torch.tensor([2.0, 0.0], dtype=F64), torch.eye(2, dtype=F64))
+
+
+def test_the_weighted_denoising_loss_is_minimised_by_the_exact_tilt():
+    """On a pool of base samples, the weighted loss (one batch, the same draws for every model) is lowest for the exact
+    tilted mixture's denoiser at the run's lambda: below the base, below the tilts at lambda 0.35 and 0.7, and below
+    the tilt whose weights would be exp(r lambda) (lambda 2). Breaks if the weights are uniform, inverted or not
+    normalised per condition, or if the loss's target is not the noise of the drawn sample."""
+    base, reward = gmm_target(), _reward()
+    cfg = RewardWeightedConfig(lam=0.5, batch=60000, prompts=1, per_prompt=60000, steps=40, chunk=60000)
+    pool = draw_pool(base, reward, cfg, None, torch.Generator().manual_seed(0), dtype=F64, progress=False)
+
+    def loss(model) -> float:  # noqa: ANN001
+        return float(reward_weighted_loss(model, pool, cfg, torch.Generator().manual_seed(1))[0])
+
+    best = loss(tilted_gmm(base, reward, 0.5))
+    for other in (base, tilted_gmm(base, reward, 0.35), tilted_gmm(base, reward, 0.7), tilted_gmm(base, reward, 2.0)):
+        assert best < loss(other), (best, loss(other))
+
+
+def test_a_pool_batch_draws_conditions_uniformly_and_samples_by_their_weights():
+    rewards = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], dtype=F64)
+    w = tilt_weights(rewards, 0.5)
+    x = torch.arange(6, dtype=F64).view(6, 1)
+    pool = Pool(x, ["a"] * 3 + ["b"] * 3, rewards, w)
+    x0, cond, r = pool_batch(pool, 60000, torch.Generator().manual_seed(0))
+    freq = torch.bincount(x0[:, 0].long(), minlength=6).double() / 60000
+    torch.testing.assert_close(freq, w.flatten() / 2, atol=0.01, rtol=0)
+    assert cond == ["a" if i < 3 else "b" for i in x0[:, 0].long().tolist()]
+    torch.testing.assert_close(r, rewards.flatten()[x0[:, 0].long()])
+
+
+def test_a_short_run_moves_the_base_most_of_the_way_to_the_tilted_target():
+    base, reward = gmm_target(), _reward()
+    target = tilted_gmm(base, reward, 0.5).sample(3000, torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    model = ResidualDenoiser(base, ScoreResidual(2, hidden=64).double())
+    cfg = make_config("reward_weighted", lam=0.5, batch=256, prompts=64, per_prompt=64, steps=30)
+    model, log = finetune("reward_weighted", model, base, reward, cfg, iterations=150, lr=3e-3, dtype=F64)
+    from priorkit.distill.core.samplers import initial_noise
+    from priorkit.distill.finetune.memoryless import memoryless_times, trajectory
+
+    def draws(m) -> torch.Tensor:  # noqa: ANN001  (the benchmark's sampler: 40 memoryless steps)
+        times = memoryless_times(m, 40)
+        z = initial_noise(m, (3000, 2), t_max=float(times[0]), generator=torch.Generator().manual_seed(5), dtype=F64)
+        with torch.no_grad():
+            return trajectory(m, z, times, generator=torch.Generator().manual_seed(6))[-1]
+
+    w_base = sliced_w2(draws(base), target, generator=torch.Generator().manual_seed(0))
+    w_ft = sliced_w2(draws(model), target, generator=torch.Generator().manual_seed(0))
+    assert w_ft < 0.25 * w_base, (w_ft, w_base)
+    assert log[-1]["reward"] > -1.0  # the pool's draws by weight: rewards of the tilt, not of the base (~ -4)
+
+
+def test_the_pool_is_kept_in_the_run_folder_read_back_on_resume_and_refused_for_other_settings(tmp_path, monkeypatch):
+    from priorkit.distill.finetune import reward_weighted
+
+    base, reward = gmm_target(), _reward()
+    cfg = RewardWeightedConfig(lam=0.5, batch=8, prompts=4, per_prompt=8, steps=5)
+    conditions = ["a red cube", "a blue ball", "a red cube", "a green cone"]
+    cond_base = _CondFree(base)
+    path = tmp_path / "pool.safetensors"
+    first = prepare_pool(cond_base, reward, cfg, conditions, torch.Generator().manual_seed(0), F64, path)
+    assert path.is_file() and first.x.shape == (32, 2) and first.cond[::8] == conditions
+    torch.testing.assert_close(first.weights, tilt_weights(first.rewards, 0.5))  # normalised per condition
+    torch.testing.assert_close(first.rewards, reward(first.x).view(4, 8))
+    monkeypatch.setattr(reward_weighted, "draw_pool", lambda *a, **k: pytest.fail("the pool was drawn again"))
+    again = prepare_pool(cond_base, reward, RewardWeightedConfig(lam=1.0, batch=8, prompts=4, per_prompt=8, steps=5),
+                         conditions, torch.Generator().manual_seed(0), F64, path)
+    torch.testing.assert_close(again.x, first.x)
+    torch.testing.assert_close(again.weights, tilt_weights(first.rewards, 1.0))  # the weights follow lambda
+    for other_cfg, other_conds in ((RewardWeightedConfig(prompts=4, per_prompt=4), conditions),
+                                   (cfg, ["a red cube"] * 4)):
+        with pytest.raises(ValueError, match="other settings"):
+            prepare_pool(cond_base, reward, other_cfg, other_conds, torch.Generator(), F64, path)
+
+
+class _CondFree(WrappedDenoiser):
+    """The 2D mixture, taking (and ignoring) text conditions: a conditional model for the pool's bookkeeping."""
+
+    def forward(self, x, t, cond=None, *, check=True):  # noqa: ANN001, ANN201
+        return self.inner(x, t, None, check=check)
+
+
+def test_bad_settings_are_refused_when_the_config_is_made():
+    for bad in ({"lam": 0.0}, {"batch": 0}, {"prompts": 0}, {"per_prompt": 0}, {"steps": 0}, {"chunk": 0}):
+        with pytest.raises(ValueError):
+            RewardWeightedConfig(**bad)
+
+
+def test_a_non_finite_reward_on_the_pool_is_refused():
+    base = gmm_target()
+    cfg = RewardWeightedConfig(prompts=1, per_prompt=8, steps=3)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        draw_pool(base, lambda x, c=None: torch.full((x.shape[0],), float("nan"), dtype=F64), cfg, None,
+                  torch.Generator().manual_seed(0), F64, progress=False)
+
+
+def test_finetune_command_runs_reward_weighted_with_its_pool_and_refuses_the_pool_elsewhere(tmp_path):
+    from typer.testing import CliRunner
+
+    from priorkit.apps.cli import app
+
+    out = tmp_path / "rw"
+    runner = CliRunner()
+    result = runner.invoke(app, ["finetune", "reward_weighted", "--out", str(out), "--iterations", "2", "--batch", "2",
+                                 "--steps", "2", "--pool", "2", "2"])
+    assert result.exit_code == 0, result.output
+    assert (out / "run" / "pool.safetensors").is_file() and (out / "priorkit.json").is_file()
+    spec = json.loads((out / "priorkit.json").read_text())["finetune"]
+    assert (spec["config"]["prompts"], spec["config"]["per_prompt"]) == (2, 2)
+    assert json.loads((out / "run" / "settings.json").read_text())["pool"] == [2, 2]
+    result = runner.invoke(app, ["finetune", "reward_weighted", "--out", str(out), "--iterations", "2", "--batch", "2",
+                                 "--steps", "2", "--pool", "3", "2", "--resume"])
+    assert result.exit_code == 2 and "pool" in result.output, result.output
+    result = runner.invoke(app, ["finetune", "draft", "--out", str(tmp_path / "d"), "--pool", "3", "2"])
+    assert result.exit_code == 2 and "reward_weighted's" in result.output, result.output
