@@ -222,6 +222,10 @@ def main() -> None:
     ap.add_argument("--pool", nargs=2, type=int, default=None, metavar=("P", "K"),
                     help="reward_weighted: its pool of base samples, K for each of P prompts (default 256 16; 2d: one "
                          "unconditional row of P K)")
+    ap.add_argument("--pool-file", type=Path, default=None,
+                    help="shapes: reward_weighted's pool is read from this file when it holds the pool of the same "
+                         "--pool (and seed), else drawn and written there (runs at other lambdas or rates share it; "
+                         "the drawing time then counts in the first run's seconds only)")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -249,6 +253,8 @@ def main() -> None:
         ap.error("--rows-only runs no fine-tuning: drop --methods")
     if args.rows_only and args.no_base and not args.tilt_samples:
         ap.error("--rows-only --no-base without --tilt-samples would run nothing")
+    if args.pool_file is not None and not args.target.startswith("shapes"):
+        ap.error("--pool-file is for the shapes targets (the 2d pool takes seconds)")
     if args.target != "2d" and (given := [k for k, v in two_d_only.items() if v]):
         ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
@@ -268,7 +274,8 @@ def main() -> None:
                              lr=args.lr, lam=lam, batch=2 if args.quick else (args.batch or 8),
                              per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1",
                              base_rows=not args.no_base, tilt_samples=args.tilt_samples,
-                             tilt_lams=tuple(args.lambdas) if args.lambdas else None, pool=pool)
+                             tilt_lams=tuple(args.lambdas) if args.lambdas else None, pool=pool,
+                             pool_file=args.pool_file)
         held = args.target == "shapes-v2"
         print("| method | iteration | CFG | judge accuracy |" + (" held-out names |" if held else "")
               + " mean reward | judge FID | seconds |")

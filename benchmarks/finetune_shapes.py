@@ -172,14 +172,15 @@ def tilted_reference(den, judge, lams: tuple[float, ...], k: int,  # noqa: ANN00
 def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, json_path: Path, *, lr: float = 3e-4,
         lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str | None = None, per_prompt: int | None = None,
         world: str = "v1", base_rows: bool = True, tilt_samples: int = 0,
-        tilt_lams: tuple[float, ...] | None = None, pool: tuple[int, int] = (256, 16)) -> list[dict]:
+        tilt_lams: tuple[float, ...] | None = None, pool: tuple[int, int] = (256, 16),
+        pool_file: Path | None = None) -> list[dict]:
     """Base rows, then each method's curve; the JSON is rewritten after every evaluation (a partial run keeps its
     records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run); ``world`` "v1" (the
     judge reward on the 40 basic prompts) or "v2" (module docstring); ``base_rows=False`` skips the untuned model's
     two rows (a longer run of one method beside an earlier full run); ``tilt_samples`` > 0 (v2 only) adds the
     exact-tilt rows (:func:`tilted_reference`, one per lambda of ``tilt_lams``, default ``(lam,)``); ``pool``
     reward_weighted's base samples (P prompts of the fine-tuning set, K each; their drawing counts in its
-    ``seconds``)."""
+    ``seconds``), kept in (and read back from) ``pool_file`` when given."""
     if tilt_samples and world != "v2":
         raise ValueError("the exact-tilt rows are for the v2 world (--target shapes-v2)")
     from priorkit.distill.zoo.judge import DEFAULT_DIR
@@ -231,7 +232,7 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
             clock["since"] = time.perf_counter()
 
         finetune(name, model, base, reward, config, iterations=iterations, lr=lr, cond_fn=cond_fn, seed=0,
-                 params=params, checkpoint_every=max(1, iterations // evals),
+                 params=params, checkpoint_every=max(1, iterations // evals), pool_file=pool_file,
                  on_checkpoint=on_checkpoint, desc=f"{label} ({target}, {'albedo' if v2 else 'judge'})")
     print(f"rows of {out_dir / picture}: {', '.join(pictures)}")
     return records

@@ -98,7 +98,8 @@ def test_the_pool_is_kept_in_the_run_folder_read_back_on_resume_and_refused_for_
                          conditions, torch.Generator().manual_seed(0), F64, path)
     torch.testing.assert_close(again.x, first.x)
     torch.testing.assert_close(again.weights, tilt_weights(first.rewards, 1.0))  # the weights follow lambda
-    for other_cfg, other_conds in ((RewardWeightedConfig(prompts=4, per_prompt=4), conditions),
+    for other_cfg, other_conds in ((RewardWeightedConfig(prompts=4, per_prompt=4, steps=5), conditions),
+                                   (RewardWeightedConfig(prompts=4, per_prompt=8, steps=6), conditions),
                                    (cfg, ["a red cube"] * 4)):
         with pytest.raises(ValueError, match="other settings"):
             prepare_pool(cond_base, reward, other_cfg, other_conds, torch.Generator(), F64, path)

@@ -8,5 +8,7 @@
   end), its trajectories, and the lean adjoint along them.
 * ``residual``: a fine-tuned model as a frozen base plus a trainable score residual (2D and small models).
 * ``adjoint_matching`` (Domingo-Enrich et al. 2024), ``draft`` (Clark et al. 2024: DRaFT, DRaFT-K, DRaFT-LV),
-  ``ddpo`` (Black et al. 2023: policy gradient over the sampler's Gaussian steps, with ratio clipping).
+  ``ddpo`` (Black et al. 2023: policy gradient over the sampler's Gaussian steps, with ratio clipping),
+  ``reward_weighted`` (reward-weighted regression, Peng et al. 2019 / Lee et al. 2023: the denoising loss on base
+  samples weighted by exp(r / lambda), whose minimiser is the tilt's denoiser).
 """

@@ -93,8 +93,9 @@ def draw_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditi
     return Pool(torch.cat(xs), cond, r, tilt_weights(r, cfg.lam))
 
 
-def save_pool(pool: Pool, path: Path) -> None:
-    """Write the pool as safetensors (conditions as JSON in the metadata; strings or None only)."""
+def save_pool(pool: Pool, path: Path, settings: dict | None = None) -> None:
+    """Write the pool as safetensors (conditions and ``settings`` as JSON in the metadata; text conditions or None
+    only: another pool is not written)."""
     import json
 
     from safetensors.torch import save
@@ -103,20 +104,21 @@ def save_pool(pool: Pool, path: Path) -> None:
 
     if pool.cond is not None and not all(isinstance(c, str) for c in pool.cond):
         return  # only text conditions are kept; others are drawn again on resume
-    meta = {"cond": json.dumps(pool.cond)}
+    meta = {"cond": json.dumps(pool.cond), "settings": json.dumps(settings or {}, sort_keys=True)}
     write_bytes(path, save({"x": pool.x.contiguous(), "rewards": pool.rewards.contiguous(),
                             "weights": pool.weights.contiguous()}, metadata=meta))
 
 
-def load_pool(path: Path) -> Pool:
-    """A pool written by :func:`save_pool`."""
+def load_pool(path: Path) -> tuple[Pool, dict]:
+    """A pool written by :func:`save_pool`, and its settings."""
     import json
 
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        cond = json.loads(f.metadata()["cond"])
-        return Pool(f.get_tensor("x"), cond, f.get_tensor("rewards"), f.get_tensor("weights"))
+        meta = f.metadata()
+        pool = Pool(f.get_tensor("x"), json.loads(meta["cond"]), f.get_tensor("rewards"), f.get_tensor("weights"))
+        return pool, json.loads(meta.get("settings", "{}"))
 
 
 def pool_batch(pool: Pool, batch: int, generator: torch.Generator) -> tuple[Tensor, Condition, Tensor]:
@@ -143,20 +145,22 @@ def reward_weighted_loss(finetuned: Denoiser, pool: Pool, cfg: RewardWeightedCon
 
 def prepare_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | None,
                  generator: torch.Generator, dtype: torch.dtype = torch.float32, path: Path | None = None) -> Pool:
-    """The run's pool: read from ``path`` when a previous run of the same settings wrote it there (the pool of a
-    run with other settings is refused), else drawn (:func:`draw_pool`) and written to ``path``."""
+    """The run's pool: read from ``path`` when a previous run of the same settings wrote it there (conditions, sizes,
+    the sampler's steps and the reward's kind; lambda may differ: the weights are made again), else drawn
+    (:func:`draw_pool`) and written to ``path``. A pool of other settings is refused (ValueError)."""
+    settings = {"steps": cfg.steps, "reward": type(reward).__name__}
     if path is not None and path.is_file():
-        pool = load_pool(path)
+        pool, saved = load_pool(path)
         k = pool.rewards.shape[1]
         shape = (len(conditions), cfg.per_prompt) if conditions is not None else (1, cfg.prompts * cfg.per_prompt)
         same = tuple(pool.rewards.shape) == shape \
             and (pool.cond is None) == (conditions is None) \
-            and (pool.cond is None or pool.cond[::k] == list(conditions))
+            and (pool.cond is None or pool.cond[::k] == list(conditions)) and saved == settings
         if not same:
             raise ValueError(f"{path} holds the pool of a run with other settings; remove it or use another folder")
         return Pool(pool.x.to(dtype), pool.cond, pool.rewards, tilt_weights(pool.rewards, cfg.lam))
     pool = draw_pool(base, reward, cfg, conditions, generator, dtype)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_pool(pool, path)
+        save_pool(pool, path, settings)
     return pool

@@ -64,7 +64,7 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
              cond_fn: Callable[[int, torch.Generator], Condition] | None = None, seed: int = 0,
              params: list[nn.Parameter] | None = None, dtype: torch.dtype = torch.float32,
              desc: str | None = None, checkpoint_every: int | None = None, grad_clip: float = 1.0,
-             ema_decay: float = 0.0,
+             ema_decay: float = 0.0, pool_file: str | Path | None = None,
              on_checkpoint: Callable[[nn.Module, int], None] | None = None) -> tuple[Denoiser, list[dict[str, float]]]:
     """Fine-tune ``finetuned`` (its trainable parameters, or ``params``) towards ``reward`` for ``iterations``
     steps; ``cond_fn(batch, generator)`` draws the conditions (prompts) of each iteration. Returns the fine-tuned
@@ -73,7 +73,9 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
     averaging of a noisy run's end; the copy is of the whole model, so it costs a second model's memory) — the
     sampling inside each iteration always uses the current weights. ``on_checkpoint(model, step)`` runs after each
     checkpoint (every ``checkpoint_every`` steps; default a quarter of the run). ``grad_clip``: the gradient norm's
-    cap (0: none)."""
+    cap (0: none). ``pool_file``: where a pool method (reward_weighted) keeps its pool (default
+    ``out/pool.safetensors``; read back when it holds the pool of the same conditions, sizes, sampler steps and
+    reward, so runs at other lambdas or learning rates can share one)."""
     if not grad_clip >= 0 or not math.isfinite(grad_clip):
         raise ValueError(f"grad_clip must be a finite number >= 0 (0: no clipping); got {grad_clip}")
     if not 0 <= ema_decay < 1:
@@ -99,8 +101,9 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
         if m.prepare is not None:  # drawn from its own seed, so a resumed run without the file draws the same pool
             g = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)
             conditions = cond_fn(config.prompts, g) if cond_fn is not None else None
-            state["pool"] = m.prepare(base, reward, config, conditions, g, dtype,
-                                      Path(out) / "pool.safetensors" if out is not None else None)
+            path = Path(pool_file) if pool_file is not None else Path(out) / "pool.safetensors" if out is not None \
+                else None
+            state["pool"] = m.prepare(base, reward, config, conditions, g, dtype, path)
         model, log = train(finetuned, loss_fn, cfg, out or tmp, resume=resume, desc=desc or f"finetune {method}",
                            params=params, on_checkpoint=on_checkpoint)
     previous = 0
