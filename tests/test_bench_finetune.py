@@ -178,3 +178,37 @@ def test_the_tilt_flags_are_checked(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             bench.main()
         assert message in capsys.readouterr().err
+
+
+def test_reward_weighted_takes_its_pool_and_records_it(tmp_path, monkeypatch):
+    seen = []
+    real = bench.finetune
+
+    def finetune(*args, **kwargs):
+        seen.append((args[4].prompts, args[4].per_prompt, args[4].steps, args[4].lam))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "finetune", finetune)
+    records = bench.run(2, ("reward_weighted",), (0.5,), tmp_path, pool=(4, 8))
+    assert seen == [(4, 8, bench.STEPS, 0.5)]
+    assert records[-1]["method"] == "reward_weighted" and records[-1]["pool"] == [4, 8]
+    assert all("pool" not in r for r in records[:-1])
+
+
+def test_the_pool_flags_are_checked_and_passed_to_the_shapes_run(monkeypatch, tmp_path, capsys):
+    import benchmarks.finetune_shapes as shapes_bench
+
+    for argv, message in ((["--pool", "0", "4"], "--pool P K must be >= 1"),
+                          (["--pool-file", str(tmp_path / "p.safetensors")], "--pool-file is for the shapes")):
+        monkeypatch.setattr("sys.argv", ["finetune", *argv])
+        with pytest.raises(SystemExit):
+            bench.main()
+        assert message in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(shapes_bench, "run", lambda *a, **k: seen.update(k) or [])
+    monkeypatch.setattr("sys.argv", ["finetune", "--target", "shapes-v2", "--methods", "reward_weighted", "--pool", "8",
+                                     "4", "--pool-file", str(tmp_path / "p.safetensors"),
+                                     "--json", str(tmp_path / "f.json")])
+    bench.main()
+    assert seen["pool"] == (8, 4) and seen["pool_file"] == tmp_path / "p.safetensors"
+    assert shapes_bench.METHODS["reward_weighted"][0] == "reward_weighted"

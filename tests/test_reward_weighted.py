@@ -145,3 +145,21 @@ def test_finetune_command_runs_reward_weighted_with_its_pool_and_refuses_the_poo
     assert result.exit_code == 2 and "pool" in result.output, result.output
     result = runner.invoke(app, ["finetune", "draft", "--out", str(tmp_path / "d"), "--pool", "3", "2"])
     assert result.exit_code == 2 and "reward_weighted's" in result.output, result.output
+
+
+def test_finetune_keeps_the_pool_in_the_given_file_and_a_second_run_at_another_lambda_reads_it(tmp_path, monkeypatch):
+    from priorkit.distill.finetune import reward_weighted
+
+    base, reward = gmm_target(), _reward()
+    path = tmp_path / "shared" / "pool.safetensors"
+
+    def run(lam: float) -> None:
+        torch.manual_seed(0)
+        model = ResidualDenoiser(base, ScoreResidual(2, hidden=16).double())
+        cfg = make_config("reward_weighted", lam=lam, batch=16, prompts=4, per_prompt=8, steps=5)
+        finetune("reward_weighted", model, base, reward, cfg, iterations=2, lr=1e-3, dtype=F64, pool_file=path)
+
+    run(0.5)
+    assert path.is_file()
+    monkeypatch.setattr(reward_weighted, "draw_pool", lambda *a, **k: pytest.fail("the pool was drawn again"))
+    run(1.0)
