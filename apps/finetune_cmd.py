@@ -29,8 +29,8 @@ def finetune_cmd(
                                              "shape log-probability and colour distance to the named colour, for "
                                              "shapes-v2)")] = "judge",
     iterations: Annotated[int, typer.Option(min=1)] = 300,
-    lam: Annotated[float, typer.Option(help="reward temperature: adjoint matching targets p exp(r / lam); DRaFT "
-                                            "divides its loss by it")] = 0.5,
+    lam: Annotated[float, typer.Option(help="reward temperature: adjoint matching and reward_weighted target "
+                                            "p exp(r / lam); DRaFT divides its loss by it")] = 0.5,
     batch: Annotated[int, typer.Option(min=1)] = 16,
     steps: Annotated[int, typer.Option(min=2, help="sampler steps during fine-tuning (reward_weighted: of its pool)")
                      ] = 20,
@@ -41,9 +41,9 @@ def finetune_cmd(
                                            "(sigma_t^2, the denoising loss's units; in one shapes-v2 benchmark run at "
                                            "lr 3e-3 it moved the prior where score did not, BENCHMARKS.md session 28)")
                          ] = "score",
-    pool: Annotated[tuple[int, int], typer.Option(min=1, help="reward_weighted: its pool of base samples, K for "
-                                                              "each of P prompts (P K; drawn once, kept in OUT/run)")
-                    ] = (256, 16),
+    pool: Annotated[tuple[int, int] | None, typer.Option(min=1, help="reward_weighted: its pool of base samples, K "
+                                                                     "for each of P prompts (P K; drawn once, kept in "
+                                                                     "OUT/run; default 256 16)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
@@ -60,8 +60,9 @@ def finetune_cmd(
         _fail(f"--weighting must be score or eps; got {weighting!r}")
     if weighting != "score" and method != "adjoint_matching":
         _fail(f"--weighting is adjoint_matching's; {method} has none")
-    if tuple(pool) != (256, 16) and method != "reward_weighted":
+    if pool is not None and method != "reward_weighted":
         _fail(f"--pool is reward_weighted's; {method} samples its own model as it trains")
+    pool = tuple(pool) if pool is not None else (256, 16)
     has_run = (out / "run" / "checkpoint").is_dir()
     if resume and not has_run:
         typer.echo(f"no checkpoint in {out / 'run'}: starting from scratch", err=True)
@@ -126,6 +127,8 @@ def finetune_cmd(
         (out / "command.txt").write_text("priorkit finetune " + shlex.join(sys.argv[2:]) + "\n")
     except FloatingPointError as err:  # a NaN loss: the last checkpoint stays for --resume
         _fail(err, code=1)
+    except ValueError as err:  # e.g. OUT/run holds the pool of a run with other settings
+        _fail(err)
     except OSError as err:
         _fail(os_error_line(err), code=1)
     typer.echo(f"fine-tuned {prior} with {method} ({reward} reward) -> {out} (load it with --prior {out})")

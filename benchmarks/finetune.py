@@ -235,7 +235,7 @@ def main() -> None:
         ap.error(f"--lambdas must be > 0; got {args.lambdas}")
     if args.pool is not None and min(args.pool) < 1:
         ap.error(f"--pool P K must be >= 1 each; got {args.pool}")
-    pool = (2, 2) if args.quick else tuple(args.pool or (256, 16))
+    pool = tuple(args.pool) if args.pool else (2, 2) if args.quick else (256, 16)
     if args.batch is not None and args.batch < 1:
         ap.error(f"--batch must be >= 1; got {args.batch}")
     if args.grad_clip < 0 or not 0 <= args.ema < 1:
@@ -259,6 +259,8 @@ def main() -> None:
         ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
     methods = tuple(args.methods or known)
+    if (args.pool or args.pool_file) and ("reward_weighted" not in methods or args.rows_only):
+        ap.error("--pool and --pool-file are reward_weighted's: add it to --methods (and drop --rows-only)")
     if unknown := [m for m in methods if m not in known]:
         ap.error(f"unknown method(s) {', '.join(unknown)} for --target {args.target}; expected {', '.join(known)}")
     suffix = {"shapes": "_shapes", "shapes-v2": "_shapes_v2"}.get(args.target, "")

@@ -199,7 +199,10 @@ def test_the_pool_flags_are_checked_and_passed_to_the_shapes_run(monkeypatch, tm
     import benchmarks.finetune_shapes as shapes_bench
 
     for argv, message in ((["--pool", "0", "4"], "--pool P K must be >= 1"),
-                          (["--pool-file", str(tmp_path / "p.safetensors")], "--pool-file is for the shapes")):
+                          (["--pool-file", str(tmp_path / "p.safetensors")], "--pool-file is for the shapes"),
+                          (["--methods", "adjoint_matching", "--pool", "4", "4"], "are reward_weighted's"),
+                          (["--target", "shapes-v2", "--rows-only", "--tilt-samples", "4", "--pool-file", "p"],
+                           "are reward_weighted's")):
         monkeypatch.setattr("sys.argv", ["finetune", *argv])
         with pytest.raises(SystemExit):
             bench.main()
@@ -211,4 +214,9 @@ def test_the_pool_flags_are_checked_and_passed_to_the_shapes_run(monkeypatch, tm
                                      "--json", str(tmp_path / "f.json")])
     bench.main()
     assert seen["pool"] == (8, 4) and seen["pool_file"] == tmp_path / "p.safetensors"
+    for argv, pool in ((["--quick"], (2, 2)), (["--quick", "--pool", "3", "5"], (3, 5)), ([], (256, 16))):
+        monkeypatch.setattr("sys.argv", ["finetune", "--target", "shapes-v2", "--methods", "reward_weighted", *argv,
+                                         "--json", str(tmp_path / "f.json")])
+        bench.main()
+        assert seen["pool"] == pool, argv
     assert shapes_bench.METHODS["reward_weighted"][0] == "reward_weighted"

@@ -33,8 +33,9 @@ def _reward() -> QuadraticReward:
 def test_the_weighted_denoising_loss_is_minimised_by_the_exact_tilt():
     """On a pool of base samples, the weighted loss (one batch, the same draws for every model) is lowest for the exact
     tilted mixture's denoiser at the run's lambda: below the base, below the tilts at lambda 0.35 and 0.7, and below
-    the tilt whose weights would be exp(r lambda) (lambda 2). Breaks if the weights are uniform, inverted or not
-    normalised per condition, or if the loss's target is not the noise of the drawn sample."""
+    the tilt whose weights would be exp(r lambda) (lambda 2). Breaks if the weights are uniform or inverted, if the
+    batch ignores them, or if the loss's target is not the drawn sample's (one unconditional row here: the
+    per-condition normalisation is checked in the pool test below)."""
     base, reward = gmm_target(), _reward()
     cfg = RewardWeightedConfig(lam=0.5, batch=60000, prompts=1, per_prompt=60000, steps=40, chunk=60000)
     pool = draw_pool(base, reward, cfg, None, torch.Generator().manual_seed(0), dtype=F64, progress=False)
@@ -98,11 +99,15 @@ def test_the_pool_is_kept_in_the_run_folder_read_back_on_resume_and_refused_for_
                          conditions, torch.Generator().manual_seed(0), F64, path)
     torch.testing.assert_close(again.x, first.x)
     torch.testing.assert_close(again.weights, tilt_weights(first.rewards, 1.0))  # the weights follow lambda
-    for other_cfg, other_conds in ((RewardWeightedConfig(prompts=4, per_prompt=4, steps=5), conditions),
-                                   (RewardWeightedConfig(prompts=4, per_prompt=8, steps=6), conditions),
-                                   (cfg, ["a red cube"] * 4)):
+    other_reward = QuadraticReward(torch.tensor([1.0, 0.0], dtype=F64), torch.eye(2, dtype=F64))
+    other_base = _CondFree(tilted_gmm(base, reward, 2.0))
+    for other in ({"cfg": RewardWeightedConfig(prompts=4, per_prompt=4, steps=5)},
+                  {"cfg": RewardWeightedConfig(prompts=4, per_prompt=8, steps=6)}, {"conds": ["a red cube"] * 4},
+                  {"reward": other_reward}, {"base": other_base}, {"dtype": torch.float32}, {"seed": 1}):
         with pytest.raises(ValueError, match="other settings"):
-            prepare_pool(cond_base, reward, other_cfg, other_conds, torch.Generator(), F64, path)
+            prepare_pool(other.get("base", cond_base), other.get("reward", reward), other.get("cfg", cfg),
+                         other.get("conds", conditions), torch.Generator().manual_seed(other.get("seed", 0)),
+                         other.get("dtype", F64), path)
 
 
 class _CondFree(WrappedDenoiser):
@@ -143,6 +148,17 @@ def test_finetune_command_runs_reward_weighted_with_its_pool_and_refuses_the_poo
     result = runner.invoke(app, ["finetune", "reward_weighted", "--out", str(out), "--iterations", "2", "--batch", "2",
                                  "--steps", "2", "--pool", "3", "2", "--resume"])
     assert result.exit_code == 2 and "pool" in result.output, result.output
+    from priorkit.distill.finetune import reward_weighted
+
+    with pytest.MonkeyPatch.context() as mp:  # the same settings: the pool is read back, not drawn
+        mp.setattr(reward_weighted, "draw_pool", lambda *a, **k: pytest.fail("the pool was drawn again"))
+        result = runner.invoke(app, ["finetune", "reward_weighted", "--out", str(out), "--iterations", "2", "--batch",
+                                     "2", "--steps", "2", "--pool", "2", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    (out / "run" / "checkpoint").rename(out / "run" / "old")  # an interrupted run's folder: the pool, no checkpoint
+    result = runner.invoke(app, ["finetune", "reward_weighted", "--out", str(out), "--iterations", "2", "--batch", "2",
+                                 "--steps", "3", "--pool", "2", "2"])
+    assert result.exit_code == 2 and "other settings" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["finetune", "draft", "--out", str(tmp_path / "d"), "--pool", "3", "2"])
     assert result.exit_code == 2 and "reward_weighted's" in result.output, result.output
 
@@ -159,7 +175,34 @@ def test_finetune_keeps_the_pool_in_the_given_file_and_a_second_run_at_another_l
         cfg = make_config("reward_weighted", lam=lam, batch=16, prompts=4, per_prompt=8, steps=5)
         finetune("reward_weighted", model, base, reward, cfg, iterations=2, lr=1e-3, dtype=F64, pool_file=path)
 
+    drawn = []
+    real = reward_weighted.draw_pool
+    monkeypatch.setattr(reward_weighted, "draw_pool", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
     run(0.5)
-    assert path.is_file()
+    assert path.is_file() and len(drawn) == 1
     monkeypatch.setattr(reward_weighted, "draw_pool", lambda *a, **k: pytest.fail("the pool was drawn again"))
     run(1.0)
+    again = reward_weighted.prepare_pool(base, reward, RewardWeightedConfig(lam=1.0, prompts=4, per_prompt=8, steps=5),
+                                         None, torch.Generator().manual_seed(999_983), F64, path)
+    torch.testing.assert_close(again.x, drawn[0].x)  # the trainer's pool seed (seed 0)
+    torch.testing.assert_close(again.weights, tilt_weights(drawn[0].rewards, 1.0))
+
+
+def test_conditions_repeat_per_row_as_a_list_or_a_tensor_and_anything_else_is_refused():
+    from priorkit.distill.finetune.reward_weighted import repeat_rows
+
+    assert repeat_rows(["a", "b"], 2) == ["a", "a", "b", "b"]
+    assert repeat_rows(torch.tensor([3, 5]), 2).tolist() == [3, 3, 5, 5]
+    with pytest.raises(ValueError, match="as a list"):
+        repeat_rows({"text": ["a"]}, 2)
+
+
+def test_a_fingerprint_tells_models_and_rewards_apart_and_is_the_same_for_equal_ones():
+    from priorkit.distill.finetune.reward import CallableReward
+    from priorkit.distill.finetune.reward_weighted import fingerprint
+
+    base = gmm_target()
+    assert fingerprint(base) == fingerprint(gmm_target()) != fingerprint(tilted_gmm(base, _reward(), 0.5))
+    assert fingerprint(_reward()) == fingerprint(_reward()) != fingerprint(
+        QuadraticReward(torch.tensor([2.0, 0.5], dtype=F64), torch.eye(2, dtype=F64)))
+    assert fingerprint(CallableReward(torch.sum)) != fingerprint(CallableReward(torch.mean))

@@ -8,11 +8,14 @@ For a fixed condition c,
 
 is the denoising loss of the tilted distribution p*(x | c) ∝ p(x | c) exp(r(x, c) / lambda), so its minimiser is the
 denoiser of p*: the target of adjoint matching, reached by regression on base samples instead of a control problem,
-with no gradient of the reward. The samples are a fixed pool drawn once from the base model (``per_prompt`` for each
-of ``prompts`` conditions), their weights self-normalised per condition over the pool (distill.finetune.tilt: the
-estimate leans towards the base where a condition's effective sample size is small). Each iteration draws ``batch``
-pool entries, conditions uniformly and samples in proportion to their weights (an unbiased estimate of the weighted
-loss at every batch's gradient scale), and takes the model's own denoising loss at a uniform time.
+with no gradient of the reward. Here the expectation is over a fixed pool drawn once from the base model's sampler
+(``per_prompt`` samples for each of ``prompts`` conditions, DPM-Solver++ at ``steps``: the tilt is of the sampler's
+distribution), with weights self-normalised per condition over the pool (distill.finetune.tilt); the exact minimiser
+is then the denoiser of the weighted pool, which tends to p*'s as the pool grows — on a small pool a flexible model
+can memorise its few heaviest samples, and the estimate leans towards the base where a condition's effective sample
+size is small. Each iteration draws ``batch`` pool entries, conditions uniformly and samples in proportion to their
+weights (an unbiased estimate of the weighted loss at every batch's gradient scale), and takes the model's own
+denoising loss at a time uniform on the schedule's range.
 """
 
 from __future__ import annotations
@@ -68,45 +71,95 @@ class Pool:
         return float(effective_sample_size(self.weights).mean())
 
 
+def repeat_rows(conditions: list | Tensor, k: int) -> list | Tensor:
+    """Each of the P conditions (a list, or a tensor's rows) ``k`` times in a row: the pool's P k conditions."""
+    if isinstance(conditions, Tensor):
+        return conditions.repeat_interleave(k, dim=0)
+    if isinstance(conditions, list):
+        return [c for c in conditions for _ in range(k)]
+    raise ValueError(f"reward_weighted takes its conditions as a list (prompts) or a tensor of rows; got "
+                     f"{type(conditions).__name__}")
+
+
 @torch.no_grad()
-def draw_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | None,
+def draw_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | Tensor | None,
               generator: torch.Generator, dtype: torch.dtype = torch.float32, progress: bool = True) -> Pool:
-    """``cfg.per_prompt`` samples of ``base`` (CFG 1) for each of ``conditions`` (a list of P conditions), or with
-    None one unconditional row of ``cfg.prompts * cfg.per_prompt``; their rewards and tilt weights at ``cfg.lam``."""
-    rows = conditions if conditions is not None else [None]
+    """``cfg.per_prompt`` samples of ``base`` (CFG 1) for each of ``conditions`` (P conditions: a list or a tensor's
+    rows), or with None one unconditional row of ``cfg.prompts * cfg.per_prompt``; their rewards and tilt weights at
+    ``cfg.lam``."""
+    rows = len(conditions) if conditions is not None else 1
     k = cfg.per_prompt if conditions is not None else cfg.prompts * cfg.per_prompt
-    cond = None if conditions is None else [c for c in rows for _ in range(k)]
+    cond = None if conditions is None else repeat_rows(conditions, k)
     xs, rs = [], []
-    n = len(rows) * k
+    n = rows * k
     with tqdm(total=n, desc="reward-weighted pool (base samples)", unit="sample", disable=not progress) as bar:
         for i in range(0, n, cfg.chunk):
-            part = None if cond is None else cond[i:i + cfg.chunk]
+            part = select_rows(cond, slice(i, i + cfg.chunk))
             m = min(cfg.chunk, n - i)
             z = initial_noise(base, (m, *base.sample_shape), generator=generator, dtype=dtype)
             x = sample(base, z, steps=cfg.steps, solver="dpm++2m", cond=part, progress=False)
             xs.append(x)
             rs.append(reward(x, part).detach().double())
             bar.update(m)
-    r = torch.cat(rs).view(len(rows), k)
+    r = torch.cat(rs).view(rows, k)
     if not torch.isfinite(r).all():
         raise FloatingPointError("the reward is not finite on some of the base samples; the pool cannot be weighted")
-    return Pool(torch.cat(xs), cond, r, tilt_weights(r, cfg.lam))
+    pool = Pool(torch.cat(xs), cond, r, tilt_weights(r, cfg.lam))
+    if progress:
+        tqdm.write(f"reward-weighted pool: {rows} x {k} samples, mean effective sample size {pool.ess:.1f} of {k} "
+                   f"per condition at lambda {cfg.lam:g}")
+    return pool
 
 
-def save_pool(pool: Pool, path: Path, settings: dict | None = None) -> None:
-    """Write the pool as safetensors (conditions and ``settings`` as JSON in the metadata; text conditions or None
-    only: another pool is not written)."""
+def fingerprint(obj: object) -> str:
+    """A hash of a model's or reward's numbers (the state of a torch module; a plain object's tensors, modules and
+    other attributes, by repr), so a pool is reused only for the same base model and reward."""
+    import hashlib
+    import types
+
+    h = hashlib.sha256(type(obj).__name__.encode())
+
+    def add(value: object) -> None:
+        if isinstance(value, Tensor):
+            h.update(str((value.dtype, tuple(value.shape))).encode())
+            h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, torch.nn.Module):  # its state, its plain attributes (e.g. a mixture's tensors)
+            add(dict(value.state_dict()))
+            add({k: v for k, v in vars(value).items() if not k.startswith("_") and k != "training"})
+        elif isinstance(value, dict):
+            for name in sorted(value, key=str):
+                h.update(str(name).encode())
+                add(value[name])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                add(item)
+        elif isinstance(value, (type, types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+            h.update(f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}".encode())
+        elif hasattr(value, "__dict__"):  # a reward object (a dataclass, a callable class): its fields
+            h.update(type(value).__name__.encode())
+            add(vars(value))
+        else:
+            h.update(repr(value).encode())
+
+    add(obj)
+    return h.hexdigest()[:16]
+
+
+def save_pool(pool: Pool, path: Path, settings: dict | None = None) -> bool:
+    """Write the pool as safetensors (conditions and ``settings`` as JSON in the metadata). Only a pool of text
+    conditions or none is written (returns False for others: a resumed run draws them again from the same seed)."""
     import json
 
     from safetensors.torch import save
 
     from priorkit.distill.core.atomic import write_bytes
 
-    if pool.cond is not None and not all(isinstance(c, str) for c in pool.cond):
-        return  # only text conditions are kept; others are drawn again on resume
+    if pool.cond is not None and not (isinstance(pool.cond, list) and all(isinstance(c, str) for c in pool.cond)):
+        return False
     meta = {"cond": json.dumps(pool.cond), "settings": json.dumps(settings or {}, sort_keys=True)}
     write_bytes(path, save({"x": pool.x.contiguous(), "rewards": pool.rewards.contiguous(),
                             "weights": pool.weights.contiguous()}, metadata=meta))
+    return True
 
 
 def load_pool(path: Path) -> tuple[Pool, dict]:
@@ -143,12 +196,15 @@ def reward_weighted_loss(finetuned: Denoiser, pool: Pool, cfg: RewardWeightedCon
     return (finetuned(x_t, t, cond, check=False).eps - eps).pow(2).mean(), r
 
 
-def prepare_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | None,
+def prepare_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | Tensor | None,
                  generator: torch.Generator, dtype: torch.dtype = torch.float32, path: Path | None = None) -> Pool:
-    """The run's pool: read from ``path`` when a previous run of the same settings wrote it there (conditions, sizes,
-    the sampler's steps and the reward's kind; lambda may differ: the weights are made again), else drawn
-    (:func:`draw_pool`) and written to ``path``. A pool of other settings is refused (ValueError)."""
-    settings = {"steps": cfg.steps, "reward": type(reward).__name__}
+    """The run's pool: read from ``path`` when a previous run of the same settings wrote it there (the conditions,
+    sizes, sampler steps, dtype, the generator's seed, and the base model's and reward's numbers by
+    :func:`fingerprint`; lambda may differ: the weights are made again), else drawn (:func:`draw_pool`) and written to
+    ``path`` (text conditions or none only; see :func:`save_pool`). A pool of other settings is refused
+    (ValueError)."""
+    settings = {"steps": cfg.steps, "dtype": str(dtype), "seed": generator.initial_seed(),
+                "base": fingerprint(base), "reward": fingerprint(reward)}
     if path is not None and path.is_file():
         pool, saved = load_pool(path)
         k = pool.rewards.shape[1]
@@ -158,7 +214,7 @@ def prepare_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, cond
             and (pool.cond is None or pool.cond[::k] == list(conditions)) and saved == settings
         if not same:
             raise ValueError(f"{path} holds the pool of a run with other settings; remove it or use another folder")
-        return Pool(pool.x.to(dtype), pool.cond, pool.rewards, tilt_weights(pool.rewards, cfg.lam))
+        return Pool(pool.x, pool.cond, pool.rewards, tilt_weights(pool.rewards, cfg.lam))
     pool = draw_pool(base, reward, cfg, conditions, generator, dtype)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
