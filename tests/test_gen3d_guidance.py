@@ -412,7 +412,7 @@ def test_vsd_loss_adds_the_lora_diffusion_loss_and_trains_it_downhill(tiny_prior
     eps_l = torch.randn(x.shape, generator=g2, dtype=x.dtype)
     _, cam_cond = vsd._conditions(cams)
     lora_loss = diffusion_loss(tiny_prior, x, t_l.to(x.dtype), eps_l, cam_cond)
-    assert info["lora_loss"] == pytest.approx(float(lora_loss.detach()), rel=1e-5)
+    assert info["lora_loss"] == float(lora_loss.detach())  # bit for bit: the times cast to x's dtype, as here
     assert info["t_max"] == hi and info["nonfinite"] == 0 and info["grad_norm"] > 0
     # the LoRA's gradient from the total loss is the diffusion loss's: the total adds it (a minus would ascend)
     params = [p for p in tiny_prior.unet.parameters() if p.requires_grad]
