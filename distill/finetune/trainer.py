@@ -29,8 +29,9 @@ class FinetuneMethod:
     """A reward fine-tuning method: its loss (finetuned, base, reward, config, generator, cond, dtype) ->
     (loss, rewards) and its config dataclass. A method that learns from a fixed pool of base samples instead has a
     ``prepare`` (base, reward, config, conditions or None, generator, dtype, pool file or None) -> pool, drawn once
-    before the run (and kept in the run's folder, so a resumed run reads it back), and a ``loss`` (finetuned, pool,
-    config, generator) -> (loss, rewards)."""
+    before the run (kept in the run's folder when its conditions are text or none, so a resumed run reads it back;
+    others are drawn again from the same seed), and a ``loss`` (finetuned, pool, config, generator) -> (loss,
+    rewards)."""
 
     name: str
     loss: LossFn
@@ -74,8 +75,9 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
     sampling inside each iteration always uses the current weights. ``on_checkpoint(model, step)`` runs after each
     checkpoint (every ``checkpoint_every`` steps; default a quarter of the run). ``grad_clip``: the gradient norm's
     cap (0: none). ``pool_file``: where a pool method (reward_weighted) keeps its pool (default
-    ``out/pool.safetensors``; read back when it holds the pool of the same conditions, sizes, sampler steps and
-    reward, so runs at other lambdas or learning rates can share one)."""
+    ``out/pool.safetensors``; read back when it holds the pool of the same conditions, sizes, steps, dtype, seed,
+    base model and reward (`reward_weighted.prepare_pool`), so runs at other lambdas or learning rates can share
+    one)."""
     if not grad_clip >= 0 or not math.isfinite(grad_clip):
         raise ValueError(f"grad_clip must be a finite number >= 0 (0: no clipping); got {grad_clip}")
     if not 0 <= ema_decay < 1:
