@@ -226,6 +226,9 @@ def main() -> None:
                     help="shapes: reward_weighted's pool is read from this file when it holds the pool of the same "
                          "--pool (and seed), else drawn and written there (runs at other lambdas or rates share it; "
                          "the drawing time then counts in the first run's seconds only)")
+    ap.add_argument("--data-weight", type=float, default=0.0,
+                    help="shapes-v2, reward_weighted: add this times the denoising loss on renders of the fine-tuning "
+                         "prompts (real data against drift, Lee et al. 2023; 0: none)")
     ap.add_argument("--quick", action="store_true", help="a few iterations of every method (a smoke run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -259,8 +262,11 @@ def main() -> None:
         ap.error(f"{', '.join(given)}: 2d only (the shapes targets fine-tune a LoRA with their own settings)")
     known = SHAPES_METHODS if args.target.startswith("shapes") else METHODS
     methods = tuple(args.methods or known)
-    if (args.pool or args.pool_file) and ("reward_weighted" not in methods or args.rows_only):
-        ap.error("--pool and --pool-file are reward_weighted's: add it to --methods (and drop --rows-only)")
+    if (args.pool or args.pool_file or args.data_weight) and ("reward_weighted" not in methods or args.rows_only):
+        ap.error("--pool, --pool-file and --data-weight are reward_weighted's: add it to --methods (and drop "
+                 "--rows-only)")
+    if args.data_weight < 0 or (args.data_weight and args.target != "shapes-v2"):
+        ap.error(f"--data-weight must be >= 0 and is for --target shapes-v2; got {args.data_weight}")
     if unknown := [m for m in methods if m not in known]:
         ap.error(f"unknown method(s) {', '.join(unknown)} for --target {args.target}; expected {', '.join(known)}")
     suffix = {"shapes": "_shapes", "shapes-v2": "_shapes_v2"}.get(args.target, "")
@@ -277,7 +283,7 @@ def main() -> None:
                              per_prompt=1 if args.quick else None, world="v2" if args.target == "shapes-v2" else "v1",
                              base_rows=not args.no_base, tilt_samples=args.tilt_samples,
                              tilt_lams=tuple(args.lambdas) if args.lambdas else None, pool=pool,
-                             pool_file=args.pool_file)
+                             pool_file=args.pool_file, data_weight=args.data_weight)
         held = args.target == "shapes-v2"
         print("| method | iteration | CFG | judge accuracy |" + (" held-out names |" if held else "")
               + " mean reward | judge FID | seconds |")

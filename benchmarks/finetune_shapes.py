@@ -31,7 +31,13 @@ import torch
 from priorkit.apps.sampling import grid_image
 from priorkit.distill.core.samplers import initial_noise, sample
 from priorkit.distill.finetune.lora_model import with_lora
-from priorkit.distill.finetune.reward import AlbedoJudgeReward, JudgeReward, albedo_prompts, judge_prompts
+from priorkit.distill.finetune.reward import (
+    AlbedoJudgeReward,
+    JudgeReward,
+    albedo_prompts,
+    albedo_renders,
+    judge_prompts,
+)
 from priorkit.distill.finetune.trainer import finetune, make_config
 from priorkit.distill.loading import load_denoiser
 from priorkit.distill.zoo import shapes
@@ -173,14 +179,18 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
         lam: float = 0.5, batch: int = 8, rank: int = 8, prior: str | None = None, per_prompt: int | None = None,
         world: str = "v1", base_rows: bool = True, tilt_samples: int = 0,
         tilt_lams: tuple[float, ...] | None = None, pool: tuple[int, int] = (256, 16),
-        pool_file: Path | None = None) -> list[dict]:
+        pool_file: Path | None = None, data_weight: float = 0.0) -> list[dict]:
     """Base rows, then each method's curve; the JSON is rewritten after every evaluation (a partial run keeps its
     records). ``per_prompt`` overrides the evaluation's samples per prompt (a smoke run); ``world`` "v1" (the
     judge reward on the 40 basic prompts) or "v2" (module docstring); ``base_rows=False`` skips the untuned model's
     two rows (a longer run of one method beside an earlier full run); ``tilt_samples`` > 0 (v2 only) adds the
     exact-tilt rows (:func:`tilted_reference`, one per lambda of ``tilt_lams``, default ``(lam,)``); ``pool``
     reward_weighted's base samples (P prompts of the fine-tuning set, K each; their drawing counts in its
-    ``seconds``), kept in (and read back from) ``pool_file`` when given."""
+    ``seconds``), kept in (and read back from) ``pool_file`` when given; ``data_weight`` > 0 (v2, reward_weighted)
+    adds that times the denoising loss on renders of the fine-tuning prompts (`albedo_renders`, the scored names
+    excluded like the prompts)."""
+    if data_weight and world != "v2":
+        raise ValueError("--data-weight renders the v2 world's prompts: use --target shapes-v2")
     if tilt_samples and world != "v2":
         raise ValueError("the exact-tilt rows are for the v2 world (--target shapes-v2)")
     from priorkit.distill.zoo.judge import DEFAULT_DIR
@@ -193,7 +203,9 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
     score = (lambda den, g: evaluate_v2(den, judge, g, per_prompt)) if v2 else \
         (lambda den, g: evaluate(den, judge, g, per_prompt))
     reward = AlbedoJudgeReward(judge) if v2 else JudgeReward(judge)
-    cond_fn = albedo_prompts(exclude=[c for _, _, c in v2_eval_prompts()[0]]) if v2 else judge_prompts()
+    scored = [c for _, _, c in v2_eval_prompts()[0]] if v2 else []
+    cond_fn = albedo_prompts(exclude=scored) if v2 else judge_prompts()
+    data_fn = albedo_renders(exclude=scored) if data_weight else None
     records: list[dict] = []
     pictures: dict[str, torch.Tensor] = {}
 
@@ -220,7 +232,8 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
         name, overrides = METHODS[label]
         torch.manual_seed(0)
         model, params = with_lora(base, rank=rank)
-        config = make_config(name, lam=lam, batch=batch, prompts=pool[0], per_prompt=pool[1], **overrides)
+        config = make_config(name, lam=lam, batch=batch, prompts=pool[0], per_prompt=pool[1],
+                             data_weight=data_weight or None, **overrides)
         clock = {"train": 0.0, "since": time.perf_counter()}
 
         def on_checkpoint(m_, step: int, label: str = label, clock: dict = clock) -> None:
@@ -228,11 +241,12 @@ def run(methods: tuple[str, ...], iterations: int, evals: int, out_dir: Path, js
             m_.eval()
             metrics, img = score(m_, 1.0)
             add({"method": label, "iteration": step, "guidance": 1.0, "seconds": clock["train"], **metrics,
-                 **({"pool": list(pool)} if METHODS[label][0] == "reward_weighted" else {})}, img)
+                 **({"pool": list(pool), "data_weight": data_weight} if METHODS[label][0] == "reward_weighted"
+                    else {})}, img)
             clock["since"] = time.perf_counter()
 
         finetune(name, model, base, reward, config, iterations=iterations, lr=lr, cond_fn=cond_fn, seed=0,
-                 params=params, checkpoint_every=max(1, iterations // evals), pool_file=pool_file,
+                 params=params, checkpoint_every=max(1, iterations // evals), pool_file=pool_file, data_fn=data_fn,
                  on_checkpoint=on_checkpoint, desc=f"{label} ({target}, {'albedo' if v2 else 'judge'})")
     print(f"rows of {out_dir / picture}: {', '.join(pictures)}")
     return records

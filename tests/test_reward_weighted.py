@@ -206,3 +206,41 @@ def test_a_fingerprint_tells_models_and_rewards_apart_and_is_the_same_for_equal_
     assert fingerprint(_reward()) == fingerprint(_reward()) != fingerprint(
         QuadraticReward(torch.tensor([2.0, 0.5], dtype=F64), torch.eye(2, dtype=F64)))
     assert fingerprint(CallableReward(torch.sum)) != fingerprint(CallableReward(torch.mean))
+
+
+def test_the_data_term_adds_its_weight_times_the_denoising_loss_on_real_data():
+    from priorkit.distill.finetune.reward_weighted import denoising_loss
+
+    base, reward = gmm_target(), _reward()
+    cfg = RewardWeightedConfig(lam=0.5, batch=64, prompts=1, per_prompt=256, steps=10, data_weight=0.3)
+    pool = draw_pool(base, reward, cfg, None, torch.Generator().manual_seed(0), dtype=F64, progress=False)
+    real = base.sample(64, torch.Generator().manual_seed(4))
+    model = tilted_gmm(base, reward, 2.0)
+    data_fn = lambda n, g: (real[:n], None)  # noqa: E731
+    loss, _ = reward_weighted_loss(model, pool, cfg, torch.Generator().manual_seed(1), data_fn)
+    g = torch.Generator().manual_seed(1)
+    x0, cond, _ = pool_batch(pool, 64, g)
+    expected = denoising_loss(model, x0, cond, g) + 0.3 * denoising_loss(model, real, None, g)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-12)
+    assert float(expected) != pytest.approx(float(denoising_loss(model, x0, cond, torch.Generator().manual_seed(1))))
+    with pytest.raises(ValueError, match="needs real data"):
+        reward_weighted_loss(model, pool, cfg, torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="needs real data"):  # refused before the pool is drawn
+        finetune("reward_weighted", ResidualDenoiser(base, ScoreResidual(2, hidden=8).double()), base, reward, cfg,
+                 iterations=1, dtype=F64)
+    with pytest.raises(ValueError, match="data_weight"):
+        RewardWeightedConfig(data_weight=-1.0)
+
+
+def test_albedo_renders_draw_fine_tuning_prompts_with_their_renders():
+    from priorkit.distill.finetune.reward import albedo_renders, albedo_triples
+
+    held = ["red", "blue"]
+    x, prompts = albedo_renders(exclude=held)(6, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 3, 32, 32) and float(x.min()) >= -1 and float(x.max()) <= 1 and float(x.std()) > 0.1
+    allowed = {p for p, _, _ in albedo_triples(exclude=held)}
+    assert len(prompts) == 6 and set(prompts) <= allowed
+    full = {p for p, _, _ in albedo_triples()}
+    assert {"a red cube", "a blue torus"} <= full and not {"a red cube", "a blue torus"} & allowed
+    again, same = albedo_renders(exclude=held)(6, torch.Generator().manual_seed(0))
+    assert same == prompts and torch.equal(again, x)

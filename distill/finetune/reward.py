@@ -167,17 +167,40 @@ def judge_prompts() -> Callable[[int, torch.Generator], list[str]]:
     return draw
 
 
-def albedo_prompts(exclude: tuple[str, ...] | list[str] = ()) -> Callable[[int, torch.Generator], list[str]]:
-    """A draw of ``n`` prompts "a {colour name} {shape}" of the shapes world v2 (the training colour names but
-    ``exclude``, every basic shape, uniformly): the conditions the albedo reward fine-tunes on."""
+def albedo_triples(exclude: tuple[str, ...] | list[str] = ()) -> list[tuple[str, str, str]]:
+    """(prompt "a {colour name} {shape}", shape, colour name) of the shapes world v2: the training colour names but
+    ``exclude``, every basic shape."""
     from priorkit.distill.zoo.shapes import SHAPES
     from priorkit.distill.zoo.shapes_v2 import TRAIN_COLOURS, article
 
     skip = set(exclude)
-    prompts = [article(f"{c} {s}") for c in TRAIN_COLOURS if c not in skip for s in SHAPES]
+    return [(article(f"{c} {s}"), s, c) for c in TRAIN_COLOURS if c not in skip for s in SHAPES]
+
+
+def albedo_prompts(exclude: tuple[str, ...] | list[str] = ()) -> Callable[[int, torch.Generator], list[str]]:
+    """A draw of ``n`` prompts "a {colour name} {shape}" of the shapes world v2 (the training colour names but
+    ``exclude``, every basic shape, uniformly): the conditions the albedo reward fine-tunes on."""
+    prompts = [p for p, _, _ in albedo_triples(exclude)]
 
     def draw(n: int, g: torch.Generator) -> list[str]:
         return [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]
+
+    return draw
+
+
+def albedo_renders(exclude: tuple[str, ...] | list[str] = ()
+                   ) -> Callable[[int, torch.Generator], tuple[Tensor, list[str]]]:
+    """A draw of ``n`` renders of the shapes world v2 in [-1, 1] with their prompts (the prompts of
+    :func:`albedo_prompts`, uniformly; the named albedo, random cameras and lights): real data beside a fine-tuning
+    (reward_weighted's ``data_weight``)."""
+    from priorkit.distill.zoo.shapes_v2 import renders_for
+
+    triples = albedo_triples(exclude)
+
+    def draw(n: int, g: torch.Generator) -> tuple[Tensor, list[str]]:
+        pick = [triples[i] for i in torch.randint(len(triples), (n,), generator=g).tolist()]
+        seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+        return renders_for([(s, c) for _, s, c in pick], 1, seed) * 2 - 1, [p for p, _, _ in pick]
 
     return draw
 

@@ -20,6 +20,7 @@ denoising loss at a time uniform on the schedule's range.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,14 @@ class RewardWeightedConfig:
     # row of prompts x per_prompt samples
     steps: int = 25  # the pool sampler's steps (DPM-Solver++(2M), CFG 1)
     chunk: int = 64  # samples per sampler call while the pool is drawn
+    data_weight: float = 0.0  # weight of the denoising loss on real data beside the pool's (Lee et al. 2023's
+    # pre-training loss against drift; needs the run's data_fn; 0: none)
 
     def __post_init__(self) -> None:
         if not self.lam > 0:
             raise ValueError(f"lambda must be > 0; got {self.lam}")
+        if not self.data_weight >= 0:
+            raise ValueError(f"data_weight must be >= 0; got {self.data_weight}")
         for name in ("batch", "prompts", "per_prompt", "steps", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -183,17 +188,32 @@ def pool_batch(pool: Pool, batch: int, generator: torch.Generator) -> tuple[Tens
     return pool.x[flat], select_rows(pool.cond, flat), pool.rewards[rows, cols]
 
 
-def reward_weighted_loss(finetuned: Denoiser, pool: Pool, cfg: RewardWeightedConfig, generator: torch.Generator
+def reward_weighted_loss(finetuned: Denoiser, pool: Pool, cfg: RewardWeightedConfig, generator: torch.Generator,
+                         data_fn: Callable[[int, torch.Generator], tuple[Tensor, Condition]] | None = None
                          ) -> tuple[Tensor, Tensor]:
-    """The module's weighted denoising loss on one batch of the pool; returns (loss, the batch's rewards)."""
+    """The module's weighted denoising loss on one batch of the pool, plus ``cfg.data_weight`` times the denoising
+    loss on a batch of real data ``data_fn(batch, generator) -> (x0, cond)``; returns (loss, the pool batch's
+    rewards)."""
     x0, cond, r = pool_batch(pool, cfg.batch, generator)
+    loss = denoising_loss(finetuned, x0, cond, generator)
+    if cfg.data_weight > 0:
+        if data_fn is None:
+            raise ValueError("data_weight > 0 needs real data: pass the run's data_fn")
+        x_data, cond_data = data_fn(cfg.batch, generator)
+        loss = loss + cfg.data_weight * denoising_loss(finetuned, x_data.to(x0), cond_data, generator)
+    return loss, r
+
+
+def denoising_loss(finetuned: Denoiser, x0: Tensor, cond: Condition, generator: torch.Generator) -> Tensor:
+    """The model's denoising loss on ``x0`` at times uniform on the schedule's range (its own prediction kind; a
+    wrapper such as a base plus a trainable residual: its eps prediction)."""
     s = finetuned.schedule
-    t = (s.t_min + (s.t_max - s.t_min) * torch.rand(cfg.batch, generator=generator, dtype=torch.float64)).to(x0)
+    t = (s.t_min + (s.t_max - s.t_min) * torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)).to(x0)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     if type(finetuned).predict_native is not Denoiser.predict_native:  # the model's own training loss
-        return diffusion_loss(finetuned, x0, t, eps, cond), r
-    x_t = add_noise(s, x0, t, eps)  # a wrapper (e.g. a base plus a trainable residual): its eps prediction
-    return (finetuned(x_t, t, cond, check=False).eps - eps).pow(2).mean(), r
+        return diffusion_loss(finetuned, x0, t, eps, cond)
+    x_t = add_noise(s, x0, t, eps)
+    return (finetuned(x_t, t, cond, check=False).eps - eps).pow(2).mean()
 
 
 def prepare_pool(base: Denoiser, reward: Reward, cfg: RewardWeightedConfig, conditions: list | Tensor | None,

@@ -30,8 +30,8 @@ class FinetuneMethod:
     (loss, rewards) and its config dataclass. A method that learns from a fixed pool of base samples instead has a
     ``prepare`` (base, reward, config, conditions or None, generator, dtype, pool file or None) -> pool, drawn once
     before the run (kept in the run's folder when its conditions are text or none, so a resumed run reads it back;
-    others are drawn again from the same seed), and a ``loss`` (finetuned, pool, config, generator) -> (loss,
-    rewards)."""
+    others are drawn again from the same seed), and a ``loss`` (finetuned, pool, config, generator, data_fn) ->
+    (loss, rewards)."""
 
     name: str
     loss: LossFn
@@ -66,6 +66,7 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
              params: list[nn.Parameter] | None = None, dtype: torch.dtype = torch.float32,
              desc: str | None = None, checkpoint_every: int | None = None, grad_clip: float = 1.0,
              ema_decay: float = 0.0, pool_file: str | Path | None = None,
+             data_fn: Callable[[int, torch.Generator], tuple[Tensor, Condition]] | None = None,
              on_checkpoint: Callable[[nn.Module, int], None] | None = None) -> tuple[Denoiser, list[dict[str, float]]]:
     """Fine-tune ``finetuned`` (its trainable parameters, or ``params``) towards ``reward`` for ``iterations``
     steps; ``cond_fn(batch, generator)`` draws the conditions (prompts) of each iteration. Returns the fine-tuned
@@ -77,18 +78,20 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
     cap (0: none). ``pool_file``: where a pool method (reward_weighted) keeps its pool (default
     ``out/pool.safetensors``; read back when it holds the pool of the same conditions, sizes, steps, dtype, seed,
     base model and reward (`reward_weighted.prepare_pool`), so runs at other lambdas or learning rates can share
-    one)."""
+    one). ``data_fn(n, generator) -> (x0, cond)``: real data for a pool method's ``data_weight`` term."""
     if not grad_clip >= 0 or not math.isfinite(grad_clip):
         raise ValueError(f"grad_clip must be a finite number >= 0 (0: no clipping); got {grad_clip}")
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) (0: the last iterate); got {ema_decay}")
+    if getattr(config, "data_weight", 0) > 0 and data_fn is None:  # before the pool's sampling
+        raise ValueError("data_weight > 0 needs real data: pass data_fn")
     m = METHODS[method]
     rewards: dict[int, float] = {}  # step -> mean reward of its batch
     state: dict[str, Any] = {}
 
     def loss_fn(model: nn.Module, step: int, g: torch.Generator) -> Tensor:
         if m.prepare is not None:
-            loss, r = m.loss(model, state["pool"], config, g)
+            loss, r = m.loss(model, state["pool"], config, g, data_fn)
         else:
             cond = cond_fn(config.batch, g) if cond_fn is not None else None
             loss, r = m.loss(model, base, reward, config, g, cond, dtype)
