@@ -207,6 +207,12 @@ def test_a_fingerprint_tells_models_and_rewards_apart_and_is_the_same_for_equal_
         QuadraticReward(torch.tensor([2.0, 0.5], dtype=F64), torch.eye(2, dtype=F64)))
     assert fingerprint(CallableReward(torch.sum)) != fingerprint(CallableReward(torch.mean))
 
+    class Node:  # an object that refers to itself: hashed once, and the hash ends
+        def __init__(self, x: float) -> None:
+            self.me, self.x = self, x
+
+    assert fingerprint(Node(1.0)) == fingerprint(Node(1.0)) != fingerprint(Node(2.0))
+
 
 def test_the_data_term_adds_its_weight_times_the_denoising_loss_on_real_data():
     from priorkit.distill.finetune.reward_weighted import denoising_loss

@@ -123,8 +123,15 @@ def fingerprint(obj: object) -> str:
     import types
 
     h = hashlib.sha256(type(obj).__name__.encode())
+    seen: dict[int, object] = {}  # objects already hashed, kept alive so their ids stay theirs (cycles end here)
 
     def add(value: object) -> None:
+        if not isinstance(value, Tensor) and (isinstance(value, (torch.nn.Module, dict, list, tuple))
+                                              or hasattr(value, "__dict__")):
+            if id(value) in seen:
+                h.update(b"<seen>")
+                return
+            seen[id(value)] = value
         if isinstance(value, Tensor):
             h.update(str((value.dtype, tuple(value.shape))).encode())
             h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
