@@ -5,6 +5,7 @@ loads like any other."""
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -54,8 +55,9 @@ def finetune_cmd(
         _fail(f"unknown fine-tuning method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
     if reward not in REWARD_NAMES:
         _fail(f"unknown reward {reward!r}; expected one of {', '.join(REWARD_NAMES)}")
-    if lam <= 0:
-        _fail(f"--lam must be > 0; got {lam}")
+    for flag, value in (("--lam", lam), ("--lr", lr)):
+        if not (math.isfinite(value) and value > 0):
+            _fail(f"{flag} must be a finite number > 0; got {value}")
     if weighting not in ("score", "eps"):
         _fail(f"--weighting must be score or eps; got {weighting!r}")
     if weighting != "score" and method != "adjoint_matching":
@@ -68,6 +70,12 @@ def finetune_cmd(
         typer.echo(f"no checkpoint in {out / 'run'}: starting from scratch", err=True)
     if has_run and not resume:
         _fail(f"{out} holds a fine-tuning run: add --resume to continue it, or choose another --out")
+    if Path(prior).is_dir() and Path(prior).resolve() == out.resolve():
+        _fail(f"--out {out} is the folder of the prior it starts from: the fine-tuned prior would replace it; "
+              "choose another --out")
+    if not has_run and out.is_dir() and any(p.name != "run" and not p.name.startswith(".") for p in out.iterdir()):
+        _fail(f"output folder {out} is not empty and holds no fine-tuning run: choose a new or empty --out (the "
+              "fine-tuned prior's files would replace what is there)")
     try:
         check_writable(out, "--out")
     except ValueError as err:
@@ -75,17 +83,6 @@ def finetune_cmd(
     import torch
 
     from priorkit.distill.core.training import run_settings
-
-    try:
-        run_settings(out / "run", {"method": method, "prior": prior, "reward": reward, "iterations": iterations,
-                                   "lam": lam, "batch": batch, "steps": steps, "lr": lr, "rank": rank, "k": k,
-                                   # weighting left out for score: runs made before the option match
-                                   "seed": seed, **({"weighting": weighting} if weighting != "score" else {}),
-                                   **({"pool": list(pool)} if method == "reward_weighted" else {})},
-                     resume)
-    except ValueError as err:
-        _fail(err)
-
     from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
     from priorkit.distill.finetune.reward import REWARDS, albedo_prompts, judge_prompts
     from priorkit.distill.finetune.trainer import finetune, make_config
@@ -112,6 +109,15 @@ def finetune_cmd(
                   f"not {prior}")
         cond_fn = albedo_prompts()
 
+    try:  # recorded once the prior and reward are known to fit: a refused start leaves no settings behind
+        run_settings(out / "run", {"method": method, "prior": prior, "reward": reward, "iterations": iterations,
+                                   "lam": lam, "batch": batch, "steps": steps, "lr": lr, "rank": rank, "k": k,
+                                   # weighting left out for score: runs made before the option match
+                                   "seed": seed, **({"weighting": weighting} if weighting != "score" else {}),
+                                   **({"pool": list(pool)} if method == "reward_weighted" else {})},
+                     resume)
+    except ValueError as err:
+        _fail(err)
     torch.manual_seed(seed)
     model, params = with_lora(base, rank=rank)
     config = make_config(method, lam=lam, batch=batch, steps=steps, k=k or None, weighting=weighting,

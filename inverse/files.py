@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from priorkit.distill.core.atomic import atomic_open
 
 __all__ = ["IMAGE_SUFFIXES", "load_image", "save_image", "write_json", "rank_world", "find_by_stem", "quality",
            "report_files", "merge_reports", "summary", "SkipFileError", "ImageTooLargeError", "MAX_PIXELS",
-           "OUTPUT_SETTINGS", "check_resume", "clear_run", "run_settings"]
+           "OUTPUT_SETTINGS", "check_resume", "check_new_run", "clear_run", "run_settings"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 #: the default pixel limit of an image read (width x height; ``priorkit restore --max-pixels``): 50 megapixels
@@ -192,6 +193,22 @@ def check_resume(output_dir: Path, settings: dict[str, Any], resume: bool, overw
         if diff:
             raise ValueError(f"--resume: {output_dir} holds a run with other settings ({'; '.join(diff)}): resume "
                              "with the same settings, pass --overwrite to start over, or choose another output folder")
+
+
+def check_new_run(output_dir: Path, resume: bool, overwrite: bool, names: Iterable[str] = ()) -> None:
+    """Raise ValueError when a new run (neither ``resume`` nor ``overwrite``) would write over what ``output_dir``
+    holds: an earlier run's report, or a file named like one of the run's outputs (``names``)."""
+    out = Path(output_dir)
+    if resume or overwrite or not out.is_dir():
+        return
+    if report_files(out):
+        raise ValueError(f"{output_dir} holds an earlier run (its report.json): pass --resume to continue it, "
+                         "--overwrite to start over, or choose another output folder")
+    clash = sorted(n for n in set(names) if (out / n).exists())
+    if clash:
+        raise ValueError(f"output folder {output_dir} already holds {clash[0]}"
+                         + (f" and {len(clash) - 1} more of this run's output names" if len(clash) > 1 else "")
+                         + ": choose another output folder, or pass --overwrite to replace them")
 
 
 def clear_run(output_dir: Path) -> None:

@@ -36,6 +36,7 @@ from priorkit.inverse.files import (
     MAX_PIXELS,
     ImageTooLargeError,
     SkipFileError,
+    check_new_run,
     check_resume,
     clear_run,
     find_by_stem,
@@ -284,6 +285,7 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         raise ValueError(f"--uncertainty needs a method that samples a posterior; {method} has no prior")
     check_resume(output_dir, run_settings(task, method, prior, sigma_y, nfe, seed, simulate, samples, uncertainty),
                  resume, overwrite)
+    check_new_run(output_dir, resume, overwrite, output_names(input_dir, uncertainty))
     if writable is not None:
         writable()
     if spec.needs_prior:  # load (and cache) the prior now: a missing or wrong prior fails before any file
@@ -291,6 +293,26 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
             raise ValueError(f"prior {prior!r} makes samples of shape {tuple(den.sample_shape)}; restore needs "
                              "an RGB image prior")
+
+
+def input_files(input_dir: Path) -> list[Path]:
+    """The files of a folder run, in the order the processes share them (hidden files left out)."""
+    return sorted(p for p in Path(input_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def output_stems(files: list[Path]) -> dict[str, str]:
+    """Each input's output stem: its own, or <stem>_<ext> when two inputs share a stem ("a.jpg" and "a.png" would
+    both become a.png)."""
+    count: dict[str, int] = {}
+    for p in files:
+        count[p.stem] = count.get(p.stem, 0) + 1
+    return {p.name: p.stem if count[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in files}
+
+
+def output_names(input_dir: Path, uncertainty: bool = False) -> list[str]:
+    """The file names a folder run may write into its output folder (restorations, std maps, the report)."""
+    stems = output_stems(input_files(input_dir)) if Path(input_dir).is_dir() else {}
+    return [f"{s}{tail}" for s in stems.values() for tail in (".png", *(("_std.png",) if uncertainty else ()))]
 
 
 def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, method: str = DEFAULT_METHOD, *,
@@ -345,6 +367,8 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     reference_dir = Path(reference_dir) if reference_dir is not None else None
     settings = run_settings(task, method, prior, sigma_y, nfe, seed, simulate, options.get("samples", 1), uncertainty)
     check_resume(output_dir, settings, resume, overwrite)
+    if rank_world()[1] == 1:  # sharded: the CLI checked before the processes met (a rank's report is not "earlier")
+        check_new_run(output_dir, resume, overwrite, output_names(input_dir, uncertainty))
     if overwrite:
         clear_run(output_dir)
     rank, world = rank_world()
@@ -360,11 +384,9 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                 continue
     report: dict[str, Any] = {**settings, "world_size": world, "rank": rank, "files": {}}
 
-    candidates = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    candidates = input_files(input_dir)
     mine = [p for i, p in enumerate(candidates) if i % world == rank]
-    stems: dict[str, int] = {}
-    for p in candidates:
-        stems[p.stem] = stems.get(p.stem, 0) + 1
+    stems = output_stems(candidates)
     # the report (settings, earlier runs' done files) exists before the first image: what a --resume is checked against
     report["files"] = {p.name: previous[p.name] for p in mine if previous.get(p.name, {}).get("status") == "done"}
     write_json(report, report_path)
@@ -377,8 +399,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     bar = tqdm(mine, desc=f"restore {task}/{method}", unit="image", disable=not progress)
     for path in bar:
         name = path.name
-        unique = stems[path.stem] == 1  # "a.jpg" and "a.png" would both become a.png
-        stem_out = path.stem if unique else f"{path.stem}_{path.suffix.lstrip('.')}"
+        stem_out = stems[path.name]
         out_path = output_dir / f"{stem_out}.png"
         old = previous.get(name)
         if resume and old is not None and old.get("status") == "done" and out_path.is_file():

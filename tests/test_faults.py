@@ -254,6 +254,30 @@ def test_restore_resume_with_other_settings_is_refused_unless_overwrite(tmp_path
     assert run("restore", inp, out, "--task", "sr4", "--method", "pinv", "--seed", "3", "--resume").exit_code == 0
 
 
+def test_restore_never_replaces_an_earlier_run_or_a_users_file_silently(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    _png(inp / "a.png", 8)
+    _png(inp / "b.png", 8)
+    assert run("restore", inp, out, "--task", "sr2", "--method", "pinv").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("restore", inp, out, "--task", "sr4", "--method", "pinv")  # a new run into the old one's folder
+    assert result.exit_code == 2 and "earlier run" in one_error_line(result) and "--resume" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "b.png").write_bytes(b"the user's")  # named like an output of this run
+    (mine / "notes.txt").write_text("kept")
+    result = run("restore", inp, mine, "--task", "sr2", "--method", "pinv")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "already holds b.png" in line and "--overwrite" in line
+    assert sorted(p.name for p in mine.iterdir()) == ["b.png", "notes.txt"]
+    assert (mine / "b.png").read_bytes() == b"the user's"
+    (mine / "b.png").unlink()  # no clash left: a folder of other files is fine
+    assert run("restore", inp, mine, "--task", "sr2", "--method", "pinv").exit_code == 0
+    assert (mine / "notes.txt").read_text() == "kept" and (mine / "a.png").is_file()
+
+
 # ---- prompts: the text encoder's own limit, the same in sample and 3d ---------------------------------------------
 LONG = "a small shiny red cube resting on top of a large matte blue sphere beside a tall green cone at dusk"
 

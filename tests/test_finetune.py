@@ -466,6 +466,45 @@ def test_finetune_command_writes_a_loadable_prior_and_refuses_to_overwrite(tmp_p
         assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_finetune_command_refuses_non_finite_numbers_and_folders_it_would_overwrite(tmp_path):
+    from typer.testing import CliRunner
+
+    from priorkit.apps.cli import app
+
+    runner = CliRunner()
+    for flag, value in (("--lr", "inf"), ("--lr", "nan"), ("--lr", "0"), ("--lam", "inf"), ("--lam", "nan")):
+        out = tmp_path / f"bad{flag}{value}"
+        result = runner.invoke(app, ["finetune", "draft", "--out", str(out), flag, value])
+        assert result.exit_code == 2 and f"{flag} must be a finite number > 0" in result.output, result.output
+        assert not out.exists()  # refused before anything is written
+    prior = tmp_path / "myprior"  # a user's prior folder (any files): never the output of its own fine-tuning
+    prior.mkdir()
+    (prior / "priorkit.json").write_text("{}")
+    result = runner.invoke(app, ["finetune", "draft", "--prior", str(prior), "--out", str(prior)])
+    assert result.exit_code == 2 and "folder of the prior it starts from" in result.output, result.output
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.png").write_bytes(b"x")
+    result = runner.invoke(app, ["finetune", "draft", "--out", str(other)])
+    assert result.exit_code == 2 and "is not empty" in result.output, result.output
+    assert sorted(p.name for p in other.iterdir()) == ["holiday.png"]
+    result = runner.invoke(app, ["finetune", "draft", "--prior", str(tmp_path / "nothere"), "--out",
+                                 str(tmp_path / "z")])
+    assert result.exit_code == 2 and not (tmp_path / "z").exists(), result.output  # no settings.json left behind
+
+
+def test_save_finetuned_refuses_weights_that_are_not_finite(tmp_path):
+    from priorkit.distill.finetune.lora_model import save_finetuned, with_lora
+    from priorkit.distill.loading import load_denoiser
+
+    model, params = with_lora(load_denoiser("shapes"), rank=2)
+    with torch.no_grad():
+        params[0].fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        save_finetuned(model, None, tmp_path / "ft", {"method": "test"})
+    assert not (tmp_path / "ft").exists()
+
+
 def test_finetune_command_passes_the_eps_weighting_to_adjoint_matching(tmp_path):
     import json
 

@@ -65,12 +65,16 @@ def save_finetuned(model: DiffusersDenoiser, base_folder: str | Path | None, out
     from safetensors.torch import save
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cls = UNet2DConditionModel if getattr(model.unet.config, "cross_attention_dim", None) else UNet2DModel
     fresh = cls.from_config(model.unet.config)
     fresh.load_state_dict(merged_state_dict(model.unet))
-    fresh.save_pretrained(str(out), safe_serialization=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in fresh.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged run (or fp16 overflow) would save a prior that samples black images
+        raise FloatingPointError(f"the fine-tuned weights hold NaN or inf ({len(bad)} tensors, e.g. {bad[0]}): "
+                                 f"nothing saved in {out}; lower the learning rate")
+    out.mkdir(parents=True, exist_ok=True)
+    fresh.save_pretrained(str(out), safe_serialization=True)
     write_bytes(out / "diffusion_pytorch_model.safetensors", save(state))
     write_bytes(out / "scheduler_config.json", json.dumps(model.scheduler_config, indent=2).encode())
     spec: dict[str, Any] = {}
