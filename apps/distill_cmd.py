@@ -3,6 +3,7 @@ bespoke solver); the student folder loads wherever a model is accepted."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,10 @@ def _check_teacher(teacher: str) -> None:
         bundled_path(teacher)  # raises when the weights are missing
         return
     path = Path(teacher).expanduser()
-    if path.is_dir():
+    if path.is_dir():  # load it now: a folder that holds no model is refused before anything is written
+        from priorkit.distill.core.loading import load_denoiser
+
+        load_denoiser(str(path))
         return
     if path.exists():
         raise ValueError(f"teacher {teacher!r} is a file; give the model's folder")
@@ -90,8 +94,8 @@ def distill_cmd(
         for flag, value in (("--steps", steps), ("--batch", batch), ("--n-data", n_data)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1; got {value}")
-        if lr is not None and not lr > 0:
-            raise ValueError(f"--lr must be > 0; got {lr}")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"--lr must be a finite number > 0; got {lr}")
         check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
         if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
             raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")

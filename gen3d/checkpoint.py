@@ -52,7 +52,7 @@ def save_checkpoint(folder: Path, step: int, fields: list[nn.Module], background
                     opt: torch.optim.Optimizer, guidance: Guidance | None, history: list[dict[str, float]],
                     meta: dict[str, Any]) -> Path:
     """Write ``folder/checkpoint/{state.safetensors, state.json}`` atomically (tmp folder, then rename)."""
-    from safetensors.torch import save_file
+    from priorkit.distill.core.tensor_files import save_tensors
 
     tensors: dict[str, Tensor] = {}
     for i, (f, bg) in enumerate(zip(fields, backgrounds, strict=True)):
@@ -71,7 +71,7 @@ def save_checkpoint(folder: Path, step: int, fields: list[nn.Module], background
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # a failed write (disk full, read-only folder) leaves no temporary folder and the previous checkpoint
         tmp.mkdir()
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        save_tensors({k: v.cpu() for k, v in tensors.items()}, tmp / "state.safetensors")
         (tmp / "state.json").write_text(json.dumps(info))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,15 +101,15 @@ def load_checkpoint(ck: Path, fields: list[nn.Module], backgrounds: list[Any], o
         ResumeMismatchError: (a ValueError) if the checkpoint belongs to another run (its identity differs from
             ``meta``), naming each differing setting.
     """
-    from safetensors.torch import load_file
+    from priorkit.distill.core.tensor_files import load_json, load_tensors
 
-    info = json.loads((ck / "state.json").read_text())
+    info = load_json(ck / "state.json")
     changed = settings_changes(info["meta"], meta)
     if changed:
         raise ResumeMismatchError(f"--resume: the run in {ck.parent} was made with other settings "
                                   f"({'; '.join(changed)}); resume with the same settings, or start over with "
                                   "--overwrite")
-    tensors = load_file(str(ck / "state.safetensors"))
+    tensors = load_tensors(ck / "state.safetensors")
     for i, (f, bg) in enumerate(zip(fields, backgrounds, strict=True)):
         p = f"field{i}."
         f.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})

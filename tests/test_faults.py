@@ -95,11 +95,11 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_folder_and_keeps_the_prev
     save_checkpoint(tmp_path, 1, [field], [1.0], opt, None, [{"loss": 1.0}], {"run": 1})
     before = (tmp_path / "checkpoint" / "state.safetensors").read_bytes()
 
-    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202  (what safetensors raises on a full disk)
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left on device"):
         save_checkpoint(tmp_path, 2, [field], [1.0], opt, None, [{"loss": 1.0}], {"run": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
     assert find_checkpoint(tmp_path) == tmp_path / "checkpoint"
@@ -363,15 +363,10 @@ def test_restore_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_
 def test_distill_on_a_full_disk_is_one_line_and_keeps_no_temporary_files(tmp_path: Path, monkeypatch) -> None:
     import safetensors.torch
 
-    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202  (what safetensors raises on a full disk)
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    import sys
-
-    for mod in list(sys.modules.values()):  # modules that imported save_file by name before this test
-        if getattr(mod, "__name__", "").startswith("priorkit") and hasattr(mod, "save_file"):
-            monkeypatch.setattr(mod, "save_file", full)
     out = tmp_path / "run"
     result = run("distill", "reflow", "--teacher", "toy:gmm", "--steps", "4", "--batch", "8", "--out", out)
     line = one_error_line(result)
@@ -400,3 +395,69 @@ def test_a_nan_loss_in_distill_is_one_line_and_keeps_the_last_checkpoint(tmp_pat
     assert "loss became nan at step 2" in line and "checkpoint" in line
     kept = line.split("the last checkpoint is kept in ")[-1]
     assert kept != line and Path(kept).is_dir() and Path(kept).is_relative_to(out)  # the folder named is there
+
+
+# ---- damaged files a run reads back, and folders a new run would overwrite ---------------------------------------
+def test_a_damaged_checkpoint_or_init_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A truncated state.safetensors or a state.json cut mid-way (another tool, a hand edit), and random bytes given
+    as --init weights: each refused in one line that names the file (safetensors' own error is not a traceback)."""
+    out = tmp_path / "run"
+    args = ["distill", "shortcut", "--teacher", "toy:gmm", "--steps", "4", "--batch", "8", "--out", out]
+    assert run(*args).exit_code == 0
+    state = out / "checkpoint" / "state.safetensors"
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])
+    result = run(*args, "--resume")
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "state.safetensors" in line and "not a readable safetensors" in line, line
+    state.write_bytes(whole)
+    (out / "checkpoint" / "state.json").write_text('{"step": 4, "log": [')
+    result = run(*args, "--resume")
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "state.json is damaged" in line, line
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "diffusion_pytorch_model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    result = run("train-prior", "photos", "--init", init, "--out", tmp_path / "tp", "--steps", "1")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "diffusion_pytorch_model.safetensors" in line, line
+    assert not (tmp_path / "tp").exists()  # refused before anything is written
+
+
+def test_train_prior_never_writes_over_its_init_an_earlier_run_or_other_files(tmp_path: Path, single_thread
+                                                                              ) -> None:
+    out = tmp_path / "tp"
+    small = ["--steps", "1", "--batch-size", "1"]
+    assert run("train-prior", "photos", "--out", out, *small).exit_code == 0
+    weights = (out / "diffusion_pytorch_model.safetensors").read_bytes()
+    result = run("train-prior", "photos", "--out", out, *small, "--seed", "4")  # a new run into the old one
+    assert result.exit_code == 2 and "holds a training run" in one_error_line(result)
+    result = run("train-prior", "photos", "--init", out, "--out", out, *small)
+    assert result.exit_code == 2 and "same folder" in one_error_line(result)
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    result = run("train-prior", "photos", "--out", mine, *small)
+    assert result.exit_code == 2 and "not empty" in one_error_line(result)
+    for flag, value, message in (("--lr", "nan", "--lr must be a finite"), ("--n-renders", "0", "--n-renders must"),
+                                 ("--threads", "-1", "--threads must")):
+        name = "shapes" if flag == "--n-renders" else "photos"
+        result = run("train-prior", name, "--out", tmp_path / "bad", flag, value, *small)
+        assert result.exit_code == 2 and message in one_error_line(result)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_distill_refuses_a_folder_that_holds_no_teacher_or_init_before_writing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"not a model")
+    for extra, message in ((["reflow", "--teacher", empty], str(empty)),
+                           (["dmd2", "--teacher", "toy:gmm", "--init", weights], "is a file"),
+                           (["dmd2", "--teacher", "toy:gmm", "--init", empty], "holds neither"),
+                           (["reflow", "--teacher", "toy:gmm", "--lr", "inf"], "--lr must be a finite")):
+        out = tmp_path / "run"
+        result = run("distill", *extra, "--steps", "2", "--out", out)
+        assert result.exit_code == 2 and message in one_error_line(result), result.output
+        assert not out.exists()  # nothing written: a corrected command can use the same --out

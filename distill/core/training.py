@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from priorkit.distill.core.tensor_files import load_json, load_tensors, save_tensors
 
 
 @dataclass
@@ -96,7 +97,7 @@ def save_checkpoint(folder: Path, model: nn.Module, ema: EMA | None, opt: torch.
         tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.model.state_dict().items()})
     opt_tensors, opt_scalars = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
-    save_file(tensors, str(tmp / "state.safetensors"))
+    save_tensors(tensors, tmp / "state.safetensors")
     (tmp / "state.json").write_text(json.dumps({"step": step, "log": log, "optimizer": opt_scalars,
                                                 "extra": extra or {}}))
     final = folder / "checkpoint"
@@ -118,8 +119,8 @@ def load_checkpoint(folder: Path, model: nn.Module, ema: EMA | None, opt: torch.
             ck = old
         else:
             raise FileNotFoundError(f"no checkpoint to resume from in {folder}")
-    tensors = load_file(str(ck / "state.safetensors"))
-    meta = json.loads((ck / "state.json").read_text())
+    tensors = load_tensors(ck / "state.safetensors")
+    meta = load_json(ck / "state.json")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})

@@ -35,12 +35,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.schedule import add_noise, broadcast_to
+from priorkit.distill.core.tensor_files import load_tensors, save_tensors
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.score.guidance import diffusion_loss, sample_times, surrogate_loss, vsd_gradient
 from priorkit.distill.students.format import freeze, is_main_process, save_student, unwrap
@@ -267,12 +267,12 @@ def _pairs(teacher: Denoiser, out: Path, cfg: DMDConfig, data: DataFn, seed: int
 
     path = out / "pairs.safetensors"
     if path.is_file():
-        return load_file(str(path))
+        return load_tensors(path)
     pairs = make_couplings(teacher, cfg.pairs, steps=cfg.teacher_steps, conditions=lambda m, g: data(m, g)[1],
                            chunk=min(cfg.pairs, 2000), generator=torch.Generator().manual_seed(seed), progress=False)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in pairs.items()}, str(path))
+        save_tensors({k: v.contiguous() for k, v in pairs.items()}, path)
     return pairs
 
 
@@ -287,7 +287,7 @@ def load_init(model: DMDTrainee, source: str | Path) -> None:
     source = bundled_path(str(source)) if str(source) in BUNDLED else Path(source)
     state = source / "checkpoint" / "state.safetensors"
     if state.is_file():
-        tensors = load_file(str(state))
+        tensors = load_tensors(state)
         parts = {name: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                  for name, prefix in (("generator", "ema.generator."), ("fake", "model.fake."))}
         if not parts["generator"]:

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from priorkit.distill.core.denoiser import Condition, Denoiser, select_rows
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.loading import ModelLoadError, load_denoiser, register_folder_loader
+from priorkit.distill.core.tensor_files import load_tensors, save_tensors
 from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.zoo.toy import MLPConfig, MLPDenoiser, fourier_embedding
 
@@ -287,7 +287,7 @@ def save_student(student: Denoiser, folder: str | Path, meta: dict[str, Any] | N
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(_weights(student), str(tmp / WEIGHTS))
+    save_tensors(_weights(student), tmp / WEIGHTS)
     (tmp / "config.json").write_text(json.dumps(spec, indent=2))
     (tmp / "priorkit.json").write_text(json.dumps({**meta, "kind": STUDENT_KIND}, indent=2, default=str))
     if folder.exists():
@@ -345,7 +345,10 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
         student = build_student(spec["student"], text_encoder=text_encoder, vae=vae)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{folder / 'config.json'} describes no buildable student: {e}") from e
-    state = load_file(str(weights))
+    try:
+        state = load_tensors(weights)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e
     missing, unexpected = student.load_state_dict(state, strict=False)
     missing = [k for k in missing if not any(part in _EXCLUDED for part in k.split("."))]
     if missing or unexpected:

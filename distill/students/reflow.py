@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -29,6 +28,7 @@ from priorkit.distill.core.prediction import from_x0_eps
 from priorkit.distill.core.samplers import sample
 from priorkit.distill.core.samplers.ddim import ddim_sample
 from priorkit.distill.core.schedule import add_noise
+from priorkit.distill.core.tensor_files import load_tensors, save_tensors
 from priorkit.distill.core.training import TrainConfig, train
 from priorkit.distill.students.format import freeze, is_main_process, is_student_folder, load_student, save_student
 
@@ -156,7 +156,7 @@ def _couplings(teacher: Denoiser, folder: Path, cfg: ReflowConfig, conditions: C
                seed: int) -> dict[str, Tensor]:
     path = folder / "couplings.safetensors"
     if path.is_file():
-        return load_file(str(path))
+        return load_tensors(path)
     pairs = make_couplings(teacher, cfg.pairs, steps=cfg.teacher_steps, solver=cfg.teacher_solver,
                            guidance=cfg.guidance, conditions=conditions, chunk=cfg.chunk,
                            generator=torch.Generator().manual_seed(seed))
@@ -164,7 +164,7 @@ def _couplings(teacher: Denoiser, folder: Path, cfg: ReflowConfig, conditions: C
         return pairs
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "couplings.tmp.safetensors"
-    save_file({k: v.contiguous() for k, v in pairs.items()}, str(tmp))
+    save_tensors({k: v.contiguous() for k, v in pairs.items()}, tmp)
     tmp.rename(path)
     return pairs
 

@@ -224,8 +224,17 @@ def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: f
         raise ValueError("--fake lora needs a diffusers (UNet) teacher; toy teachers take the full copy")
     if gan is not None and not gan >= 0:
         raise ValueError(f"--gan must be >= 0; got {gan}")
-    if init is not None and not Path(init).is_dir() and str(init) not in BUNDLED:
-        raise ValueError(f"--init {init}: no such run or student folder")
+    if init is not None and str(init) not in BUNDLED:
+        from priorkit.distill.students.format import is_student_folder
+
+        source = Path(init)
+        if source.is_file():
+            raise ValueError(f"--init {init} is a file: give the folder of an earlier dmd / dmd2 run or of a student")
+        if not source.is_dir():
+            raise ValueError(f"--init {init}: no such run or student folder")
+        if not (source / "checkpoint" / "state.safetensors").is_file() and not is_student_folder(source):
+            raise ValueError(f"--init {init} holds neither a dmd / dmd2 run (checkpoint/) nor a student "
+                             "(priorkit.json of kind student)")
 
 
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,

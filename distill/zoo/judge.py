@@ -123,12 +123,12 @@ class Judge(nn.Module):
 
 def save_judge(judge: Judge, directory: str | Path, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (plus ``extra`` keys) into ``directory``."""
-    from safetensors.torch import save_file
+    from priorkit.distill.core.tensor_files import save_tensors
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
+    save_tensors(state, directory / "model.safetensors")
     config = judge.config() | (extra or {})
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory
@@ -139,7 +139,7 @@ def load_judge(directory: str | Path | None = None, device: str | torch.device =
 
     Raises ``FileNotFoundError`` naming the missing file when the weights are absent.
     """
-    from safetensors.torch import load_file
+    from priorkit.distill.core.tensor_files import load_tensors
 
     directory = Path(directory) if directory is not None else DEFAULT_DIR
     weights, config_path = directory / "model.safetensors", directory / "config.json"
@@ -153,7 +153,7 @@ def load_judge(directory: str | Path | None = None, device: str | torch.device =
         raise ValueError(f"judge at {directory} was trained for different shape / colour vocabularies")
     judge = Judge(width=int(config.get("width", 16)), input_size=int(config.get("input_size", INPUT_SIZE)),
                   albedo=bool(config.get("albedo", False)))
-    judge.load_state_dict(load_file(str(weights)))
+    judge.load_state_dict(load_tensors(weights))
     return judge.to(device).eval()
 
 

@@ -14,6 +14,7 @@ scheduler config, ``training_log.json``, ``loss.png``, ``samples.png`` and ``com
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -170,18 +171,45 @@ def _plot_loss(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def check_run_start(out: Path, lr: float, n_renders: int, threads: int | None, init: str | Path | None,
+                    resume: bool) -> None:
+    """Raise ValueError (before anything is written) for numbers that cannot train, an ``init`` that cannot be read
+    or is ``out`` itself, and an ``out`` whose files a new run would replace (a run without ``resume``, other files)."""
+    from priorkit.distill.core.tensor_files import load_tensors
+
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0; got {lr}")
+    if n_renders < 1:
+        raise ValueError(f"--n-renders must be >= 1; got {n_renders}")
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default); got {threads}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file")
+    if init is not None:
+        if Path(init).resolve() == out.resolve():
+            raise ValueError(f"--init and --out are the same folder ({out}): the new weights would replace the ones "
+                             "the run starts from; choose another --out")
+        if not resume:
+            load_tensors(Path(init) / "diffusion_pytorch_model.safetensors")  # a damaged file: refused now
+    if not resume and (out / "run" / "checkpoint").is_dir():
+        raise ValueError(f"{out} holds a training run: pass --resume to continue it, or choose another --out")
+    if not resume and out.is_dir() and any(p.name != "run" and not p.name.startswith(".") for p in out.iterdir()):
+        raise ValueError(f"output folder {out} is not empty and holds no training run: choose a new or empty --out "
+                         "(the prior's files would replace what is there)")
+
+
 def load_initial_weights(unet: torch.nn.Module, folder: str | Path, new_prefixes: tuple[str, ...] = ()) -> None:
     """Copy the UNet weights of a saved prior folder (``diffusion_pytorch_model.safetensors``) into ``unet``.
 
     Safetensors only; the tensors are cast to the model's dtype (the bundled weights are fp16). A folder of another
     architecture is refused with the names of the first mismatching tensors.
     """
-    from safetensors.torch import load_file
+    from priorkit.distill.core.tensor_files import load_tensors
 
     path = Path(folder) / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors in {folder}")
-    state = widen_camera_input(load_file(str(path)), unet.state_dict())
+    state = widen_camera_input(load_tensors(path), unet.state_dict())
     own = unet.state_dict()
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(new_prefixes))  # new layers keep init
     extra = sorted(set(state) - set(own))
@@ -231,6 +259,7 @@ def train_prior(name: str, out: str | Path, *, steps: int, batch_size: int, lr: 
         raise ValueError(f"cube_share must be in (0, 1); got {cube_share}")
     if data is not None and name != "photos":
         raise ValueError("data= (a folder of photographs) applies to the photos prior only")
+    check_run_start(Path(out), lr, n_renders if name == "shapes" else 1, threads, init, resume)
     from priorkit.distill.zoo.photos import PHOTO_SETS
 
     if photo_set not in PHOTO_SETS:
