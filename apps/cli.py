@@ -206,21 +206,17 @@ def three_d(
     several particles). --resume continues an interrupted run from OUT/checkpoint. --prompts FILE makes one asset per
     line into OUT/<n>-<prompt>/ with OUT/index.html; a second call skips the done prompts (accelerate launch splits).
     """
-    from priorkit.apps.cli_3d import prompts_command, report_result
+    from priorkit.apps.cli_3d import export_config, prompts_command, report_result
     from priorkit.distill.core.loading import ModelLoadError
     from priorkit.distill.core.training import ResumeMismatchError
-    from priorkit.gen3d.generate import GenerateConfig, generate
+    from priorkit.gen3d.generate import generate
 
+    if preview_every < 0 or checkpoint_every < 0:
+        _fail("--preview-every and --checkpoint-every must be >= 0")
     if prompts is not None or prompt is None:  # one asset per line of a file, a gallery page (apps/cli_3d.py)
         return prompts_command(dist=(_distributed, _finish_distributed), **locals())
     out = out if out is not None else Path("outputs/3d") / slug(prompt)
-    cfg = GenerateConfig(faces=faces)
-    if mesh_resolution is not None:
-        if not 8 <= mesh_resolution <= 512:
-            _fail(f"mesh resolution must be in [8, 512]; got {mesh_resolution}")
-        cfg.export_resolution = mesh_resolution
-    if preview_every < 0 or checkpoint_every < 0:
-        _fail("--preview-every and --checkpoint-every must be >= 0")
+    cfg = export_config(mesh_resolution, faces)  # checked before the optimisation, not after it
     try:
         check_run_folder(out, resume, overwrite)
     except ValueError as e:

@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from priorkit.apps.cli_checks import check_writable
+
 DONE = "done.json"
 BAD_INPUT, FAILED = 2, 1  # exit codes, as in priorkit.apps.cli
 DOWNLOADS = ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "mesh.ply", "turntable.gif")
@@ -109,7 +111,13 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
     except ValueError as e:
         _fail(e)
     out = out if out is not None else Path("outputs/3d") / prompts.stem
-    cfg = _config(mesh_resolution, faces)
+    try:  # the gallery and every prompt's folder go here: a file or a read-only folder is refused now
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output folder {out} is a file")
+        check_writable(out, "output folder")
+    except ValueError as e:
+        _fail(e)
+    cfg = export_config(mesh_resolution, faces)
     rank, world = dist[0]()
     try:
         from priorkit.distill.core.loading import load_denoiser
@@ -120,8 +128,10 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
         den = load_denoiser(prior)
     except (ValueError, ModelLoadError) as e:
         _fail(e)
-    failed = [_make(i, p, out, den, method, particles, steps, seed, resolution, guidance, lr, preview_every,
-                    checkpoint_every, overwrite, cfg) for i, p in enumerate(items) if i % world == rank]
+    settings = {"method": method, "seed": seed, "prior": prior, "steps": steps, "particles": particles,
+                "resolution": resolution, "guidance": guidance, "lr": lr}
+    failed = [_make(i, p, out, den, settings, preview_every, checkpoint_every, overwrite, cfg)
+              for i, p in enumerate(items) if i % world == rank]
     if world > 1:
         dist[1]()
     if rank == 0:
@@ -131,7 +141,7 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
         raise typer.Exit(FAILED)
 
 
-def _config(mesh_resolution: int | None, faces: int) -> Any:
+def export_config(mesh_resolution: int | None, faces: int) -> Any:
     from priorkit.gen3d.generate import GenerateConfig
 
     cfg = GenerateConfig(faces=faces)
@@ -144,11 +154,12 @@ def _config(mesh_resolution: int | None, faces: int) -> Any:
     return cfg
 
 
-def _make(index: int, prompt: str, out: Path, den: Any, method: str, particles: int | None, steps: int | None,
-          seed: int, resolution: int | None, guidance: float | None, lr: float | None, preview_every: int,
+def _make(index: int, prompt: str, out: Path, den: Any, settings: dict[str, Any], preview_every: int,
           checkpoint_every: int, overwrite: bool, cfg: Any) -> bool:
-    """Make one prompt's asset unless it is done; True if it failed (reported on stderr, the others go on)."""
+    """Make one prompt's asset unless it is done with the same ``settings``; True if it failed (reported on stderr,
+    the others go on). A prompt done with other settings is not skipped silently: it fails, naming them."""
     from priorkit.distill.core.atomic import write_bytes
+    from priorkit.distill.core.training import settings_changes
     from priorkit.gen3d.checkpoint import find_checkpoint
     from priorkit.gen3d.generate import generate
 
@@ -156,23 +167,36 @@ def _make(index: int, prompt: str, out: Path, den: Any, method: str, particles: 
     if overwrite and folder.exists():
         shutil.rmtree(folder)
     if (folder / DONE).is_file():
+        try:
+            done = json.loads((folder / DONE).read_text())
+        except (OSError, ValueError):
+            done = {}
+        changed = settings_changes({k: done.get(k) for k in settings if k in done},
+                                   {k: v for k, v in settings.items() if k in done})
+        if changed:
+            typer.echo(f"error: [{index}] {prompt!r}: done in {folder} with other settings ({'; '.join(changed)}): "
+                       "pass --overwrite to make it again, or choose another --out", err=True)
+            return True
         typer.echo(f"[{index}] {prompt!r}: done, skipped")
         return False
+    method, seed = settings["method"], settings["seed"]
     resume = folder.is_dir() and find_checkpoint(folder) is not None
     typer.echo(f"[{index}] {prompt!r}: {'resuming' if resume else 'making'} -> {folder}")
     t0 = time.time()
     try:
-        result = generate(prompt, method, den, steps=steps, seed=seed, out=folder, particles=particles,
-                          resolution=resolution, guidance=guidance, lr=lr, preview_every=preview_every,
+        result = generate(prompt, method, den, steps=settings["steps"], seed=seed, out=folder,
+                          particles=settings["particles"], resolution=settings["resolution"],
+                          guidance=settings["guidance"], lr=settings["lr"], preview_every=preview_every,
                           checkpoint_every=checkpoint_every, resume=resume, progress=False, config=cfg)
     except (ValueError, OSError) as e:
         typer.echo(f"error: [{index}] {prompt!r}: {' '.join(str(e).split())}", err=True)
         return True
     report_result(result, folder)
     files = {k: [str(p.relative_to(folder)) for p in v] for k, v in result.paths.items() if k != "previews"}
-    write_bytes(folder / DONE, json.dumps({"prompt": prompt, "method": method, "seed": seed,
-                                           "seconds": time.time() - t0, "files": files}, indent=1).encode())
+    write_bytes(folder / DONE, json.dumps({"prompt": prompt, **settings, "seconds": time.time() - t0,
+                                           "files": files}, indent=1).encode())
     return False
 
 
-__all__ = ["DONE", "prompt_folder", "prompts_command", "read_prompts", "report_result", "write_gallery"]
+__all__ = ["DONE", "export_config", "prompt_folder", "prompts_command", "read_prompts", "report_result",
+           "write_gallery"]

@@ -104,7 +104,9 @@ def load_checkpoint(ck: Path, fields: list[nn.Module], backgrounds: list[Any], o
     from priorkit.distill.core.tensor_files import load_json, load_tensors
 
     info = load_json(ck / "state.json")
-    changed = settings_changes(info["meta"], meta)
+    # settings recorded since session 31 are compared only when the checkpoint has them (older runs still resume)
+    newer = ("resolution", "lr", "prior", "guidance_scale")
+    changed = settings_changes(info["meta"], {k: v for k, v in meta.items() if k not in newer or k in info["meta"]})
     if changed:
         raise ResumeMismatchError(f"--resume: the run in {ck.parent} was made with other settings "
                                   f"({'; '.join(changed)}); resume with the same settings, or start over with "

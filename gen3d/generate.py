@@ -174,7 +174,9 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
         torch.manual_seed(seed)
         return run(prompt, method, lambda: GUIDANCES[method](den, prompt, guide_cfg),
                    representation or cfg.voxel_field, next(den.parameters()).device, steps, seed, out_dir, particles,
-                   resolution, lr, preview_every, checkpoint_every, resume, progress, cfg, callback, t0)
+                   resolution, lr, preview_every, checkpoint_every, resume, progress, cfg, callback, t0,
+                   identity={"prior": str(prior) if isinstance(prior, (str, Path)) else type(prior).__name__,
+                             "guidance_scale": guide_cfg.guidance_scale})
 
 
 __all__ = ["DEFAULT_PRIOR", "GUIDANCES", "METHODS", "GenerateConfig", "Result", "azimuth_span", "colour_tv",

@@ -123,11 +123,12 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
         representation: Callable[[], Representation], device: torch.device, steps: int, seed: int, out: Path | None,
         particles: int, resolution: int, lr: float, preview_every: int, checkpoint_every: int, resume: bool,
         progress: bool, cfg: GenerateConfig, callback: Callable[[int, dict[str, Any]], None] | None,
-        t0: float) -> Result:
+        t0: float, identity: dict[str, Any] | None = None) -> Result:
     """The loop (see the module docstring) after :func:`~priorkit.gen3d.generate.generate` has checked its inputs.
 
     ``representation()`` makes one particle (moved to ``device`` here); ``guidance_factory()`` makes the guidance
     after the particles and their optimiser (VSD's LoRA draws its initial weights from the global RNG).
+    ``identity``: more settings a checkpoint must match to be resumed (the prior, the guidance scale, ...).
     """
     fields = [representation().to(device) for _ in range(particles)]
     if cfg.background == "white":
@@ -146,7 +147,8 @@ def run(prompt: str, method: str, guidance_factory: Callable[[], Guidance],
     renderers = [Renderer(f, n_samples=cfg.n_samples, scene_radius=cfg.scene_radius, ambient=cfg.ambient,
                           skip_empty=cfg.skip_empty) for f in fields]
     meta = {"prompt": prompt, "method": method, "seed": seed, "particles": particles,
-            "field_resolution": cfg.field_resolution, "background": cfg.background}
+            "field_resolution": cfg.field_resolution, "background": cfg.background,
+            "resolution": resolution, "lr": lr, **(identity or {})}  # not steps: a resume may extend a run
     paths: dict[str, list[Path]] = {"previews": [], "checkpoint": []}
     start, history = 0, []
     try:

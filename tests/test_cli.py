@@ -219,6 +219,14 @@ def test_3d_tiny_run_writes_a_mesh_trimesh_loads_and_resumes(tmp_path, monkeypat
     assert result.exit_code == 0, (result.output, result.exception)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and len(state["history"]) == 3
+    # what shapes the run is checked: another guidance scale, learning rate, render size or prior is refused
+    for flag, value, words in (("--guidance", "30", "guidance_scale"), ("--lr", "0.2", "lr 0.4 -> 0.2"),
+                               ("--resolution", "16", "resolution 12 -> 16"), ("--prior", "shapes", "prior")):
+        argv = {"--resolution": "12", flag: value}
+        result = run("3d", "a red cube", "--steps", "4", "--mesh-resolution", "24", "--seed", "3", "--out", out,
+                     "--resume", *[a for kv in argv.items() for a in kv])
+        assert result.exit_code == 2 and "other settings" in result.output and words in result.output, result.output
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3  # nothing done
 
 
 # ---- restore -------------------------------------------------------------------------------------

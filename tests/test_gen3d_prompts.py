@@ -80,6 +80,24 @@ def test_prompts_make_folders_and_a_gallery_and_resume_after_a_kill(tmp_path, ti
     assert result.exit_code == 0, (result.output, result.exception)
     assert result.stdout.count("done, skipped") == 2 and "resuming" in result.stdout
     assert (second / DONE).is_file() and (second / "asset" / "mesh.glb").is_file()
+    # asked again with another method and seed: the done prompts are not passed off as this call's assets
+    before = {p: (prompt_folder(out, i, p) / DONE).read_text() for i, p in enumerate(PROMPTS)}
+    result = run("3d", "--prompts", file, "--out", out, *ARGS, "--method", "vsd", "--seed", "7")
+    assert result.exit_code == 1 and "done, skipped" not in result.stdout
+    assert result.stderr.count("with other settings") == 3 and "method 'sds' -> 'vsd'" in result.stderr
+    assert {p: (prompt_folder(out, i, p) / DONE).read_text() for i, p in enumerate(PROMPTS)} == before
+
+
+def test_prompts_refuse_an_output_that_is_a_file_and_negative_intervals_before_work(tmp_path):
+    file = write_prompts(tmp_path / "p.txt")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = run("3d", "--prompts", file, "--out", blocker, *ARGS)
+    assert result.exit_code == 2 and "is a file" in result.stderr and "Traceback" not in result.output
+    result = run("3d", "--prompts", file, "--out", tmp_path / "o", "--preview-every", "-1", *ARGS)
+    assert result.exit_code == 2 and "--preview-every" in result.stderr and not (tmp_path / "o").exists()
+    result = run("3d", "a red cube", "--out", tmp_path / "o", "--faces", "0", *ARGS[:2])
+    assert result.exit_code == 2 and "--faces must be >= 4" in result.stderr and not (tmp_path / "o").exists()
 
 
 LAUNCHED = """
