@@ -161,6 +161,10 @@ def sample(
         if steps is not None and not 1 <= steps <= 1000:
             raise ValueError(f"--steps must be in [1, 1000]; got {steps}")
         folder = student_folder(model)
+        if folder is not None and solver != "dpm++2m":
+            raise ValueError(f"--solver applies to priors; the student {model} samples with its own sampler")
+        if folder is None and label is not None:
+            raise ValueError("--label applies to class-conditional 2D students")
         if folder is not None:
             path = sample_student_grid(folder, prompt or [], n=n, steps=steps, guidance=guidance, label=label,
                                        seed=seed, out=out)
@@ -169,6 +173,8 @@ def sample(
                                seed=seed, out=out)
     except (ValueError, ModelLoadError) as e:
         _fail(e)
+    except FloatingPointError as e:  # NaN samples: nothing written
+        _fail(e, FAILED)
     except OSError as e:
         _fail(os_error_line(e), FAILED)
     typer.echo(f"wrote {path}")

@@ -63,8 +63,8 @@ def check_writable(folder: Path, what: str) -> None:
 
 def check_png_out(out: Path, guidance: float) -> None:
     """``priorkit sample``: a finite guidance and a writable .png path, checked before sampling."""
-    if not math.isfinite(guidance):
-        raise ValueError(f"--guidance must be a finite number; got {guidance}")
+    if not (math.isfinite(guidance) and abs(guidance) <= 1000):  # larger ones overflow float32 in the CFG sum
+        raise ValueError(f"--guidance must be a finite number in [-1000, 1000]; got {guidance}")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a .png file name")
     if out.suffix.lower() != ".png":

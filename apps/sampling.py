@@ -105,6 +105,15 @@ def scatter_image(points: Tensor, title: str = "", size: float = 4.0) -> Image.I
     return image
 
 
+def check_finite_samples(x: torch.Tensor, model: str | Path) -> None:
+    """FloatingPointError when samples hold NaN or inf (a diverged or damaged model): never written as a black
+    grid."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise FloatingPointError(f"the samples of {str(model)!r} hold NaN or inf ({bad} of {x.numel()} values): "
+                                 "nothing written; the model's weights may be damaged or diverged")
+
+
 def sample_student_grid(folder: str | Path, prompts: list[str], *, n: int | None = None, steps: int | None = None,
                         guidance: float | None = None, label: int | None = None, seed: int = 0,
                         out: str | Path = "outputs/samples.png") -> Path:
@@ -147,6 +156,7 @@ def sample_student_grid(folder: str | Path, prompts: list[str], *, n: int | None
     print(f"{(time.time() - t0) / (n * len(rows)):.4f} s per sample ({k} step{plural}, {meta.get('method')} student)")
     out = Path(out)
     if points:
+        check_finite_samples(x, folder)
         title = f"{meta.get('method', 'student')}, {k} step{plural}, n={x.shape[0]}"
         return save_atomic(scatter_image(x, title), out)
     if len(shape) != 3:
@@ -154,6 +164,7 @@ def sample_student_grid(folder: str | Path, prompts: list[str], *, n: int | None
     if meta.get("vae_from"):
         with torch.no_grad():
             x = load_denoiser(meta["vae_from"]).decode_images(x)
+    check_finite_samples(x, folder)
     return save_atomic(grid_image(x, ncol=n, scale=4 if x.shape[-1] <= 32 else 2), out)
 
 
@@ -172,6 +183,8 @@ def sample_grid(model: str, prompts: list[str], *, n: int = 8, steps: int = 25, 
     conditional = getattr(den, "conditional", False)
     if conditional and not prompts:
         raise ValueError(f"model {model!r} is text-conditional: give at least one --prompt")
+    if not conditional and prompts:
+        raise ValueError(f"model {model!r} is unconditional: it takes no --prompt")
     if any(not p.strip() for p in prompts):
         raise ValueError("empty prompt")
     rows = prompts if conditional else [None]
@@ -186,4 +199,5 @@ def sample_grid(model: str, prompts: list[str], *, n: int = 8, steps: int = 25, 
         images.append(den.decode_images(y) if getattr(den, "latent", False) else y)
     per = (time.time() - t0) / (n * len(rows))
     print(f"{per:.3f} s per sample ({steps} steps, {solver})")
+    check_finite_samples(torch.cat(images), model)
     return save_atomic(grid_image(torch.cat(images), ncol=n, scale=4 if den.sample_shape[-1] <= 32 else 2), Path(out))

@@ -424,6 +424,8 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
             result = restore(image, task, method, prior=prior, sigma_y=sigma_y, nfe=nfe,
                              seed=seed + zlib.crc32(name.encode()) % 100_000, mask=mask, simulate=simulate,
                              progress=progress, **options)
+            if not bool(torch.isfinite(result.restored).all()):  # never a black image marked done
+                raise SkipFileError("failed", "the restoration holds NaN or inf (a damaged or diverged prior?)")
             save_image(result.restored, out_path)
             res, exp = float(result.residual[0]), float(result.expected_residual[0])
             entry.update(status="done", output=out_path.name, nfe=result.forward, forward=result.forward,

@@ -461,3 +461,42 @@ def test_distill_refuses_a_folder_that_holds_no_teacher_or_init_before_writing(t
         result = run("distill", *extra, "--steps", "2", "--out", out)
         assert result.exit_code == 2 and message in one_error_line(result), result.output
         assert not out.exists()  # nothing written: a corrected command can use the same --out
+
+
+# ---- non-finite outputs are never written as images ---------------------------------------------------------------
+def test_nan_samples_are_an_error_not_a_black_grid(tmp_path: Path, monkeypatch) -> None:
+    import priorkit.apps.sampling as sampling
+
+    monkeypatch.setattr(sampling, "sample", lambda den, x, **k: torch.full_like(x, float("nan")))
+    out = tmp_path / "s.png"
+    result = run("sample", "--model", "shapes", "--prompt", "a red cube", "--n", "1", "--steps", "1", "--out", out)
+    assert result.exit_code == 1 and "NaN or inf" in one_error_line(result) and not out.exists()
+    result = run("sample", "--guidance", "1e40", "--out", out, "--n", "1", "--steps", "1")  # inf in float32
+    assert result.exit_code == 2 and "[-1000, 1000]" in one_error_line(result)
+    result = run("sample", "--model", "photos", "--prompt", "a cat", "--out", out, "--n", "1", "--steps", "1")
+    assert result.exit_code == 2 and "takes no --prompt" in one_error_line(result)
+    result = run("sample", "--model", "shapes", "--label", "1", "--out", out, "--n", "1", "--steps", "1")
+    assert result.exit_code == 2 and "--label applies" in one_error_line(result)
+    assert not out.exists()
+
+
+def test_a_nan_restoration_is_listed_as_failed_not_written(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import priorkit.inverse.restore as restore_module
+
+    def nan_restore(image, task, method, **k):  # noqa: ANN001, ANN003, ANN202
+        x = torch.full((3, 2 * image.shape[-2], 2 * image.shape[-1]), float("nan"))
+        return SimpleNamespace(restored=x, residual=torch.tensor([float("nan")]), expected_residual=torch.ones(1),
+                               forward=1, backward=0, tiles=1, std=None)
+
+    monkeypatch.setattr(restore_module, "restore", nan_restore)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    _png(inp / "a.png", 8)
+    result = run("restore", inp, out, "--task", "sr2", "--method", "pinv")
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "report.json").read_text(),  # strict JSON: no bare NaN
+                        parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
+    assert report["files"]["a.png"]["status"] == "failed" and "NaN" in report["files"]["a.png"]["reason"]
+    assert not (out / "a.png").exists()
