@@ -374,5 +374,28 @@ def app_cmd(
     launch(host=host, port=port, share=share, threads=threads or None)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``priorkit`` entry point: the app, with click's usage errors (an unknown command or option, a missing or
+    malformed value) as one ``error:`` line and exit code 2, like every other bad input."""
+    try:  # typer 0.29 (pinned) vendors click: its usage errors are typer's own classes
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # a typer that uses click itself
+        from click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        code = app(args=argv, prog_name="priorkit", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # `priorkit` alone: its help
+        e.show()
+        raise SystemExit(BAD_INPUT) from None
+    except UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "priorkit"
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see {where} --help)", err=True)
+        raise SystemExit(BAD_INPUT) from None
+    except typer.Abort:  # Ctrl-C
+        typer.echo("aborted", err=True)
+        raise SystemExit(FAILED) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -500,3 +500,22 @@ def test_a_nan_restoration_is_listed_as_failed_not_written(tmp_path: Path, monke
                         parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
     assert report["files"]["a.png"]["status"] == "failed" and "NaN" in report["files"]["a.png"]["reason"]
     assert not (out / "a.png").exists()
+
+
+# ---- usage errors: one line, exit 2, from the installed entry point ----------------------------------------------
+@pytest.mark.parametrize("argv, words", [(["frobnicate"], "No such command 'frobnicate'"),
+                                         (["sample", "--n", "abc"], "Invalid value for '--n'"),
+                                         (["restore", "in", "out"], "Missing option '--task'"),
+                                         (["finetune", "draft", "--steps", "1", "--out", "x"], "'--steps'")])
+def test_usage_errors_are_one_line_with_exit_code_2(argv: list[str], words: str, capsys) -> None:
+    import tomllib
+
+    from priorkit.apps.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err and "--help" in err, err
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["priorkit"] == "priorkit.apps.cli:main"  # the installed command goes through main
