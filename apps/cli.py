@@ -94,7 +94,7 @@ def train_prior_cmd(
     lr: Annotated[float, typer.Option()] = 3e-4,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default)")] = 0,
     n_renders: Annotated[int, typer.Option(help="shapes: number of pre-rendered training images")] = 20000,
     init: Annotated[Path | None, typer.Option(help="start from the weights of a saved prior folder (fine-tune), "
                                                    "e.g. distill/zoo/weights/photos")] = None,
@@ -366,7 +366,7 @@ def app_cmd(
     host: Annotated[str, typer.Option(help="interface to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 7860,
     share: Annotated[bool, typer.Option(help="a public gradio.live link")] = False,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default)")] = 0,
 ) -> None:
     """The web app: text to 3D, restoration and fast sampling, one tab each."""
     from priorkit.apps.web import launch

@@ -47,7 +47,7 @@ def finetune_cmd(
                                                                      "OUT/run; default 256 16)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT/run/checkpoint")] = False,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default)")] = 0,
 ) -> None:
     """Fine-tune a prior towards a reward (one LoRA; the merged weights are saved as a prior folder)."""
 

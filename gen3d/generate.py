@@ -51,16 +51,23 @@ LONGEST_VIEW_SUFFIX = ", overhead view"
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+TEXT_PRIORS = ("shapes-v2", "shapes")  # the bundled text-to-image priors (the other bundled models are not)
+
+
 def _check_prior_name(prior: str | Path) -> None:
-    from priorkit.distill.core.loading import BUNDLED
+    from priorkit.distill.core.loading import BUNDLED, bundled_path, folder_kind
 
     s = str(prior)
-    if s in BUNDLED or Path(s).expanduser().is_dir():
+    path = bundled_path(s) if s in BUNDLED else Path(s).expanduser()
+    if path.is_dir():
+        if folder_kind(path) == "student":
+            raise ValueError(f"{s!r} is a distilled student (a few-step sampler), not a prior text to 3D can score "
+                             f"renders with: use {' or '.join(TEXT_PRIORS)}, a diffusers folder or a hub id")
         return
     hub_like = s.count("/") == 1 and not s.startswith((".", "/", "~")) and all(s.split("/"))
     if not hub_like:
-        raise ValueError(f"unknown prior {s!r}: use a bundled prior ({', '.join(sorted(BUNDLED))}), a diffusers "
-                         "folder or a hub id")
+        raise ValueError(f"unknown prior {s!r}: use a bundled text-to-image prior ({', '.join(TEXT_PRIORS)}), a "
+                         "diffusers folder or a hub id")
 
 
 def _check_out(out: Path) -> None:

@@ -263,6 +263,8 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     spec = check_method(method, task)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if input_dir.is_file():
+        raise ValueError(f"input {input_dir} is a file: give the folder that holds the images to restore")
     if not input_dir.is_dir():
         raise ValueError(f"input folder {input_dir} does not exist")
     inp, outp = input_dir.resolve(), output_dir.resolve()
@@ -354,6 +356,8 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                       "clean inputs", DeprecationWarning, stacklevel=2)
         simulate = not observed
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    if input_dir.is_file():
+        raise ValueError(f"input {input_dir} is a file: give the folder that holds the images to restore")
     if not input_dir.is_dir():
         raise ValueError(f"input folder {input_dir} does not exist")
     if output_dir == input_dir or input_dir in output_dir.parents:

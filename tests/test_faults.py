@@ -519,3 +519,24 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv: list[str], words: str,
     assert err.count("\n") == 1 and err.startswith("error: ") and words in err and "--help" in err, err
     scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["priorkit"] == "priorkit.apps.cli:main"  # the installed command goes through main
+
+
+def test_messages_say_what_the_user_gave_wrong(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _png(inp / "a.png", 8)
+    result = run("restore", inp / "a.png", tmp_path / "o", "--task", "sr2", "--method", "pinv")
+    assert result.exit_code == 2 and "is a file: give the folder" in one_error_line(result)
+    result = run("restore", inp, tmp_path / "o", "--task", "sr2", "--prior", "judge")
+    assert result.exit_code == 2 and "bundled models: shapes, photos" in one_error_line(result)
+    result = run("3d", "a red cube", "--prior", "shapes-cd", "--out", tmp_path / "o3", "--steps", "1")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "distilled student" in line and "shapes-v2" in line, line
+    notaprior = tmp_path / "judge_like"
+    notaprior.mkdir()
+    (notaprior / "config.json").write_text('{"hidden": 64}')
+    (notaprior / "model.safetensors").write_bytes(b"")
+    result = run("restore", inp, tmp_path / "o", "--task", "sr2", "--prior", notaprior)
+    assert result.exit_code == 2 and "not a diffusers model folder" in one_error_line(result)
+    result = run("finetune", "draft", "--out", tmp_path / "f", "--threads", "-1")
+    assert result.exit_code == 2 and "--threads" in result.output

@@ -100,8 +100,11 @@ def _load_model_class(folder: Path, expected: tuple[str, ...], **kwargs: Any) ->
     _refuse_pickles(folder)
     config = _read_json(folder / "config.json")
     name = config.get("_class_name")
+    if name is None:
+        raise ModelLoadError(f"{folder} is not a diffusers model folder (its config.json names no _class_name); "
+                             f"expected a {' or '.join(expected)}")
     if name not in expected:
-        raise ModelLoadError(f"{folder / 'config.json'} describes a {name!r}; expected one of {expected}")
+        raise ModelLoadError(f"{folder} holds a {name}, not a {' or '.join(expected)}")
     if not any(folder.glob("*.safetensors")):
         raise ModelLoadError(f"no .safetensors weights in {folder}")
     try:
@@ -172,7 +175,7 @@ def load_denoiser(source: str | Path, *, dtype: torch.dtype = torch.float32,
             return FOLDER_LOADERS[kind](path, dtype=dtype, device=device)
         return _load_folder(path, dtype, device)
     if path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1:
-        raise ModelLoadError(f"no such model folder: {path}")
+        raise ModelLoadError(f"no such model folder: {path} (bundled models: {', '.join(BUNDLED)})")
     return _load_hub(source_str, dtype, device)
 
 
