@@ -345,6 +345,8 @@ def restore(
     for name, entry in sorted(files.items()):
         if entry["status"] != "done":
             typer.echo(f"skipped {name}: {entry['status']} ({entry.get('reason', '')})", err=True)
+        elif entry.get("quality_error"):  # restored, but not scored
+            typer.echo(f"note: {name}: not scored: {entry['quality_error']}", err=True)
     if not done or any(v["status"] == "failed" for v in files.values()):  # batch scripts notice
         raise typer.Exit(FAILED)
 

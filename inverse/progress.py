@@ -113,17 +113,21 @@ def estimate_seconds(task: str, method: str, size: tuple[int, int], *, prior: st
 
 
 def warn_if_long(paths: list[Path], task: str, method: str, prior: str | Path | Denoiser, nfe: int | None,
-                  simulate: bool, options: dict[str, Any]) -> None:
-    """Print an estimate of the run's wall time on stderr before it starts when it exceeds ``LONG_RUN_SECONDS``."""
+                  simulate: bool, options: dict[str, Any], max_pixels: int | None = None) -> None:
+    """Print an estimate of the run's wall time on stderr before it starts when it exceeds ``LONG_RUN_SECONDS``
+    (images over ``max_pixels``, which the run skips, are not counted)."""
     from PIL import Image
 
-    total, detail = 0.0, ""
+    total, detail, counted = 0.0, "", 0
     for p in paths:
         try:
             with Image.open(p) as im:
                 w, h = im.size
         except (OSError, ValueError):
             continue
+        if max_pixels is not None and w * h > max_pixels:
+            continue
+        counted += 1
         opts = {k: v for k, v in options.items() if k != "samples"}
         sec, tiles, steps = estimate_seconds(task, method, (h, w), prior=prior, nfe=nfe, simulate=simulate,
                                              samples=int(options.get("samples", 1)), **opts)
@@ -133,6 +137,6 @@ def warn_if_long(paths: list[Path], task: str, method: str, prior: str | Path | 
         detail = detail or f"{tiles} tiles x {steps} steps for {w}x{h}"
     if total > LONG_RUN_SECONDS:
         took = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
-        tqdm.write(f"note: about {took} estimated for {len(paths)} images ({detail}, "
+        tqdm.write(f"note: about {took} estimated for {counted} images ({detail}, "
                    f"{seconds_per_tile(resolve_prior(prior)):.2f} s per tile measured here); a smaller --nfe or a "
                    "method without backward passes (diffpir, pnp_flow) is faster", file=sys.stderr)

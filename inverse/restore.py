@@ -399,7 +399,7 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
     if progress and get_method(method).needs_prior:
         todo = [p for p in mine if p.suffix.lower() in IMAGE_SUFFIXES and not (
             resume and previous.get(p.name, {}).get("status") == "done")]
-        warn_if_long(todo, task, method, prior, nfe, simulate, options)
+        warn_if_long(todo, task, method, prior, nfe, simulate, options, max_pixels=max_pixels)
     bar = tqdm(mine, desc=f"restore {task}/{method}", unit="image", disable=not progress)
     for path in bar:
         name = path.name
@@ -441,7 +441,10 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                 entry.update(uncertainty=f"{stem_out}_std.png", std_max=round(top, 6),
                              std_mean=round(float(result.std.mean()), 6))
             ref_path = find_by_stem(reference_dir, path.stem)
-            reference = load_image(ref_path) if ref_path is not None else (image if simulate else None)
+            try:  # the restoration is written and done: a bad reference only costs its scores
+                reference = load_image(ref_path) if ref_path is not None else (image if simulate else None)
+            except ValueError as e:
+                reference, entry["quality_error"] = None, f"reference {ref_path.name} unreadable: {e}"
             if reference is not None:
                 entry["reference"] = str(ref_path.name) if ref_path is not None else "input"
                 if tuple(reference.shape) == tuple(result.restored.shape):

@@ -540,3 +540,35 @@ def test_messages_say_what_the_user_gave_wrong(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a diffusers model folder" in one_error_line(result)
     result = run("finetune", "draft", "--out", tmp_path / "f", "--threads", "-1")
     assert result.exit_code == 2 and "--threads" in result.output
+
+
+def test_a_bad_reference_costs_only_the_scores_and_is_noted(tmp_path: Path) -> None:
+    inp, refs, out = tmp_path / "in", tmp_path / "refs", tmp_path / "out"
+    inp.mkdir()
+    refs.mkdir()
+    _png(inp / "a.png", 8)
+    _png(inp / "b.png", 8)
+    (refs / "a.png").write_bytes(b"not an image")  # unreadable
+    _png(refs / "b.png", 5)  # another size than the output
+    result = run("restore", inp, out, "--task", "sr2", "--method", "pinv", "--reference-dir", refs)
+    assert result.exit_code == 0, result.output  # both restored: a reference is not the restoration
+    files = json.loads((out / "report.json").read_text())["files"]
+    assert files["a.png"]["status"] == "done" and "unreadable" in files["a.png"]["quality_error"]
+    assert files["b.png"]["status"] == "done" and "shape" in files["b.png"]["quality_error"]
+    assert "note: a.png: not scored" in result.output and "note: b.png: not scored" in result.output
+    assert (out / "a.png").is_file() and (out / "b.png").is_file()
+
+
+def test_the_long_run_estimate_leaves_out_images_the_run_skips(tmp_path: Path, monkeypatch, capsys) -> None:
+    import priorkit.inverse.progress as progress
+
+    _png(tmp_path / "small.png", 8)
+    Image.new("RGB", (400, 300)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(progress, "estimate_seconds", lambda task, method, hw, **k: (hw[0] * hw[1] / 10.0, 1, 1))
+    monkeypatch.setattr(progress, "seconds_per_tile", lambda den: 1.0)
+    monkeypatch.setattr(progress, "resolve_prior", lambda prior: None)
+    paths = [tmp_path / "small.png", tmp_path / "huge.png"]
+    progress.warn_if_long(paths, "sr2", "diffpir", "photos", None, False, {}, max_pixels=1000)
+    assert "estimated" not in capsys.readouterr().err  # 6.4 s for the one image that runs: no note
+    progress.warn_if_long(paths, "sr2", "diffpir", "photos", None, False, {})
+    assert "estimated for 2 images" in capsys.readouterr().err  # 12000 s with the huge one

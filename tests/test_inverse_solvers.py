@@ -569,7 +569,7 @@ def test_time_estimate_and_the_warning_before_a_long_folder_run(tmp_path, tiny_p
     monkeypatch.setattr(progress, "LONG_RUN_SECONDS", 0.0)
     restore_folder(inp, tmp_path / "out", "inpaint_box", "diffpir", prior=tiny_prior, nfe=2)
     err = capsys.readouterr().err
-    assert "estimated for 4 images" in err and "1 tiles x 2 steps" in err     # 3 images and the unreadable .png
+    assert "estimated for 3 images" in err and "1 tiles x 2 steps" in err     # not the unreadable .png: skipped
 
 
 def test_restore_folder_observed_is_deprecated(tmp_path, tiny_prior):
