@@ -440,12 +440,16 @@ def test_train_prior_never_writes_over_its_init_an_earlier_run_or_other_files(tm
     (mine / "notes.txt").write_text("kept")
     result = run("train-prior", "photos", "--out", mine, *small)
     assert result.exit_code == 2 and "not empty" in one_error_line(result)
-    for flag, value, message in (("--lr", "nan", "--lr must be a finite"), ("--n-renders", "0", "--n-renders must"),
-                                 ("--threads", "-1", "--threads must")):
+    for flag, value, message in (("--lr", "nan", "--lr must be a finite"), ("--n-renders", "0", "--n-renders must")):
         name = "shapes" if flag == "--n-renders" else "photos"
         result = run("train-prior", name, "--out", tmp_path / "bad", flag, value, *small)
         assert result.exit_code == 2 and message in one_error_line(result)
         assert not (tmp_path / "bad").exists()
+    from priorkit.distill.zoo.train_prior import train_prior  # the CLI's --threads has min=0; the library checks too
+
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        train_prior("photos", tmp_path / "bad", steps=1, batch_size=1, threads=-1)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_distill_refuses_a_folder_that_holds_no_teacher_or_init_before_writing(tmp_path: Path) -> None:
