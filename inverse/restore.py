@@ -341,7 +341,9 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
       else, when simulating, against the input itself (the ground truth).
     * ``resume=True`` skips files the report(s) mark done whose output exists; a run made with other settings (task,
       method, prior, sigma_y, nfe, seed, simulate, samples, uncertainty) is refused with the differences named.
-      ``overwrite=True`` starts over: the old report(s) and the outputs they list are removed first.
+      ``overwrite=True`` starts over: the old report(s) and the outputs they list are removed first. Without either,
+      an ``output_dir`` holding an earlier run's report, or a file named like one of this run's outputs, is refused
+      (ValueError): nothing is replaced silently.
     * Under torch.distributed / ``accelerate launch`` with N processes, process r takes files i with i % N == r and
       writes report.rank{r}.json (merged into report.json by rank 0 when torch.distributed is initialised; else call
       :func:`merge_reports`).
