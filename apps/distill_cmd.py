@@ -3,7 +3,6 @@ bespoke solver); the student folder loads wherever a model is accepted."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -84,41 +83,16 @@ def distill_cmd(
     from priorkit.distill.core.training import ResumeMismatchError
     from priorkit.distill.students.format import is_main_process
     from priorkit.distill.students.registry import METHODS
-    from priorkit.distill.students.runner import check_dmd_options, distill
+    from priorkit.distill.students.runner import check_distill_args, distill
 
     out = out if out is not None else Path("outputs/distill") / f"{method}-{slug(teacher, 40)}"
     try:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         _check_teacher(teacher)
-        for flag, value in (("--steps", steps), ("--batch", batch), ("--n-data", n_data)):
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1; got {value}")
-        if lr is not None and not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"--lr must be a finite number > 0; got {lr}")
-        check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
-        if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
-            raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
-        from priorkit.distill.zoo.photos import PHOTO_SETS
-
-        if photo_set not in PHOTO_SETS:
-            raise ValueError(f"--photo-set must be one of {', '.join(PHOTO_SETS)}; got {photo_set!r}")
-        if photo_set != "v1" and teacher != "photos":
-            raise ValueError("--photo-set applies to the photos teacher only")
-        if unconditional and teacher != "shapes":
-            raise ValueError("--unconditional applies to the bundled shapes prior (trained on captioned renders)")
-        if unconditional and method == "guidance":
-            raise ValueError("--unconditional does not apply to guidance distillation (it learns the guidance weight)")
-        if unconditional and guidance != 1.0:
-            raise ValueError("--unconditional copies the empty-prompt model: classifier-free guidance does not apply "
-                             f"(got --guidance {guidance})")
-        if not 0 < guidance <= 100:
-            raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output folder {out} is a file")
-        if out.is_dir() and any(out.iterdir()) and not resume:
-            raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or "
-                             "choose another --out")
+        check_distill_args(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance, resume=resume,
+                           n_data=n_data, nfe=nfe, photo_set=photo_set, init=init, gan=gan, fake=fake,
+                           fake_lr_scale=fake_lr_scale, unconditional=unconditional)
         check_writable(out, "output folder")
     except (ValueError, ModelLoadError) as e:
         fail(e)

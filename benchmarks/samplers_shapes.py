@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,7 @@ def run_shapes_bespoke(work: Path, nfes: tuple[int, ...] = (4, 6, 8), *, guidanc
     records = []
     for nfe in nfes:
         t0 = time.perf_counter()
+        shutil.rmtree(work / f"nfe_{nfe}", ignore_errors=True)  # trained afresh each run (distill keeps old runs)
         distill("bespoke", teacher_path, work / f"nfe_{nfe}", guidance=guidance, nfe=nfe, n_data=512, seed=seed)
         seconds = time.perf_counter() - t0
         solver = next((work / f"nfe_{nfe}").rglob("bespoke.json"))

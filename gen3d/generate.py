@@ -101,9 +101,10 @@ def validate(prompt: str, method: str, steps: int, resolution: int, particles: i
         raise ValueError(f"resolution must be an integer in [{lo}, {hi}]; got {resolution!r}")
     if not isinstance(particles, int) or not 1 <= particles <= MAX_PARTICLES:
         raise ValueError(f"particles must be an integer in [1, {MAX_PARTICLES}]; got {particles!r}")
-    if guidance is not None and not (0 < guidance <= 1000 and math.isfinite(guidance)):
-        raise ValueError(f"guidance must be in (0, 1000]; got {guidance!r}")
-    if not (lr > 0 and math.isfinite(lr)):
+    if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance)
+                                     and 0 < guidance <= 1000):
+        raise ValueError(f"guidance must be a number in (0, 1000]; got {guidance!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number; got {lr!r}")
 
 
@@ -162,6 +163,10 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
     lr = cfg.lr if lr is None else lr
     particles = guide_cfg.particles if particles is None else particles
     validate(prompt, method, steps, resolution, particles, guidance, lr)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be a whole number; got {seed!r}")
+    if preview_every < 0 or checkpoint_every < 0:
+        raise ValueError("preview_every and checkpoint_every must be >= 0 (0: never / only at the end)")
     if resume and out is None:
         raise ValueError("resume=True needs an output folder (out=...)")
     if not isinstance(prior, Denoiser):
@@ -170,6 +175,9 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
     if out_dir is not None:
         _check_out(out_dir)
     den = _load_prior(prior)
+    if getattr(den, "is_student", False):  # set by the student loader
+        raise ValueError("the prior is a distilled student (a few-step sampler), not a prior text to 3D can score "
+                         f"renders with: use {' or '.join(TEXT_PRIORS)}")
     if not getattr(den, "conditional", False) or getattr(den, "text_encoder", None) is None:
         raise ValueError("the prior is not a text-to-image model (it has no text encoder)")
     if guidance is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 import warnings
@@ -168,6 +169,12 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         raise ValueError("simulate and observed contradict each other; pass simulate only")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a whole number >= 1; got {samples!r}")
+    if not (isinstance(sigma_y, (int, float)) and math.isfinite(sigma_y) and 0 <= sigma_y <= 1):
+        raise ValueError(f"sigma_y must be a number in [0, 1] (image range); got {sigma_y!r}")
+    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
+        raise ValueError(f"nfe must be a whole number >= 1; got {nfe!r}")
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
+        raise ValueError(f"guidance must be a finite number; got {guidance!r}")
     spec = check_method(method, task)
     start = time.perf_counter()
     img, single = as_batch(image)
@@ -203,8 +210,9 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         den = resolve_prior(prior)
         nfe = default_nfe(spec, den, nfe)
         dtype = model_dtype(den)
-        if den.sample_shape is not None and den.sample_shape[0] != 3:
-            raise ValueError(f"the prior makes {den.sample_shape[0]}-channel images; restore needs an RGB prior")
+        if den.sample_shape is not None and (len(den.sample_shape) != 3 or den.sample_shape[0] != 3):
+            raise ValueError(f"the prior makes samples of shape {tuple(den.sample_shape)}; restore needs an RGB image "
+                             "prior (3, H, W)")
         h, w = (den.sample_shape[-2:] if den.sample_shape is not None else (H, W))
         canvas = (max(H, h), max(W, w))
         op_c = op if canvas == (H, W) else CropOperator(op, (H, W), canvas)
@@ -255,10 +263,12 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
                      mask_dir: Path | None = None, reference_dir: Path | None = None,
                      sigma_y: float = DEFAULTS.sigma_y, nfe: int | None = None, uncertainty: bool = False,
                      samples: int = 1, writable: Callable[[], None] | None = None, seed: int = 0,
-                     simulate: bool = False, resume: bool = False, overwrite: bool = False) -> None:
+                     simulate: bool = False, resume: bool = False, overwrite: bool = False,
+                     new_run: bool = True) -> None:
     """Raise ValueError (or `ModelLoadError`) for a folder run that cannot work, before any file is touched (the
     messages name the CLI's flags). ``writable``: the caller's check that the output folder can be written. A
-    ``resume`` into a run made with other settings is refused (`check_resume`)."""
+    ``resume`` into a run made with other settings is refused (`check_resume`); with ``new_run``, so is a new run
+    that would replace an earlier one's files (`check_new_run`)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     spec = check_method(method, task)
@@ -287,7 +297,8 @@ def check_folder_run(input_dir: Path, output_dir: Path, task: str, method: str, 
         raise ValueError(f"--uncertainty needs a method that samples a posterior; {method} has no prior")
     check_resume(output_dir, run_settings(task, method, prior, sigma_y, nfe, seed, simulate, samples, uncertainty),
                  resume, overwrite)
-    check_new_run(output_dir, resume, overwrite, output_names(input_dir, uncertainty))
+    if new_run:
+        check_new_run(output_dir, resume, overwrite, output_names(input_dir, uncertainty))
     if writable is not None:
         writable()
     if spec.needs_prior:  # load (and cache) the prior now: a missing or wrong prior fails before any file
@@ -358,23 +369,15 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
                       "clean inputs", DeprecationWarning, stacklevel=2)
         simulate = not observed
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    if input_dir.is_file():
-        raise ValueError(f"input {input_dir} is a file: give the folder that holds the images to restore")
-    if not input_dir.is_dir():
-        raise ValueError(f"input folder {input_dir} does not exist")
-    if output_dir == input_dir or input_dir in output_dir.parents:
-        raise ValueError(f"output folder {output_dir} must not be the input folder or inside it (inputs are never "
-                         "overwritten)")
-    check_task(task)
-    check_method(method, task)
-    if uncertainty and int(options.get("samples", 1)) < 2:
-        raise ValueError("an uncertainty map needs 2 or more posterior samples (e.g. samples=4)")
     mask_dir = Path(mask_dir) if mask_dir is not None else None
     reference_dir = Path(reference_dir) if reference_dir is not None else None
+    # every check of the CLI, before any file is touched (sharded: a rank's report is not an "earlier run", and the
+    # CLI checked for one before the processes met)
+    check_folder_run(input_dir, output_dir, task, method, prior, mask_dir=mask_dir, reference_dir=reference_dir,
+                     sigma_y=sigma_y, nfe=nfe, uncertainty=uncertainty, samples=int(options.get("samples", 1)),
+                     seed=seed, simulate=simulate, resume=resume, overwrite=overwrite,
+                     new_run=rank_world()[1] == 1)
     settings = run_settings(task, method, prior, sigma_y, nfe, seed, simulate, options.get("samples", 1), uncertainty)
-    check_resume(output_dir, settings, resume, overwrite)
-    if rank_world()[1] == 1:  # sharded: the CLI checked before the processes met (a rank's report is not "earlier")
-        check_new_run(output_dir, resume, overwrite, output_names(input_dir, uncertainty))
     if overwrite:
         clear_run(output_dir)
     rank, world = rank_world()

@@ -576,3 +576,83 @@ def test_the_long_run_estimate_leaves_out_images_the_run_skips(tmp_path: Path, m
     assert "estimated" not in capsys.readouterr().err  # 6.4 s for the one image that runs: no note
     progress.warn_if_long(paths, "sr2", "diffpir", "photos", None, False, {})
     assert "estimated for 2 images" in capsys.readouterr().err  # 12000 s with the huge one
+
+
+# ---- the Python API checks what the CLI checks -------------------------------------------------------------------
+def test_restore_refuses_bad_numbers_and_a_point_prior_before_work(tmp_path: Path) -> None:
+    from priorkit.distill.core.gmm import GaussianMixture
+    from priorkit.inverse.restore import restore, restore_folder
+
+    x = torch.rand(3, 16, 16)
+    for kwargs, words in (({"sigma_y": -1.0}, "sigma_y must be"), ({"sigma_y": float("nan")}, "sigma_y must be"),
+                          ({"nfe": 0}, "nfe must be"), ({"nfe": 1.7}, "nfe must be"),
+                          ({"guidance": float("nan")}, "guidance must be")):
+        with pytest.raises(ValueError, match=words):
+            restore(x, "deblur_gaussian", "classical", **kwargs)
+    from priorkit.inverse.operators import Measurement
+    from priorkit.inverse.tasks import build_operator, degrade
+
+    with pytest.raises(ValueError, match="sigma_y"):
+        Measurement(build_operator("sr2", 16, 16), -0.1)
+    with pytest.raises(ValueError, match="sigma_y"):
+        degrade(x, "sr2", float("nan"))
+    points = GaussianMixture.random(2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"restore needs an RGB image prior"):
+        restore(x, "deblur_gaussian", "diffpir", prior=points, nfe=1)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _png(inp / "a.png", 8)
+    for kwargs, words in (({"nfe": 0}, "--nfe must be"), ({"sigma_y": -1.0}, "--sigma-y must be"),
+                          ({"task": "inpaint_mask"}, "needs --mask-dir"), ({"prior": "nope"}, "no such model")):
+        args = {"task": "sr2", "method": "diffpir", **kwargs}
+        with pytest.raises(Exception, match=words):
+            restore_folder(inp, tmp_path / "out", args.pop("task"), args.pop("method"), **args)
+        assert not (tmp_path / "out").exists()  # refused before any file, as the CLI does
+
+
+def test_distill_from_python_checks_what_the_cli_checks_before_writing(tmp_path: Path) -> None:
+    from priorkit.distill.students.runner import distill
+
+    out = tmp_path / "run"
+    for kwargs, words in (({"steps": 0}, "--steps must be"), ({"batch": 0}, "--batch must be"),
+                          ({"lr": float("nan")}, "--lr must be"), ({"guidance": float("nan")}, "--guidance must be"),
+                          ({"photo_set": "v9"}, "--photo-set must be"), ({"unconditional": True}, "--unconditional")):
+        with pytest.raises(ValueError, match=words):
+            distill("reflow", "toy:gmm", out, **kwargs)
+        assert not out.exists()
+    with pytest.raises(ValueError, match="unknown method"):
+        distill("nope", "toy:gmm", out)
+    assert not out.exists()
+    out.mkdir()
+    (out / "student").mkdir()  # a finished run's folder: not replaced without resume
+    with pytest.raises(ValueError, match="not empty"):
+        distill("reflow", "toy:gmm", out, steps=2)
+
+
+def test_finetune_and_generate_from_python_refuse_bad_arguments_before_work() -> None:
+    from priorkit.distill.core.gmm import GaussianMixture
+    from priorkit.distill.finetune.draft import DRaFTConfig
+    from priorkit.distill.finetune.reward import CallableReward
+    from priorkit.distill.finetune.trainer import finetune, make_config
+    from priorkit.gen3d.generate import generate
+
+    base = GaussianMixture.random(2, 2, generator=torch.Generator().manual_seed(0))
+    reward = CallableReward(lambda x, cond: -(x**2).sum(-1))
+    good = make_config("adjoint_matching", lam=1.0, batch=4)
+    for args, kwargs, words in ((("nope", good), {}, "unknown fine-tuning method"),
+                                (("adjoint_matching", DRaFTConfig()), {}, "takes a AdjointMatchingConfig"),
+                                (("adjoint_matching", good), {"iterations": 0}, "iterations must be"),
+                                (("adjoint_matching", good), {"lr": float("nan")}, "lr must be"),
+                                (("adjoint_matching", make_config("adjoint_matching", lam=-1.0)), {}, "lam"),
+                                (("adjoint_matching", make_config("adjoint_matching", lam=float("nan"))), {}, "lam")):
+        with pytest.raises(ValueError, match=words):
+            finetune(args[0], base, base, reward, args[1], **{"iterations": 2, **kwargs})
+    for kwargs, words in (({"seed": 1.5}, "seed must be"), ({"guidance": "3"}, "guidance must be"),
+                          ({"lr": "0.1"}, "lr must be"), ({"preview_every": -1}, "preview_every"),
+                          ({"prior": "shapes-dmd2"}, "distilled student")):
+        with pytest.raises(ValueError, match=words):
+            generate("a red cube", **{"steps": 1, "resolution": 8, **kwargs})
+    from priorkit.distill.loading import load_denoiser
+
+    with pytest.raises(ValueError, match="distilled student"):  # the loaded object, not only its name
+        generate("a red cube", prior=load_denoiser("shapes-dmd2"), steps=1, resolution=8)

@@ -83,6 +83,20 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
         raise ValueError(f"grad_clip must be a finite number >= 0 (0: no clipping); got {grad_clip}")
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) (0: the last iterate); got {ema_decay}")
+    if method not in METHODS:
+        raise ValueError(f"unknown fine-tuning method {method!r}; expected one of {', '.join(METHODS)}")
+    if not isinstance(config, METHODS[method].config):
+        raise ValueError(f"{method} takes a {METHODS[method].config.__name__}; got a {type(config).__name__} "
+                         f"(make_config({method!r}, ...) builds one)")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a whole number >= 1; got {iterations!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0; got {lr}")
+    lam = getattr(config, "lam", 1.0)
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam (the reward's temperature) must be a finite number > 0; got {lam!r}")
+    if getattr(config, "batch", 1) < 1:
+        raise ValueError(f"batch must be >= 1; got {config.batch}")
     if getattr(config, "data_weight", 0) > 0 and data_fn is None:  # before the pool's sampling
         raise ValueError("data_weight > 0 needs real data: pass data_fn")
     m = METHODS[method]

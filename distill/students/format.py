@@ -355,6 +355,7 @@ def load_student(folder: str | Path, *, dtype: torch.dtype = torch.float32,
         raise ModelLoadError(f"{weights} does not match {folder / 'config.json'}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
     student = student.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    student.is_student = True  # a few-step sampler, not a denoiser of its data: text to 3D refuses it
     if meta.get("restore_nfe"):  # the steps restoration methods take with this student by default
         student.restore_nfe = int(meta["restore_nfe"])
     return student

@@ -237,6 +237,47 @@ def check_dmd_options(method: str, teacher: str, init: str | Path | None, gan: f
                              "(priorkit.json of kind student)")
 
 
+def check_distill_args(method: str, teacher: str, out: str | Path, *, steps: int | None = None,
+                       batch: int | None = None, lr: float | None = None, guidance: float = 1.0,
+                       resume: bool = False, n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1",
+                       init: str | Path | None = None, gan: float | None = None, fake: str | None = None,
+                       fake_lr_scale: float | None = None, unconditional: bool = False) -> None:
+    """ValueError for arguments :func:`distill` cannot train with, before anything is written (the messages name the
+    CLI's flags): unknown method, counts < 1, a non-finite or non-positive lr, a guidance outside (0, 100], options
+    of other methods or teachers, and an ``out`` that is a file or holds files without ``resume``."""
+    from priorkit.distill.zoo.photos import PHOTO_SETS
+
+    if method not in registry.METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(registry.METHODS)}")
+    for flag, value in (("--steps", steps), ("--batch", batch), ("--n-data", n_data)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} must be a whole number >= 1; got {value!r}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0; got {lr}")
+    check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
+    if nfe is not None and (nfe < 1 or method not in ("bespoke", "dmd", "dmd2")):
+        raise ValueError(f"--nfe must be >= 1 and applies to bespoke, dmd and dmd2 (got {nfe} for {method})")
+    if photo_set not in PHOTO_SETS:
+        raise ValueError(f"--photo-set must be one of {', '.join(PHOTO_SETS)}; got {photo_set!r}")
+    if photo_set != "v1" and teacher != "photos":
+        raise ValueError("--photo-set applies to the photos teacher only")
+    if unconditional and teacher != "shapes":
+        raise ValueError("--unconditional applies to the bundled shapes prior (trained on captioned renders)")
+    if unconditional and method == "guidance":
+        raise ValueError("--unconditional does not apply to guidance distillation (it learns the guidance weight)")
+    if unconditional and guidance != 1.0:
+        raise ValueError("--unconditional copies the empty-prompt model: classifier-free guidance does not apply "
+                         f"(got --guidance {guidance})")
+    if not (math.isfinite(guidance) and 0 < guidance <= 100):
+        raise ValueError(f"--guidance must be in (0, 100]; got {guidance}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or choose "
+                         "another --out")
+
+
 def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = None, batch: int | None = None,
             lr: float | None = None, guidance: float = 1.0, resume: bool = False, seed: int = 0,
             n_data: int = 12000, nfe: int | None = None, photo_set: str = "v1", init: str | None = None,
@@ -264,7 +305,9 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
             methods use), trained without captions.
     """
     out = Path(out)
-    check_dmd_options(method, teacher, init, gan, fake, fake_lr_scale)
+    check_distill_args(method, teacher, out, steps=steps, batch=batch, lr=lr, guidance=guidance, resume=resume,
+                       n_data=n_data, nfe=nfe, photo_set=photo_set, init=init, gan=gan, fake=fake,
+                       fake_lr_scale=fake_lr_scale, unconditional=unconditional)
     run_settings(out, {"method": method, "teacher": teacher, "steps": steps, "batch": batch, "lr": lr,
                        "guidance": guidance, "seed": seed, "n_data": n_data, "nfe": nfe,
                        **({"photo_set": photo_set} if photo_set != "v1" else {}),

@@ -7,6 +7,7 @@ For inpainting ``A(1)`` is the mask.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,6 +63,9 @@ class Measurement:
     """
 
     def __init__(self, op: Operator, sigma_y: float = 0.0) -> None:
+        if not (math.isfinite(sigma_y) and sigma_y >= 0):
+            raise ValueError(f"sigma_y (the measurement noise std, image range) must be a finite number >= 0; got "
+                             f"{sigma_y}")
         self.op = op
         self.sigma_y = sigma_y
 
