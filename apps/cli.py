@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         where = e.ctx.command_path if e.ctx is not None else "priorkit"
         typer.echo(f"error: {' '.join(e.format_message().split())} (see {where} --help)", err=True)
         raise SystemExit(BAD_INPUT) from None
-    except typer.Abort:  # Ctrl-C
+    except typer.Abort:  # end of input at a prompt (Ctrl-C exits with 130 through typer itself)
         typer.echo("aborted", err=True)
         raise SystemExit(FAILED) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -128,8 +128,10 @@ def prompts_command(prompt: str | None, prompts: Path | None, out: Path | None, 
         den = load_denoiser(prior)
     except (ValueError, ModelLoadError) as e:
         _fail(e)
-    settings = {"method": method, "seed": seed, "prior": prior, "steps": steps, "particles": particles,
-                "resolution": resolution, "guidance": guidance, "lr": lr}
+    gcfg = cfg.method_config(method)  # the values a left-out option takes: a done prompt is compared by them
+    settings = {"method": method, "seed": seed, "prior": prior, "steps": steps or gcfg.steps,
+                "particles": particles or gcfg.particles, "resolution": resolution or cfg.resolution,
+                "guidance": gcfg.guidance_scale if guidance is None else guidance, "lr": lr or cfg.lr}
     failed = [_make(i, p, out, den, settings, preview_every, checkpoint_every, overwrite, cfg)
               for i, p in enumerate(items) if i % world == rank]
     if world > 1:
@@ -175,7 +177,7 @@ def _make(index: int, prompt: str, out: Path, den: Any, settings: dict[str, Any]
                                    {k: v for k, v in settings.items() if k in done})
         if changed:
             typer.echo(f"error: [{index}] {prompt!r}: done in {folder} with other settings ({'; '.join(changed)}): "
-                       "pass --overwrite to make it again, or choose another --out", err=True)
+                       "pass --overwrite to make every prompt of the file again, or choose another --out", err=True)
             return True
         typer.echo(f"[{index}] {prompt!r}: done, skipped")
         return False
@@ -187,7 +189,8 @@ def _make(index: int, prompt: str, out: Path, den: Any, settings: dict[str, Any]
         result = generate(prompt, method, den, steps=settings["steps"], seed=seed, out=folder,
                           particles=settings["particles"], resolution=settings["resolution"],
                           guidance=settings["guidance"], lr=settings["lr"], preview_every=preview_every,
-                          checkpoint_every=checkpoint_every, resume=resume, progress=False, config=cfg)
+                          checkpoint_every=checkpoint_every, resume=resume, progress=False, config=cfg,
+                          prior_name=str(settings["prior"]))
     except (ValueError, OSError) as e:
         typer.echo(f"error: [{index}] {prompt!r}: {' '.join(str(e).split())}", err=True)
         return True

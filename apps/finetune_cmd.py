@@ -73,7 +73,8 @@ def finetune_cmd(
     if Path(prior).is_dir() and Path(prior).resolve() == out.resolve():
         _fail(f"--out {out} is the folder of the prior it starts from: the fine-tuned prior would replace it; "
               "choose another --out")
-    if not has_run and out.is_dir() and any(p.name != "run" and not p.name.startswith(".") for p in out.iterdir()):
+    ours = (out / "run").is_dir()  # a run of this command, finished or interrupted (its settings are checked below)
+    if not ours and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         _fail(f"output folder {out} is not empty and holds no fine-tuning run: choose a new or empty --out (the "
               "fine-tuned prior's files would replace what is there)")
     try:

@@ -115,6 +115,9 @@ class RestoreHandlers(HandlerBase):
             else:
                 result, used = payload
         path = out / "restored.png"
+        if not bool(torch.isfinite(result.restored).all()):  # never a black download
+            raise UserInputError("the restoration holds NaN or inf values (a damaged or diverged prior?): nothing "
+                                 "saved; try another prior or method")
         save_image(result.restored, path)
         before, after = _to_uint8(result.degraded), _to_uint8(result.restored)
         h, w = after.shape[:2]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -101,10 +102,10 @@ def validate(prompt: str, method: str, steps: int, resolution: int, particles: i
         raise ValueError(f"resolution must be an integer in [{lo}, {hi}]; got {resolution!r}")
     if not isinstance(particles, int) or not 1 <= particles <= MAX_PARTICLES:
         raise ValueError(f"particles must be an integer in [1, {MAX_PARTICLES}]; got {particles!r}")
-    if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance)
+    if guidance is not None and not (isinstance(guidance, numbers.Real) and math.isfinite(guidance)
                                      and 0 < guidance <= 1000):
         raise ValueError(f"guidance must be a number in (0, 1000]; got {guidance!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number; got {lr!r}")
 
 
@@ -132,7 +133,8 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
              preview_every: int = 0, checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
              config: GenerateConfig | None = None,
              callback: Callable[[int, dict[str, Any]], None] | None = None,
-             representation: Callable[[], Representation] | None = None) -> Result:
+             representation: Callable[[], Representation] | None = None,
+             prior_name: str | None = None) -> Result:
     """Text-to-3D with SDS or VSD; see ``priorkit.gen3d.loop`` for the loop.
 
     Args:
@@ -151,6 +153,7 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
         callback: called after every step with (step, {"loss", "fields", "preview" (uint8 image or None), ...}).
         representation: makes one particle (a :class:`~priorkit.gen3d.representation.Representation`); default
             ``config.voxel_field``.
+        prior_name: the name a resume checks the prior by when ``prior`` is a loaded Denoiser (default: its class).
 
     Raises:
         ValueError: empty or too long prompt, unknown method or prior, steps / resolution / particles / guidance /
@@ -163,8 +166,9 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
     lr = cfg.lr if lr is None else lr
     particles = guide_cfg.particles if particles is None else particles
     validate(prompt, method, steps, resolution, particles, guidance, lr)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be a whole number; got {seed!r}")
+    seed = int(seed)
     if preview_every < 0 or checkpoint_every < 0:
         raise ValueError("preview_every and checkpoint_every must be >= 0 (0: never / only at the end)")
     if resume and out is None:
@@ -190,7 +194,8 @@ def generate(prompt: str, method: str = "sds", prior: str | Path | Denoiser = DE
         return run(prompt, method, lambda: GUIDANCES[method](den, prompt, guide_cfg),
                    representation or cfg.voxel_field, next(den.parameters()).device, steps, seed, out_dir, particles,
                    resolution, lr, preview_every, checkpoint_every, resume, progress, cfg, callback, t0,
-                   identity={"prior": str(prior) if isinstance(prior, (str, Path)) else type(prior).__name__,
+                   identity={"prior": prior_name or (str(prior) if isinstance(prior, (str, Path))
+                                                     else type(prior).__name__),
                              "guidance_scale": guide_cfg.guidance_scale})
 
 

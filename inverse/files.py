@@ -201,8 +201,9 @@ def check_new_run(output_dir: Path, resume: bool, overwrite: bool, names: Iterab
     out = Path(output_dir)
     if resume or overwrite or not out.is_dir():
         return
-    if report_files(out):
-        raise ValueError(f"{output_dir} holds an earlier run (its report.json): pass --resume to continue it, "
+    found = report_files(out)
+    if found:
+        raise ValueError(f"{output_dir} holds an earlier run ({found[0].name}): pass --resume to continue it, "
                          "--overwrite to start over, or choose another output folder")
     clash = sorted(n for n in set(names) if (out / n).exists())
     if clash:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -167,11 +168,12 @@ def restore(image: Tensor, task: str, method: str = DEFAULT_METHOD, *, prior: st
         raise ValueError("simulate and observed contradict each other; pass simulate only")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a whole number >= 1; got {samples!r}")
-    if not (isinstance(sigma_y, (int, float)) and math.isfinite(sigma_y) and 0 <= sigma_y <= 1):
+    if not (isinstance(sigma_y, numbers.Real) and math.isfinite(sigma_y) and 0 <= sigma_y <= 1):
         raise ValueError(f"sigma_y must be a number in [0, 1] (image range); got {sigma_y!r}")
-    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
+    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe < 1):
         raise ValueError(f"nfe must be a whole number >= 1; got {nfe!r}")
-    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
+    nfe = None if nfe is None else int(nfe)  # numpy integers welcome
+    if not (isinstance(guidance, numbers.Real) and math.isfinite(guidance)):
         raise ValueError(f"guidance must be a finite number; got {guidance!r}")
     spec = check_method(method, task)
     start = time.perf_counter()
@@ -283,7 +285,8 @@ def restore_folder(input_dir: str | Path, output_dir: str | Path, task: str, met
       method, prior, sigma_y, nfe, seed, simulate, samples, uncertainty) is refused with the differences named.
       ``overwrite=True`` starts over: the old report(s) and the outputs they list are removed first. Without either,
       an ``output_dir`` holding an earlier run's report, or a file named like one of this run's outputs, is refused
-      (ValueError): nothing is replaced silently.
+      (ValueError): nothing is replaced silently. Sharded over several processes, that check is the caller's, made
+      before the processes start writing (the CLI makes it before they join their group).
     * Under torch.distributed / ``accelerate launch`` with N processes, process r takes files i with i % N == r and
       writes report.rank{r}.json (merged into report.json by rank 0 when torch.distributed is initialised; else call
       :func:`merge_reports`).

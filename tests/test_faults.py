@@ -656,3 +656,12 @@ def test_finetune_and_generate_from_python_refuse_bad_arguments_before_work() ->
 
     with pytest.raises(ValueError, match="distilled student"):  # the loaded object, not only its name
         generate("a red cube", prior=load_denoiser("shapes-dmd2"), steps=1, resolution=8)
+
+
+def test_numpy_numbers_are_welcome_where_python_numbers_are() -> None:
+    from priorkit.inverse.restore import restore
+
+    x = torch.rand(3, 16, 16)
+    a = restore(x, "deblur_gaussian", "classical", nfe=np.int64(3), guidance=np.float32(1.0), sigma_y=np.float64(0.01))
+    b = restore(x, "deblur_gaussian", "classical", nfe=3, guidance=1.0, sigma_y=0.01)
+    torch.testing.assert_close(a.restored, b.restored)

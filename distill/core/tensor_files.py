@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 from torch import Tensor
 
@@ -19,9 +20,7 @@ def save_tensors(tensors: dict[str, Tensor], path: str | os.PathLike) -> None:
     """``safetensors.torch.save_file``; a failed write raises OSError(errno, reason, path)."""
     try:
         safetensors.torch.save_file(tensors, str(path))
-    except OSError:
-        raise
-    except Exception as e:  # SafetensorError: "Error while serializing: I/O error: ... (os error 28)"
+    except safetensors.SafetensorError as e:  # "Error while serializing: I/O error: ... (os error 28)"
         found = re.search(r"os error (\d+)", str(e))
         code = int(found.group(1)) if found else errno.EIO
         raise OSError(code, os.strerror(code) if found else str(e).splitlines()[0], str(path)) from e
@@ -35,7 +34,7 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
         raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
     try:
         return safetensors.torch.load_file(str(path))
-    except Exception as e:  # SafetensorError: "Error while deserializing header: ..."
+    except safetensors.SafetensorError as e:  # "Error while deserializing header: ..."
         raise ValueError(f"{path} is not a readable safetensors file (damaged, truncated or of another format: "
                          f"{str(e).splitlines()[0]})") from e
 

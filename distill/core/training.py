@@ -160,7 +160,7 @@ def run_settings(folder: str | Path, settings: dict[str, Any], resume: bool) -> 
     path = Path(folder) / "settings.json"
     settings = json.loads(json.dumps(settings, default=str))  # the JSON form, compared like for like
     if resume and path.is_file():
-        changed = settings_changes(json.loads(path.read_text()), settings)
+        changed = settings_changes(load_json(path), settings)
         if changed:
             raise ResumeMismatchError(f"--resume: the run in {folder} was made with other settings "
                                       f"({'; '.join(changed)}); resume with the same settings, or start a new run in "

@@ -74,7 +74,7 @@ def save_finetuned(model: DiffusersDenoiser, base_folder: str | Path | None, out
         raise FloatingPointError(f"the fine-tuned weights hold NaN or inf ({len(bad)} tensors, e.g. {bad[0]}): "
                                  f"nothing saved in {out}; lower the learning rate")
     out.mkdir(parents=True, exist_ok=True)
-    fresh.save_pretrained(str(out), safe_serialization=True)
+    fresh.save_config(str(out))  # the weights follow as fp16, atomically (no save_pretrained: its own writer)
     write_bytes(out / "diffusion_pytorch_model.safetensors", save(state))
     write_bytes(out / "scheduler_config.json", json.dumps(model.scheduler_config, indent=2).encode())
     spec: dict[str, Any] = {}

@@ -178,12 +178,15 @@ def load_pool(path: Path) -> tuple[Pool, dict]:
     """A pool written by :func:`save_pool`, and its settings."""
     import json
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        pool = Pool(f.get_tensor("x"), json.loads(meta["cond"]), f.get_tensor("rewards"), f.get_tensor("weights"))
-        return pool, json.loads(meta.get("settings", "{}"))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            pool = Pool(f.get_tensor("x"), json.loads(meta["cond"]), f.get_tensor("rewards"), f.get_tensor("weights"))
+            return pool, json.loads(meta.get("settings", "{}"))
+    except (SafetensorError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable pool (damaged, truncated or of another format: {e})") from e
 
 
 def pool_batch(pool: Pool, batch: int, generator: torch.Generator) -> tuple[Tensor, Condition, Tensor]:

@@ -4,6 +4,7 @@ through the core training loop (:func:`priorkit.distill.core.training.train`).""
 from __future__ import annotations
 
 import math
+import numbers
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -88,12 +89,12 @@ def finetune(method: str, finetuned: Denoiser, base: Denoiser, reward: Reward, c
     if not isinstance(config, METHODS[method].config):
         raise ValueError(f"{method} takes a {METHODS[method].config.__name__}; got a {type(config).__name__} "
                          f"(make_config({method!r}, ...) builds one)")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
         raise ValueError(f"iterations must be a whole number >= 1; got {iterations!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0; got {lr}")
     lam = getattr(config, "lam", 1.0)
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+    if not (isinstance(lam, numbers.Real) and math.isfinite(lam) and lam > 0):
         raise ValueError(f"lam (the reward's temperature) must be a finite number > 0; got {lam!r}")
     if getattr(config, "batch", 1) < 1:
         raise ValueError(f"batch must be >= 1; got {config.batch}")

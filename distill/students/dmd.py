@@ -272,7 +272,9 @@ def _pairs(teacher: Denoiser, out: Path, cfg: DMDConfig, data: DataFn, seed: int
                            chunk=min(cfg.pairs, 2000), generator=torch.Generator().manual_seed(seed), progress=False)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-        save_tensors({k: v.contiguous() for k, v in pairs.items()}, path)
+        tmp = path.with_name(path.stem + ".tmp.safetensors")  # a kill mid-write leaves no truncated pairs file
+        save_tensors({k: v.contiguous() for k, v in pairs.items()}, tmp)
+        tmp.rename(path)
     return pairs
 
 

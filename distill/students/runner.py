@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -250,7 +251,7 @@ def check_distill_args(method: str, teacher: str, out: str | Path, *, steps: int
     if method not in registry.METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(registry.METHODS)}")
     for flag, value in (("--steps", steps), ("--batch", batch), ("--n-data", n_data)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise ValueError(f"{flag} must be a whole number >= 1; got {value!r}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"--lr must be a finite number > 0; got {lr}")

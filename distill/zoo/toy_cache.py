@@ -77,10 +77,10 @@ def cached_teacher(name: str, conditional: bool = False, *, out: Path | None = N
     path = cache_path(name, conditional, config)
     label = f"toy:{name}" + (" (conditional)" if conditional else "")
     if path.is_file():
-        from safetensors.torch import load_model
+        from priorkit.distill.core.tensor_files import load_tensors
 
         model = _model(conditional, config)
-        load_model(model, str(path))
+        model.load_state_dict(load_tensors(path))  # a damaged cache file: a ValueError naming it
         say(f"teacher {label}: the trained one in the cache ({path})")
         return model.requires_grad_(False).eval()
     minutes = estimate_seconds(name, conditional, config) / 60

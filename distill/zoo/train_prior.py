@@ -29,6 +29,7 @@ from priorkit.distill.core.denoiser import Denoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import from_x0_eps
 from priorkit.distill.core.schedule import add_noise
+from priorkit.distill.core.tensor_files import save_tensors
 from priorkit.distill.core.training import TrainConfig, train
 
 SHAPES_UNET: dict[str, Any] = dict(
@@ -136,7 +137,10 @@ def save_prior(den: DiffusersDenoiser, unet: torch.nn.Module, out: Path, name: s
                command: str, world: str = "v1") -> None:
     """Write a folder that ``load_denoiser(out)`` reads."""
     out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(str(out), safe_serialization=True)
+    unet.save_config(str(out))  # the weights through tensor_files: a full disk is one OSError naming the file
+    tmp = out / ".diffusion_pytorch_model.tmp.safetensors"
+    save_tensors({k: v.detach().contiguous() for k, v in unet.state_dict().items()}, tmp)
+    tmp.replace(out / "diffusion_pytorch_model.safetensors")
     (out / "scheduler_config.json").write_text(json.dumps(den.scheduler_config, indent=2))
     spec: dict[str, Any] = {"name": name, "kind": "text-to-image" if name == "shapes" else "unconditional",
                             "image_range": [-1, 1]}
