@@ -665,3 +665,21 @@ def test_numpy_numbers_are_welcome_where_python_numbers_are() -> None:
     a = restore(x, "deblur_gaussian", "classical", nfe=np.int64(3), guidance=np.float32(1.0), sigma_y=np.float64(0.01))
     b = restore(x, "deblur_gaussian", "classical", nfe=3, guidance=1.0, sigma_y=0.01)
     torch.testing.assert_close(a.restored, b.restored)
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: ~30-90 s on a shared CPU
+def test_distill_under_accelerate_launch_with_two_processes_finishes(tmp_path: Path) -> None:
+    """Sharded distill: rank 0 alone checks the folder and records the run, and every rank waits for the student
+    before naming it (before: a rank found rank 0's settings.json and refused, or looked for the student too soon)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "-m", "priorkit.apps.cli", "distill", "shortcut", "--teacher", "toy:gmm", "--steps", "4",
+                           "--batch", "8", "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error:" not in proc.stderr and (out / "student" / "priorkit.json").is_file()
+    assert json.loads((out / "distill.json").read_text())["student"] == str(out / "student")

@@ -166,6 +166,8 @@ def run_settings(folder: str | Path, settings: dict[str, Any], resume: bool) -> 
                                       f"({'; '.join(changed)}); resume with the same settings, or start a new run in "
                                       "another folder")
         return
+    if int(os.environ.get("RANK", "0")) != 0:  # sharded: rank 0 records the run (the others would race its check)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))

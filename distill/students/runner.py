@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -274,7 +275,8 @@ def check_distill_args(method: str, teacher: str, out: str | Path, *, steps: int
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not resume:
+    first = int(os.environ.get("RANK", "0")) == 0  # sharded (accelerate launch): rank 0 checks, and writes settings
+    if first and out.is_dir() and any(out.iterdir()) and not resume:
         raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or choose "
                          "another --out")
 
@@ -361,9 +363,14 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
     target = CFGDenoiser(den, guidance) if guidance != 1.0 and not learns_guidance else den
     result = run_method(method, target, student, data, out, cfg, resume=resume, meta=meta)
     attach_codecs(result, den)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # sharded: the main process saves the student; wait for it
+        dist.barrier()
     folder = final_folder(method, out)
-    (out / "distill.json").write_text(json.dumps({"method": method, "teacher": teacher, "student": str(folder),
-                                                  "seconds": time.time() - t0}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out / "distill.json").write_text(json.dumps({"method": method, "teacher": teacher, "student": str(folder),
+                                                      "seconds": time.time() - t0}, indent=2))
     return folder
 
 
