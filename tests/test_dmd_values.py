@@ -438,7 +438,7 @@ def test_a_run_depends_on_its_seed_and_not_on_the_global_rng(tmp_path):
     a, b, c = results[1, 0], results[2, 0], results[1, 1]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    pa, pb = (dmd.load_file(str(tmp_path / s / "pairs.safetensors")) for s in ("1-0", "2-0"))
+    pa, pb = (dmd.load_tensors(tmp_path / s / "pairs.safetensors") for s in ("1-0", "2-0"))
     assert torch.equal(pa["z"], pb["z"]) and torch.equal(pa["x0"], pb["x0"])
 
 
@@ -569,7 +569,7 @@ def test_a_larger_fake_rate_moves_only_the_fake_score_further(tmp_path):
         start = {k: v.clone() for k, v in student.state_dict().items()}
         dmd.dmd_distill(teacher, student, target_data("gmm"), tmp_path / str(scale), cfg)
         assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # generator: no step yet
-        state = dmd.load_file(str(tmp_path / str(scale) / "checkpoint" / "state.safetensors"))
+        state = dmd.load_tensors(tmp_path / str(scale) / "checkpoint" / "state.safetensors")
         fake = {k[len("model.fake."):]: v for k, v in state.items() if k.startswith("model.fake.")}
         moved[scale] = sum(float((fake[k] - start[k]).abs().sum()) for k in fake)
     assert 7.0 < moved[10.0] / moved[1.0] < 13.0, moved
