@@ -146,6 +146,16 @@ class ResumeMismatchError(ValueError):
     """A ``--resume`` into a run made with other settings (bad input: nothing was done)."""
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a distributed (accelerate / torch.distributed) run: they write no files. Before
+    the process group is joined, the launcher's RANK says (rank 0 alone checks an output folder and records a run:
+    the others would race it)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def settings_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Each setting that differs between a recorded run and a new one, as "name old -> new" (sorted by name)."""
     return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -166,7 +176,7 @@ def run_settings(folder: str | Path, settings: dict[str, Any], resume: bool) -> 
                                       f"({'; '.join(changed)}); resume with the same settings, or start a new run in "
                                       "another folder")
         return
-    if int(os.environ.get("RANK", "0")) != 0:  # sharded: rank 0 records the run (the others would race its check)
+    if not is_main_process():  # sharded: rank 0 records the run (the others would race its check)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

@@ -28,6 +28,7 @@ from priorkit.distill.core.denoiser import Condition, Denoiser, select_rows
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.loading import ModelLoadError, load_denoiser, register_folder_loader
 from priorkit.distill.core.tensor_files import load_tensors, save_tensors
+from priorkit.distill.core.training import is_main_process  # noqa: F401 - re-exported (the trainers import it here)
 from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.zoo.toy import MLPConfig, MLPDenoiser, fourier_embedding
 
@@ -210,12 +211,6 @@ def with_extras(student: nn.Module, cond: Condition, **extras: Any) -> Condition
     while not hasattr(inner, "condition_key") and hasattr(inner, "net"):
         inner = inner.net
     return {getattr(inner, "condition_key", "text"): cond, **extras}
-
-
-def is_main_process() -> bool:
-    """False on the non-zero ranks of a distributed (accelerate / torch.distributed) run: they write no files."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def freeze(den: Denoiser) -> Denoiser:

@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from priorkit.distill.core.denoiser import Condition, Denoiser, WrappedDenoiser
 from priorkit.distill.core.diffusers_adapter import DiffusersDenoiser
 from priorkit.distill.core.prediction import Prediction
 from priorkit.distill.core.samplers import initial_noise, sample
-from priorkit.distill.core.training import run_settings
+from priorkit.distill.core.training import is_main_process, run_settings
 from priorkit.distill.students import registry
 from priorkit.distill.students.consistency_model import ConsistencyModel
 from priorkit.distill.students.format import (
@@ -275,8 +274,7 @@ def check_distill_args(method: str, teacher: str, out: str | Path, *, steps: int
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file")
-    first = int(os.environ.get("RANK", "0")) == 0  # sharded (accelerate launch): rank 0 checks, and writes settings
-    if first and out.is_dir() and any(out.iterdir()) and not resume:
+    if is_main_process() and out.is_dir() and any(out.iterdir()) and not resume:  # sharded: rank 0 checks
         raise ValueError(f"output folder {out} is not empty: pass --resume to continue the run in it, or choose "
                          "another --out")
 
@@ -368,7 +366,7 @@ def distill(method: str, teacher: str, out: str | Path, *, steps: int | None = N
     if dist.is_available() and dist.is_initialized():  # sharded: the main process saves the student; wait for it
         dist.barrier()
     folder = final_folder(method, out)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         (out / "distill.json").write_text(json.dumps({"method": method, "teacher": teacher, "student": str(folder),
                                                       "seconds": time.time() - t0}, indent=2))
     return folder
